@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both use .venv in the repo root.
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
+
+.PHONY: install demo test test-unit lint bench clean-venv
+
+# torch==2.13.0 first: it is the CPU build on this disk; the package's own requirement stays a range.
+$(VENV)/.installed: pyproject.toml constraints.txt $(INTEGRATIONS)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
+	$(VENV)/bin/semgrad-guard fetch-default-model
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) cookbook/quickstart.py
+
+test: install
+	$(PY) -m pytest tests
+	set -e; for p in $(INTEGRATIONS); do d=$$(dirname $$p); echo "== $$d"; (cd $$d && ../../$(PY) -m pytest tests); done
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check semgrad_guard integrations tests cookbook benchmarks
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/bench_scoring.py

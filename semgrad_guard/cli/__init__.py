@@ -1,0 +1,44 @@
+"""The ``semgrad-guard`` command line. Each sub-command lives in its own module with a ``register``.
+
+A module ``semgrad_guard.cli.<name>`` exposes ``register(subparsers)`` which adds its parser and
+sets ``func`` (``args -> int`` exit code). Keep heavy imports (torch) inside the command functions,
+so ``semgrad-guard --help`` and the review commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import SemGradGuardError
+
+_COMMAND_MODULES: tuple[str, ...] = ("model",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semgrad-guard",
+        description="Sampling-free hallucination scores (SemGrad) and guard policies for local HF chat models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SemGradGuardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

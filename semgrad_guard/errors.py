@@ -1,0 +1,76 @@
+"""Typed exceptions. Everything semgrad-guard raises derives from :class:`SemGradGuardError`.
+
+Where callers already catch a built-in (``ValueError`` for bad input, ``ImportError`` for a
+missing package), the exception inherits from it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SemGradGuardError(Exception):
+    """Base class of every error semgrad-guard raises."""
+
+
+class ConfigurationError(SemGradGuardError, ValueError):
+    """A setting, profile, policy or file is invalid; the message names the field."""
+
+
+class MissingDependencyError(SemGradGuardError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+        self.package = package
+        self.extra = extra
+        why = f" (needed for {purpose})" if purpose else ""
+        super().__init__(
+            f"{package!r} is not installed{why}. Install it with: pip install 'semgrad-guard[{extra}]'"
+        )
+
+
+class ModelError(SemGradGuardError):
+    """The model or tokenizer cannot be loaded or used (missing files, bad checksum, no weights)."""
+
+
+class ProfileError(ConfigurationError):
+    """A model profile does not fit the model (offset or layers out of range) or is malformed."""
+
+
+class ScoringError(SemGradGuardError, ValueError):
+    """Scoring one (messages, answer) pair failed."""
+
+
+class ChatTemplateError(ScoringError):
+    """The tokenizer has no chat template and none was passed, or the template rejected the chat."""
+
+
+class UnknownRoleError(ScoringError):
+    """A message has a role the scorer does not know."""
+
+
+class ContextLengthError(ScoringError):
+    """Prompt plus answer is longer than the model's context window."""
+
+    def __init__(self, prompt_tokens: int, answer_tokens: int, limit: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.answer_tokens = answer_tokens
+        self.limit = limit
+        super().__init__(
+            f"prompt ({prompt_tokens} tokens) plus answer ({answer_tokens} tokens) = "
+            f"{prompt_tokens + answer_tokens} tokens exceeds the model's context of {limit} tokens; "
+            "shorten the prompt (fewer retrieved documents) or the answer"
+        )
+
+
+class NonFiniteGradientError(ScoringError):
+    """A gradient or loss came out NaN or infinite; no score is returned for it."""
+
+
+class RetriesExhaustedError(SemGradGuardError):
+    """Every retry attempt stayed below the policy's bar. Carries the attempts and the last result."""
+
+    def __init__(self, message: str, *, attempts: list[Any] | None = None, last_result: Any = None) -> None:
+        self.attempts = list(attempts or [])
+        self.last_result = last_result
+        super().__init__(message)

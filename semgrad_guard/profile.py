@@ -1,0 +1,131 @@
+"""Model profiles: where SemGrad looks (anchor offset and layers). A profile is data.
+
+Profiles are stored as JSON, found by model id and chat-template hash (see :func:`find_profile`).
+The SPS computation that produces them lives in :mod:`semgrad_guard.sps` (it needs torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigurationError, ProfileError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelProfile(BaseModel):
+    """Anchor offset and layer set for one model and chat template.
+
+    Example:
+        >>> p = ModelProfile(anchor_offset=-4, layers=[15, 16])
+        >>> p.anchor_offset, p.layers
+        (-4, [15, 16])
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    anchor_offset: int = Field(lt=0, description="Anchor position relative to the end of the prompt; < 0.")
+    layers: list[int] = Field(min_length=1, description="Hugging Face hidden_states indices (0 = embeddings).")
+    model_id: str | None = Field(default=None, description="Model the profile was computed for.")
+    chat_template_hash: str | None = Field(default=None, description="sha256 of the chat template used.")
+    data: str | None = Field(default=None, description="Data the SPS table was computed on.")
+    created: str | None = Field(default=None, description="When it was computed (ISO 8601).")
+    source: str = Field(default="user", description="'sps' (computed), 'default' (rule), or 'user'.")
+    sps_table: dict[str, list[float]] | None = Field(
+        default=None, description="SPS(offset, layer): offset (as str) -> one value per hidden-state index."
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        if any(layer < 0 for layer in v):
+            raise ValueError("layers must be >= 0 (hidden_states indices; 0 is the embedding output)")
+        return sorted(set(v))
+
+    def check_fits(self, num_hidden_layers: int, prompt_tokens: int | None = None) -> None:
+        """Raise :class:`ProfileError` if the layers or anchor do not exist in this model/prompt.
+
+        Usable hidden-state indices are 0 .. num_hidden_layers - 1 (the last element of
+        ``hidden_states``, after the final norm, is not used).
+        """
+        bad = [layer for layer in self.layers if layer >= num_hidden_layers]
+        if bad:
+            raise ProfileError(
+                f"profile layers {bad} do not exist: this model has hidden-state indices "
+                f"0..{num_hidden_layers - 1} ({num_hidden_layers} decoder layers)"
+            )
+        if prompt_tokens is not None and prompt_tokens + self.anchor_offset < 0:
+            raise ProfileError(
+                f"profile anchor_offset {self.anchor_offset} points before the start of a "
+                f"{prompt_tokens}-token prompt"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelProfile:
+        """Load a profile from a JSON file."""
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise ConfigurationError(f"profile file {path} does not exist") from e
+        except ValidationError as e:
+            raise ProfileError(f"profile file {path} is invalid: {e}") from e
+
+    def save(self, path: str | Path) -> None:
+        """Write the profile as JSON."""
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def default_layers(num_hidden_layers: int) -> list[int]:
+    """The upper half of the hidden-state indices: {L - floor(L/2), ..., L-1}."""
+    n = num_hidden_layers
+    return list(range(n - n // 2, n))
+
+
+def chat_template_hash(template: str | None) -> str | None:
+    """sha256 of a chat template string (None for no template)."""
+    if template is None:
+        return None
+    return hashlib.sha256(template.encode()).hexdigest()
+
+
+def _stored_profiles() -> list[ModelProfile]:
+    out = []
+    folder = resources.files("semgrad_guard") / "profiles"
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json"):
+            out.append(ModelProfile.model_validate(json.loads(entry.read_text())))
+    return out
+
+
+def find_profile(model_id: str | None, template_hash: str | None) -> ModelProfile | None:
+    """Look up a shipped profile: the chat-template hash must match; the model id must match if both are known.
+
+    Matching on the template hash matters because the anchor is a position in the rendered prompt:
+    the same weights under another template need another profile.
+    """
+    for p in _stored_profiles():
+        if template_hash is None or p.chat_template_hash != template_hash:
+            continue
+        if p.model_id is not None and model_id is not None and p.model_id != model_id:
+            continue
+        return p
+    return None
+
+
+def profile_from_any(value: ModelProfile | dict[str, Any] | str | Path) -> ModelProfile:
+    """Accept a profile, a dict, or a path to a JSON file."""
+    if isinstance(value, ModelProfile):
+        return value
+    if isinstance(value, dict):
+        try:
+            return ModelProfile.model_validate(value)
+        except ValidationError as e:
+            raise ProfileError(f"invalid profile: {e}") from e
+    return ModelProfile.load(value)

@@ -1,0 +1,39 @@
+"""The result of scoring one answer. Plain data: no torch, JSON round-trips."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCORE_FIELDS: tuple[str, ...] = ("semgrad", "hybridgrad", "exgrad", "nll", "mean_nll", "mean_entropy")
+"""Score fields of :class:`ScoreResult`; higher means more uncertain for every one of them."""
+
+
+class ScoreResult(BaseModel):
+    """SemGrad and its single-pass companions for one (messages, answer) pair.
+
+    Higher is more uncertain for every score. See ``docs/method.md`` for the definitions.
+
+    Example:
+        >>> r = ScoreResult(semgrad=1e-3, hybridgrad=2e-3, exgrad=5e-3, nll=4.0, mean_nll=0.5,
+        ...                 mean_entropy=1.2, answer_tokens=8, anchor_offset=-3, layers=[15, 16])
+        >>> ScoreResult.model_validate_json(r.model_dump_json()) == r
+        True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    semgrad: float = Field(description="Mean |dL/dh_l[a]| over the profile's layers and the hidden size.")
+    hybridgrad: float = Field(description="alpha * exgrad + (1 - alpha) * semgrad, alpha = exp(-mean_entropy).")
+    exgrad: float = Field(description="Mean |dL/dW_out| over the output projection, through the logits only.")
+    nll: float = Field(description="Sum of the answer tokens' negative log-likelihoods (nats).")
+    mean_nll: float = Field(description="nll divided by the number of answer tokens.")
+    mean_entropy: float = Field(description="Mean entropy (nats) of the next-token distributions over the answer.")
+    answer_tokens: int = Field(ge=1, description="Number of answer tokens scored, the end-of-turn token included.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Number of prompt tokens (chat template applied).")
+    anchor_offset: int = Field(description="Anchor position relative to the end of the prompt (negative).")
+    layers: list[int] = Field(description="Hidden-state indices whose gradients make up semgrad.")
+    model_id: str | None = Field(default=None, description="The scorer's model id, for provenance.")
+
+    def scores(self) -> dict[str, float]:
+        """The six score fields as a dict."""
+        return {name: float(getattr(self, name)) for name in SCORE_FIELDS}

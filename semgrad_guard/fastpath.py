@@ -1,0 +1,304 @@
+"""The SemGrad fast path: prefix without gradients, suffix with gradients from the lowest scored layer up.
+
+See ``docs/method.md`` ("Computing it fast"). Given prompt ids ``x``, answer ids ``y`` and the anchor
+``a = len(x) + anchor_offset``:
+
+1. the prefix ``x[:a]`` runs under ``no_grad`` (or comes from generation's KV cache, cropped to ``a``);
+2. the suffix ``x[a:] + y[:-1]`` runs with that cache; gradients are switched on only at the input of
+   hidden-state index ``min(S)`` (a forward pre-hook detaches the residual stream there and makes it a
+   leaf), so the lower layers build no graph and the parameters are never touched;
+3. ``torch.autograd.grad`` gives dL/dh_l for l in S and dL/dlogits in one backward pass;
+4. exgrad = mean |G^T H| is reduced in vocabulary chunks, never materialising dL/dW_out.
+
+Batches align every example's anchor: prefixes are left-padded to a common length, suffixes
+right-padded; explicit position ids keep each row's positions as if it ran alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError, NonFiniteGradientError
+
+
+@dataclass
+class ScoringInput:
+    """One example in ids: prompt ``x``, answer ``y`` (ending with the end-of-turn id when there is one)."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+
+
+@dataclass
+class RawScores:
+    semgrad: float
+    exgrad: float
+    hybridgrad: float
+    nll: float
+    mean_nll: float
+    mean_entropy: float
+    answer_tokens: int
+    prompt_tokens: int
+
+
+@dataclass
+class _Capture:
+    """Per-thread state read by the layer pre-hooks while a scoring pass runs."""
+
+    grad_start: int
+    layers: frozenset[int]
+    captured: dict[int, torch.Tensor] = field(default_factory=dict)
+    skip_below: bool = False
+
+
+class ModelAdapter:
+    """Finds the pieces of a Hugging Face causal LM the fast path needs, for any decoder-only architecture.
+
+    Hooks are installed once and are inert unless the calling thread is inside a scoring pass, so
+    concurrent generation or scoring in other threads is unaffected.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        config = model.config
+        self.text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.base = _find_base_model(model)
+        self.layers = _find_layers(self.base)
+        self.num_layers = len(self.layers)
+        out = model.get_output_embeddings()
+        if out is None or not hasattr(out, "weight"):
+            raise ModelError(f"{type(model).__name__} has no output projection (lm_head); is it a causal LM?")
+        self.output_weight: torch.Tensor = out.weight
+        self.softcap = getattr(self.text_config, "final_logit_softcapping", None)
+        # Models that rescale logits after the projection (Cohere multiplies, Granite divides).
+        self.logit_multiplier = float(getattr(self.text_config, "logit_scale", 1.0) or 1.0)
+        granite = getattr(self.text_config, "logits_scaling", None)
+        if granite:
+            self.logit_multiplier /= float(granite)
+        params = inspect.signature(self.base.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._tls = threading.local()
+        self._handles = [
+            layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)
+        ]
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def _make_hook(self, index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            cap: _Capture | None = getattr(self._tls, "capture", None)
+            if cap is None:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == cap.grad_start:
+                # From here on the pass records a graph; everything below stayed under no_grad.
+                torch.set_grad_enabled(True)
+                hidden = hidden.detach().requires_grad_(True)
+                if args:
+                    args = (hidden, *args[1:])
+                else:
+                    kwargs = {**kwargs, "hidden_states": hidden}
+            if index in cap.layers:
+                cap.captured[index] = hidden
+            return args, kwargs
+
+        return hook
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- passes ------------------------------------------------------------------------------------
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Any,
+        capture: _Capture | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Run the decoder (no lm_head). Returns (final normed hidden states, cache)."""
+        kwargs = {self.cache_kwarg: cache}
+        self._tls.capture = capture
+        try:
+            with torch.no_grad():
+                out = self.base(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=True,
+                    **kwargs,
+                )
+        finally:
+            self._tls.capture = None
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        return out.last_hidden_state, new_cache
+
+    def final_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """Apply post-projection logit transforms (scale, soft-capping) to float32 raw logits."""
+        z = raw
+        if self.logit_multiplier != 1.0:
+            z = z * self.logit_multiplier
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+
+def _find_base_model(model: nn.Module) -> nn.Module:
+    for attr in ("model", "transformer", "language_model"):
+        sub = getattr(model, attr, None)
+        if isinstance(sub, nn.Module):
+            if hasattr(sub, "layers") or hasattr(sub, "h"):
+                return sub
+            inner = getattr(sub, "language_model", None)
+            if isinstance(inner, nn.Module):
+                return inner
+    raise ModelError(
+        f"cannot find the decoder stack of {type(model).__name__}: expected a causal LM with "
+        "`.model.layers` (Llama, Qwen, Gemma, Mistral, Phi-3 and most decoder-only models)"
+    )
+
+
+def _find_layers(base: nn.Module) -> nn.ModuleList:
+    for attr in ("layers", "h"):
+        layers = getattr(base, attr, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ModelError(f"cannot find the decoder layers of {type(base).__name__}")
+
+
+def crop_cache(cache: Any, length: int) -> bool:
+    """Crop a dynamic KV cache to its first ``length`` positions in place. False if it cannot be done safely."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return False
+    for layer in layers:
+        if type(layer).__name__ != "DynamicLayer":
+            return False  # sliding-window or quantized layers drop or transform old positions
+    for layer in layers:
+        if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+    return bool(cache.get_seq_length() == length)
+
+
+def score_ids(
+    adapter: ModelAdapter,
+    examples: list[ScoringInput],
+    *,
+    anchor_offset: int,
+    layers: list[int],
+    vocab_chunk: int = 8192,
+    prefix_cache: Any = None,
+) -> list[RawScores]:
+    """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
+    that already holds exactly the prefix ``x[:a]`` (from generation)."""
+    device = adapter.output_weight.device
+    grad_start = min(layers)
+    k = -anchor_offset  # prompt tokens inside the suffix
+    anchors = [len(e.prompt_ids) + anchor_offset for e in examples]
+    suffixes = [e.prompt_ids[a:] + e.answer_ids[:-1] for e, a in zip(examples, anchors, strict=True)]
+    lengths_t = [len(e.answer_ids) for e in examples]
+    B = len(examples)
+    P = max(anchors)
+    S = max(len(s) for s in suffixes)
+    pad_id = 0
+
+    padded = any(a != P for a in anchors)
+    mask: torch.Tensor | None = None
+    if padded:
+        mask = torch.ones(B, P + S, dtype=torch.long, device=device)
+        for i, a in enumerate(anchors):
+            mask[i, : P - a] = 0
+
+    cache = prefix_cache
+    if cache is None and P > 0:
+        ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+        pos = torch.zeros(B, P, dtype=torch.long, device=device)
+        for i, (e, a) in enumerate(zip(examples, anchors, strict=True)):
+            if a:
+                ids[i, P - a :] = torch.tensor(e.prompt_ids[:a], device=device)
+                pos[i, P - a :] = torch.arange(a, device=device)
+        _, cache = adapter.run(
+            ids, attention_mask=None if mask is None else mask[:, :P], position_ids=pos, cache=None
+        )
+
+    ids = torch.full((B, S), pad_id, dtype=torch.long, device=device)
+    pos = torch.zeros(B, S, dtype=torch.long, device=device)
+    for i, (s, a) in enumerate(zip(suffixes, anchors, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s, device=device)
+        pos[i] = torch.arange(a, a + S, device=device)
+    capture = _Capture(grad_start=grad_start, layers=frozenset(layers))
+    hidden, _ = adapter.run(ids, attention_mask=mask, position_ids=pos, cache=cache, capture=capture)
+
+    if not hidden.requires_grad:
+        raise ModelError("the gradient pass did not record a graph: the decoder layers' hooks did not run")
+    with torch.enable_grad():
+        Tmax = max(lengths_t)
+        # Final hidden states at the positions that predict y_0 .. y_{T-1}.
+        H = hidden[:, k - 1 : k - 1 + Tmax]
+        W = adapter.output_weight.detach()
+        raw = torch.nn.functional.linear(H, W).float()
+        logits = adapter.final_logits(raw)
+        logp = torch.log_softmax(logits, dim=-1)
+        p = logp.exp()
+        entropy = -(p * logp).sum(-1).detach()  # (B, Tmax), a constant weight
+        targets = torch.zeros(B, Tmax, dtype=torch.long, device=device)
+        valid = torch.zeros(B, Tmax, dtype=torch.bool, device=device)
+        for i, e in enumerate(examples):
+            targets[i, : lengths_t[i]] = torch.tensor(e.answer_ids, device=device)
+            valid[i, : lengths_t[i]] = True
+        nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        nll = torch.where(valid, nll, torch.zeros_like(nll))
+        entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
+        T = torch.tensor(lengths_t, dtype=torch.float32, device=device)
+        per_example_loss = (entropy * nll).sum(-1) / T
+        # Rows are independent, so the gradient of the sum gives each example its own dL_i/d(.).
+        inputs = [capture.captured[layer] for layer in layers]
+        grads = torch.autograd.grad(per_example_loss.sum(), [raw, *inputs])
+    G, hidden_grads = grads[0], grads[1:]
+
+    d = hidden_grads[0].shape[-1]
+    sem = torch.zeros(B, dtype=torch.float32, device=device)
+    for g in hidden_grads:
+        sem += g[:, 0].float().abs().sum(-1)  # suffix position 0 is the anchor in every row
+    sem /= len(layers) * d
+
+    Hf = H.detach().float()
+    V = G.shape[-1]
+    ex = torch.zeros(B, dtype=torch.float32, device=device)
+    for v0 in range(0, V, vocab_chunk):
+        # (B, chunk, T) @ (B, T, d): one chunk of dL/dW_out per example.
+        ex += torch.bmm(G[:, :, v0 : v0 + vocab_chunk].transpose(1, 2), Hf).abs().sum((1, 2))
+    ex /= V * Hf.shape[-1]
+
+    mean_entropy = entropy.sum(-1) / T
+    alpha = torch.exp(-mean_entropy)
+    hybrid = alpha * ex + (1 - alpha) * sem
+    nll_sum = nll.detach().sum(-1)
+    values = torch.stack([sem, ex, hybrid, nll_sum, nll_sum / T, mean_entropy], dim=1).cpu()
+    if not torch.isfinite(values).all():
+        bad = [i for i in range(B) if not torch.isfinite(values[i]).all()]
+        raise NonFiniteGradientError(
+            f"non-finite loss or gradient for example(s) {bad} of the batch; no score is returned "
+            "(check the model's dtype: fp16 overflows are the usual cause; try dtype=torch.bfloat16 or float32)"
+        )
+    out = []
+    for i, e in enumerate(examples):
+        s, x_, h, n, mn, me = (float(v) for v in values[i])
+        out.append(
+            RawScores(
+                semgrad=s, exgrad=x_, hybridgrad=h, nll=n, mean_nll=mn, mean_entropy=me,
+                answer_tokens=lengths_t[i], prompt_tokens=len(e.prompt_ids),
+            )
+        )
+    return out

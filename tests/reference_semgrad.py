@@ -1,0 +1,45 @@
+"""The plain reference implementation of SemGrad, kept in the test suite to check the fast path.
+
+Full sequence ``x + y`` forward with every hidden state kept and gradients everywhere (as the research
+code does), then ``torch.autograd.grad`` to the hidden states and to a leaf copy of the output projection
+(so that, for tied embeddings, only the path through the logits counts). No chunking, no caches, no hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reference_scores(model, x: list[int], y: list[int], anchor_offset: int, layers: list[int]) -> dict[str, float]:
+    base = model.model
+    ids = torch.tensor([x + y])
+    with torch.enable_grad():
+        out = base(input_ids=ids, output_hidden_states=True, use_cache=False)
+        hs = out.hidden_states
+        final = out.last_hidden_state
+        W = model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
+        T = len(y)
+        pred = final[0, len(x) - 1 : len(x) - 1 + T]
+        logits = torch.nn.functional.linear(pred, W).float()
+        cfg = model.config
+        if getattr(cfg, "final_logit_softcapping", None):
+            c = cfg.final_logit_softcapping
+            logits = torch.tanh(logits / c) * c
+        logp = torch.log_softmax(logits, -1)
+        ent = -(logp.exp() * logp).sum(-1).detach()
+        nll = -logp[torch.arange(T), torch.tensor(y)]
+        loss = (ent * nll).mean()
+        grads = torch.autograd.grad(loss, [hs[l] for l in layers] + [W])
+    a = len(x) + anchor_offset
+    sem = torch.stack([g[0, a].abs().mean() for g in grads[:-1]]).mean().item()
+    ex = grads[-1].abs().mean().item()
+    me = ent.mean().item()
+    alpha = float(torch.exp(torch.tensor(-me)))
+    return {
+        "semgrad": sem,
+        "exgrad": ex,
+        "hybridgrad": alpha * ex + (1 - alpha) * sem,
+        "nll": nll.sum().item(),
+        "mean_nll": nll.mean().item(),
+        "mean_entropy": me,
+    }

@@ -1,0 +1,367 @@
+"""Callback handlers that score every chat-model / LLM answer with SemGrad and record the result.
+
+Callbacks observe; they cannot reliably change what a chain returns (see the package README).
+Use them to *score and record*; gate with :class:`~langchain_semgrad.SemGradOutputParser`,
+:func:`~langchain_semgrad.guard_runnable` or :class:`~langchain_semgrad.SemGradMiddleware`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+from semgrad_guard.results import ScoreResult
+from semgrad_guard.scorer import Scorer
+
+from ._policy import PolicyOutcome, apply_policy
+from .errors import LowConfidenceError
+from .messages import is_tool_call_only, to_chat
+from .metadata import attach_payload, score_payload
+
+logger = logging.getLogger(__name__)
+
+SCORE_EVENT = "semgrad_score"
+"""Name of the custom event dispatched after each scored answer (see ``astream_events``)."""
+
+DEFAULT_RAISE_ON: tuple[str, ...] = ("retry", "abstain", "review", "raise")
+
+
+class _ScoreRecorder:
+    """Shared state of both handlers: pending prompts and the ``run_id -> ScoreResult`` registry."""
+
+    def _init_recorder(
+        self,
+        scorer: Scorer,
+        *,
+        policy: Any,
+        calibrator: Any,
+        raise_error: bool,
+        raise_on: Sequence[str],
+        dispatch_events: bool,
+    ) -> None:
+        self.scorer = scorer
+        self.policy = policy
+        self.calibrator = calibrator
+        self.raise_error = raise_error
+        self.raise_on = tuple(raise_on)
+        self.dispatch_events = dispatch_events
+        self._lock = threading.Lock()
+        self._prompts: dict[UUID, list[dict[str, Any]]] = {}
+        self.results: dict[UUID, ScoreResult] = {}
+        """Source of truth: ``run_id -> ScoreResult`` of the first generation of each run."""
+        self.all_results: dict[UUID, list[ScoreResult | None]] = {}
+        """``run_id -> one ScoreResult (or None if skipped) per generation`` (several with ``n > 1``)."""
+        self.outcomes: dict[UUID, PolicyOutcome] = {}
+        """``run_id -> policy decision`` when a policy was given."""
+        self.skipped: dict[UUID, str] = {}
+        """``run_id -> why nothing was scored`` (tool-call-only message, unknown prompt, ...)."""
+        self.errors: dict[UUID, BaseException] = {}
+        """``run_id -> the scoring error`` (the run itself is not failed unless ``raise_error``)."""
+
+    # -- registry ---------------------------------------------------------------------------------
+    def get(self, run_id: UUID | str) -> ScoreResult | None:
+        """The score recorded for ``run_id``, or ``None``."""
+        key = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
+        with self._lock:
+            return self.results.get(key)
+
+    @property
+    def last_result(self) -> ScoreResult | None:
+        """The most recently recorded score."""
+        with self._lock:
+            return next(reversed(self.results.values()), None)
+
+    def clear(self) -> None:
+        """Forget every recorded score, skip reason and error."""
+        with self._lock:
+            for registry in (self._prompts, self.results, self.all_results, self.outcomes, self.skipped, self.errors):
+                registry.clear()
+
+    # -- capture ----------------------------------------------------------------------------------
+    def _capture_chat(self, messages: list[list[BaseMessage]], run_id: UUID) -> None:
+        try:
+            chat = to_chat(messages[0])
+        except Exception as e:  # an unknown message type: record why, never break the run
+            with self._lock:
+                self.skipped[run_id] = f"prompt could not be converted: {e}"
+            return
+        with self._lock:
+            self._prompts[run_id] = chat
+
+    def _capture_prompt(self, prompts: list[str], run_id: UUID) -> None:
+        # A plain LLM gets text, not a chat: we score it as one user message.
+        with self._lock:
+            self._prompts[run_id] = [{"role": "user", "content": prompts[0]}]
+
+    def _pending(self, response: LLMResult, run_id: UUID) -> tuple[list[dict[str, Any]] | None, list[Generation]]:
+        with self._lock:
+            chat = self._prompts.pop(run_id, None)
+            if chat is None and run_id not in self.skipped:
+                self.skipped[run_id] = "no prompt was captured for this run (handler attached after start?)"
+        generations = [g for gens in response.generations for g in gens]
+        return chat, generations
+
+    def _to_score(self, generation: Generation, run_id: UUID) -> str | None:
+        if isinstance(generation, ChatGeneration) and is_tool_call_only(generation.message):
+            with self._lock:
+                self.skipped.setdefault(run_id, "tool-call-only message: no answer text to score")
+            return None
+        return generation.text
+
+    def _record(
+        self, run_id: UUID, generations: list[Generation], results: list[ScoreResult | None]
+    ) -> list[dict[str, Any]]:
+        payloads = []
+        for generation, result in zip(generations, results, strict=True):
+            if result is None:
+                continue
+            outcome = None
+            if self.policy is not None:
+                try:
+                    outcome = apply_policy(self.policy, self.calibrator, result)
+                except Exception as e:  # e.g. a rule over confidence without a calibrator
+                    with self._lock:
+                        self.errors[run_id] = e
+                    if self.raise_error:
+                        raise
+                    logger.warning("SemGrad policy failed for run %s: %s", run_id, e)
+            payload = score_payload(
+                result,
+                source="callback",
+                run_id=run_id,
+                action=outcome.action if outcome else None,
+                rule=outcome.rule if outcome else None,
+                confidence=outcome.confidence if outcome else None,
+            )
+            attach_payload(generation, payload)
+            payloads.append(payload)
+            with self._lock:
+                self.results.setdefault(run_id, result)
+                if outcome is not None:
+                    self.outcomes.setdefault(run_id, outcome)
+        with self._lock:
+            self.all_results[run_id] = results
+        return payloads
+
+    def _check_raise(self, run_id: UUID, generations: list[Generation]) -> None:
+        with self._lock:
+            outcome = self.outcomes.get(run_id)
+            result = self.results.get(run_id)
+        if self.raise_error and outcome is not None and outcome.action in self.raise_on:
+            raise LowConfidenceError(
+                f"SemGrad policy decided {outcome.action!r} (rule {outcome.rule!r}) for run {run_id}",
+                answer=generations[0].text if generations else "",
+                result=result,
+                action=outcome.action,
+                rule=outcome.rule,
+                confidence=outcome.confidence,
+            )
+
+
+class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
+    """Scores each chat-model or LLM answer with ``scorer`` when the run ends (sync; thread-safe).
+
+    Works for chat models it did not create (``ChatHuggingFace``, a remote server serving the same
+    weights as the local scorer, a fake model): the prompt is rebuilt from the run's messages with
+    the scorer's own tokenizer and chat template. Results go to
+    ``response_metadata["semgrad"]`` / ``generation_info["semgrad"]``, to :attr:`results`
+    (``run_id -> ScoreResult``, the source of truth, also in streaming), and to a custom event
+    :data:`SCORE_EVENT` inside a traced run. Messages that only call tools are skipped, with the
+    reason in :attr:`skipped`.
+
+    With a ``policy`` (and optional ``calibrator``) the decision is recorded too; with
+    ``raise_error=True`` a decision in ``raise_on`` raises :class:`LowConfidenceError`, which stops
+    the chain. Without ``raise_error``, scoring errors are recorded in :attr:`errors` and logged.
+
+    Example:
+        >>> from langchain_core.language_models.fake_chat_models import FakeListChatModel
+        >>> from semgrad_guard import MockScorer
+        >>> handler = SemGradCallbackHandler(MockScorer(lambda m, a: 0.25))
+        >>> msg = FakeListChatModel(responses=["Paris."]).invoke("Capital of France?",
+        ...                                                       config={"callbacks": [handler]})
+        >>> msg.response_metadata["semgrad"]["scores"]["semgrad"]
+        0.25
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        policy: Any = None,
+        calibrator: Any = None,
+        raise_error: bool = False,
+        raise_on: Sequence[str] = DEFAULT_RAISE_ON,
+        dispatch_events: bool = True,
+    ) -> None:
+        self._init_recorder(
+            scorer,
+            policy=policy,
+            calibrator=calibrator,
+            raise_error=raise_error,
+            raise_on=raise_on,
+            dispatch_events=dispatch_events,
+        )
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._capture_chat(messages, run_id)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._capture_prompt(prompts, run_id)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        chat, generations = self._pending(response, run_id)
+        if chat is None:
+            return
+        results: list[ScoreResult | None] = []
+        for generation in generations:
+            text = self._to_score(generation, run_id)
+            if text is None:
+                results.append(None)
+                continue
+            try:
+                results.append(self.scorer.score(chat, text))
+            except Exception as e:
+                with self._lock:
+                    self.errors[run_id] = e
+                if self.raise_error:
+                    raise
+                logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
+                results.append(None)
+        payloads = self._record(run_id, generations, results)
+        if self.dispatch_events:
+            for payload in payloads:
+                try:
+                    dispatch_custom_event(SCORE_EVENT, payload)
+                except RuntimeError:
+                    pass  # not inside a traced run (bare model.invoke): nothing to attach the event to
+        self._check_raise(run_id, generations)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._prompts.pop(run_id, None)
+
+
+class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
+    """The async twin of :class:`SemGradCallbackHandler`: scoring runs in a worker thread.
+
+    ``scorer.ascore`` is awaited (for the local scorer it runs in a thread), so other coroutines
+    keep running while an answer is scored. Same registry, metadata, event and policy options.
+
+    Example:
+        >>> import asyncio
+        >>> from langchain_core.language_models.fake_chat_models import FakeListChatModel
+        >>> from semgrad_guard import MockScorer
+        >>> handler = AsyncSemGradCallbackHandler(MockScorer(lambda m, a: 0.5))
+        >>> model = FakeListChatModel(responses=["4"])
+        >>> msg = asyncio.run(model.ainvoke("2+2?", config={"callbacks": [handler]}))
+        >>> handler.last_result.semgrad
+        0.5
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        policy: Any = None,
+        calibrator: Any = None,
+        raise_error: bool = False,
+        raise_on: Sequence[str] = DEFAULT_RAISE_ON,
+        dispatch_events: bool = True,
+    ) -> None:
+        self._init_recorder(
+            scorer,
+            policy=policy,
+            calibrator=calibrator,
+            raise_error=raise_error,
+            raise_on=raise_on,
+            dispatch_events=dispatch_events,
+        )
+
+    async def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._capture_chat(messages, run_id)
+
+    async def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._capture_prompt(prompts, run_id)
+
+    async def on_llm_end(
+        self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        chat, generations = self._pending(response, run_id)
+        if chat is None:
+            return
+        texts = [self._to_score(g, run_id) for g in generations]
+
+        async def one(text: str | None) -> ScoreResult | None:
+            if text is None:
+                return None
+            try:
+                return await self.scorer.ascore(chat, text)
+            except Exception as e:
+                with self._lock:
+                    self.errors[run_id] = e
+                if self.raise_error:
+                    raise
+                logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
+                return None
+
+        results = list(await asyncio.gather(*(one(t) for t in texts)))
+        payloads = self._record(run_id, generations, results)
+        if self.dispatch_events:
+            for payload in payloads:
+                try:
+                    await adispatch_custom_event(SCORE_EVENT, payload)
+                except RuntimeError:
+                    pass  # not inside a traced run: nothing to attach the event to
+        self._check_raise(run_id, generations)
+
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            self._prompts.pop(run_id, None)

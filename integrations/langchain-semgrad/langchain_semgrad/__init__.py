@@ -2,27 +2,50 @@
 
 Score every answer with a callback (:class:`SemGradCallbackHandler`), gate with an output parser
 (:class:`SemGradOutputParser`), a guard Runnable (:func:`guard_runnable`) or agent middleware
-(:class:`SemGradMiddleware`), or use a local model that scores as it generates (:class:`ChatSemGrad`).
+(:class:`SemGradMiddleware`, needs the ``agents`` extra), or use a local model that scores as it
+generates (:class:`ChatSemGrad`).
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .callbacks import SCORE_EVENT, AsyncSemGradCallbackHandler, SemGradCallbackHandler
-from .chat_models import ChatSemGrad
+from .chat_models import ChatSemGrad, generation_overrides
 from .errors import LowConfidenceError
 from .messages import to_chat
 from .metadata import METADATA_KEY, read_payload, read_score
+from .output_parsers import SemGradOutputParser
+from .runnables import GuardedRunnable, guard_runnable
+
+if TYPE_CHECKING:
+    from .middleware import REVIEW_INTERRUPT_TYPE, SemGradMiddleware
+
+_LAZY = {"SemGradMiddleware": "middleware", "REVIEW_INTERRUPT_TYPE": "middleware"}
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METADATA_KEY",
+    "REVIEW_INTERRUPT_TYPE",
     "SCORE_EVENT",
     "AsyncSemGradCallbackHandler",
     "ChatSemGrad",
+    "GuardedRunnable",
     "LowConfidenceError",
     "SemGradCallbackHandler",
+    "SemGradMiddleware",
+    "SemGradOutputParser",
+    "generation_overrides",
+    "guard_runnable",
     "read_payload",
     "read_score",
     "to_chat",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'langchain_semgrad' has no attribute {name!r}")

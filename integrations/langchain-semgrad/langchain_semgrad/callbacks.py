@@ -55,6 +55,8 @@ class _ScoreRecorder:
         self.dispatch_events = dispatch_events
         self._lock = threading.Lock()
         self._prompts: dict[UUID, list[dict[str, Any]]] = {}
+        self.chats: dict[UUID, list[dict[str, Any]]] = {}
+        """``run_id -> the chat that was scored`` (what a review item needs; the parser cannot see prompts)."""
         self.results: dict[UUID, ScoreResult] = {}
         """Source of truth: ``run_id -> ScoreResult`` of the first generation of each run."""
         self.all_results: dict[UUID, list[ScoreResult | None]] = {}
@@ -82,7 +84,7 @@ class _ScoreRecorder:
     def clear(self) -> None:
         """Forget every recorded score, skip reason and error."""
         with self._lock:
-            for registry in (self._prompts, self.results, self.all_results, self.outcomes, self.skipped, self.errors):
+            for registry in (self._prompts, self.chats, self.results, self.all_results, self.outcomes, self.skipped, self.errors):
                 registry.clear()
 
     # -- capture ----------------------------------------------------------------------------------
@@ -117,7 +119,11 @@ class _ScoreRecorder:
         return generation.text
 
     def _record(
-        self, run_id: UUID, generations: list[Generation], results: list[ScoreResult | None]
+        self,
+        run_id: UUID,
+        chat: list[dict[str, Any]],
+        generations: list[Generation],
+        results: list[ScoreResult | None],
     ) -> list[dict[str, Any]]:
         payloads = []
         for generation, result in zip(generations, results, strict=True):
@@ -149,6 +155,8 @@ class _ScoreRecorder:
                     self.outcomes.setdefault(run_id, outcome)
         with self._lock:
             self.all_results[run_id] = results
+            if any(r is not None for r in results):
+                self.chats[run_id] = chat
         return payloads
 
     def _check_raise(self, run_id: UUID, generations: list[Generation]) -> None:
@@ -255,7 +263,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
                     raise
                 logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
                 results.append(None)
-        payloads = self._record(run_id, generations, results)
+        payloads = self._record(run_id, chat, generations, results)
         if self.dispatch_events:
             for payload in payloads:
                 try:
@@ -353,7 +361,7 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
                 return None
 
         results = list(await asyncio.gather(*(one(t) for t in texts)))
-        payloads = self._record(run_id, generations, results)
+        payloads = self._record(run_id, chat, generations, results)
         if self.dispatch_events:
             for payload in payloads:
                 try:

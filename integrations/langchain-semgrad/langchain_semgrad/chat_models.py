@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -17,6 +18,11 @@ from semgrad_guard.results import ScoreResult
 
 from .messages import to_chat
 from .metadata import METADATA_KEY, score_payload
+
+generation_overrides: ContextVar[dict[str, Any] | None] = ContextVar("semgrad_generation_overrides", default=None)
+"""Generation settings a guard's retry strategy sets for the current attempt (``do_sample``,
+``temperature``, ``top_p``, ``seed``, ...): every :class:`ChatSemGrad` call inside the attempt uses them,
+also deep inside a chain, since context variables follow LangChain's steps and threads."""
 
 _SCORER_CACHE: dict[tuple[str, str], Any] = {}
 _SCORER_CACHE_LOCK = threading.Lock()
@@ -149,6 +155,12 @@ class ChatSemGrad(BaseChatModel):
             if self.timeout is not None:
                 out["max_time"] = float(self.timeout)
         out.update(kwargs)
+        overrides = generation_overrides.get()
+        if overrides:
+            out.update(overrides)
+            if not out.get("do_sample"):
+                for key in ("temperature", "top_p"):
+                    out.pop(key, None)
         return out
 
     @staticmethod

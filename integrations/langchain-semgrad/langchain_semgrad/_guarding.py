@@ -1,0 +1,70 @@
+"""Building a core :class:`~semgrad_guard.guard.Guard` from adapter arguments (no policy logic here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from semgrad_guard.errors import ScoringError
+from semgrad_guard.guard import Guard, GuardResult
+from semgrad_guard.policy import Action
+
+from .errors import LowConfidenceError
+
+
+class ReadsScoresOnly:
+    """The scorer of a guard that only ever receives scores (an output parser cannot see prompts).
+
+    ``Guard.check(..., result=...)`` never calls it; anything else is a wiring error, said clearly.
+    """
+
+    model_id: str | None = None
+    profile: Any = None
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ScoringError(
+            "this guard reads scores from message metadata and cannot score: attach a "
+            "SemGradCallbackHandler to the model or use ChatSemGrad, so that answers carry "
+            "response_metadata['semgrad']"
+        )
+
+    score = score_batch = _refuse
+
+    async def ascore(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse()
+
+    async def ascore_batch(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse()
+
+
+def make_guard(
+    guard: Guard | None,
+    scorer: Any,
+    policy: Any,
+    calibrator: Any,
+    review_queue: Any,
+    strategies: Mapping[str, Any] | None,
+) -> Guard:
+    """``guard`` itself, or a new ``Guard(scorer, policy, calibrator, review_queue, strategies)``."""
+    if guard is not None:
+        if policy is not None:
+            raise ValueError("pass either guard= or policy= (with scorer/calibrator/review_queue), not both")
+        return guard
+    if policy is None:
+        raise ValueError("a policy is needed: pass policy=GuardPolicy(...) (or a ready guard=Guard(...))")
+    return Guard(scorer, policy, calibrator=calibrator, review_queue=review_queue, strategies=strategies)
+
+
+def retry_error(result: GuardResult, answer: str) -> LowConfidenceError:
+    """The exception for a 'retry' (or 'raise') decision: LangChain retries and fallbacks act on it."""
+    action = result.action.value if isinstance(result.action, Action) else str(result.action)
+    score = f"semgrad={result.result.semgrad:.4g}" if result.result is not None else "no score"
+    conf = f", confidence={result.confidence:.3f}" if result.confidence is not None else ""
+    return LowConfidenceError(
+        f"SemGrad policy says {action!r} (rule {result.rule!r}; {score}{conf})",
+        answer=answer,
+        result=result.result,
+        action=action,
+        rule=result.rule,
+        confidence=result.confidence,
+    )

@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--paraphrases", type=Path, required=True, help="JSONL with 'query' and 'paraphrases'")
     p.add_argument("--out", type=Path, required=True, help="where to write profile.json")
     p.add_argument("--groups", type=int, default=200, help="number of question groups to use (default 200)")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N lines (keep evaluation questions out)")
     p.add_argument("--per-group", type=int, default=5, help="questions per group, original included (default 5)")
     p.add_argument("--window", type=int, default=8, help="candidate offsets -1..-W (default 8)")
     p.add_argument("--system-prompt", default=None, help="system prompt used in deployment")
@@ -107,10 +108,12 @@ def _profile(args: argparse.Namespace) -> int:
 
     from ..sps import compute_sps, load_paraphrase_groups
 
-    groups = load_paraphrase_groups(args.paraphrases, limit=args.groups, per_group=args.per_group)
+    groups = load_paraphrase_groups(
+        args.paraphrases, limit=args.groups, per_group=args.per_group, skip=args.skip
+    )
     scorer = _load_scorer(args)
     total = sum(len(g) for g in groups)
-    data = f"{args.paraphrases.name}: first {len(groups)} groups x {args.per_group}; user_template={args.user_template!r}; system_prompt={args.system_prompt!r}"
+    data = f"{args.paraphrases.name}: lines {args.skip + 1}-{args.skip + len(groups)}, {args.per_group} questions each; user_template={args.user_template!r}; system_prompt={args.system_prompt!r}"
     with Progress(TextColumn("SPS"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("prompts", total=total)
         result = compute_sps(

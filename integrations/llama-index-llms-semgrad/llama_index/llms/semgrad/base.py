@@ -1,0 +1,336 @@
+"""``SemGradLLM``: a local Hugging Face chat model for LlamaIndex that generates and scores in one pass."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar, copy_context
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from semgrad_guard import ConfigurationError, ScoreResult
+
+from ._convert import SCORE_KEY, prompt_as_chat, score_payload, to_chat
+
+# Per-call keyword arguments that reach the scorer's ``generate``; LlamaIndex passes others
+# (``formatted``, tool settings) that a local model has no use for.
+_GENERATE_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+
+_OVERRIDES: ContextVar[dict[str, Any] | None] = ContextVar("semgrad_llm_generation_overrides", default=None)
+
+
+@contextmanager
+def generation_overrides(**settings: Any) -> Iterator[None]:
+    """Generation settings for every :class:`SemGradLLM` call made inside the block (this task/thread).
+
+    Takes ``max_new_tokens``, ``temperature``, ``top_p``, ``seed`` and ``do_sample`` (``False``
+    means greedy). This is how a retry strategy's settings (e.g. resampling at a higher temperature)
+    reach an LLM that a query engine calls on its own; concurrent queries do not see each other's.
+
+    Example:
+        >>> from semgrad_guard import MockScorer
+        >>> seen = []
+        >>> llm = SemGradLLM(MockScorer(answers=lambda m, **kw: seen.append(kw) or "ok"))
+        >>> with generation_overrides(do_sample=True, temperature=0.9, seed=7):
+        ...     _ = llm.complete("hi")
+        >>> seen[0]["temperature"], seen[0]["seed"]
+        (0.9, 7)
+    """
+    known = {*_GENERATE_KEYS, "do_sample"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigurationError(f"unknown generation settings {unknown}; use {sorted(known)}")
+    token = _OVERRIDES.set({**(_OVERRIDES.get() or {}), **settings})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+class SemGradLLM(CustomLLM):
+    """A local Hugging Face chat model that generates an answer and scores it with SemGrad in one pass.
+
+    The answer is scored on exactly the generated token ids, reusing generation's KV cache, so the
+    score costs a fraction of the generation. The :class:`~semgrad_guard.ScoreResult` goes into
+    ``response.additional_kwargs["semgrad"]`` as a dict (Cleanlab's convention for scoring LLMs);
+    :func:`score_from_response` turns it back into a ``ScoreResult``. Streaming yields text as it is
+    generated and puts the score on the last chunk. Async methods run generation in a worker thread,
+    so the event loop keeps serving other requests.
+
+    Args:
+        scorer: a :class:`~semgrad_guard.GeneratingScorer`, e.g. ``SemGradScorer.from_pretrained("default")``.
+        max_new_tokens: most tokens generated per answer.
+        temperature: 0 (the default) decodes greedily; above 0 samples.
+        top_p: nucleus sampling cut-off when sampling.
+        seed: seeds sampling per call, for reproducible answers.
+
+    Example:
+        >>> from semgrad_guard import MockScorer
+        >>> llm = SemGradLLM(MockScorer(lambda m, a: 0.25, answers=["Paris."]))
+        >>> r = llm.complete("Capital of France?")
+        >>> r.text, r.additional_kwargs["semgrad"]["semgrad"]
+        ('Paris.', 0.25)
+    """
+
+    max_new_tokens: int = Field(default=256, gt=0, description="Most tokens generated per answer.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 decodes greedily; above 0 samples.")
+    top_p: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Nucleus sampling cut-off when sampling."
+    )
+    seed: int | None = Field(default=None, description="Seeds sampling per call, for reproducible answers.")
+    context_window: int = Field(
+        default=DEFAULT_CONTEXT_WINDOW, gt=0, description="The model's context, in tokens."
+    )
+    model_name: str = Field(default="semgrad", description="The scorer's model id.")
+
+    _scorer: Any = PrivateAttr()
+
+    def __init__(
+        self,
+        scorer: Any,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        callback_manager: CallbackManager | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not callable(getattr(scorer, "generate", None)):
+            raise ConfigurationError(
+                f"SemGradLLM needs a scorer that can generate (a GeneratingScorer such as SemGradScorer), "
+                f"got {type(scorer).__name__}"
+            )
+        super().__init__(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            context_window=int(getattr(scorer, "context_window", None) or DEFAULT_CONTEXT_WINDOW),
+            model_name=str(getattr(scorer, "model_id", None) or "semgrad"),
+            callback_manager=callback_manager,
+            **kwargs,
+        )
+        self._scorer = scorer
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | Path = "default", *, device: str = "cpu", **llm_kwargs: Any
+    ) -> SemGradLLM:
+        """Load a local model (``"default"``: the embedded SmolLM2-135M-Instruct) and wrap it."""
+        from semgrad_guard import SemGradScorer
+
+        return cls(SemGradScorer.from_pretrained(model, device=device), **llm_kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SemGradLLM"
+
+    @property
+    def scorer(self) -> Any:
+        """The scorer that generates and scores (its ``.model`` and ``.tokenizer`` are the weights)."""
+        return self._scorer
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            model_name=self.model_name,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _generate_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: getattr(self, k) for k in _GENERATE_KEYS}
+        overrides = dict(_OVERRIDES.get() or {})
+        if overrides.pop("do_sample", None) is False:
+            overrides["temperature"] = 0.0
+        settings.update({k: v for k, v in overrides.items() if k in _GENERATE_KEYS})
+        settings.update({k: kwargs[k] for k in _GENERATE_KEYS if k in kwargs})
+        out: dict[str, Any] = {
+            "max_new_tokens": settings["max_new_tokens"],
+            "do_sample": settings["temperature"] > 0,
+        }
+        if out["do_sample"]:
+            out["temperature"] = settings["temperature"]
+            if settings["top_p"] is not None:
+                out["top_p"] = settings["top_p"]
+        if settings["seed"] is not None:
+            out["seed"] = settings["seed"]
+        return out
+
+    @staticmethod
+    def _chat_response(answer: str, result: ScoreResult, delta: str | None = None) -> ChatResponse:
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
+            delta=delta,
+            additional_kwargs={SCORE_KEY: score_payload(result)},
+        )
+
+    @staticmethod
+    def _completion_response(
+        answer: str, result: ScoreResult, delta: str | None = None
+    ) -> CompletionResponse:
+        return CompletionResponse(
+            text=answer, delta=delta, additional_kwargs={SCORE_KEY: score_payload(result)}
+        )
+
+    def _stream(
+        self, chat: list[dict[str, Any]], gen: dict[str, Any]
+    ) -> Iterator[tuple[str, str, ScoreResult | None]]:
+        """Yield ``(text so far, delta, score or None)``; only the last item carries the score."""
+        tokenizer = getattr(self._scorer, "tokenizer", None)
+        if tokenizer is None:
+            # A scorer without a tokenizer (MockScorer) cannot stream tokens: one chunk, scored.
+            answer, result = self._scorer.generate(chat, **gen)
+            yield answer, answer, result
+            return
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["out"] = self._scorer.generate(chat, streamer=streamer, **gen)
+            except BaseException as e:  # re-raised in the consumer below
+                box["err"] = e
+                streamer.end()  # type: ignore[no-untyped-call]
+
+        ctx = copy_context()
+        thread = threading.Thread(target=ctx.run, args=(work,), daemon=True, name="semgrad-stream")
+        thread.start()
+        text, pending = "", ""
+        for delta in streamer:
+            if not delta:
+                continue
+            if pending:
+                text += pending
+                yield text, pending, None
+            # Hold one chunk back: the last chunk must carry the score, which exists only after scoring.
+            pending = delta
+        thread.join()
+        if "err" in box:
+            raise box["err"]
+        answer, result = box["out"]
+        yield answer, pending, result
+
+    # -- sync -------------------------------------------------------------------------------------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        answer, result = self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs))
+        return self._chat_response(answer, result)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        answer, result = self._scorer.generate(prompt_as_chat(prompt), **self._generate_kwargs(kwargs))
+        return self._completion_response(answer, result)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        items = self._stream(to_chat(messages), self._generate_kwargs(kwargs))
+
+        def gen() -> ChatResponseGen:
+            for text, delta, result in items:
+                if result is None:
+                    yield ChatResponse(
+                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
+                    )
+                else:
+                    yield self._chat_response(text, result, delta)
+
+        return gen()
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
+
+        def gen() -> CompletionResponseGen:
+            for text, delta, result in items:
+                if result is None:
+                    yield CompletionResponse(text=text, delta=delta)
+                else:
+                    yield self._completion_response(text, result, delta)
+
+        return gen()
+
+    # -- async: generation runs in a worker thread, never on the event loop -----------------------
+    async def _agenerate(self, chat: list[dict[str, Any]], gen: dict[str, Any]) -> tuple[str, ScoreResult]:
+        agenerate = getattr(self._scorer, "agenerate", None)
+        if agenerate is not None:
+            answer, result = await agenerate(chat, **gen)
+        else:
+            answer, result = await asyncio.to_thread(lambda: self._scorer.generate(chat, **gen))
+        return answer, result
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        answer, result = await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs))
+        return self._chat_response(answer, result)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        answer, result = await self._agenerate(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
+        return self._completion_response(answer, result)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        items = self._stream(to_chat(messages), self._generate_kwargs(kwargs))
+
+        async def gen() -> AsyncGenerator[ChatResponse, None]:
+            async for text, delta, result in _athread_iter(items):
+                if result is None:
+                    yield ChatResponse(
+                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
+                    )
+                else:
+                    yield self._chat_response(text, result, delta)
+
+        return gen()
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
+
+        async def gen() -> AsyncGenerator[CompletionResponse, None]:
+            async for text, delta, result in _athread_iter(items):
+                if result is None:
+                    yield CompletionResponse(text=text, delta=delta)
+                else:
+                    yield self._completion_response(text, result, delta)
+
+        return gen()
+
+
+_DONE = object()
+
+
+async def _athread_iter(items: Iterator[Any]) -> AsyncGenerator[Any, None]:
+    """Iterate a blocking iterator from async code, one ``next`` per worker-thread call."""
+    while True:
+        item = await asyncio.to_thread(next, items, _DONE)
+        if item is _DONE:
+            return
+        yield item

@@ -9,22 +9,43 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .calibration import Calibrator
 from .errors import (
+    AnswerRejectedError,
+    CalibrationError,
+    CalibratorMismatchError,
     ChatTemplateError,
     ConfigurationError,
     ContextLengthError,
+    MetricError,
     MissingDependencyError,
     ModelError,
     NonFiniteGradientError,
     ProfileError,
     RetriesExhaustedError,
+    ReviewItemNotFoundError,
+    ReviewQueueCorruptError,
+    ReviewQueueError,
+    ReviewTimeoutError,
+    RiskControlError,
     ScoringError,
     SemGradGuardError,
     UnknownRoleError,
 )
+from .guard import Attempt, Guard, GuardResult
+from .policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule
 from .profile import ModelProfile
 from .results import SCORE_FIELDS, ScoreResult
+from .review import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
+from .risk import ThresholdSelection, select_threshold
 from .scorer import GeneratingScorer, MockScorer, Scorer
+from .strategies import (
+    AttemptContext,
+    ReconsiderStrategy,
+    ResampleStrategy,
+    RetryStrategy,
+    WidenRetrievalStrategy,
+)
 
 if TYPE_CHECKING:
     from .default_model import fetch_default_model
@@ -40,26 +61,56 @@ _LAZY = {
 __version__ = "0.1.0"
 
 __all__ = [
-    "SCORE_FIELDS",
+    "Action",
+    "AnswerRejectedError",
+    "Attempt",
+    "AttemptContext",
+    "CalibrationError",
+    "Calibrator",
+    "CalibratorMismatchError",
     "ChatTemplateError",
     "ConfigurationError",
     "ContextLengthError",
+    "Decision",
     "GeneratingScorer",
+    "Guard",
+    "GuardPolicy",
+    "GuardResult",
+    "MetricError",
     "MissingDependencyError",
     "MockScorer",
     "ModelError",
     "ModelProfile",
     "NonFiniteGradientError",
     "ProfileError",
+    "ReconsiderStrategy",
+    "ResampleStrategy",
     "RetriesExhaustedError",
+    "RetrySettings",
+    "RetryStrategy",
+    "ReviewItem",
+    "ReviewItemNotFoundError",
+    "ReviewQueue",
+    "ReviewQueueCorruptError",
+    "ReviewQueueError",
+    "ReviewSettings",
+    "ReviewStatus",
+    "ReviewTimeoutError",
+    "RiskControlError",
+    "Rule",
+    "SCORE_FIELDS",
+    "SQLiteReviewQueue",
     "ScoreResult",
     "Scorer",
     "ScoringError",
     "SemGradGuardError",
     "SemGradScorer",
+    "ThresholdSelection",
     "UnknownRoleError",
+    "WidenRetrievalStrategy",
     "compute_sps",
     "fetch_default_model",
+    "select_threshold",
 ]
 
 

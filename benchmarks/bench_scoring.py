@@ -1,0 +1,173 @@
+"""Cost of SemGrad scoring against generation, a plain forward pass and the reference implementation.
+
+Measures, in one process on one machine, for prompts of about 100 and 1,000 tokens and 40-token answers:
+  generate        greedy generation of the answer alone
+  generate+score  `scorer.generate` (scores from generation's KV cache)
+  score(text)     `scorer.score` on text (the path a callback uses)
+  reference       full-sequence forward with all hidden states + autograd (tests/reference_semgrad.py)
+  forward         one plain forward pass without gradients over prompt + answer (the floor for text)
+Times are medians over --repeats interleaved rounds; peak memory is the rise of the process's peak RSS
+(VmHWM, reset before each path) above the loaded model, on CPU, or torch's peak allocation on CUDA.
+
+    python benchmarks/bench_scoring.py                  # CPU, embedded model
+    python benchmarks/bench_scoring.py --device cuda --random-llama-8b   # GPU mode (bf16)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from reference_semgrad import reference_scores  # noqa: E402
+
+from semgrad_guard import SemGradScorer  # noqa: E402
+
+SCIQ = ROOT.parent / "shared" / "data" / "sciq" / "test.jsonl"
+ANSWER_TOKENS = 40
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Peak:
+    """Peak memory of a block: VmHWM reset via /proc/self/clear_refs on CPU, torch's counter on CUDA."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def __enter__(self) -> Peak:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = rss_kib("VmRSS") * 1024
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.peak = rss_kib("VmHWM") * 1024 - self.base
+        self.seconds = time.perf_counter() - self.t0
+
+
+def make_prompt(scorer: SemGradScorer, target_tokens: int) -> list[dict[str, str]]:
+    lines = [json.loads(line)["query"] for line in SCIQ.read_text().splitlines()[:400]]
+    context, i = "", 0
+    while len(scorer.prompt_ids([{"role": "user", "content": context + "Question: Why is the sky blue?"}])) < target_tokens:
+        context += f"Document {i}: {lines[i]}\n"
+        i += 1
+    return [{"role": "user", "content": f"Use the documents to answer.\n{context}Question: Why is the sky blue?"}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--random-llama-8b", action="store_true", help="random weights with Llama-3.1-8B's shape, bf16")
+    ap.add_argument("--prompts", default="100,1000")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    if args.random_llama_8b:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from semgrad_guard.testing import tiny_tokenizer
+
+        tok = tiny_tokenizer("llama")
+        cfg = AutoConfig.for_model(
+            "llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+            tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        )
+        with torch.device(args.device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        scorer = SemGradScorer(model.eval(), tok, model_id="random-llama-3.1-8b-shape")
+        name = "random-weight model with Llama-3.1-8B's shape, bf16"
+    else:
+        scorer = SemGradScorer.from_pretrained("default", device=args.device)
+        name = f"{scorer.model_id} (float32)"
+    model, device = scorer.model, args.device
+    rows = []
+    for target in [int(v) for v in args.prompts.split(",")]:
+        chat = make_prompt(scorer, target)
+        x = scorer.prompt_ids(chat)
+        ids = torch.tensor([x], device=device)
+        gen_kwargs = dict(max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS, do_sample=False,
+                          eos_token_id=scorer.eos_token_ids, pad_token_id=scorer.eos_token_ids[0])
+        answer, _ = scorer.generate(chat, **{k: v for k, v in gen_kwargs.items() if k in ("max_new_tokens", "min_new_tokens")})
+        y = scorer.answer_ids(chat, answer, prompt_ids=x)
+        full = torch.tensor([x + y], device=device)
+
+        def generate() -> None:
+            with torch.no_grad():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+
+        paths = {
+            "generate": generate,
+            "generate+score": lambda: scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS),
+            "score(text)": lambda: scorer.score(chat, answer),
+            "reference": lambda: reference_scores(model, x, y, scorer.profile.anchor_offset, scorer.profile.layers),
+            "forward": lambda: torch.no_grad()(lambda: model(input_ids=full, use_cache=False))(),
+        }
+        for fn in paths.values():  # warm-up
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        peaks: dict[str, int] = {k: 0 for k in paths}
+        for _ in range(args.repeats):
+            for k, fn in paths.items():
+                with Peak(device) as p:
+                    fn()
+                times[k].append(p.seconds)
+                peaks[k] = max(peaks[k], p.peak)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append((len(x), len(y), med, peaks))
+        print(f"prompt {len(x)} tokens, answer {len(y)} tokens: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()))
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
+    machine = (torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    lines = [
+        f"# SemGrad scoring cost: {name}",
+        "",
+        f"Machine: {machine}; torch {torch.__version__}; {platform.platform()}; run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}..{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer._adapter.num_layers}).",
+        f"Median of {args.repeats} interleaved rounds after a warm-up. Peak memory: rise of peak RSS above the loaded model (CPU) or peak CUDA allocation (GPU).",
+        "",
+        "| prompt tok | answer tok | generate (s) | generate+score (s) | score(text) (s) | reference (s) | forward (s) | gen+score / gen | score / forward | reference / score | peak MiB gen / gen+score / score / reference / forward |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for nx, ny, med, peaks in rows:
+        mib = " / ".join(f"{peaks[k] / 2**20:.0f}" for k in ("generate", "generate+score", "score(text)", "reference", "forward"))
+        lines.append(
+            f"| {nx} | {ny} | {med['generate']:.3f} | {med['generate+score']:.3f} | {med['score(text)']:.3f} | {med['reference']:.3f} | "
+            f"{med['forward']:.3f} | {med['generate+score'] / med['generate']:.3f} | {med['score(text)'] / med['forward']:.3f} | "
+            f"{med['reference'] / med['score(text)']:.2f} | {mib} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = args.out or ROOT / "benchmarks" / "results" / ("scoring_gpu.md" if device.startswith("cuda") else "scoring_cpu.md")
+    out.write_text(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

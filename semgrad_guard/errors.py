@@ -74,3 +74,54 @@ class RetriesExhaustedError(SemGradGuardError):
         self.attempts = list(attempts or [])
         self.last_result = last_result
         super().__init__(message)
+
+
+class MetricError(SemGradGuardError, ValueError):
+    """A detection metric is undefined for the given labels (e.g. all answers correct, or all wrong)."""
+
+
+class CalibrationError(SemGradGuardError, ValueError):
+    """A calibrator cannot be fitted (too few examples, one class only) or its file is malformed."""
+
+
+class CalibratorMismatchError(ConfigurationError):
+    """A calibrator is applied to scores from another model or profile than it was fitted on."""
+
+
+class RiskControlError(SemGradGuardError, ValueError):
+    """The calibration data cannot support the requested error rate alpha at confidence 1 - delta.
+
+    Carries the closest achievable upper bound (``best_bound``) so the caller can relax alpha.
+    """
+
+    def __init__(self, message: str, *, best_bound: float | None = None, n: int = 0) -> None:
+        self.best_bound = best_bound
+        self.n = n
+        super().__init__(message)
+
+
+class AnswerRejectedError(SemGradGuardError):
+    """A guard policy rule with action ``raise`` fired. Carries the :class:`GuardResult`."""
+
+    def __init__(self, message: str, *, guard_result: Any = None) -> None:
+        self.guard_result = guard_result
+        super().__init__(message)
+
+
+class ReviewQueueError(SemGradGuardError):
+    """The review queue cannot be used: unknown item, or a database problem."""
+
+
+class ReviewQueueCorruptError(ReviewQueueError):
+    """The review database file is corrupted or is not a semgrad-guard review database. Never overwritten."""
+
+
+class ReviewItemNotFoundError(ReviewQueueError, KeyError):
+    """No review item has this id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ReviewTimeoutError(ReviewQueueError, TimeoutError):
+    """Waiting for a human decision timed out; the item is still pending."""

@@ -1,0 +1,495 @@
+"""Calibration: map a :class:`ScoreResult` to ``confidence`` = estimated P(answer is correct).
+
+A raw SemGrad value ("is 0.0031 bad?") means nothing to a user; a calibrated confidence does.
+:class:`Calibrator` is fitted on labelled examples (scores plus correct / incorrect), by isotonic
+regression or logistic (Platt) scaling, on one score field or a combination, and chooses both by
+cross-validation when asked to. It is stored as plain JSON: prediction needs numpy only (no
+scikit-learn, no torch), and the file records the model, profile and data it was fitted on, so a
+calibrator is never silently applied to another model's scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import CalibrationError, CalibratorMismatchError, ConfigurationError
+from .profile import ModelProfile
+from .results import SCORE_FIELDS, ScoreResult
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "semgrad-guard-calibrator"
+FORMAT_VERSION = 1
+_EPS = 1e-12
+MIN_EXAMPLES = 10
+"""Fewest labelled examples :meth:`Calibrator.fit` accepts (and at least 2 of each class)."""
+
+Method = Literal["isotonic", "platt"]
+
+
+class CalibrationProfile(BaseModel):
+    """Where the scores came from: the anchor and layers SemGrad looked at (and the template hash)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    anchor_offset: int
+    """Anchor offset of the profile the scores were computed with."""
+    layers: list[int]
+    """Hidden-state indices of the profile the scores were computed with."""
+    chat_template_hash: str | None = None
+    """sha256 of the chat template, when known."""
+
+
+class Calibrator(BaseModel):
+    """Maps scores to ``confidence`` in [0, 1], the estimated probability that the answer is correct.
+
+    Fit with :meth:`fit`, then :meth:`confidence` per result. Save and load with :meth:`save` /
+    :meth:`load` (JSON). :meth:`confidence` refuses results from another model or profile.
+
+    Example:
+        >>> from semgrad_guard import MockScorer
+        >>> scorer = MockScorer(lambda m, a: 0.1 if a == "right" else 0.9)
+        >>> results = [scorer.score("q", a) for a in ["right", "wrong"] * 10]
+        >>> cal = Calibrator.fit(results, [True, False] * 10, method="isotonic", features=["semgrad"])
+        >>> round(cal.confidence(scorer.score("q", "right")), 2), round(cal.confidence(scorer.score("q", "wrong")), 2)
+        (1.0, 0.0)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["semgrad-guard-calibrator"] = "semgrad-guard-calibrator"
+    """File-format marker, so a foreign JSON file is recognised as such."""
+    version: int = FORMAT_VERSION
+    """File-format version."""
+    method: Method
+    """'isotonic' (monotone, non-parametric) or 'platt' (logistic on log-scores)."""
+    features: list[str] = Field(min_length=1)
+    """Score fields feeding the calibrator; several are combined by a logistic model."""
+    params: dict[str, Any]
+    """Fitted parameters (see :meth:`predict`)."""
+    model_id: str | None = None
+    """Model whose scores it was fitted on; results from another model are refused."""
+    profile: CalibrationProfile | None = None
+    """Profile (anchor, layers) the scores were computed with; results with another profile are refused."""
+    data: str | None = None
+    """What labelled data it was fitted on (free text, e.g. 'SciQ test.jsonl, 1000 questions')."""
+    n_samples: int = 0
+    """Number of labelled examples it was fitted on."""
+    n_correct: int = 0
+    """How many of them were correct."""
+    created: str | None = None
+    """When it was fitted (ISO 8601, UTC)."""
+    cv: dict[str, float] | None = None
+    """Cross-validated Brier score of every candidate considered ('method:feature+feature' -> score)."""
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if f not in SCORE_FIELDS]
+        if bad:
+            raise ValueError(f"unknown score fields {bad}; choose from {list(SCORE_FIELDS)}")
+        return v
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        results: Sequence[ScoreResult],
+        correct: Sequence[bool],
+        *,
+        method: Literal["isotonic", "platt", "auto"] = "auto",
+        features: Literal["auto"] | Sequence[str] = "auto",
+        model_id: str | None = None,
+        profile: ModelProfile | CalibrationProfile | Mapping[str, Any] | None = None,
+        data: str | None = None,
+        folds: int = 5,
+        seed: int = 0,
+    ) -> Calibrator:
+        """Fit on labelled results; with ``"auto"``, choose method and/or features by cross-validation.
+
+        Candidates for ``features="auto"`` are each score field alone and all six combined; the
+        candidate with the lowest mean Brier score over ``folds`` stratified folds wins.
+
+        Args:
+            results: Scores of the labelled answers.
+            correct: Whether each answer was correct.
+            method: "isotonic", "platt", or "auto" (chosen by cross-validation).
+            features: A list of score fields, or "auto".
+            model_id: Model the scores come from; defaults to the results' common ``model_id``.
+            profile: Profile the scores were computed with; defaults to the results' common
+                anchor offset and layers.
+            data: Free-text description of the labelled data, stored in the file.
+            folds: Number of cross-validation folds for the "auto" choices.
+            seed: Seed of the fold split.
+
+        Raises:
+            CalibrationError: Too few examples, one class only, or lengths differ.
+            ConfigurationError: Unknown method or feature name.
+        """
+        results = list(results)
+        y = np.asarray([bool(c) for c in correct], dtype=float)
+        if len(results) != len(y):
+            raise CalibrationError(f"results ({len(results)}) and correct ({len(y)}) differ in length")
+        n_pos = int(y.sum())
+        if len(results) < MIN_EXAMPLES or n_pos < 2 or len(y) - n_pos < 2:
+            raise CalibrationError(
+                f"need at least {MIN_EXAMPLES} labelled examples with at least 2 correct and 2 incorrect; "
+                f"got {len(y)} examples, {n_pos} correct"
+            )
+        if method not in ("isotonic", "platt", "auto"):
+            raise ConfigurationError(f"method must be 'isotonic', 'platt' or 'auto', got {method!r}")
+        methods: list[Method] = ["isotonic", "platt"] if method == "auto" else [method]
+        if features == "auto":
+            candidates = [[f] for f in SCORE_FIELDS] + [list(SCORE_FIELDS)]
+        elif isinstance(features, str):
+            raise ConfigurationError(f"features must be 'auto' or a list of score fields, got {features!r}")
+        else:
+            candidates = [list(features)]
+        for cand in candidates:
+            bad = [f for f in cand if f not in SCORE_FIELDS]
+            if bad or not cand:
+                raise ConfigurationError(f"features: unknown score fields {bad}; choose from {list(SCORE_FIELDS)}")
+        x_all = _matrix(results, list(SCORE_FIELDS))
+        if not np.all(np.isfinite(x_all)):
+            raise CalibrationError("some results have non-finite scores; drop them before fitting")
+
+        cv: dict[str, float] = {}
+        if len(methods) * len(candidates) > 1:
+            splits = _stratified_folds(y, folds, seed)
+            for m in methods:
+                for cand in candidates:
+                    cols = [SCORE_FIELDS.index(f) for f in cand]
+                    cv[_key(m, cand)] = _cv_brier(m, x_all[:, cols], y, splits)
+            best = min(cv, key=lambda k: cv[k])
+            best_method, best_feats = best.split(":", 1)
+            chosen_method: Method = "isotonic" if best_method == "isotonic" else "platt"
+            chosen_features = best_feats.split("+")
+            logger.info("calibrator: chose %s by %d-fold CV (Brier %.4f)", best, folds, cv[best])
+        else:
+            chosen_method, chosen_features = methods[0], candidates[0]
+        cols = [SCORE_FIELDS.index(f) for f in chosen_features]
+        params = _fit_params(chosen_method, x_all[:, cols], y)
+        return cls(
+            method=chosen_method,
+            features=chosen_features,
+            params=params,
+            model_id=model_id if model_id is not None else _common_model_id(results),
+            profile=_profile_of(profile, results),
+            data=data,
+            n_samples=len(y),
+            n_correct=n_pos,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            cv=cv or None,
+        )
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, results: Sequence[ScoreResult], *, check: bool = True) -> np.ndarray:
+        """Confidences for many results (a float array in [0, 1]).
+
+        Args:
+            results: Results to calibrate.
+            check: Refuse results whose model id or profile differs from the calibrator's.
+        """
+        results = list(results)
+        if check:
+            for r in results:
+                self.check_result(r)
+        return self._predict_matrix(_matrix(results, self.features))
+
+    def confidence(self, result: ScoreResult, *, check: bool = True) -> float:
+        """Estimated probability that the answer behind ``result`` is correct.
+
+        Raises:
+            CalibratorMismatchError: ``result`` comes from another model or profile (unless ``check=False``).
+        """
+        return float(self.predict([result], check=check)[0])
+
+    def predict_scores(self, scores: Mapping[str, float] | Sequence[Mapping[str, float]]) -> np.ndarray:
+        """Confidences from plain score dicts (no model/profile check), e.g. rows of a JSONL file."""
+        rows = [scores] if isinstance(scores, Mapping) else list(scores)
+        try:
+            x = np.asarray([[float(row[f]) for f in self.features] for row in rows], dtype=float)
+        except KeyError as e:
+            raise CalibrationError(f"score dict lacks field {e}; this calibrator uses {self.features}") from e
+        return self._predict_matrix(x.reshape(len(rows), len(self.features)))
+
+    def _predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        if not np.all(np.isfinite(x)):
+            raise CalibrationError("cannot calibrate non-finite scores")
+        return _predict_params(self.method, self.params, x)
+
+    # ------------------------------------------------------------------ compatibility
+    def check_compatible(
+        self, model_id: str | None, profile: ModelProfile | CalibrationProfile | Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise :class:`CalibratorMismatchError` if ``model_id`` or ``profile`` differ from the fitted ones.
+
+        A side that is unknown (``None``) on either end is not compared.
+        """
+        if self.model_id is not None and model_id is not None and model_id != self.model_id:
+            raise CalibratorMismatchError(
+                f"calibrator was fitted on model {self.model_id!r} but is applied to {model_id!r}; "
+                "fit a calibrator on this model's scores (Calibrator.fit)"
+            )
+        if self.profile is None or profile is None:
+            return
+        other = _as_profile(profile)
+        if other.anchor_offset != self.profile.anchor_offset or sorted(other.layers) != sorted(self.profile.layers):
+            raise CalibratorMismatchError(
+                f"calibrator was fitted on profile anchor_offset={self.profile.anchor_offset}, "
+                f"layers={self.profile.layers} but is applied to anchor_offset={other.anchor_offset}, "
+                f"layers={other.layers}; scores from another profile are not comparable"
+            )
+        if (
+            self.profile.chat_template_hash
+            and other.chat_template_hash
+            and self.profile.chat_template_hash != other.chat_template_hash
+        ):
+            raise CalibratorMismatchError(
+                "calibrator was fitted under another chat template "
+                f"({self.profile.chat_template_hash[:12]} != {other.chat_template_hash[:12]})"
+            )
+
+    def check_result(self, result: ScoreResult) -> None:
+        """Raise :class:`CalibratorMismatchError` if ``result`` comes from another model or profile."""
+        self.check_compatible(
+            result.model_id, CalibrationProfile(anchor_offset=result.anchor_offset, layers=list(result.layers))
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> None:
+        """Write the calibrator as JSON."""
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibrator:
+        """Read a calibrator written by :meth:`save`.
+
+        Raises:
+            ConfigurationError: The file does not exist.
+            CalibrationError: The file is not a calibrator or is malformed.
+        """
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError as e:
+            raise ConfigurationError(f"calibrator file {path} does not exist") from e
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "<string>") -> Calibrator:
+        """Parse a calibrator from JSON text."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CalibrationError(f"calibrator {source} is not valid JSON: {e}") from e
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise CalibrationError(f"{source} is not a semgrad-guard calibrator (no 'format': {FORMAT!r})")
+        if raw.get("version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise CalibrationError(f"calibrator {source} has format version {raw['version']}; this build reads <= 1")
+        try:
+            cal = cls.model_validate(raw)
+        except ValidationError as e:
+            raise CalibrationError(f"calibrator {source} is malformed: {e}") from e
+        _check_params(cal, source)
+        return cal
+
+    @classmethod
+    def default_for(cls, model_id: str) -> Calibrator:
+        """The calibrator shipped with the package for ``model_id``.
+
+        Shipped: ``HuggingFaceTB/SmolLM2-135M-Instruct`` (the embedded default model), fitted on
+        the SciQ development set (see docs/policies.md).
+
+        Raises:
+            ConfigurationError: No calibrator is shipped for this model.
+        """
+        found = shipped_calibrators()
+        for cal in found:
+            if cal.model_id is not None and cal.model_id.lower() == model_id.lower():
+                return cal
+        known = sorted(c.model_id for c in found if c.model_id)
+        raise ConfigurationError(
+            f"no calibrator is shipped for model {model_id!r} (shipped: {known}); fit one with Calibrator.fit"
+        )
+
+
+def shipped_calibrators() -> list[Calibrator]:
+    """Every calibrator shipped in ``semgrad_guard/calibrators/``."""
+    out = []
+    folder = resources.files("semgrad_guard") / "calibrators"
+    if not folder.is_dir():
+        return []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            out.append(Calibrator.from_json(entry.read_text(), source=entry.name))
+    return out
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Expected calibration error: the |accuracy - mean confidence| gap over equal-width bins, weighted by bin size."""
+    c = np.asarray(confidence, dtype=float)
+    y = np.asarray(correct, dtype=float)
+    if len(c) != len(y) or len(c) == 0:
+        raise ValueError("confidence and correct must be non-empty and of equal length")
+    idx = np.minimum((c * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.mean() * abs(y[mask].mean() - c[mask].mean())
+    return float(ece)
+
+
+# ---------------------------------------------------------------------- internals
+def _key(method: str, feats: Sequence[str]) -> str:
+    return f"{method}:{'+'.join(feats)}"
+
+
+def _matrix(results: Sequence[ScoreResult], feats: Sequence[str]) -> np.ndarray:
+    return np.asarray([[float(getattr(r, f)) for f in feats] for r in results], dtype=float).reshape(
+        len(results), len(feats)
+    )
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
+
+
+def _log_features(x: np.ndarray) -> np.ndarray:
+    # Scores are positive and heavy-tailed (gradients span orders of magnitude): log makes them linear-ish.
+    return np.asarray(np.log(np.maximum(x, 0.0) + _EPS))
+
+
+def _linear(p: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    z: np.ndarray = (_log_features(x) - np.asarray(p["mean"])) / np.asarray(p["scale"])
+    return np.asarray(z @ np.asarray(p["coef"], dtype=float) + float(p["intercept"]))
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    lx = _log_features(x)
+    mean = lx.mean(axis=0)
+    scale = lx.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    model = LogisticRegression(C=1.0, max_iter=1000)
+    model.fit((lx - mean) / scale, y.astype(int))
+    return {
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": model.coef_[0].tolist(),
+        "intercept": float(model.intercept_[0]),
+    }
+
+
+def _fit_params(method: Method, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    if method == "platt":
+        return _fit_linear(x, y)
+    from sklearn.isotonic import IsotonicRegression
+
+    params: dict[str, Any] = {}
+    if x.shape[1] == 1:
+        z = x[:, 0]
+        increasing = False  # a higher score means more uncertain, so less likely correct
+    else:
+        params["linear"] = _fit_linear(x, y)
+        z = _linear(params["linear"], x)
+        increasing = True
+    iso = IsotonicRegression(increasing=increasing, out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    iso.fit(z, y)
+    params["x"] = [float(v) for v in iso.X_thresholds_]
+    params["y"] = [float(v) for v in iso.y_thresholds_]
+    return params
+
+
+def _predict_params(method: str, p: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    if method == "platt":
+        out = _sigmoid(_linear(p, x))
+    else:
+        z = x[:, 0] if "linear" not in p else _linear(p["linear"], x)
+        out = np.interp(z, np.asarray(p["x"], dtype=float), np.asarray(p["y"], dtype=float))
+    return np.asarray(np.clip(out, 0.0, 1.0))
+
+
+def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    k = max(2, min(folds, int(y.sum()), int(len(y) - y.sum())))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y.astype(int))]
+
+
+def _cv_brier(method: Method, x: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    losses = []
+    for tr, te in splits:
+        if y[tr].min() == y[tr].max():
+            continue
+        pred = _predict_params(method, _fit_params(method, x[tr], y[tr]), x[te])
+        losses.append(float(np.mean((pred - y[te]) ** 2)))
+    return float(np.mean(losses)) if losses else math.inf
+
+
+def _common_model_id(results: Sequence[ScoreResult]) -> str | None:
+    ids = {r.model_id for r in results}
+    return ids.pop() if len(ids) == 1 else None
+
+
+def _as_profile(profile: ModelProfile | CalibrationProfile | Mapping[str, Any]) -> CalibrationProfile:
+    if isinstance(profile, CalibrationProfile):
+        return profile
+    if isinstance(profile, ModelProfile):
+        return CalibrationProfile(
+            anchor_offset=profile.anchor_offset,
+            layers=list(profile.layers),
+            chat_template_hash=profile.chat_template_hash,
+        )
+    try:
+        return CalibrationProfile.model_validate(
+            {k: profile[k] for k in ("anchor_offset", "layers", "chat_template_hash") if k in profile}
+        )
+    except ValidationError as e:
+        raise ConfigurationError(f"profile: {e}") from e
+
+
+def _profile_of(
+    profile: ModelProfile | CalibrationProfile | Mapping[str, Any] | None, results: Sequence[ScoreResult]
+) -> CalibrationProfile | None:
+    if profile is not None:
+        return _as_profile(profile)
+    keys = {(r.anchor_offset, tuple(r.layers)) for r in results}
+    if len(keys) != 1:
+        return None
+    anchor, layers = keys.pop()
+    return CalibrationProfile(anchor_offset=anchor, layers=list(layers))
+
+
+def _check_params(cal: Calibrator, source: str) -> None:
+    p = cal.params
+    try:
+        if cal.method == "platt":
+            _check_linear(p, len(cal.features))
+        else:
+            if len(cal.features) > 1:
+                _check_linear(p["linear"], len(cal.features))
+            xs, ys = np.asarray(p["x"], dtype=float), np.asarray(p["y"], dtype=float)
+            if xs.ndim != 1 or xs.shape != ys.shape or len(xs) == 0 or np.any(np.diff(xs) < 0):
+                raise ValueError("isotonic x/y must be equal-length, non-empty, x sorted")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CalibrationError(f"calibrator {source} has malformed params: {e}") from e
+
+
+def _check_linear(p: Mapping[str, Any], k: int) -> None:
+    for name in ("mean", "scale", "coef"):
+        if len(p[name]) != k:
+            raise ValueError(f"{name} must have {k} entries")
+    float(p["intercept"])

@@ -1,0 +1,379 @@
+"""Guard policies: ordered rules that map a confidence (or a raw score) band to an action.
+
+Plain configuration, no torch: load from YAML, JSON or a dict, validate, save back. The
+:class:`~semgrad_guard.guard.Guard` carries the actions out.
+
+Bands are half-open: a rule matches when ``min <= value < max``; a missing ``min`` or ``max``
+is unbounded on that side. Rules are tried in order and the first match wins; when none
+matches, ``default_action`` applies (``review``: fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigurationError
+from .results import SCORE_FIELDS, ScoreResult
+
+RULE_FIELDS: tuple[str, ...] = ("confidence", *SCORE_FIELDS)
+"""What a rule's band can be over: the calibrated ``confidence`` or a raw score field."""
+
+
+class Action(str, Enum):
+    """What the guard does with an answer."""
+
+    ACCEPT = "accept"
+    ANNOTATE = "annotate"
+    RETRY = "retry"
+    ABSTAIN = "abstain"
+    REVIEW = "review"
+    RAISE = "raise"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_ACTIONS = frozenset({Action.ACCEPT, Action.ANNOTATE, Action.ABSTAIN, Action.REVIEW, Action.RAISE})
+"""Actions that end a guard run (everything but ``retry``)."""
+
+
+class Rule(BaseModel):
+    """One band of ``field`` mapped to an action: matches when ``min <= value < max``.
+
+    Example:
+        >>> Rule(min=0.8, action="accept").matches(0.8)
+        True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    """Name reported in results and the review queue (default: ``rules[i]``)."""
+    field: str = "confidence"
+    """'confidence' (needs a calibrator) or a raw score field: semgrad, hybridgrad, exgrad, nll, mean_nll, mean_entropy."""
+    min: float | None = None
+    """Inclusive lower edge of the band; None for unbounded."""
+    max: float | None = None
+    """Exclusive upper edge of the band; None for unbounded."""
+    action: Action
+    """accept, annotate, retry, abstain, review or raise."""
+    message: str | None = None
+    """Text for this rule: the annotation (annotate) or the abstention message (abstain)."""
+
+    @field_validator("field")
+    @classmethod
+    def _known_field(cls, v: str) -> str:
+        if v not in RULE_FIELDS:
+            raise ValueError(f"unknown field {v!r}; choose one of {list(RULE_FIELDS)}")
+        return v
+
+    @field_validator("min", "max")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("band edges must be finite numbers (leave the edge out for unbounded)")
+        return v
+
+    @model_validator(mode="after")
+    def _band(self) -> Rule:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        if self.field == "confidence":
+            for edge in (self.min, self.max):
+                if edge is not None and not 0.0 <= edge <= 1.0:
+                    raise ValueError(f"a confidence band edge must be in [0, 1], got {edge}")
+        return self
+
+    @property
+    def unbounded(self) -> bool:
+        """True for a catch-all rule (no min, no max)."""
+        return self.min is None and self.max is None
+
+    def matches(self, value: float) -> bool:
+        """True when ``min <= value < max``."""
+        if self.min is not None and value < self.min:
+            return False
+        return not (self.max is not None and value >= self.max)
+
+
+class RetrySettings(BaseModel):
+    """How the guard retries: attempts, wait, strategy, and what happens when attempts run out.
+
+    Example:
+        >>> RetrySettings(max_attempts=3, strategy=["reconsider", "resample"]).strategies
+        ['reconsider', 'resample']
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Total attempts, the first one included."""
+    wait: float = Field(default=0.0, ge=0.0)
+    """Seconds to wait between attempts (first wait; see ``backoff``)."""
+    backoff: float = Field(default=1.0, ge=1.0)
+    """Multiplier of the wait after each attempt (1 = fixed wait)."""
+    strategy: str | list[str] = "resample"
+    """Retry strategy name, or a list used in turn: resample, reconsider, widen_retrieval, or a name given to Guard(strategies=...)."""
+    on_exhausted: Action = Action.REVIEW
+    """Action applied to the best-scoring attempt when no attempt passed: accept, annotate, abstain, review or raise."""
+    retrying: Any = Field(default=None, exclude=True)
+    """A user's own tenacity ``Retrying`` / ``AsyncRetrying`` (its stop and wait replace the fields above; code only, not YAML)."""
+
+    @field_validator("strategy")
+    @classmethod
+    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
+        names = [v] if isinstance(v, str) else v
+        if not names or any(not n.strip() for n in names):
+            raise ValueError("strategy must be a non-empty name or list of names")
+        return v
+
+    @field_validator("on_exhausted")
+    @classmethod
+    def _final(cls, v: Action) -> Action:
+        if v is Action.RETRY:
+            raise ValueError("on_exhausted cannot be 'retry'")
+        return v
+
+    @field_validator("retrying")
+    @classmethod
+    def _tenacity(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        from tenacity import BaseRetrying
+
+        if not isinstance(v, BaseRetrying):
+            raise ValueError(f"retrying must be a tenacity Retrying or AsyncRetrying, got {type(v).__name__}")
+        return v
+
+    @property
+    def strategies(self) -> list[str]:
+        """The strategy names as a list."""
+        return [self.strategy] if isinstance(self.strategy, str) else list(self.strategy)
+
+
+class ReviewSettings(BaseModel):
+    """Where review items go and whether the guard waits for the human decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    """SQLite review database (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
+    wait: float | None = Field(default=None, ge=0.0)
+    """Seconds to wait for a human decision before returning (None: do not wait)."""
+    poll_interval: float = Field(default=1.0, gt=0.0)
+    """Seconds between checks while waiting."""
+    pending_message: str = "This answer is waiting for review by a person."
+    """Answer text returned while the item is pending (unless show_answer)."""
+    show_answer: bool = False
+    """Return the unreviewed answer instead of pending_message (fail open: off by default)."""
+
+
+class Decision(BaseModel):
+    """The action a policy takes for one scored answer, and which rule said so."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    """The action."""
+    rule: str | None
+    """Name of the rule that fired (None: the policy's default_action)."""
+    field: str | None = None
+    """The field the rule looked at."""
+    value: float | None = None
+    """Its value."""
+    message: str | None = None
+    """The rule's message, if any."""
+
+
+class GuardPolicy(BaseModel):
+    """Ordered rules from confidence (or raw score) bands to actions, plus retry, review and error settings.
+
+    Example:
+        >>> policy = GuardPolicy.from_yaml('''
+        ... rules:
+        ...   - {name: confident, min: 0.8, action: accept}
+        ...   - {name: unsure, min: 0.5, action: retry}
+        ...   - {name: lost, action: abstain}
+        ... retry: {max_attempts: 3, strategy: resample}
+        ... ''')
+        >>> policy.decide(None, confidence=0.6).action
+        <Action.RETRY: 'retry'>
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[Rule] = Field(min_length=1)
+    """Rules tried in order; the first whose band holds the value decides."""
+    default_action: Action = Action.REVIEW
+    """Action when no rule matches (fail closed)."""
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    """Retry settings for rules with action 'retry'."""
+    abstain_message: str = "I'm not confident enough to answer that."
+    """Answer text returned when the guard abstains (a rule's message overrides it)."""
+    annotate_message: str = "Low confidence: please double-check this answer."
+    """Note attached to answers accepted with 'annotate' (a rule's message overrides it)."""
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+    """Human review queue settings."""
+    on_error: Action = Action.REVIEW
+    """Action when scoring itself fails (fail closed by default): accept, annotate, abstain, review or raise."""
+    rank_by: str | None = None
+    """Field ranking attempts when retries run out (default: confidence with a calibrator, else the first rule's field)."""
+
+    @field_validator("rules")
+    @classmethod
+    def _names(cls, rules: list[Rule]) -> list[Rule]:
+        named = [r if r.name else r.model_copy(update={"name": f"rules[{i}]"}) for i, r in enumerate(rules)]
+        seen: set[str] = set()
+        for r in named:
+            assert r.name is not None
+            if r.name in seen:
+                raise ValueError(f"rule names must be unique; {r.name!r} appears twice")
+            seen.add(r.name)
+        return named
+
+    @field_validator("on_error", "default_action")
+    @classmethod
+    def _no_retry(cls, v: Action) -> Action:
+        if v is Action.RETRY:
+            raise ValueError("cannot be 'retry'")
+        return v
+
+    @field_validator("rank_by")
+    @classmethod
+    def _rank_field(cls, v: str | None) -> str | None:
+        if v is not None and v not in RULE_FIELDS:
+            raise ValueError(f"unknown field {v!r}; choose one of {list(RULE_FIELDS)}")
+        return v
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def uses_confidence(self) -> bool:
+        """True when a rule (or rank_by) needs a calibrated confidence."""
+        return any(r.field == "confidence" and not r.unbounded for r in self.rules) or self.rank_by == "confidence"
+
+    @property
+    def actions(self) -> set[Action]:
+        """Every action this policy can end in."""
+        out = {r.action for r in self.rules} | {self.default_action, self.on_error}
+        if Action.RETRY in out:
+            out.add(self.retry.on_exhausted)
+        return out
+
+    def decide(self, result: ScoreResult | None, confidence: float | None = None) -> Decision:
+        """The action for one scored answer: the first rule whose band holds its value.
+
+        Args:
+            result: The answer's scores (may be None when every rule is over confidence).
+            confidence: Calibrated confidence, needed by rules over ``confidence``.
+
+        Raises:
+            ConfigurationError: A rule needs a value that was not given.
+        """
+        for rule in self.rules:
+            if rule.unbounded:  # a catch-all needs no value
+                return Decision(action=rule.action, rule=rule.name, field=rule.field, message=rule.message)
+            value = self._value(rule.field, result, confidence, rule.name)
+            if not math.isfinite(value):
+                raise ConfigurationError(f"rule {rule.name!r}: {rule.field} is not finite ({value})")
+            if rule.matches(value):
+                return Decision(action=rule.action, rule=rule.name, field=rule.field, value=value, message=rule.message)
+        return Decision(action=self.default_action, rule=None)
+
+    @staticmethod
+    def _value(field: str, result: ScoreResult | None, confidence: float | None, name: str | None) -> float:
+        if field == "confidence":
+            if confidence is None:
+                raise ConfigurationError(
+                    f"rule {name!r} is over 'confidence' but no confidence was given; "
+                    "pass a Calibrator to the Guard, or write the rule over a raw score field"
+                )
+            return float(confidence)
+        if result is None:
+            raise ConfigurationError(f"rule {name!r} is over {field!r} but no ScoreResult was given")
+        return float(getattr(result, field))
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> GuardPolicy:
+        """Load from a YAML file path or YAML text.
+
+        Raises:
+            ConfigurationError: Unreadable YAML or an invalid field (the message names it).
+        """
+        text, where = _read_source(source, (".yaml", ".yml"))
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigurationError(f"policy {where} is not valid YAML: {e}") from e
+        return cls.from_dict(data, source=where)
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> GuardPolicy:
+        """Load from a JSON file path or JSON text."""
+        text, where = _read_source(source, (".json",))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigurationError(f"policy {where} is not valid JSON: {e}") from e
+        return cls.from_dict(data, source=where)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "dict") -> GuardPolicy:
+        """Validate a dict, turning pydantic's errors into one :class:`ConfigurationError` naming each bad field."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"policy {source} must be a mapping with 'rules', got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise ConfigurationError(f"invalid policy {source}: {format_validation_error(e)}") from e
+
+    def to_yaml(self) -> str:
+        """The policy as YAML (round-trips through :meth:`from_yaml`)."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    def to_json(self) -> str:
+        """The policy as JSON."""
+        return self.model_dump_json(indent=2, exclude_none=True)
+
+    @classmethod
+    def from_threshold(
+        cls, threshold: float, *, below: Action | str = Action.REVIEW, annotate_above: float | None = None, **kwargs: Any
+    ) -> GuardPolicy:
+        """Accept at confidence >= ``threshold`` (e.g. from :func:`select_threshold`), else ``below``."""
+        rules: list[dict[str, Any]] = []
+        if annotate_above is not None and annotate_above < threshold:
+            rules.append({"name": "risk-controlled", "min": threshold, "action": "accept"})
+            rules.append({"name": "annotated", "min": annotate_above, "action": "annotate"})
+        else:
+            rules.append({"name": "risk-controlled", "min": threshold, "action": "accept"})
+        rules.append({"name": "below-threshold", "action": Action(below).value})
+        return cls.model_validate({"rules": rules, **kwargs})
+
+
+def _read_source(source: str | Path, suffixes: tuple[str, ...]) -> tuple[str, str]:
+    if isinstance(source, Path) or (
+        isinstance(source, str) and "\n" not in source and source.strip().lower().endswith(suffixes)
+    ):
+        path = Path(source)
+        try:
+            return path.read_text(), str(path)
+        except FileNotFoundError as e:
+            raise ConfigurationError(f"policy file {path} does not exist") from e
+    return str(source), "<text>"
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """pydantic errors as 'rules.1.action: Input should be ...; ...' (dotted field paths)."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,47 @@
+"""The embedded SmolLM2-135M-Instruct end to end: fetch cache, shipped profile, generate, score, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semgrad_guard import fetch_default_model
+from semgrad_guard.cli import main
+from semgrad_guard.default_model import cache_is_valid
+
+pytestmark = pytest.mark.integration
+
+
+def test_default_cache_is_valid_and_fetch_is_a_no_op():
+    path = fetch_default_model()
+    assert cache_is_valid(path)
+    assert (path / "model.safetensors").stat().st_size > 100_000_000
+    assert fetch_default_model() == path
+
+
+def test_shipped_sps_profile_is_found_for_the_default_model(default_scorer):
+    assert default_scorer.profile.source == "sps"
+    assert default_scorer.profile.model_id == default_scorer.model_id
+    assert default_scorer.profile.sps_table is not None
+
+
+def test_generate_scores_match_scoring_the_text(default_scorer):
+    answer, from_cache = default_scorer.generate("What is the capital of France?", max_new_tokens=24)
+    assert "Paris" in answer
+    from_text = default_scorer.score("What is the capital of France?", answer)
+    assert from_text.answer_tokens == from_cache.answer_tokens
+    for name in ("semgrad", "exgrad", "hybridgrad", "nll", "mean_entropy"):
+        assert getattr(from_text, name) == pytest.approx(getattr(from_cache, name), rel=1e-4), name
+
+
+def test_a_wrong_answer_is_less_certain_than_the_models_own(default_scorer):
+    own, r_own = default_scorer.generate("What is the capital of France?", max_new_tokens=24)
+    wrong = default_scorer.score("What is the capital of France?", "The capital of France is Madrid.")
+    assert wrong.nll > r_own.nll and wrong.semgrad > r_own.semgrad
+
+
+def test_cli_score_json_on_the_default_model(capsys):
+    assert main(["score", "--prompt", "How many legs does a spider have?", "--answer", "Eight.", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["answer_tokens"] >= 2 and out["semgrad"] > 0 and out["layers"]

@@ -73,16 +73,77 @@ class Peak:
 def make_prompt(scorer: SemGradScorer, target_tokens: int) -> list[dict[str, str]]:
     lines = [json.loads(line)["query"] for line in SCIQ.read_text().splitlines()[:400]]
     context, i = "", 0
-    while len(scorer.prompt_ids([{"role": "user", "content": context + "Question: Why is the sky blue?"}])) < target_tokens:
+    while (
+        len(scorer.prompt_ids([{"role": "user", "content": context + "Question: Why is the sky blue?"}]))
+        < target_tokens
+    ):
         context += f"Document {i}: {lines[i]}\n"
         i += 1
-    return [{"role": "user", "content": f"Use the documents to answer.\n{context}Question: Why is the sky blue?"}]
+    return [
+        {"role": "user", "content": f"Use the documents to answer.\n{context}Question: Why is the sky blue?"}
+    ]
+
+
+def bench_prompt(
+    scorer: SemGradScorer, target: int, repeats: int, device: str
+) -> tuple[int, int, dict[str, float], dict[str, int]]:
+    """Time every path for one prompt length; interleaved rounds after a warm-up."""
+    model = scorer.model
+    chat = make_prompt(scorer, target)
+    x = scorer.prompt_ids(chat)
+    ids = torch.tensor([x], device=device)
+    gen_kwargs = dict(
+        max_new_tokens=ANSWER_TOKENS,
+        min_new_tokens=ANSWER_TOKENS,
+        do_sample=False,
+        eos_token_id=scorer.eos_token_ids,
+        pad_token_id=scorer.eos_token_ids[0],
+    )
+    answer, _ = scorer.generate(
+        chat, **{k: v for k, v in gen_kwargs.items() if k in ("max_new_tokens", "min_new_tokens")}
+    )
+    y = scorer.answer_ids(chat, answer, prompt_ids=x)
+    full = torch.tensor([x + y], device=device)
+
+    def generate() -> None:
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+
+    paths = {
+        "generate": generate,
+        "generate+score": lambda: scorer.generate(
+            chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS
+        ),
+        "score(text)": lambda: scorer.score(chat, answer),
+        "reference": lambda: reference_scores(
+            model, x, y, scorer.profile.anchor_offset, scorer.profile.layers
+        ),
+        "forward": lambda: torch.no_grad()(lambda: model(input_ids=full, use_cache=False))(),
+    }
+    for fn in paths.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    peaks: dict[str, int] = {k: 0 for k in paths}
+    for _ in range(repeats):
+        for k, fn in paths.items():
+            with Peak(device) as p:
+                fn()
+            times[k].append(p.seconds)
+            peaks[k] = max(peaks[k], p.peak)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"prompt {len(x)} tokens, answer {len(y)} tokens: "
+        + ", ".join(f"{k} {v:.3f}s" for k, v in med.items())
+    )
+    return len(x), len(y), med, peaks
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--random-llama-8b", action="store_true", help="random weights with Llama-3.1-8B's shape, bf16")
+    ap.add_argument(
+        "--random-llama-8b", action="store_true", help="random weights with Llama-3.1-8B's shape, bf16"
+    )
     ap.add_argument("--prompts", default="100,1000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
@@ -95,9 +156,18 @@ def main() -> None:
 
         tok = tiny_tokenizer("llama")
         cfg = AutoConfig.for_model(
-            "llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-            num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
-            tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+            "llama",
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+            rope_theta=500000.0,
+            tie_word_embeddings=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
         )
         with torch.device(args.device):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
@@ -109,42 +179,20 @@ def main() -> None:
     model, device = scorer.model, args.device
     rows = []
     for target in [int(v) for v in args.prompts.split(",")]:
-        chat = make_prompt(scorer, target)
-        x = scorer.prompt_ids(chat)
-        ids = torch.tensor([x], device=device)
-        gen_kwargs = dict(max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS, do_sample=False,
-                          eos_token_id=scorer.eos_token_ids, pad_token_id=scorer.eos_token_ids[0])
-        answer, _ = scorer.generate(chat, **{k: v for k, v in gen_kwargs.items() if k in ("max_new_tokens", "min_new_tokens")})
-        y = scorer.answer_ids(chat, answer, prompt_ids=x)
-        full = torch.tensor([x + y], device=device)
-
-        def generate() -> None:
-            with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
-
-        paths = {
-            "generate": generate,
-            "generate+score": lambda: scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS),
-            "score(text)": lambda: scorer.score(chat, answer),
-            "reference": lambda: reference_scores(model, x, y, scorer.profile.anchor_offset, scorer.profile.layers),
-            "forward": lambda: torch.no_grad()(lambda: model(input_ids=full, use_cache=False))(),
-        }
-        for fn in paths.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in paths}
-        peaks: dict[str, int] = {k: 0 for k in paths}
-        for _ in range(args.repeats):
-            for k, fn in paths.items():
-                with Peak(device) as p:
-                    fn()
-                times[k].append(p.seconds)
-                peaks[k] = max(peaks[k], p.peak)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((len(x), len(y), med, peaks))
-        print(f"prompt {len(x)} tokens, answer {len(y)} tokens: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()))
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
-    machine = (torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+        rows.append(bench_prompt(scorer, target, args.repeats, device))
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    machine = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
     lines = [
         f"# SemGrad scoring cost: {name}",
         "",
@@ -156,7 +204,10 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for nx, ny, med, peaks in rows:
-        mib = " / ".join(f"{peaks[k] / 2**20:.0f}" for k in ("generate", "generate+score", "score(text)", "reference", "forward"))
+        mib = " / ".join(
+            f"{peaks[k] / 2**20:.0f}"
+            for k in ("generate", "generate+score", "score(text)", "reference", "forward")
+        )
         lines.append(
             f"| {nx} | {ny} | {med['generate']:.3f} | {med['generate+score']:.3f} | {med['score(text)']:.3f} | {med['reference']:.3f} | "
             f"{med['forward']:.3f} | {med['generate+score'] / med['generate']:.3f} | {med['score(text)'] / med['forward']:.3f} | "
@@ -164,7 +215,9 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     print(text)
-    out = args.out or ROOT / "benchmarks" / "results" / ("scoring_gpu.md" if device.startswith("cuda") else "scoring_cpu.md")
+    out = args.out or ROOT / "benchmarks" / "results" / (
+        "scoring_gpu.md" if device.startswith("cuda") else "scoring_cpu.md"
+    )
     out.write_text(text)
     print(f"written to {out}")
 

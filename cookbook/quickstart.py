@@ -27,10 +27,14 @@ def main() -> None:
     console.print(f"[bold]{scorer!r}[/bold]")
     table = Table(title="Answers of SmolLM2-135M-Instruct, scored with SemGrad (higher = less certain)")
     for col in ("question", "answer", "semgrad", "hybridgrad", "mean_nll", "tokens"):
-        table.add_column(col, overflow="fold", justify="right" if col not in ("question", "answer") else "left")
+        table.add_column(
+            col, overflow="fold", justify="right" if col not in ("question", "answer") else "left"
+        )
     for q in QUESTIONS:
         answer, r = scorer.generate(q, max_new_tokens=48)
-        table.add_row(q, answer, f"{r.semgrad:.3g}", f"{r.hybridgrad:.3g}", f"{r.mean_nll:.2f}", str(r.answer_tokens))
+        table.add_row(
+            q, answer, f"{r.semgrad:.3g}", f"{r.hybridgrad:.3g}", f"{r.mean_nll:.2f}", str(r.answer_tokens)
+        )
     console.print(table)
 
 

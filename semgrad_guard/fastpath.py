@@ -85,7 +85,8 @@ class ModelAdapter:
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._tls = threading.local()
         self._handles = [
-            layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)
+            layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
+            for i, layer in enumerate(self.layers)
         ]
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -297,8 +298,14 @@ def score_ids(
         s, x_, h, n, mn, me = (float(v) for v in values[i])
         out.append(
             RawScores(
-                semgrad=s, exgrad=x_, hybridgrad=h, nll=n, mean_nll=mn, mean_entropy=me,
-                answer_tokens=lengths_t[i], prompt_tokens=len(e.prompt_ids),
+                semgrad=s,
+                exgrad=x_,
+                hybridgrad=h,
+                nll=n,
+                mean_nll=mn,
+                mean_entropy=me,
+                answer_tokens=lengths_t[i],
+                prompt_tokens=len(e.prompt_ids),
             )
         )
     return out

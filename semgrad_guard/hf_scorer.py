@@ -158,7 +158,10 @@ class SemGradScorer:
     def _render(self, chat: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
         try:
             text = self.tokenizer.apply_chat_template(
-                chat, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+                chat,
+                chat_template=self.chat_template,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
             )
         except Exception as e:  # jinja raises its own TemplateError (e.g. "System role not supported")
             raise ChatTemplateError(f"the chat template of {self.model_id} rejected the chat: {e}") from e
@@ -179,7 +182,9 @@ class SemGradScorer:
         """Answer token ids ``y``, ending with the end-of-turn token (docs/method.md, "Inputs")."""
         chat = normalize_messages(messages)
         x = prompt_ids if prompt_ids is not None else self.prompt_ids(chat)
-        full = self._encode(self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False))
+        full = self._encode(
+            self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+        )
         if full[: len(x)] == x:
             rest = full[len(x) :]
             for i, t in enumerate(rest):
@@ -210,7 +215,9 @@ class SemGradScorer:
 
     def score_token_ids(self, examples: Sequence[ScoringInput]) -> list[ScoreResult]:
         """Score examples given as token ids (answer ids must end where generation stopped)."""
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids))
+        order = sorted(
+            range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids)
+        )
         results: list[ScoreResult | None] = [None] * len(examples)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start : start + self.max_batch_size]
@@ -289,7 +296,9 @@ class SemGradScorer:
         if seed is not None:
             torch.manual_seed(seed)
         with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+            )
         generated = out.sequences[0, len(x) :].tolist()
         y = generated
         for i, t in enumerate(generated):
@@ -339,7 +348,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
             if v not in ids:
                 ids.append(int(v))
     if not ids:
-        raise ModelError("neither the generation config nor the tokenizer defines an end-of-turn (eos) token id")
+        raise ModelError(
+            "neither the generation config nor the tokenizer defines an end-of-turn (eos) token id"
+        )
     return ids
 
 

@@ -32,7 +32,9 @@ class ModelProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     anchor_offset: int = Field(lt=0, description="Anchor position relative to the end of the prompt; < 0.")
-    layers: list[int] = Field(min_length=1, description="Hugging Face hidden_states indices (0 = embeddings).")
+    layers: list[int] = Field(
+        min_length=1, description="Hugging Face hidden_states indices (0 = embeddings)."
+    )
     model_id: str | None = Field(default=None, description="Model the profile was computed for.")
     chat_template_hash: str | None = Field(default=None, description="sha256 of the chat template used.")
     data: str | None = Field(default=None, description="Data the SPS table was computed on.")

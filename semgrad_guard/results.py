@@ -23,13 +23,21 @@ class ScoreResult(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     semgrad: float = Field(description="Mean |dL/dh_l[a]| over the profile's layers and the hidden size.")
-    hybridgrad: float = Field(description="alpha * exgrad + (1 - alpha) * semgrad, alpha = exp(-mean_entropy).")
+    hybridgrad: float = Field(
+        description="alpha * exgrad + (1 - alpha) * semgrad, alpha = exp(-mean_entropy)."
+    )
     exgrad: float = Field(description="Mean |dL/dW_out| over the output projection, through the logits only.")
     nll: float = Field(description="Sum of the answer tokens' negative log-likelihoods (nats).")
     mean_nll: float = Field(description="nll divided by the number of answer tokens.")
-    mean_entropy: float = Field(description="Mean entropy (nats) of the next-token distributions over the answer.")
-    answer_tokens: int = Field(ge=1, description="Number of answer tokens scored, the end-of-turn token included.")
-    prompt_tokens: int = Field(default=0, ge=0, description="Number of prompt tokens (chat template applied).")
+    mean_entropy: float = Field(
+        description="Mean entropy (nats) of the next-token distributions over the answer."
+    )
+    answer_tokens: int = Field(
+        ge=1, description="Number of answer tokens scored, the end-of-turn token included."
+    )
+    prompt_tokens: int = Field(
+        default=0, ge=0, description="Number of prompt tokens (chat template applied)."
+    )
     anchor_offset: int = Field(description="Anchor position relative to the end of the prompt (negative).")
     layers: list[int] = Field(description="Hidden-state indices whose gradients make up semgrad.")
     model_id: str | None = Field(default=None, description="The scorer's model id, for provenance.")

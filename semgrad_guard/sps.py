@@ -55,7 +55,9 @@ def load_paraphrase_groups(
             original = row.get("query", row.get("question"))
             paraphrases = row.get("paraphrases")
             if not isinstance(original, str) or not isinstance(paraphrases, list):
-                raise ConfigurationError(f"{path}:{lineno}: expected 'query' (str) and 'paraphrases' (list of str)")
+                raise ConfigurationError(
+                    f"{path}:{lineno}: expected 'query' (str) and 'paraphrases' (list of str)"
+                )
             group = [original, *paraphrases]
             if per_group is not None:
                 group = group[:per_group]
@@ -109,7 +111,9 @@ def compute_sps(
     shortest = min(len(p) for p in prompts)
     window = min(window, shortest)
     # vectors[o][l]: (N, d) hidden states at offset o, hidden-state index l
-    vectors: dict[int, list[list[torch.Tensor]]] = {-o: [[] for _ in range(num_layers)] for o in range(1, window + 1)}
+    vectors: dict[int, list[list[torch.Tensor]]] = {
+        -o: [[] for _ in range(num_layers)] for o in range(1, window + 1)
+    }
     pad = scorer.eos_token_ids[0]
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
@@ -160,4 +164,10 @@ def compute_sps(
         source="sps",
         sps_table={str(o): [round(v, 6) for v in row] for o, row in table.items()},
     )
-    return SPSResult(table=table, profile=profile, anchor_tokens=anchor_tokens, n_groups=len(groups), n_prompts=len(prompts))
+    return SPSResult(
+        table=table,
+        profile=profile,
+        anchor_tokens=anchor_tokens,
+        n_groups=len(groups),
+        n_prompts=len(prompts),
+    )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def reference_scores(model, x: list[int], y: list[int], anchor_offset: int, layers: list[int]) -> dict[str, float]:
+def reference_scores(
+    model, x: list[int], y: list[int], anchor_offset: int, layers: list[int]
+) -> dict[str, float]:
     base = model.model
     ids = torch.tensor([x + y])
     with torch.enable_grad():

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import SemGradGuardError
 
-_COMMAND_MODULES: tuple[str, ...] = ("model",)
+_COMMAND_MODULES: tuple[str, ...] = ("model", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except SemGradGuardError as e:

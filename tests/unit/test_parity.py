@@ -27,7 +27,11 @@ def assert_close(result, ref, rtol=1e-5):
         assert abs(got - want) <= rtol * abs(want), f"{name}: fast {got!r} vs reference {want!r}"
 
 
-@pytest.fixture(scope="module", params=[(a, tie) for a in ARCHS for tie in (True, False)], ids=lambda p: f"{p[0]}-{'tied' if p[1] else 'untied'}")
+@pytest.fixture(
+    scope="module",
+    params=[(a, tie) for a in ARCHS for tie in (True, False)],
+    ids=lambda p: f"{p[0]}-{'tied' if p[1] else 'untied'}",
+)
 def scorer(request):
     arch, tie = request.param
     model, tok = tiny_chat_model(arch, tie_word_embeddings=tie)
@@ -42,17 +46,25 @@ def test_single_answers_match_reference(scorer):
         x = scorer.prompt_ids(CHAT)
         y = scorer.answer_ids(CHAT, answer)
         assert r.answer_tokens == len(y) and r.prompt_tokens == len(x)
-        assert_close(r, reference_scores(scorer.model, x, y, scorer.profile.anchor_offset, scorer.profile.layers))
+        assert_close(
+            r, reference_scores(scorer.model, x, y, scorer.profile.anchor_offset, scorer.profile.layers)
+        )
 
 
 def test_batch_of_different_lengths_matches_reference(scorer):
-    chats = [CHAT, [{"role": "user", "content": "Name the largest planet in the solar system, please."}], "Why?"]
+    chats = [
+        CHAT,
+        [{"role": "user", "content": "Name the largest planet in the solar system, please."}],
+        "Why?",
+    ]
     pairs = [(chats[i % 3], a) for i, a in enumerate(ANSWERS)]
     results = scorer.score_batch(pairs)
     assert len({r.answer_tokens for r in results}) > 1 and len({r.prompt_tokens for r in results}) > 1
     for (chat, answer), r in zip(pairs, results, strict=True):
         x, y = scorer.prompt_ids(chat), scorer.answer_ids(chat, answer)
-        assert_close(r, reference_scores(scorer.model, x, y, scorer.profile.anchor_offset, scorer.profile.layers))
+        assert_close(
+            r, reference_scores(scorer.model, x, y, scorer.profile.anchor_offset, scorer.profile.layers)
+        )
 
 
 def test_generate_scores_exactly_the_generated_ids(scorer):
@@ -60,10 +72,13 @@ def test_generate_scores_exactly_the_generated_ids(scorer):
     x = scorer.prompt_ids(CHAT)
     with torch.no_grad():
         out = scorer.model.generate(
-            input_ids=torch.tensor([x]), max_new_tokens=12, do_sample=False, eos_token_id=scorer.eos_token_ids,
+            input_ids=torch.tensor([x]),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=scorer.eos_token_ids,
             pad_token_id=scorer.eos_token_ids[0],
         )
-    y = out[0, len(x):].tolist()
+    y = out[0, len(x) :].tolist()
     eos = [i for i, t in enumerate(y) if t in scorer.eos_token_ids]
     y = y[: eos[0] + 1] if eos else y
     assert r.answer_tokens == len(y)

@@ -180,7 +180,12 @@ def test_non_finite_gradient_is_an_error_not_a_score():
 
 
 def test_default_profile_uses_first_token_of_generation_prompt():
-    for arch, expected_first in [("qwen2", "<|im_start|>"), ("llama", "<|start_header_id|>"), ("gemma2", "<start_of_turn>"), ("phi3", "<|assistant|>")]:
+    for arch, expected_first in [
+        ("qwen2", "<|im_start|>"),
+        ("llama", "<|start_header_id|>"),
+        ("gemma2", "<start_of_turn>"),
+        ("phi3", "<|assistant|>"),
+    ]:
         model, tok = tiny_chat_model(arch)
         scorer = SemGradScorer(model, tok)
         x = scorer.prompt_ids(Q)

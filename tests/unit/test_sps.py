@@ -16,7 +16,11 @@ def test_identical_questions_in_a_group_have_maximal_within_group_similarity():
     model, tok = tiny_chat_model("qwen2")
     scorer = SemGradScorer(model, tok)
     # Groups of literally identical prompts: within-group cosine is 1 at every offset and layer >= 1.
-    groups = [["What is the boiling point of water?"] * 3, ["Who wrote Hamlet, the play?"] * 3, ["Name a large planet now."] * 3]
+    groups = [
+        ["What is the boiling point of water?"] * 3,
+        ["Who wrote Hamlet, the play?"] * 3,
+        ["Name a large planet now."] * 3,
+    ]
     result = compute_sps(scorer, groups, window=3)
     assert set(result.table) == {-1, -2, -3}
     n = 4  # hidden-state indices 0..3
@@ -32,8 +36,11 @@ def test_identical_questions_in_a_group_have_maximal_within_group_similarity():
 def test_sps_matches_a_direct_computation():
     model, tok = tiny_chat_model("llama", seed=4)
     scorer = SemGradScorer(model, tok)
-    groups = [["Why is the sky blue?", "What makes the sky blue?"], ["How do magnets work?", "Why do magnets attract?"],
-              ["What is DNA?", "Explain DNA."]]
+    groups = [
+        ["Why is the sky blue?", "What makes the sky blue?"],
+        ["How do magnets work?", "Why do magnets attract?"],
+        ["What is DNA?", "Explain DNA."],
+    ]
     result = compute_sps(scorer, groups, window=2)
     vecs, gid = [], []
     for g, qs in enumerate(groups):
@@ -49,7 +56,9 @@ def test_sps_matches_a_direct_computation():
     cos = v @ v.T
     same = [(i, j) for i in range(6) for j in range(6) if i != j and gid[i] == gid[j]]
     diff = [(i, j) for i in range(6) for j in range(6) if gid[i] != gid[j]]
-    expected = torch.stack([cos[i, j] for i, j in same]).mean() - torch.stack([cos[i, j] for i, j in diff]).mean()
+    expected = (
+        torch.stack([cos[i, j] for i, j in same]).mean() - torch.stack([cos[i, j] for i, j in diff]).mean()
+    )
     assert result.table[-2][3] == pytest.approx(float(expected), abs=1e-4)
 
 

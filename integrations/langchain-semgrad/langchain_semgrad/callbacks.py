@@ -8,6 +8,7 @@ Use them to *score and record*; gate with :class:`~langchain_semgrad.SemGradOutp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+
 from semgrad_guard.results import ScoreResult
 from semgrad_guard.scorer import Scorer
 
@@ -266,10 +268,9 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
         payloads = self._record(run_id, chat, generations, results)
         if self.dispatch_events:
             for payload in payloads:
-                try:
+                # Outside a traced run (a bare model.invoke) there is no parent to attach the event to.
+                with contextlib.suppress(RuntimeError):
                     dispatch_custom_event(SCORE_EVENT, payload)
-                except RuntimeError:
-                    pass  # not inside a traced run (bare model.invoke): nothing to attach the event to
         self._check_raise(run_id, generations)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -364,10 +365,8 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
         payloads = self._record(run_id, chat, generations, results)
         if self.dispatch_events:
             for payload in payloads:
-                try:
+                with contextlib.suppress(RuntimeError):  # not inside a traced run: no parent for the event
                     await adispatch_custom_event(SCORE_EVENT, payload)
-                except RuntimeError:
-                    pass  # not inside a traced run: nothing to attach the event to
         self._check_raise(run_id, generations)
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

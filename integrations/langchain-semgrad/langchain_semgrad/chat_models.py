@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, model_validator
+
 from semgrad_guard.results import ScoreResult
 
 from .messages import to_chat
@@ -201,7 +202,7 @@ class ChatSemGrad(BaseChatModel):
             full = chunks[0]
             for c in chunks[1:]:
                 full += c
-            msg = full.message
+            msg = cast(AIMessageChunk, full.message)
             return ChatResult(
                 generations=[
                     ChatGeneration(
@@ -235,7 +236,7 @@ class ChatSemGrad(BaseChatModel):
             async for c in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
                 full = c if full is None else full + c
             assert full is not None
-            msg = full.message
+            msg = cast(AIMessageChunk, full.message)
             return ChatResult(
                 generations=[
                     ChatGeneration(
@@ -298,7 +299,7 @@ class ChatSemGrad(BaseChatModel):
                 box["out"] = self.scorer.generate(chat, streamer=streamer, **gen_kwargs)
             except BaseException as e:  # re-raised in the consumer thread
                 box["error"] = e
-                streamer.end()
+                streamer.end()  # type: ignore[no-untyped-call]
 
         thread = threading.Thread(target=work, name="ChatSemGrad-generate", daemon=True)
         thread.start()
@@ -349,7 +350,7 @@ class ChatSemGrad(BaseChatModel):
                 out: tuple[str, ScoreResult] = self.scorer.generate(chat, streamer=streamer, **gen_kwargs)
                 return out
             except BaseException:
-                streamer.end()
+                streamer.end()  # type: ignore[no-untyped-call]
                 raise
 
         task = asyncio.ensure_future(asyncio.to_thread(work))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.exceptions import OutputParserException
+
 from semgrad_guard.errors import SemGradGuardError
 
 

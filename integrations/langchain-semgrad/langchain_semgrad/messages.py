@@ -20,6 +20,7 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 from langchain_core.prompt_values import PromptValue
+
 from semgrad_guard.errors import ScoringError
 
 _ROLE_BY_TYPE: dict[type[BaseMessage], str] = {

@@ -14,6 +14,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation
+
 from semgrad_guard.results import ScoreResult
 
 METADATA_KEY = "semgrad"

@@ -72,7 +72,7 @@ def _has_checkpointer() -> bool:
         return False
 
 
-class SemGradMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+class SemGradMiddleware(AgentMiddleware):
     """Scores an agent's final answers (not its tool calls) and applies a guard policy.
 
     In ``wrap_model_call``: a model response that only calls tools passes through unscored. A
@@ -126,7 +126,7 @@ class SemGradMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     def _retry_request(request: ModelRequest, ctx: AttemptContext) -> ModelRequest:
         original = ctx.original_messages
         if ctx.messages[: len(original)] == original and len(ctx.messages) > len(original):
-            extra = convert_to_messages(ctx.messages[len(original) :])
+            extra: list[Any] = convert_to_messages(ctx.messages[len(original) :])
             return request.override(messages=[*request.messages, *extra])
         return request
 

@@ -7,11 +7,12 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.exceptions import OutputParserException
-from langchain_core.output_parsers import BaseGenerationOutputParser
 from langchain_core.messages import BaseMessage, BaseMessageChunk
+from langchain_core.output_parsers import BaseGenerationOutputParser
 from langchain_core.outputs import ChatGenerationChunk, Generation, GenerationChunk
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, PrivateAttr
+
 from semgrad_guard.errors import AnswerRejectedError
 from semgrad_guard.guard import Guard, GuardResult
 from semgrad_guard.policy import Action

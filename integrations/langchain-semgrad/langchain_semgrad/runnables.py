@@ -18,6 +18,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import patch_config
+
 from semgrad_guard.errors import ConfigurationError
 from semgrad_guard.guard import Guard, GuardResult
 from semgrad_guard.policy import Action

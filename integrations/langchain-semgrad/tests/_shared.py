@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_scorer_once(arch: str = "llama") -> Any:
     """A SemGradScorer over a 4-layer random ``arch`` model with SmolLM2's tokenizer (no download)."""
     from semgrad_guard.testing import tiny_scorer

@@ -13,9 +13,6 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel, G
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
-from semgrad_guard import MockScorer
-from semgrad_guard.policy import GuardPolicy
-
 from langchain_semgrad import (
     SCORE_EVENT,
     AsyncSemGradCallbackHandler,
@@ -23,6 +20,9 @@ from langchain_semgrad import (
     SemGradCallbackHandler,
     read_score,
 )
+
+from semgrad_guard import MockScorer
+from semgrad_guard.policy import GuardPolicy
 
 
 def length_score(messages: list[dict[str, Any]], answer: str) -> float:

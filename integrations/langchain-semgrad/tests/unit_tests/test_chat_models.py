@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
-from semgrad_guard import MockScorer
-
 from langchain_semgrad import ChatSemGrad, read_score
+
+from semgrad_guard import MockScorer
 
 
 def test_invoke_scores_exactly_what_scorer_generate_returns(tiny: Any) -> None:

@@ -11,14 +11,14 @@ from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from langchain_semgrad import REVIEW_INTERRUPT_TYPE, SemGradMiddleware, read_payload
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
+
 from semgrad_guard import MockScorer
 from semgrad_guard.errors import ConfigurationError
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
-
-from langchain_semgrad import REVIEW_INTERRUPT_TYPE, SemGradMiddleware, read_payload
 
 POLICY = GuardPolicy.from_dict(
     {

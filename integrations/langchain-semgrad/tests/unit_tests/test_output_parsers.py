@@ -9,12 +9,12 @@ import pytest
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.runnables import RunnableLambda
+from langchain_semgrad import ChatSemGrad, LowConfidenceError, SemGradCallbackHandler, SemGradOutputParser
+
 from semgrad_guard import MockScorer
 from semgrad_guard.guard import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
-
-from langchain_semgrad import ChatSemGrad, LowConfidenceError, SemGradCallbackHandler, SemGradOutputParser
 
 # semgrad < 0.2 accept, < 0.4 annotate, < 0.6 retry, < 0.8 review, else abstain; exactly 0.99 raises
 POLICY = GuardPolicy.from_dict(

@@ -12,13 +12,13 @@ from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+from langchain_semgrad import ChatSemGrad, guard_runnable, read_payload, read_score
+
 from semgrad_guard import MockScorer
 from semgrad_guard.errors import ConfigurationError
 from semgrad_guard.guard import GuardResult
 from semgrad_guard.policy import Action, GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
-
-from langchain_semgrad import ChatSemGrad, guard_runnable, read_payload, read_score
 
 
 def band_policy(**retry: Any) -> GuardPolicy:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from langchain_semgrad import ChatSemGrad
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_semgrad import ChatSemGrad
 from tests._shared import tiny_scorer_once
-
 
 
 class TestChatSemGradUnit(ChatModelUnitTests):

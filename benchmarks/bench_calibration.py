@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "Calibrator chosen by cross-validation (count over splits): "
         + ", ".join(f"`{k}` {v}" for k, v in sorted(chosen.items(), key=lambda kv: -kv[1])),
         "",
-        f"| alpha | delta | splits with a threshold | exceedance rate P(test selective error > alpha) | "
+        "| alpha | delta | splits with a threshold | exceedance rate P(test selective error > alpha) | "
         "mean test selective error | mean test coverage |",
         "|---|---|---|---|---|---|",
     ]

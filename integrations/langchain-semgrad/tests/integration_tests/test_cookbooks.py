@@ -50,7 +50,7 @@ def test_agent_guard_scores_final_answers_after_tool_calls(monkeypatch: pytest.M
     summary = tmp_path / "agent.json"
     run_main("langchain_agent_guard.py", monkeypatch, "--review-db", str(tmp_path / "r.db"), "--summary", str(summary))
     rows = json.loads(summary.read_text())
-    assert len(rows) == 2
+    assert len(rows) == 3
     for row in rows:
         assert row["tool_calls"] >= 1  # the tool ran before the answer
         assert row["action"] in {"accept", "annotate", "abstain", "review"}

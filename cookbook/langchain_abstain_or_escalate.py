@@ -1,0 +1,123 @@
+"""Abstain or escalate: the human-review flow end to end with LangChain and a durable review queue.
+
+1. A guarded ``ChatSemGrad`` (embedded SmolLM2-135M-Instruct) answers three questions under a
+   policy: confident answers pass, shaky ones go to a person, hopeless ones abstain.
+2. An escalated answer waits in the SQLite review queue (``semgrad-guard review ...`` reads the
+   same file); a reviewer decides through the queue's API, as a review UI or the CLI would.
+3. Async, waiting: with ``review.wait`` set, ``ainvoke`` enqueues the answer and awaits the
+   decision while a reviewer (another coroutine here; a person with the CLI in production)
+   edits it; the guarded call returns the reviewer's answer.
+
+Run: ``python cookbook/langchain_abstain_or_escalate.py`` (needs ``semgrad-guard fetch-default-model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_semgrad import ChatSemGrad, guard_runnable
+from rich.console import Console
+from rich.table import Table
+
+from semgrad_guard.guard import GuardResult
+from semgrad_guard.policy import GuardPolicy
+from semgrad_guard.review import SQLiteReviewQueue
+
+SYSTEM = "You are the Orbitra Science Museum's assistant. Answer in one short sentence."
+
+# Bands over raw SemGrad on this model's default profile (see cookbook/README.md).
+POLICY: dict[str, Any] = {
+    "rules": [
+        {"name": "confident", "field": "semgrad", "max": 6e-6, "action": "accept"},
+        {"name": "needs-a-person", "field": "semgrad", "max": 2.5e-5, "action": "review"},
+        {"name": "hopeless", "field": "semgrad", "action": "abstain"},
+    ],
+    "abstain_message": "I'm not sure; let me connect you with a member of staff.",
+}
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Who founded the Orbitra Science Museum?",
+    "How much does an adult ticket to the Orbitra Science Museum cost?",
+]
+
+
+def messages(question: str) -> list[tuple[str, str]]:
+    return [("system", SYSTEM), ("human", question)]
+
+
+def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    chat = ChatSemGrad(model="default", max_tokens=max_tokens)
+    db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-review-")) / "review.db")
+    queue = SQLiteReviewQueue(db)
+    policy = GuardPolicy.from_dict(POLICY)
+    guarded = guard_runnable(chat, chat.scorer, policy, review_queue=queue, output="guard_result")
+
+    # 1. Route three answers.
+    results: list[GuardResult] = [guarded.invoke(messages(q)) for q in QUESTIONS]
+    table = Table(title="Step 1: routing (policy over raw semgrad)", show_lines=True)
+    for col in ("question", "model answer", "semgrad", "action", "returned", "review id"):
+        table.add_column(col, overflow="fold")
+    for q, r in zip(QUESTIONS, results, strict=True):
+        best = r.best_attempt
+        table.add_row(
+            q, (best.answer if best else "") or "", f"{r.result.semgrad:.2e}" if r.result else "n/a",
+            r.action.value, r.answer, str(r.review_id or ""),
+        )
+    console.print(table)
+
+    # 2. A person decides on each pending item (API; the CLI equivalent is printed).
+    decided = []
+    for item in queue.list("pending"):
+        console.print(f"[bold]review #{item.id}[/] q={item.question!r} a={item.answer!r} rule={item.rule}")
+        console.print(f"  CLI: semgrad-guard review edit {item.id} --db {db} --answer '...'")
+        final = queue.edit(item.id, answer="Please ask at the information desk; staff will confirm.", reviewer="desk", note="not in the guide")
+        decided.append(final)
+        console.print(f"  -> {final.status.value} by {final.reviewer}: {final.final_answer!r}")
+
+    # 3. Async: the guarded call waits for the decision while a reviewer works.
+    waiting_policy = policy.model_copy(update={"review": policy.review.model_copy(update={"wait": 60.0, "poll_interval": 0.1})})
+    waiting = guard_runnable(chat, chat.scorer, waiting_policy, review_queue=queue, output="guard_result")
+
+    async def reviewer() -> None:
+        for _ in range(6000):  # a person at a review screen, polling the same SQLite file
+            pending = await asyncio.to_thread(queue.list, "pending")
+            if pending:
+                await asyncio.to_thread(queue.approve, pending[0].id, reviewer="night-shift")
+                return
+            await asyncio.sleep(0.1)
+
+    async def ask_and_wait(question: str) -> GuardResult:
+        answer, _ = await asyncio.gather(waiting.ainvoke(messages(question)), reviewer())
+        return answer
+
+    escalated = [q for q, r in zip(QUESTIONS, results, strict=True) if r.action.value == "review"]
+    waited = asyncio.run(ask_and_wait(escalated[0])) if escalated else None
+    if waited is not None:
+        console.print(
+            f"Step 3: waited for review #{waited.review_id}: status={waited.review_status}, returned {waited.answer!r}"
+        )
+    console.print(f"review queue: {db} ({len(queue)} item(s)); counts {queue.counts()}")
+    return {"results": results, "decided": decided, "waited": waited, "db": db}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--review-db", default=None, help="SQLite review queue (default: a temporary file)")
+    args = parser.parse_args(argv)
+    logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
+    run(max_tokens=args.max_tokens, review_db=args.review_db)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | export``.
+
+The database is ``--db PATH``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
+data directory (the same default the :class:`~semgrad_guard.Guard` uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db",
+        metavar="PATH",
+        default=None,
+        help="review database (default: $SEMGRAD_GUARD_REVIEW_DB or review.db in the user data dir)",
+    )
+    parser = subparsers.add_parser("review", help="human review queue: list, show, approve, reject, edit, export")
+    sub = parser.add_subparsers(dest="review_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("list", parents=[common], help="list review items (newest first)")
+    p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
+    p.add_argument("--limit", type=int, default=50, help="at most this many items (default 50; 0 = all)")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("show", parents=[common], help="show one item with its chat, scores and audit trail")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=_show)
+
+    for name, helptext in (("approve", "approve the answer as it is"), ("reject", "reject the answer")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("id", type=int)
+        p.add_argument("--reviewer", default=None, help="who decides (default: $USER)")
+        p.add_argument("--note", default=None)
+        p.set_defaults(func=_decide, decision=name)
+
+    p = sub.add_parser("edit", parents=[common], help="replace the answer with yours")
+    p.add_argument("id", type=int)
+    p.add_argument("--answer", required=True, help="the corrected answer")
+    p.add_argument("--reviewer", default=None, help="who decides (default: $USER)")
+    p.add_argument("--note", default=None)
+    p.set_defaults(func=_decide, decision="edit")
+
+    p = sub.add_parser("export", parents=[common], help="export items as JSONL or CSV (oldest first)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", dest="fmt")
+    p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
+    p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
+    p.set_defaults(func=_export)
+
+
+def _queue(args: argparse.Namespace) -> Any:
+    from ..review import SQLiteReviewQueue, default_review_db_path
+
+    path = args.db or default_review_db_path()
+    return SQLiteReviewQueue(path, create=False)  # the CLI never creates a queue: a typo'd path is an error
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    with _queue(args) as q:
+        items = q.list(args.status, limit=args.limit or None)
+        counts = q.counts()
+    table = Table(title=f"Review queue {q.path}", show_lines=False)
+    for col, kw in (
+        ("id", {"justify": "right"}),
+        ("created (UTC)", {}),
+        ("status", {}),
+        ("rule", {}),
+        ("confidence", {"justify": "right"}),
+        ("semgrad", {"justify": "right"}),
+        ("question", {}),
+        ("answer", {}),
+    ):
+        table.add_column(col, **kw)
+    style = {"pending": "yellow", "approved": "green", "rejected": "red", "edited": "cyan"}
+    for it in items:
+        table.add_row(
+            str(it.id),
+            it.created_at[:19].replace("T", " "),
+            f"[{style[it.status.value]}]{it.status.value}[/]",
+            it.rule or "-",
+            _fmt(it.confidence),
+            _fmt(it.result.semgrad if it.result else None, ".3g"),
+            _short(it.question, 40),
+            _short(it.final_answer if it.final_answer is not None else it.answer, 40),
+        )
+    console = _console()
+    console.print(table)
+    console.print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    with _queue(args) as q:
+        it = q.get(args.id)
+    console = _console()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("id", str(it.id))
+    head.add_row("status", it.status.value)
+    head.add_row("created", it.created_at)
+    head.add_row("rule", it.rule or "-")
+    head.add_row("confidence", _fmt(it.confidence))
+    if it.reviewer or it.decided_at:
+        head.add_row("reviewer", it.reviewer or "-")
+        head.add_row("decided", it.decided_at or "-")
+    if it.note:
+        head.add_row("note", it.note)
+    console.print(Panel(head, title=f"review item {it.id}"))
+    chat = Table(title="chat", show_header=True)
+    chat.add_column("role")
+    chat.add_column("content")
+    for m in it.messages:
+        chat.add_row(str(m.get("role")), str(m.get("content")))
+    chat.add_row("[bold]answer[/]", it.answer)
+    if it.final_answer is not None and it.final_answer != it.answer:
+        chat.add_row("[bold cyan]final answer[/]", it.final_answer)
+    console.print(chat)
+    if it.result is not None:
+        scores = Table(title="scores (higher = more uncertain)")
+        for name in it.result.scores():
+            scores.add_column(name, justify="right")
+        scores.add_row(*(f"{v:.4g}" for v in it.result.scores().values()))
+        console.print(scores)
+    if it.metadata:
+        console.print(f"metadata: {it.metadata}")
+    audit = Table(title="audit trail")
+    for col in ("at", "event", "actor", "details"):
+        audit.add_column(col)
+    for a in it.audit:
+        audit.add_row(a.at, a.event, a.actor or "-", ", ".join(f"{k}={v}" for k, v in a.details.items()))
+    console.print(audit)
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    import getpass
+
+    reviewer = args.reviewer
+    if reviewer is None:
+        try:
+            reviewer = getpass.getuser()
+        except Exception:  # no login name (containers): leave it empty
+            reviewer = None
+    with _queue(args) as q:
+        if args.decision == "approve":
+            it = q.approve(args.id, reviewer=reviewer, note=args.note)
+        elif args.decision == "reject":
+            it = q.reject(args.id, reviewer=reviewer, note=args.note)
+        else:
+            it = q.edit(args.id, answer=args.answer, reviewer=reviewer, note=args.note)
+    _console().print(f"item {it.id}: [bold]{it.status.value}[/] by {it.reviewer or '-'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _queue(args) as q:
+        if args.output:
+            with open(args.output, "w", newline="") as fh:
+                q.export(args.fmt, status=args.status, file=fh)
+            print(f"wrote {args.output}", file=sys.stderr)
+        else:
+            sys.stdout.write(q.export(args.fmt, status=args.status))
+    return 0

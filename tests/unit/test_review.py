@@ -1,0 +1,312 @@
+"""SQLite review queue: items, decisions, audit, waiting, callbacks, export, permissions, corruption, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from semgrad_guard import (
+    ConfigurationError,
+    ReviewItemNotFoundError,
+    ReviewQueue,
+    ReviewQueueCorruptError,
+    ReviewQueueError,
+    ReviewStatus,
+    ReviewTimeoutError,
+    ScoreResult,
+    SQLiteReviewQueue,
+)
+
+RESULT = ScoreResult(
+    semgrad=1e-3, hybridgrad=2e-3, exgrad=3e-3, nll=4.0, mean_nll=0.5, mean_entropy=1.2,
+    answer_tokens=8, anchor_offset=-4, layers=[15, 16], model_id="m",
+)
+
+
+@pytest.fixture
+def q(tmp_path):
+    queue = SQLiteReviewQueue(tmp_path / "review.db")
+    yield queue
+    queue.close()
+
+
+def test_item_life_cycle_and_audit_trail(q) -> None:
+    assert isinstance(q, ReviewQueue)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Australia?"}]
+    i = q.enqueue(chat, "Sydney", result=RESULT, confidence=0.31, rule="unsure", metadata={"run_id": "abc"})
+    it = q.get(i)
+    assert (it.status, it.answer, it.rule, it.confidence, it.final_answer) == (ReviewStatus.PENDING, "Sydney", "unsure", 0.31, None)
+    assert it.messages == chat and it.result == RESULT and it.metadata == {"run_id": "abc"}
+    assert it.question == "Capital of Australia?" and not it.resolved
+    assert [a.event for a in it.audit] == ["created"]
+    it = q.edit(i, answer="Canberra", reviewer="ana", note="wrong city")
+    assert (it.status, it.final_answer, it.reviewer, it.note) == (ReviewStatus.EDITED, "Canberra", "ana", "wrong city")
+    assert it.decided_at is not None and it.resolved
+    it = q.approve(i, reviewer="bo")
+    assert it.status is ReviewStatus.APPROVED and it.final_answer == "Sydney"  # approve keeps the model's answer
+    trail = [(a.event, a.actor, a.details.get("from"), a.details.get("to")) for a in it.audit]
+    assert trail == [("created", None, None, None), ("edited", "ana", "pending", "edited"), ("approved", "bo", "edited", "approved")]
+    assert q.get(i).audit[1].details["answer"] == "Canberra"
+
+
+def test_list_filters_and_orders(q) -> None:
+    ids = [q.enqueue("q", f"a{k}") for k in range(5)]
+    q.reject(ids[1])
+    q.approve(ids[3])
+    assert [it.id for it in q.list()] == ids[::-1]
+    assert [it.id for it in q.list("pending")] == [ids[4], ids[2], ids[0]]
+    assert [it.id for it in q.list(ReviewStatus.REJECTED)] == [ids[1]]
+    assert len(q.list(limit=2)) == 2
+    assert q.counts() == {"pending": 3, "approved": 1, "rejected": 1, "edited": 0}
+    assert len(q) == 5
+    with pytest.raises(ConfigurationError, match="status must be one of"):
+        q.list("done")
+
+
+def test_unknown_item_is_a_typed_error(q) -> None:
+    with pytest.raises(ReviewItemNotFoundError, match="no review item with id 99"):
+        q.get(99)
+    with pytest.raises(ReviewItemNotFoundError):
+        q.approve(99)
+    with pytest.raises(KeyError):  # also a KeyError, for callers that catch that
+        q.reject(99)
+
+
+def test_metadata_that_is_not_json_is_stored_as_text(q) -> None:
+    i = q.enqueue("q", "a", metadata={"path": Path("/x/y"), "n": 3})
+    assert q.get(i).metadata == {"path": "/x/y", "n": 3}
+
+
+def test_export_jsonl_and_csv(q, tmp_path) -> None:
+    a = q.enqueue("Capital of Australia?", "Sydney", result=RESULT, confidence=0.3, rule="unsure")
+    b = q.enqueue("2+2?", "4, I think", rule="doubt")
+    q.edit(a, answer="Canberra", reviewer="ana")
+    lines = [json.loads(line) for line in q.export("jsonl").splitlines()]
+    assert [x["id"] for x in lines] == [a, b]
+    assert lines[0]["final_answer"] == "Canberra" and lines[0]["result"]["semgrad"] == 1e-3
+    assert [e["event"] for e in lines[0]["audit"]] == ["created", "edited"]
+    rows = list(csv.DictReader(io.StringIO(q.export("csv"))))
+    assert [r["status"] for r in rows] == ["edited", "pending"]
+    assert rows[0]["semgrad"] == "0.001" and rows[0]["question"] == "Capital of Australia?" and rows[1]["semgrad"] == ""
+    assert rows[1]["answer"] == "4, I think"  # commas survive quoting
+    buf = io.StringIO()
+    q.export("jsonl", status="pending", file=buf)
+    assert [json.loads(x)["id"] for x in buf.getvalue().splitlines()] == [b]
+    with pytest.raises(ConfigurationError, match="format"):
+        q.export("xml")  # type: ignore[arg-type]
+
+
+def test_database_and_journal_files_are_owner_only(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "sub" / "review.db"
+        with SQLiteReviewQueue(path) as q:
+            q.enqueue("secret prompt", "answer")
+            files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.exists()}
+    finally:
+        os.umask(old)
+    assert modes[path.name] == 0o600
+    assert all(m & 0o077 == 0 for m in modes.values()), modes
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_non_sqlite_file_is_refused_and_left_untouched(tmp_path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 100)
+    before = _digest(path)
+    with pytest.raises(ReviewQueueCorruptError, match="not an SQLite database"):
+        SQLiteReviewQueue(path)
+    assert _digest(path) == before
+
+
+def test_foreign_sqlite_database_is_refused_and_left_untouched(tmp_path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ana')")
+    conn.close()
+    before = _digest(path)
+    with pytest.raises(ReviewQueueCorruptError, match="not a semgrad-guard review queue"):
+        SQLiteReviewQueue(path)
+    assert _digest(path) == before
+
+
+def test_corrupted_review_database_is_refused_and_left_untouched(tmp_path) -> None:
+    path = tmp_path / "review.db"
+    with SQLiteReviewQueue(path) as q:
+        for k in range(50):
+            q.enqueue("q", f"answer {k}" * 50)
+    with sqlite3.connect(path) as conn:  # fold the WAL back so the main file holds everything
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(path.read_bytes())
+    data[100:4096] = os.urandom(4096 - 100)  # smash the schema page after the header
+    path.write_bytes(bytes(data))
+    before = _digest(path)
+    with pytest.raises(ReviewQueueCorruptError, match="left untouched"):
+        SQLiteReviewQueue(path)
+    assert _digest(path) == before
+
+
+def test_missing_database_without_create(tmp_path) -> None:
+    with pytest.raises(ReviewQueueError, match="does not exist"):
+        SQLiteReviewQueue(tmp_path / "nope.db", create=False)
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_wait_returns_the_decision_or_times_out(q) -> None:
+    i = q.enqueue("q", "a")
+    with pytest.raises(ReviewTimeoutError, match="still pending"):
+        q.wait(i, timeout=0.05, poll_interval=0.01)
+    threading.Timer(0.1, lambda: q.edit(i, answer="b", reviewer="ana")).start()
+    it = q.wait(i, timeout=10, poll_interval=0.02)
+    assert it.status is ReviewStatus.EDITED and it.final_answer == "b"
+
+
+async def test_await_decision_does_not_block_the_loop(q) -> None:
+    i = q.enqueue("q", "a")
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    t = asyncio.create_task(ticker())
+    asyncio.get_running_loop().call_later(0.2, lambda: threading.Thread(target=q.approve, args=(i,)).start())
+    it = await q.await_decision(i, timeout=10, poll_interval=0.02)
+    t.cancel()
+    assert it.status is ReviewStatus.APPROVED and ticks >= 5
+    with pytest.raises(ReviewTimeoutError):
+        await q.await_decision(q.enqueue("q", "b"), timeout=0.05, poll_interval=0.01)
+
+
+def test_on_resolved_fires_for_local_and_other_connection_decisions(q, tmp_path) -> None:
+    seen: list[tuple[int, str]] = []
+    got = threading.Event()
+
+    def cb(item):
+        seen.append((item.id, item.status.value))
+        if len(seen) == 2:
+            got.set()
+
+    old = q.enqueue("q", "decided before registration")
+    q.approve(old)
+    a, b = q.enqueue("q", "a"), q.enqueue("q", "b")
+    q.on_resolved(cb, poll_interval=0.02)
+    q.reject(a)  # local: fires at once
+    assert seen == [(a, "rejected")]
+    with SQLiteReviewQueue(q.path) as other:  # another connection (like the CLI in another process)
+        other.edit(b, answer="B")
+    assert got.wait(5)
+    assert seen == [(a, "rejected"), (b, "edited")]
+
+
+def test_callback_errors_do_not_break_the_queue(q) -> None:
+    q.on_resolved(lambda item: 1 / 0, poll_interval=0.05)
+    i = q.enqueue("q", "a")
+    assert q.approve(i).status is ReviewStatus.APPROVED
+
+
+_WRITER = r"""
+import sys
+from semgrad_guard.review import SQLiteReviewQueue
+path, tag, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+q = SQLiteReviewQueue(path)
+print("ready", flush=True)
+if sys.argv[5:] == ["barrier"]:
+    sys.stdin.readline()  # start together with the other writer
+for k in range(count):
+    body = (f"{tag}-{k}|" * (size // 8 + 1))[:size]
+    item_id = q.enqueue([{"role": "user", "content": f"question {tag}-{k}"}], body, rule=tag, metadata={"k": k})
+    print(item_id, k, flush=True)
+q.close()
+"""
+
+
+def _spawn(path: Path, tag: str, count: int, size: int, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), tag, str(count), str(size), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _check_items_whole(path: Path) -> list:
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        created = conn.execute("SELECT COUNT(*) FROM audit WHERE event = 'created'").fetchone()[0]
+    conn.close()
+    with SQLiteReviewQueue(path) as q:
+        items = q.list()
+    assert created == len(items)  # every item has its audit entry: no half-written change
+    for it in items:
+        tag_k = it.messages[0]["content"].removeprefix("question ")
+        assert it.rule == tag_k.split("-")[0] and it.metadata["k"] == int(tag_k.split("-")[1])
+        assert set(it.answer.split("|")[:-1]) == {tag_k}  # the whole body, not a prefix of it
+    return items
+
+
+@pytest.mark.slow
+def test_sigkill_during_enqueue_loses_no_acknowledged_item_and_leaves_none_half_written(tmp_path) -> None:
+    path = tmp_path / "review.db"
+    acknowledged: set[int] = set()
+    for round_no, kill_after in enumerate((5, 17, 40)):
+        proc = _spawn(path, f"r{round_no}", 10_000, 200_000)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
+        for _ in range(kill_after):
+            line = proc.stdout.readline()
+            acknowledged.add(int(line.split()[0]))
+        os.kill(proc.pid, signal.SIGKILL)  # mid-loop: very likely inside the next enqueue's transaction
+        proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL
+        items = _check_items_whole(path)
+        ids = {it.id for it in items}
+        assert acknowledged <= ids, sorted(acknowledged - ids)
+    assert len(acknowledged) == 5 + 17 + 40
+
+
+@pytest.mark.slow
+def test_two_processes_enqueueing_concurrently_lose_nothing(tmp_path) -> None:
+    path = tmp_path / "review.db"
+    procs = [_spawn(path, tag, 120, 2_000, "barrier") for tag in ("a", "b")]
+    for p in procs:  # both have opened the queue: release them at once
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    acked = [int(line.split()[0]) for out, _ in outs for line in out.splitlines()]
+    assert len(acked) == 240 and len(set(acked)) == 240
+    items = _check_items_whole(path)
+    assert {it.id for it in items} == set(acked)
+    assert sorted(it.messages[0]["content"] for it in items) == sorted(
+        f"question {t}-{k}" for t in ("a", "b") for k in range(120)
+    )

@@ -1,0 +1,99 @@
+"""`semgrad-guard review ...`: list, show, approve, reject, edit, export; --db and the env default; errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from semgrad_guard import ScoreResult, SQLiteReviewQueue
+from semgrad_guard.cli import main
+
+RESULT = ScoreResult(
+    semgrad=0.0123, hybridgrad=2e-3, exgrad=3e-3, nll=4.0, mean_nll=0.5, mean_entropy=1.2,
+    answer_tokens=8, anchor_offset=-4, layers=[15, 16], model_id="m",
+)
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "review.db"
+    with SQLiteReviewQueue(path) as q:
+        q.enqueue("Capital of Australia?", "Sydney", result=RESULT, confidence=0.31, rule="unsure")
+        q.enqueue("Boiling point of water at sea level?", "90 degrees", rule="doubt")
+        q.enqueue("Largest planet?", "Jupiter", rule="unsure")
+    return path
+
+
+def test_list_shows_a_table(db, capsys) -> None:
+    assert main(["review", "list", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "Capital of Australia?" in out and "Sydney" in out and "0.310" in out and "0.0123" in out
+    assert "pending: 3" in out
+    assert main(["review", "list", "--db", str(db), "--status", "approved"]) == 0
+    out = capsys.readouterr().out
+    assert "Sydney" not in out and "approved: 0" in out
+
+
+def test_show_approve_reject_edit_round(db, capsys) -> None:
+    assert main(["review", "approve", "1", "--db", str(db), "--reviewer", "ana"]) == 0
+    assert "item 1: approved by ana" in capsys.readouterr().out
+    assert main(["review", "reject", "2", "--db", str(db), "--reviewer", "bo", "--note", "wrong"]) == 0
+    assert main(["review", "edit", "3", "--db", str(db), "--answer", "Jupiter, by far", "--reviewer", "cy"]) == 0
+    capsys.readouterr()
+    assert main(["review", "show", "3", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "Largest planet?" in out and "Jupiter, by far" in out and "edited" in out and "audit trail" in out
+    with SQLiteReviewQueue(db) as q:
+        assert [(it.id, it.status.value, it.reviewer) for it in reversed(q.list())] == [
+            (1, "approved", "ana"), (2, "rejected", "bo"), (3, "edited", "cy"),
+        ]
+        assert q.get(2).note == "wrong"
+    assert main(["review", "show", "1", "--db", str(db)]) == 0
+    assert "semgrad" in capsys.readouterr().out  # scores table
+
+
+def test_export_jsonl_csv_and_file(db, capsys, tmp_path) -> None:
+    assert main(["review", "export", "--db", str(db)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == [1, 2, 3] and rows[0]["result"]["semgrad"] == 0.0123
+    assert main(["review", "export", "--format", "csv", "--db", str(db)]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["answer"] for r in table] == ["Sydney", "90 degrees", "Jupiter"]
+    out = tmp_path / "out.jsonl"
+    assert main(["review", "export", "--db", str(db), "--status", "pending", "-o", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_env_default_database(db, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(db))
+    assert main(["review", "approve", "2"]) == 0
+    with SQLiteReviewQueue(db) as q:
+        assert q.get(2).status.value == "approved"
+
+
+def test_errors_exit_2_with_a_clear_message(db, tmp_path, capsys) -> None:
+    assert main(["review", "show", "42", "--db", str(db)]) == 2
+    assert "no review item with id 42" in capsys.readouterr().err
+    missing = tmp_path / "typo.db"
+    assert main(["review", "list", "--db", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    assert main(["review", "list", "--db", str(junk)]) == 2
+    assert "not an SQLite database" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["review", "edit", "1", "--db", str(db)])  # --answer is required
+
+
+def test_console_script_entry_point(db) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "semgrad_guard", "review", "list", "--db", str(db)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Largest planet?" in proc.stdout

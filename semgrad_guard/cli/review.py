@@ -81,17 +81,8 @@ def _list(args: argparse.Namespace) -> int:
         items = q.list(args.status, limit=args.limit or None)
         counts = q.counts()
     table = Table(title=f"Review queue {q.path}", show_lines=False)
-    for col, kw in (
-        ("id", {"justify": "right"}),
-        ("created (UTC)", {}),
-        ("status", {}),
-        ("rule", {}),
-        ("confidence", {"justify": "right"}),
-        ("semgrad", {"justify": "right"}),
-        ("question", {}),
-        ("answer", {}),
-    ):
-        table.add_column(col, **kw)
+    for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
+        table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
     style = {"pending": "yellow", "approved": "green", "rejected": "red", "edited": "cyan"}
     for it in items:
         table.add_row(

@@ -1,0 +1,449 @@
+"""The evaluation protocol: generate (cached), sample (cached), label, score, measure, report.
+
+The scorer only has to follow the :class:`~semgrad_guard.GeneratingScorer` protocol; the sampling
+baselines need a sampler (by default :class:`~semgrad_guard.eval.baselines.HFSampler` over the
+scorer's model). torch is never imported here.
+
+Example:
+    >>> import tempfile
+    >>> from semgrad_guard import MockScorer
+    >>> from semgrad_guard.eval import EvalConfig, Question, run_eval
+    >>> qs = [Question(id=str(i), question=f"q{i}", references=["yes"]) for i in range(6)]
+    >>> scorer = MockScorer(lambda m, a: 0.9 if a == "no" else 0.1, answers=["yes", "no"] * 3)
+    >>> res = run_eval(scorer, qs, tempfile.mkdtemp(), EvalConfig(methods=["semgrad"], plots=False),
+    ...                progress=False)
+    >>> res["main"]["methods"]["semgrad"]["auroc"]["value"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import ConfigurationError, MetricError
+from ..results import SCORE_FIELDS
+from .baselines import DEFAULT_CLUSTER_THRESHOLD, SAMPLING_METHODS, SampleSet, sampling_scores
+from .cache import JsonlCache, settings_key
+from .correctness import RULES, check_rule, is_correct, rule_values
+from .data import PromptTemplate, Question
+from .metrics import auprc, auroc, bootstrap, prr, risk_coverage
+
+logger = logging.getLogger(__name__)
+
+SINGLE_PASS_METHODS: tuple[str, ...] = SCORE_FIELDS
+ALL_METHODS: tuple[str, ...] = SINGLE_PASS_METHODS + SAMPLING_METHODS
+GRADIENT_METHODS: frozenset[str] = frozenset({"semgrad", "hybridgrad", "exgrad"})
+
+METRICS: dict[str, Callable[[Any, Any], float]] = {
+    "auroc": auroc,
+    "auprc": auprc,
+    "prr": prr,
+    "aurc": lambda s, e: risk_coverage(s, e).area,
+}
+
+
+class EvalConfig(BaseModel):
+    """Settings of one evaluation run (everything that changes a number is recorded in results.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS), description="Methods to evaluate.")
+    samples: int = Field(
+        default=10, ge=2, description="K sampled answers per question for sampling baselines."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the baselines.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Token limit of greedy and sampled answers.")
+    seed: int = Field(default=0, description="Seed of sampling, the subset choice and the bootstrap.")
+    rule: str = Field(default="contains", description="Correctness rule (contains, f1, rougeL, embedding).")
+    threshold: float | None = Field(default=None, description="Threshold of the rule; None: its default.")
+    cluster_threshold: float = Field(
+        default=DEFAULT_CLUSTER_THRESHOLD,
+        gt=0,
+        le=1,
+        description="MiniLM cosine at which two answers share a meaning.",
+    )
+    sample_subset: int | None = Field(
+        default=None,
+        ge=2,
+        description="Run sampling baselines on a seeded random subset of this many questions.",
+    )
+    bootstrap: int = Field(
+        default=1000, ge=0, description="Bootstrap resamples for the 95% intervals (0: none)."
+    )
+    template: PromptTemplate = Field(
+        default_factory=PromptTemplate, description="System prompt and user template."
+    )
+    plots: bool = Field(default=True, description="Write PNG plots (needs matplotlib).")
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in ALL_METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; choose from {list(ALL_METHODS)}")
+        if not v:
+            raise ValueError("at least one method")
+        return list(dict.fromkeys(v))
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        if v not in RULES:
+            raise ValueError(f"unknown correctness rule {v!r}; choose one of {list(RULES)}")
+        return v
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):  # type: ignore[misc]
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-- q/s" if speed is None else f"{speed:.2f} q/s")
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _model_settings(scorer: Any, config: EvalConfig) -> dict[str, Any]:
+    profile = getattr(scorer, "profile", None)
+    return {
+        "model_id": getattr(scorer, "model_id", None),
+        "template": config.template.model_dump(),
+        "max_new_tokens": config.max_new_tokens,
+        "anchor_offset": getattr(profile, "anchor_offset", getattr(scorer, "anchor_offset", None)),
+        "layers": getattr(profile, "layers", getattr(scorer, "layers", None)),
+    }
+
+
+def generate_answers(
+    scorer: Any, questions: Sequence[Question], out_dir: Path, config: EvalConfig, *, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Greedy answer and single-pass scores per question, cached in ``generations.jsonl``."""
+    cache = JsonlCache(out_dir / "generations.jsonl", settings_key(_model_settings(scorer, config)))
+    todo = [q for q in random_order(questions, config.seed) if q.id not in cache]
+    with _progress(progress) as bar:
+        task = bar.add_task(f"generate ({len(questions) - len(todo)} cached)", total=len(todo))
+        for q in todo:
+            t0 = time.perf_counter()
+            answer, result = scorer.generate(
+                config.template.messages(q.question), max_new_tokens=config.max_new_tokens
+            )
+            seconds = time.perf_counter() - t0
+            cache.put(
+                q.id,
+                {
+                    "answer": answer,
+                    "scores": result.scores(),
+                    "answer_tokens": result.answer_tokens,
+                    "prompt_tokens": result.prompt_tokens,
+                    "anchor_offset": result.anchor_offset,
+                    "layers": result.layers,
+                    "seconds": seconds,
+                },
+            )
+            bar.advance(task)
+    return {q.id: cache.get(q.id) for q in questions}  # type: ignore[misc]
+
+
+def random_order(questions: Sequence[Question], seed: int) -> list[Question]:
+    """Questions in a seeded random order that depends only on (seed, id), not on the others present.
+
+    So the first M of any question set are the same questions whether a run evaluates all of a file
+    or part of it: a smaller subset is nested in a larger one, and cached work is reused.
+    """
+    return sorted(questions, key=lambda q: settings_key({"seed": seed, "id": q.id}))
+
+
+def choose_subset(questions: Sequence[Question], size: int | None, seed: int) -> list[Question]:
+    """The first ``size`` questions of :func:`random_order`, in file order; all when ``size`` is None."""
+    if size is None or size >= len(questions):
+        return list(questions)
+    keep = {q.id for q in random_order(questions, seed)[:size]}
+    return [q for q in questions if q.id in keep]
+
+
+def draw_samples(
+    sampler: Any,
+    scorer: Any,
+    questions: Sequence[Question],
+    out_dir: Path,
+    config: EvalConfig,
+    *,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """K samples per question, cached in ``samples.jsonl`` (seed = config seed + question index)."""
+    settings = {
+        **_model_settings(scorer, config),
+        "k": config.samples,
+        "temperature": config.temperature,
+        "seed": config.seed,
+    }
+    settings.pop("anchor_offset")
+    settings.pop("layers")
+    cache = JsonlCache(out_dir / "samples.jsonl", settings_key(settings))
+    todo = [q for q in random_order(questions, config.seed) if q.id not in cache]
+    with _progress(progress) as bar:
+        task = bar.add_task(
+            f"sample K={config.samples} ({len(questions) - len(todo)} cached)", total=len(todo)
+        )
+        for q in todo:
+            seed = config.seed + _stable_index(q.id)
+            s: SampleSet = sampler.sample(
+                config.template.messages(q.question),
+                config.samples,
+                temperature=config.temperature,
+                max_new_tokens=config.max_new_tokens,
+                seed=seed,
+            )
+            cache.put(
+                q.id,
+                {
+                    "samples": s.answers,
+                    "model_calls": s.model_calls,
+                    "generated_tokens": s.generated_tokens,
+                    "seconds": s.seconds,
+                    "seed": seed,
+                },
+            )
+            bar.advance(task)
+    return {q.id: cache.get(q.id) for q in questions}  # type: ignore[misc]
+
+
+def _stable_index(qid: str) -> int:
+    return int(qid) if qid.isdigit() else int(settings_key({"id": qid}), 16) % 1_000_000
+
+
+def label_answers(
+    questions: Sequence[Question],
+    generations: dict[str, dict[str, Any]],
+    config: EvalConfig,
+    labels: dict[str, bool] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, bool], dict[str, str]]:
+    """Every rule's value, the correctness label, and where the label came from (rule or file)."""
+    threshold = check_rule(config.rule, config.threshold)
+    with_embedding = True
+    embedder = None
+    try:
+        from .correctness import default_embedder
+
+        embedder = default_embedder()
+    except ImportError:
+        if config.rule == "embedding":
+            raise
+        with_embedding = False  # the other rules need no extra packages
+    values, correct, source = {}, {}, {}
+    for q in questions:
+        v = rule_values(
+            generations[q.id]["answer"], q.references, embedder=embedder, with_embedding=with_embedding
+        )
+        values[q.id] = v
+        if labels is not None and q.id in labels:
+            correct[q.id], source[q.id] = labels[q.id], "labels file"
+        else:
+            correct[q.id], source[q.id] = is_correct(v, config.rule, threshold), "rule"
+    return values, correct, source
+
+
+def _metric_table(
+    scores: dict[str, list[float]], errors: list[bool], config: EvalConfig
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for method, s in scores.items():
+        row: dict[str, Any] = {}
+        for name, fn in METRICS.items():
+            try:
+                if config.bootstrap:
+                    iv = bootstrap(fn, s, errors, n_resamples=config.bootstrap, seed=config.seed)
+                    row[name] = iv.as_dict()
+                else:
+                    row[name] = {"value": fn(s, errors), "low": None, "high": None, "resamples": 0}
+            except MetricError as e:
+                row[name] = {"value": None, "error": str(e)}
+        out[method] = row
+    return out
+
+
+def _cost(
+    method: str,
+    ids: Sequence[str],
+    generations: dict[str, dict[str, Any]],
+    samples: dict[str, dict[str, Any]] | None,
+    cluster_seconds: dict[str, float],
+) -> dict[str, float]:
+    gen_s = float(np.mean([generations[i]["seconds"] for i in ids]))
+    gen_tokens = float(np.mean([generations[i]["answer_tokens"] for i in ids]))
+    if method in SINGLE_PASS_METHODS:
+        backward = 1.0 if method in GRADIENT_METHODS else 0.0
+        return {
+            "seconds": gen_s,
+            "extra_seconds": None,  # type: ignore[dict-item]
+            "forward_passes": gen_tokens + 1.0,
+            "backward_passes": backward,
+            "generated_tokens": gen_tokens,
+        }
+    assert samples is not None
+    smp_s = float(np.mean([samples[i]["seconds"] + cluster_seconds[i] for i in ids]))
+    return {
+        "seconds": gen_s + smp_s,
+        "extra_seconds": smp_s,
+        "forward_passes": gen_tokens + 1.0 + float(np.mean([samples[i]["model_calls"] for i in ids])),
+        "backward_passes": 1.0,
+        "generated_tokens": gen_tokens + float(np.mean([samples[i]["generated_tokens"] for i in ids])),
+    }
+
+
+def run_eval(
+    scorer: Any,
+    questions: Sequence[Question],
+    out_dir: str | Path,
+    config: EvalConfig | None = None,
+    *,
+    labels: dict[str, bool] | None = None,
+    sampler: Any = None,
+    progress: bool = True,
+    data_name: str | None = None,
+    sweep: Callable[[dict[str, dict[str, Any]], dict[str, bool]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run the whole protocol and write ``results.json``, ``report.md`` and the plots in ``out_dir``.
+
+    ``sweep(generations, correct)``, when given, returns the anchor-sweep table for the report
+    (see :func:`semgrad_guard.eval.sweep.sweep_anchor`). Returns the results dict (what
+    ``results.json`` holds).
+    """
+    config = config or EvalConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not questions:
+        raise ConfigurationError("no questions to evaluate")
+    t_start = time.perf_counter()
+    generations = generate_answers(scorer, questions, out, config, progress=progress)
+
+    sampling_methods = [m for m in config.methods if m in SAMPLING_METHODS]
+    subset = choose_subset(questions, config.sample_subset, config.seed) if sampling_methods else []
+    samples: dict[str, dict[str, Any]] | None = None
+    sample_scores: dict[str, dict[str, float]] = {}
+    cluster_seconds: dict[str, float] = {}
+    if sampling_methods:
+        if sampler is None:
+            from .baselines import HFSampler
+
+            sampler = HFSampler(scorer)
+        samples = draw_samples(sampler, scorer, subset, out, config, progress=progress)
+        from .correctness import default_embedder
+
+        default_embedder()  # load MiniLM before timing the clustering
+        for q in subset:
+            t0 = time.perf_counter()
+            sample_scores[q.id] = sampling_scores(
+                samples[q.id]["samples"], threshold=config.cluster_threshold
+            )
+            cluster_seconds[q.id] = time.perf_counter() - t0
+
+    rule_vals, correct, label_source = label_answers(questions, generations, config, labels)
+
+    def score_of(method: str, qid: str) -> float:
+        if method in SINGLE_PASS_METHODS:
+            return float(generations[qid]["scores"][method])
+        return sample_scores[qid][method]
+
+    single = [m for m in config.methods if m in SINGLE_PASS_METHODS]
+
+    def block(qs: Sequence[Question], methods: Sequence[str]) -> dict[str, Any]:
+        ids = [q.id for q in qs]
+        errors = [not correct[i] for i in ids]
+        table = _metric_table({m: [score_of(m, i) for i in ids] for m in methods}, errors, config)
+        for m in methods:
+            table[m]["cost"] = _cost(m, ids, generations, samples, cluster_seconds)
+        return {
+            "n": len(ids),
+            "accuracy": float(np.mean([correct[i] for i in ids])),
+            "ids": ids,
+            "methods": table,
+        }
+
+    results: dict[str, Any] = {
+        "data": data_name,
+        "model_id": getattr(scorer, "model_id", None),
+        "profile": _profile_info(scorer),
+        "config": config.model_dump(),
+        "correctness": {
+            "rule": config.rule,
+            "threshold": check_rule(config.rule, config.threshold),
+            "labels_from_file": sum(1 for s in label_source.values() if s == "labels file"),
+        },
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "main": block(questions, single) if single else None,
+        "subset": block(subset, config.methods) if sampling_methods else None,
+        "sweep": sweep(generations, correct) if sweep is not None else None,
+    }
+    examples = []
+    for q in questions:
+        g = generations[q.id]
+        ex = {
+            "id": q.id,
+            "question": q.question,
+            "references": q.references,
+            "answer": g["answer"],
+            "correct": correct[q.id],
+            "label_source": label_source[q.id],
+            "rule_values": rule_vals[q.id],
+            "scores": dict(g["scores"]),
+            "answer_tokens": g["answer_tokens"],
+            "seconds": g["seconds"],
+        }
+        if q.id in sample_scores:
+            assert samples is not None
+            ex["scores"].update(sample_scores[q.id])
+            ex["samples"] = samples[q.id]["samples"]
+        examples.append(ex)
+    results["examples"] = examples
+    results["wall_seconds"] = time.perf_counter() - t_start
+    from .report import write_report
+
+    write_report(results, out, plots=config.plots)
+    return results
+
+
+def _profile_info(scorer: Any) -> dict[str, Any] | None:
+    profile = getattr(scorer, "profile", None)
+    if profile is None:
+        return None
+    dump = profile.model_dump() if hasattr(profile, "model_dump") else dict(profile)
+    dump.pop("sps_table", None)
+    return dump
+
+
+def load_results(out_dir: str | Path) -> dict[str, Any]:
+    """Read ``results.json`` back."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigurationError(f"{path} does not exist; run `semgrad-guard eval` first")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]

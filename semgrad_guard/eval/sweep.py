@@ -1,0 +1,126 @@
+"""``--sweep-anchor``: AUROC of semgrad for every candidate anchor offset and layer band, next to SPS.
+
+SPS is computed on paraphrase groups whose questions are *not* among the evaluated ones (matched
+on normalised question text), so the table shows whether SPS would have picked well on held-out
+data. The cached greedy answers are re-scored (teacher-forced) under each candidate profile.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, MetricError
+from ..profile import ModelProfile
+from .correctness import normalize
+from .data import PromptTemplate, Question
+from .metrics import auroc
+
+
+def layer_bands(num_layers: int) -> dict[str, list[int]]:
+    """Candidate layer sets: lower half, upper half (the default), top quarter, all but the embeddings."""
+    n = num_layers
+    upper = list(range(n - n // 2, n))
+    return {
+        "lower half": list(range(1, n - n // 2)) or [0],
+        "upper half": upper,
+        "top quarter": list(range(n - max(1, n // 4), n)),
+        "all": list(range(1, n)) or [0],
+    }
+
+
+def held_out_groups(
+    path: str | Path, evaluated: Sequence[Question], *, limit: int, per_group: int | None = None
+) -> list[list[str]]:
+    """Paraphrase groups from ``path`` whose original question is not among ``evaluated``."""
+    seen = {normalize(q.question) for q in evaluated}
+    groups: list[list[str]] = []
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigurationError(f"paraphrase file {p} does not exist")
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        original = row.get("query", row.get("question"))
+        paraphrases = row.get("paraphrases") or []
+        if not isinstance(original, str) or normalize(original) in seen:
+            continue
+        if any(normalize(x) in seen for x in paraphrases):
+            continue
+        group = [original, *paraphrases]
+        if per_group is not None:
+            group = group[:per_group]
+        if len(group) >= 2:
+            groups.append(group)
+        if len(groups) >= limit:
+            break
+    if len(groups) < 2:
+        raise ConfigurationError(
+            f"{p}: fewer than 2 paraphrase groups outside the evaluated questions; evaluate a part of the "
+            "data (--limit) and leave the rest for SPS"
+        )
+    return groups
+
+
+def sweep_anchor(
+    scorer: Any,
+    questions: Sequence[Question],
+    generations: dict[str, dict[str, Any]],
+    correct: dict[str, bool],
+    *,
+    template: PromptTemplate,
+    sps_data: str | Path,
+    sps_groups: int = 64,
+    per_group: int | None = 5,
+    window: int = 8,
+    bands: dict[str, list[int]] | None = None,
+) -> dict[str, Any]:
+    """SPS table on held-out paraphrases and semgrad AUROC per (offset, band) on ``questions``."""
+    from ..sps import compute_sps
+
+    groups = held_out_groups(sps_data, questions, limit=sps_groups, per_group=per_group)
+    sps = compute_sps(
+        scorer,
+        groups,
+        window=window,
+        system_prompt=template.system,
+        user_template=template.user,
+        data=str(sps_data),
+    )
+    num_layers = len(next(iter(sps.table.values())))
+    bands = bands or layer_bands(num_layers)
+    pairs = [(template.messages(q.question), generations[q.id]["answer"]) for q in questions]
+    errors = [not correct[q.id] for q in questions]
+    rows = []
+    for offset in sorted(sps.table, reverse=True):
+        row: dict[str, Any] = {
+            "offset": offset,
+            "token": sps.anchor_tokens.get(offset),
+            "auroc": {},
+            "sps": {},
+        }
+        means = {b: sps.mean_over(layers)[offset] for b, layers in bands.items()}
+        for band, layers in bands.items():
+            profile = ModelProfile(anchor_offset=offset, layers=layers, source="user")
+            results = scorer.with_profile(profile).score_batch(pairs)
+            try:
+                row["auroc"][band] = auroc([r.semgrad for r in results], errors)
+            except MetricError:
+                row["auroc"][band] = None
+            row["sps"][band] = means[band]
+        rows.append(row)
+    return {
+        "n": len(questions),
+        "sps_data": str(sps_data),
+        "sps_groups": len(groups),
+        "sps_source": f"{len(groups)} groups of up to {per_group} questions, none evaluated",
+        "sps_offset": sps.profile.anchor_offset,
+        "sps_layers": sps.profile.layers,
+        "bands": list(bands),
+        "band_layers": bands,
+        "rows": rows,
+        "sps_table": {str(o): v for o, v in sps.table.items()},
+    }

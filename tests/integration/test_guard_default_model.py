@@ -1,0 +1,65 @@
+"""The guard on the embedded SmolLM2-135M-Instruct: shipped calibrator, real retries, review of real scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from semgrad_guard import Action, Calibrator, Guard, GuardPolicy, SQLiteReviewQueue
+
+pytestmark = pytest.mark.integration
+
+SYSTEM = "You are a helpful assistant. Answer the question briefly, in a few words."
+
+
+def chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+@pytest.fixture(scope="module")
+def calibrator(default_scorer):
+    return Calibrator.default_for(default_scorer.model_id)
+
+
+def test_shipped_calibrator_fits_the_default_scorer_and_gives_a_confidence(default_scorer, calibrator, tmp_path) -> None:
+    # Guard() checks model id and profile: a profile change without refitting the calibrator fails here.
+    policy = GuardPolicy.from_dict(
+        {"rules": [{"min": 0.5, "action": "accept"}, {"min": 0.2, "action": "review"}, {"action": "abstain"}]}
+    )
+    with SQLiteReviewQueue(tmp_path / "r.db") as queue:
+        guard = Guard(default_scorer, policy, calibrator=calibrator, review_queue=queue)
+        r = guard.check(chat("Who proposed the theory of evolution by natural selection?"), "Charles Darwin.")
+        assert r.result is not None and r.result.model_id == default_scorer.model_id
+        assert r.confidence is not None and 0.0 <= r.confidence <= 1.0
+        assert r.action in (Action.ACCEPT, Action.REVIEW, Action.ABSTAIN)
+        assert r.confidence == pytest.approx(calibrator.confidence(r.result))
+        if r.action is Action.REVIEW:
+            assert queue.get(r.review_id).result == r.result
+
+
+def test_retries_change_the_generation_and_reuse_generation_scores(default_scorer, tmp_path) -> None:
+    # A bar no answer can meet (semgrad < 0) forces every retry, then review of the best attempt.
+    policy = GuardPolicy.from_dict(
+        {
+            "rules": [{"field": "semgrad", "max": 0.0, "action": "accept"}, {"action": "retry"}],
+            "retry": {"max_attempts": 3, "strategy": ["resample", "reconsider"], "on_exhausted": "review"},
+        }
+    )
+    sent = []
+
+    def generate(messages, ctx):
+        sent.append(messages)
+        return default_scorer.generate(messages, max_new_tokens=12, **ctx.generate_kwargs)
+
+    with SQLiteReviewQueue(tmp_path / "r.db") as queue:
+        guard = Guard(default_scorer, policy, review_queue=queue)
+        question = chat("What is the chemical symbol of gold?")
+        r = guard.run(question, generate)
+        assert [a.strategy for a in r.attempts] == [None, "resample", "reconsider"]
+        assert r.attempts[1].changes["do_sample"] is True and "seed" in r.attempts[1].changes
+        assert sent[2][-2]["role"] == "assistant" and sent[2][-2]["content"] == r.attempts[1].answer
+        assert all(a.result is not None and a.result.answer_tokens >= 1 for a in r.attempts)
+        assert r.action is Action.REVIEW and r.rule == "retry.on_exhausted"
+        best = min(r.attempts, key=lambda a: a.result.semgrad)
+        assert r.result == best.result
+        item = queue.get(r.review_id)
+        assert item.answer == best.answer and item.messages == question and item.result == best.result

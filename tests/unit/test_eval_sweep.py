@@ -1,0 +1,76 @@
+"""--sweep-anchor: held-out paraphrase groups and the AUROC-per-anchor table on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from semgrad_guard.errors import ConfigurationError
+from semgrad_guard.eval.data import PromptTemplate, Question
+from semgrad_guard.eval.sweep import held_out_groups, layer_bands, sweep_anchor
+
+
+def _paraphrases(path: Path, n: int) -> Path:
+    rows = [
+        {"query": f"What is item {i}?", "paraphrases": [f"Tell me item {i}.", f"Item {i} is what?"]}
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_layer_bands() -> None:
+    bands = layer_bands(8)
+    assert bands["upper half"] == [4, 5, 6, 7]
+    assert bands["lower half"] == [1, 2, 3]
+    assert bands["top quarter"] == [6, 7]
+    assert bands["all"] == list(range(1, 8))
+
+
+def test_held_out_groups_exclude_evaluated_questions(tmp_path: Path) -> None:
+    path = _paraphrases(tmp_path / "p.jsonl", 6)
+    evaluated = [Question(id="0", question="what is ITEM 1?", references=["x"])]
+    groups = held_out_groups(path, evaluated, limit=10, per_group=2)
+    assert len(groups) == 5 and all(len(g) == 2 for g in groups)
+    assert all("item 1?" not in g[0].lower() for g in groups)
+    everything = [Question(id=str(i), question=f"What is item {i}?", references=["x"]) for i in range(5)]
+    with pytest.raises(ConfigurationError, match="fewer than 2 paraphrase groups"):
+        held_out_groups(path, everything, limit=10)
+
+
+def test_sweep_anchor_on_tiny_model(tmp_path: Path) -> None:
+    from semgrad_guard.testing import tiny_scorer
+
+    scorer = tiny_scorer("qwen2")
+    path = _paraphrases(tmp_path / "p.jsonl", 8)
+    questions = [
+        Question(id=str(i), question=f"Name colour number {i}.", references=["red"]) for i in range(6)
+    ]
+    generations = {q.id: {"answer": "red" if int(q.id) % 2 else "a blue thing"} for q in questions}
+    correct = {q.id: int(q.id) % 2 == 1 for q in questions}
+    out = sweep_anchor(
+        scorer,
+        questions,
+        generations,
+        correct,
+        template=PromptTemplate(system=None),
+        sps_data=path,
+        sps_groups=4,
+        window=3,
+        bands={"upper": [2, 3], "top": [3]},
+    )
+    assert [r["offset"] for r in out["rows"]] == [-1, -2, -3]
+    assert out["sps_groups"] == 4 and out["n"] == 6
+    assert out["sps_offset"] in (-1, -2, -3)
+    for row in out["rows"]:
+        assert set(row["auroc"]) == {"upper", "top"}
+        assert all(0.0 <= v <= 1.0 for v in row["auroc"].values())
+        assert all(-2.0 <= v <= 2.0 for v in row["sps"].values())
+    # the SPS pick is the offset with the best mean SPS over the profile's layers
+    best = max(
+        out["rows"],
+        key=lambda r: sum(out["sps_table"][str(r["offset"])][layer] for layer in out["sps_layers"]),
+    )
+    assert best["offset"] == out["sps_offset"]

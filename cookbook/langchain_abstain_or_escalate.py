@@ -2,11 +2,11 @@
 
 1. A guarded ``ChatSemGrad`` (embedded SmolLM2-135M-Instruct) answers three questions under a
    policy: confident answers pass, shaky ones go to a person, hopeless ones abstain.
-2. An escalated answer waits in the SQLite review queue (``semgrad-guard review ...`` reads the
-   same file); a reviewer decides through the queue's API, as a review UI or the CLI would.
+2. An escalated answer waits in the SQLite review queue; a reviewer decides with the review CLI
+   (``semgrad-guard review edit ID --db ... --answer ...``, run in-process here).
 3. Async, waiting: with ``review.wait`` set, ``ainvoke`` enqueues the answer and awaits the
    decision while a reviewer (another coroutine here; a person with the CLI in production)
-   edits it; the guarded call returns the reviewer's answer.
+   rejects it; the guarded call returns the abstention message instead of the answer.
 
 Run: ``python cookbook/langchain_abstain_or_escalate.py`` (needs ``semgrad-guard fetch-default-model``).
 """
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -30,22 +32,25 @@ from semgrad_guard.guard import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 
-SYSTEM = "You are the Orbitra Science Museum's assistant. Answer in one short sentence."
+GUIDE = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
+SYSTEM = "You are the Orbitra Science Museum's assistant. Answer in one short sentence, using this guide:\n" + "\n".join(
+    json.loads(line)["text"] for line in GUIDE.read_text().splitlines() if line.strip()
+)
 
-# Bands over raw SemGrad on this model's default profile (see cookbook/README.md).
+# Bands over raw SemGrad of this model under its shipped SPS profile (see cookbook/README.md).
 POLICY: dict[str, Any] = {
     "rules": [
-        {"name": "confident", "field": "semgrad", "max": 6e-6, "action": "accept"},
-        {"name": "needs-a-person", "field": "semgrad", "max": 2.5e-5, "action": "review"},
+        {"name": "confident", "field": "semgrad", "max": 2.5e-4, "action": "accept"},
+        {"name": "needs-a-person", "field": "semgrad", "max": 1e-3, "action": "review"},
         {"name": "hopeless", "field": "semgrad", "action": "abstain"},
     ],
     "abstain_message": "I'm not sure; let me connect you with a member of staff.",
 }
 
 QUESTIONS = [
-    "What is the capital of France?",
     "Who founded the Orbitra Science Museum?",
-    "How much does an adult ticket to the Orbitra Science Museum cost?",
+    "Who is the museum's current director?",
+    "What is the wifi password?",
 ]
 
 
@@ -74,12 +79,19 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
         )
     console.print(table)
 
-    # 2. A person decides on each pending item (API; the CLI equivalent is printed).
+    # 2. A person decides on each pending item with the review CLI (run in-process here; the same
+    #    command works from a shell, on the same SQLite file).
+    from semgrad_guard.cli import main as semgrad_guard_cli
+
     decided = []
     for item in queue.list("pending"):
         console.print(f"[bold]review #{item.id}[/] q={item.question!r} a={item.answer!r} rule={item.rule}")
-        console.print(f"  CLI: semgrad-guard review edit {item.id} --db {db} --answer '...'")
-        final = queue.edit(item.id, answer="Please ask at the information desk; staff will confirm.", reviewer="desk", note="not in the guide")
+        argv = ["review", "edit", str(item.id), "--db", db, "--reviewer", "desk", "--note", "not in the guide",
+                "--answer", "Please ask at the information desk; staff will confirm."]
+        console.print("  $ semgrad-guard " + " ".join(shlex.quote(a) for a in argv))
+        if semgrad_guard_cli(argv) != 0:
+            raise RuntimeError(f"semgrad-guard review edit {item.id} failed")
+        final = queue.get(item.id)
         decided.append(final)
         console.print(f"  -> {final.status.value} by {final.reviewer}: {final.final_answer!r}")
 
@@ -91,7 +103,7 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
         for _ in range(6000):  # a person at a review screen, polling the same SQLite file
             pending = await asyncio.to_thread(queue.list, "pending")
             if pending:
-                await asyncio.to_thread(queue.approve, pending[0].id, reviewer="night-shift")
+                await asyncio.to_thread(queue.reject, pending[0].id, reviewer="night-shift", note="not in the guide")
                 return
             await asyncio.sleep(0.1)
 

@@ -36,7 +36,7 @@ from langchain_semgrad import ChatSemGrad, guard_runnable
 from rich.console import Console
 from rich.table import Table
 
-from semgrad_guard.errors import ConfigurationError
+from semgrad_guard.errors import SemGradGuardError
 from semgrad_guard.guard import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
@@ -46,20 +46,20 @@ DOCS = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
 # (question, answerable from the documents?)
 QUESTIONS: list[tuple[str, bool]] = [
     ("Who founded the Orbitra Science Museum?", True),
-    ("When is the museum closed?", True),
+    ("How long does a planetarium show last?", True),
     ("How much does an adult ticket cost?", True),
     ("Who is the current director of the museum?", False),
     ("What is the population of the city?", False),
-    ("What was the museum's visitor count in 2019?", False),
 ]
 
-# Bands over raw SemGrad of this model under its default profile (see cookbook/README.md for how
-# they were chosen; a calibrated policy would put them over ``confidence``).
+# Bands over raw SemGrad of this model under its shipped SPS profile, read off these questions'
+# scores (see cookbook/README.md: illustrations, not validated thresholds; a calibrated policy
+# puts its bands over ``confidence``).
 POLICY: dict[str, Any] = {
     "rules": [
-        {"name": "grounded", "field": "semgrad", "max": 6e-6, "action": "accept"},
-        {"name": "unsure", "field": "semgrad", "max": 8.5e-6, "action": "retry"},
-        {"name": "ask-a-person", "field": "semgrad", "max": 1.05e-5, "action": "review"},
+        {"name": "grounded", "field": "semgrad", "max": 3.75e-4, "action": "accept"},
+        {"name": "unsure", "field": "semgrad", "max": 4.2e-4, "action": "retry"},
+        {"name": "ask-a-person", "field": "semgrad", "max": 6e-4, "action": "review"},
         {"name": "lost", "field": "semgrad", "action": "abstain"},
     ],
     "retry": {"max_attempts": 2, "strategy": "resample", "on_exhausted": "review"},
@@ -96,14 +96,16 @@ def build_chain(chat: ChatSemGrad, k: int = 2) -> Runnable[str, str]:
     return {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | chat | StrOutputParser()
 
 
-def shipped_calibrator(model_id: str) -> Any:
-    """The calibrator shipped for the model, or None (confidence is then not shown)."""
+def shipped_calibrator(scorer: Any) -> tuple[Any, str]:
+    """The calibrator shipped for the scorer's model and profile, or (None, why not)."""
     try:
         from semgrad_guard.calibration import Calibrator
 
-        return Calibrator.default_for(model_id)
-    except (ConfigurationError, ImportError):
-        return None
+        calibrator = Calibrator.default_for(scorer.model_id)
+        calibrator.check_compatible(scorer.model_id, scorer.profile)
+    except (SemGradGuardError, ImportError) as e:
+        return None, str(e)
+    return calibrator, ""
 
 
 def describe(result: GuardResult) -> str:
@@ -123,7 +125,7 @@ def run(
     console = console or Console()
     chat = ChatSemGrad(model="default", max_tokens=max_tokens)
     scorer = chat.scorer
-    calibrator = shipped_calibrator(scorer.model_id)
+    calibrator, why_not = shipped_calibrator(scorer)
     db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-rag-")) / "review.db")
     guarded = guard_runnable(
         build_chain(chat),
@@ -158,7 +160,7 @@ def run(
         )
     console.print(table)
     if calibrator is None:
-        console.print("confidence: n/a (no calibrator is shipped for this model yet); the policy bands are over raw semgrad")
+        console.print(f"confidence: n/a ({why_not}); the policy bands are over raw semgrad")
     console.print(f"review queue: {db}  (semgrad-guard review list --db {db})")
     return results
 

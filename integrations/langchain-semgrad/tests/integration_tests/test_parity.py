@@ -11,7 +11,7 @@ from langchain_semgrad import ChatSemGrad, SemGradCallbackHandler, read_score
 
 pytestmark = pytest.mark.integration
 
-QUESTIONS = ["What is the capital of France?", "Name one primary colour."]
+QUESTIONS = ["What is the capital of France?", "What is the capital of Italy?"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,9 @@ def test_callback_on_chat_huggingface_matches_chat_semgrad(scorer: Any, chat_hf:
     via_callback = handler.last_result
     assert via_callback is not None and read_score(hf_msg) == via_callback
     direct = read_score(ours)
+    # Parity holds for answers that ended with the end-of-turn token (a cut-off answer is scored on
+    # exactly the generated ids, without it, by ChatSemGrad, and with it by a re-tokenising callback).
+    assert direct.answer_tokens < 48, "pick a question with a short answer"
     # ...and the same scores: the callback re-tokenises the text, ChatSemGrad scores the generated ids
     # through generation's KV cache; both end at the end-of-turn token.
     assert via_callback.answer_tokens == direct.answer_tokens

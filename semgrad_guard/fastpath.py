@@ -64,7 +64,7 @@ class ModelAdapter:
     concurrent generation or scoring in other threads is unaffected.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
         config = model.config
         self.text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -295,12 +295,12 @@ def score_ids(
         )
     out = []
     for i, e in enumerate(examples):
-        s, x_, h, n, mn, me = (float(v) for v in values[i])
+        sg, ex_i, hy, n, mn, me = (float(v) for v in values[i])
         out.append(
             RawScores(
-                semgrad=s,
-                exgrad=x_,
-                hybridgrad=h,
+                semgrad=sg,
+                exgrad=ex_i,
+                hybridgrad=hy,
                 nll=n,
                 mean_nll=mn,
                 mean_entropy=me,

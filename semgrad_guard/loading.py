@@ -55,7 +55,7 @@ def load_model_and_tokenizer(
             model_kwargs["use_safetensors"] = True  # never unpickle .bin weights
         if device == "auto":
             model_kwargs["device_map"] = "auto"
-        mdl = AutoModelForCausalLM.from_pretrained(str(model), **model_kwargs)
+        mdl: Any = AutoModelForCausalLM.from_pretrained(str(model), **model_kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model {model_id!r}: {e}") from e
     if device not in ("auto", "cpu"):

@@ -122,13 +122,13 @@ def tiny_chat_model(
         kwargs.update(sliding_window=None)
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)  # type: ignore[no-untyped-call]
     # Random init is tiny; scale weights up so logits are not uniform and gradients are not vanishingly small.
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.2)
-    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=eos_id, bos_token_id=eos_id)
+    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=eos_id, bos_token_id=eos_id)  # type: ignore[no-untyped-call]
     model.eval()
     return model, tok
 

@@ -1,4 +1,4 @@
-"""The public surface: __all__ is what the package exports, docstring examples run, the core stays framework-free."""
+"""The public surface: __all__ is what the package exports, and every docstring example runs."""
 
 from __future__ import annotations
 

@@ -82,6 +82,8 @@ class SemGradLLM(CustomLLM):
         temperature: 0 (the default) decodes greedily; above 0 samples.
         top_p: nucleus sampling cut-off when sampling.
         seed: seeds sampling per call, for reproducible answers.
+        generate_kwargs: extra Hugging Face ``generate()`` settings (e.g. ``repetition_penalty``); they
+            shape decoding only, the score is always the raw model's.
 
     Example:
         >>> from semgrad_guard import MockScorer
@@ -101,6 +103,10 @@ class SemGradLLM(CustomLLM):
         default=DEFAULT_CONTEXT_WINDOW, gt=0, description="The model's context, in tokens."
     )
     model_name: str = Field(default="semgrad", description="The scorer's model id.")
+    generate_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra Hugging Face generate() settings, e.g. repetition_penalty (the score uses the raw model).",
+    )
 
     _scorer: Any = PrivateAttr()
 
@@ -112,6 +118,7 @@ class SemGradLLM(CustomLLM):
         temperature: float = 0.0,
         top_p: float | None = None,
         seed: int | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
@@ -125,6 +132,7 @@ class SemGradLLM(CustomLLM):
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            generate_kwargs=dict(generate_kwargs or {}),
             context_window=int(getattr(scorer, "context_window", None) or DEFAULT_CONTEXT_WINDOW),
             model_name=str(getattr(scorer, "model_id", None) or "semgrad"),
             callback_manager=callback_manager,

@@ -86,7 +86,7 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
     decided = []
     for item in queue.list("pending"):
         console.print(f"[bold]review #{item.id}[/] q={item.question!r} a={item.answer!r} rule={item.rule}")
-        argv = ["review", "edit", str(item.id), "--db", db, "--reviewer", "desk", "--note", "not in the guide",
+        argv = ["review", "edit", str(item.id), "--db", db, "--reviewer", "desk", "--note", "checked by the desk",
                 "--answer", "Please ask at the information desk; staff will confirm."]
         console.print("  $ semgrad-guard " + " ".join(shlex.quote(a) for a in argv))
         if semgrad_guard_cli(argv) != 0:
@@ -103,7 +103,7 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
         for _ in range(6000):  # a person at a review screen, polling the same SQLite file
             pending = await asyncio.to_thread(queue.list, "pending")
             if pending:
-                await asyncio.to_thread(queue.reject, pending[0].id, reviewer="night-shift", note="not in the guide")
+                await asyncio.to_thread(queue.reject, pending[0].id, reviewer="night-shift", note="cannot confirm")
                 return
             await asyncio.sleep(0.1)
 

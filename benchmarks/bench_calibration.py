@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "results" / "sciq_smollm2_scored.jsonl"
 TABLE = ROOT / "benchmarks" / "results" / "calibration.md"
 SHIPPED = ROOT / "semgrad_guard" / "calibrators" / "smollm2-135m-instruct.json"
-ALPHAS = (0.3, 0.4, 0.5, 0.6)
+ALPHAS = (0.7, 0.75, 0.8, 0.85)  # SmolLM2-135M is right on ~20 % of SciQ: lower alphas are not supportable
 DELTA = 0.1
 
 
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=TABLE)
+    parser.add_argument("--folds", type=int, default=5, help="CV folds of the calibrator's auto choice")
+    parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     parser.add_argument("--write-calibrator", action="store_true")
     args = parser.parse_args(argv)
 
@@ -95,20 +97,23 @@ def main(argv: list[str] | None = None) -> int:
         write_calibrator(results, correct)
     rng = np.random.default_rng(args.seed)
     eces, chosen = [], {}
-    stats = {a: {"feasible": 0, "exceed": 0, "coverage": [], "test_error": []} for a in ALPHAS}
+    alphas = tuple(args.alphas)
+    stats = {a: {"feasible": 0, "exceed": 0, "coverage": [], "test_error": []} for a in alphas}
     start = time.perf_counter()
     with Progress() as progress:
         task = progress.add_task("splits", total=args.splits)
         for _ in range(args.splits):
             perm = rng.permutation(n)
             cal_idx, test_idx = perm[: n // 2], perm[n // 2 :]
-            cal = Calibrator.fit([results[i] for i in cal_idx], correct[cal_idx], method="auto", features="auto")
+            cal = Calibrator.fit(
+                [results[i] for i in cal_idx], correct[cal_idx], method="auto", features="auto", folds=args.folds
+            )
             key = f"{cal.method}:{'+'.join(cal.features)}"
             chosen[key] = chosen.get(key, 0) + 1
             c_cal = cal.predict([results[i] for i in cal_idx])
             c_test = cal.predict([results[i] for i in test_idx])
             eces.append(expected_calibration_error(c_test, correct[test_idx]))
-            for a in ALPHAS:
+            for a in alphas:
                 sel = select_threshold(c_cal, correct[cal_idx], alpha=a, delta=DELTA, strict=False)
                 if not sel.feasible:
                     continue
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         f"questions answered greedily by SmolLM2-135M-Instruct (max_new_tokens=32); accuracy {base_acc:.3f} "
         "(correct = a reference answer appears in the answer, case-insensitive).",
         f"Protocol: {args.splits} random 50/50 calibration/test splits (seed {args.seed}). On each calibration half: "
-        "`Calibrator.fit(method='auto', features='auto')` (5-fold CV, Brier score), then "
+        f"`Calibrator.fit(method='auto', features='auto')` ({args.folds}-fold CV, Brier score), then "
         f"`select_threshold(alpha, delta={DELTA})` on the calibration half's confidences. On the test half: ECE "
         "(10 equal-width bins) and the realised selective error among accepted answers.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean test selective error | mean test coverage |",
         "|---|---|---|---|---|---|",
     ]
-    for a in ALPHAS:
+    for a in alphas:
         st = stats[a]
         f = st["feasible"]
         exc = st["exceed"] / f if f else float("nan")

@@ -36,7 +36,10 @@ def test_both_formats_and_limit(tmp_path: Path) -> None:
 
 
 def test_sciq_file_loads() -> None:
-    qs = load_questions(Path(__file__).parents[3] / "shared" / "data" / "sciq" / "test.jsonl", limit=5)
+    sciq = Path(__file__).parents[3] / "shared" / "data" / "sciq" / "test.jsonl"
+    if not sciq.is_file():
+        pytest.skip(f"the shared SciQ data is not beside this checkout ({sciq})")
+    qs = load_questions(sciq, limit=5)
     assert len(qs) == 5 and qs[0].references == ["darwin"]
 
 

@@ -22,6 +22,11 @@ import numpy as np
 
 from ..errors import MetricError
 
+Scores = Sequence[float] | np.ndarray
+"""Uncertainty scores: a sequence of floats or a 1-D array."""
+Labels = Sequence[bool] | np.ndarray
+"""Error labels (True = wrong answer): a sequence of bools or a 1-D array."""
+
 __all__ = [
     "Interval",
     "RiskCoverage",
@@ -35,7 +40,7 @@ __all__ = [
 ]
 
 
-def _arrays(scores: Sequence[float], errors: Sequence[bool], metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(scores: Scores, errors: Labels, metric: str) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)
     e = np.asarray(errors, dtype=bool)
     if s.shape != e.shape or s.ndim != 1:
@@ -59,7 +64,7 @@ def _need_both_classes(e: np.ndarray, metric: str) -> None:
         )
 
 
-def auroc(scores: Sequence[float], errors: Sequence[bool]) -> float:
+def auroc(scores: Scores, errors: Labels) -> float:
     """Probability that a wrong answer scores higher than a right one (ties count one half)."""
     s, e = _arrays(scores, errors, "AUROC")
     _need_both_classes(e, "AUROC")
@@ -72,7 +77,7 @@ def auroc(scores: Sequence[float], errors: Sequence[bool]) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def roc_curve(scores: Sequence[float], errors: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(scores: Scores, errors: Labels) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
     s, e = _arrays(scores, errors, "ROC curve")
     _need_both_classes(e, "ROC curve")
@@ -86,7 +91,7 @@ def roc_curve(scores: Sequence[float], errors: Sequence[bool]) -> tuple[np.ndarr
     return fpr, tpr
 
 
-def auprc(scores: Sequence[float], errors: Sequence[bool]) -> float:
+def auprc(scores: Scores, errors: Labels) -> float:
     """Average precision for detecting wrong answers (step-wise, tied scores form one threshold).
 
     AP = sum over thresholds of (recall_k - recall_{k-1}) * precision_k, as scikit-learn's
@@ -118,7 +123,7 @@ class RiskCoverage:
         return float(self.risk.mean())
 
 
-def risk_coverage(scores: Sequence[float], errors: Sequence[bool]) -> RiskCoverage:
+def risk_coverage(scores: Scores, errors: Labels) -> RiskCoverage:
     """Risk-coverage curve, keeping answers from the lowest uncertainty up.
 
     Within a block of tied scores the expected number of errors grows linearly (random order), so
@@ -139,12 +144,12 @@ def risk_coverage(scores: Sequence[float], errors: Sequence[bool]) -> RiskCovera
     return RiskCoverage(coverage=k / n, risk=expected_errors / k)
 
 
-def aurc(scores: Sequence[float], errors: Sequence[bool]) -> float:
+def aurc(scores: Scores, errors: Labels) -> float:
     """Area under the risk-coverage curve (lower is better)."""
     return risk_coverage(scores, errors).area
 
 
-def prr(scores: Sequence[float], errors: Sequence[bool]) -> float:
+def prr(scores: Scores, errors: Labels) -> float:
     """Prediction rejection ratio: (AURC_random - AURC) / (AURC_random - AURC_oracle).
 
     1 = the oracle order, 0 = random order (AURC_random is the error rate), negative = worse than
@@ -171,9 +176,9 @@ class Interval:
 
 
 def bootstrap(
-    metric: Callable[[Sequence[float], Sequence[bool]], float],
-    scores: Sequence[float],
-    errors: Sequence[bool],
+    metric: Callable[[Scores, Labels], float],
+    scores: Scores,
+    errors: Labels,
     *,
     n_resamples: int = 1000,
     confidence: float = 0.95,

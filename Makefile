@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(INTEGRATIONS)
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) cookbook/quickstart.py
+	$(PY) cookbook/langchain_rag_gating.py
 
 test: install
 	$(PY) -m pytest tests

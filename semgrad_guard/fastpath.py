@@ -45,6 +45,7 @@ class RawScores:
     mean_entropy: float
     answer_tokens: int
     prompt_tokens: int
+    layer_semgrad: list[float] = field(default_factory=list)  # per layer of the profile, in its order
 
 
 @dataclass
@@ -269,10 +270,9 @@ def score_ids(
     G, hidden_grads = grads[0], grads[1:]
 
     d = hidden_grads[0].shape[-1]
-    sem = torch.zeros(B, dtype=torch.float32, device=device)
-    for g in hidden_grads:
-        sem += g[:, 0].float().abs().sum(-1)  # suffix position 0 is the anchor in every row
-    sem /= len(layers) * d
+    # suffix position 0 is the anchor in every row; semgrad is the mean over the profile's layers
+    per_layer = torch.stack([g[:, 0].float().abs().sum(-1) / d for g in hidden_grads], dim=1)  # (B, L)
+    sem = per_layer.mean(1)
 
     Hf = H.detach().float()
     V = G.shape[-1]
@@ -306,6 +306,7 @@ def score_ids(
                 mean_entropy=me,
                 answer_tokens=lengths_t[i],
                 prompt_tokens=len(e.prompt_ids),
+                layer_semgrad=per_layer[i].tolist(),
             )
         )
     return out

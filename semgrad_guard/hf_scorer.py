@@ -215,10 +215,22 @@ class SemGradScorer:
 
     def score_token_ids(self, examples: Sequence[ScoringInput]) -> list[ScoreResult]:
         """Score examples given as token ids (answer ids must end where generation stopped)."""
+        return [self._result(raw) for raw in self._raw_scores(examples)]
+
+    def semgrad_by_layer(self, examples: Sequence[ScoringInput]) -> list[dict[int, float]]:
+        """SemGrad of each of the profile's layers alone, at the profile's anchor, from one pass.
+
+        The SemGrad of any subset of these layers is the mean of its layers' values, so one pass
+        over all candidate layers replaces one pass per layer band (``eval --sweep-anchor``).
+        """
+        layers = list(self.profile.layers)
+        return [dict(zip(layers, raw.layer_semgrad, strict=True)) for raw in self._raw_scores(examples)]
+
+    def _raw_scores(self, examples: Sequence[ScoringInput]) -> list[Any]:
         order = sorted(
             range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids)
         )
-        results: list[ScoreResult | None] = [None] * len(examples)
+        results: list[Any] = [None] * len(examples)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start : start + self.max_batch_size]
             raws = score_ids(
@@ -229,8 +241,8 @@ class SemGradScorer:
                 vocab_chunk=self.vocab_chunk,
             )
             for i, raw in zip(idx, raws, strict=True):
-                results[i] = self._result(raw)
-        return [r for r in results if r is not None]
+                results[i] = raw
+        return results
 
     def _result(self, raw: Any) -> ScoreResult:
         return ScoreResult(

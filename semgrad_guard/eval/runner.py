@@ -133,23 +133,82 @@ def _progress(enabled: bool) -> Any:
 
 
 def _model_settings(scorer: Any, config: EvalConfig) -> dict[str, Any]:
-    profile = getattr(scorer, "profile", None)
+    """What determines a greedy answer: model, prompt, token limit (not the profile, which only scores)."""
     return {
         "model_id": getattr(scorer, "model_id", None),
         "template": config.template.model_dump(),
         "max_new_tokens": config.max_new_tokens,
-        "anchor_offset": getattr(profile, "anchor_offset", getattr(scorer, "anchor_offset", None)),
-        "layers": getattr(profile, "layers", getattr(scorer, "layers", None)),
     }
+
+
+def _profile_of(scorer: Any) -> tuple[int | None, list[int] | None]:
+    profile = getattr(scorer, "profile", None)
+    offset = getattr(profile, "anchor_offset", getattr(scorer, "anchor_offset", None))
+    layers = getattr(profile, "layers", getattr(scorer, "layers", None))
+    return offset, None if layers is None else list(layers)
+
+
+def scoring_inputs(scorer: Any, chats: Sequence[Any], records: Sequence[dict[str, Any]]) -> list[Any]:
+    """Token ids of cached answers as ``generate`` scored them (for scorers with a token-level API).
+
+    An answer cut by ``max_new_tokens`` (its record's ``answer_tokens`` is one short of the
+    re-tokenised answer with its end-of-turn token) is scored without the end-of-turn token.
+    """
+    from ..fastpath import ScoringInput
+
+    examples = []
+    for chat, rec in zip(chats, records, strict=True):
+        x = scorer.prompt_ids(chat)
+        y = scorer.answer_ids(chat, rec["answer"], prompt_ids=x)
+        if rec.get("answer_tokens") == len(y) - 1:  # stopped at max_new_tokens, before end of turn
+            y = y[:-1]
+        examples.append(ScoringInput(x, y))
+    return examples
+
+
+def _rescore(
+    scorer: Any, config: EvalConfig, questions: Sequence[Question], records: list[dict[str, Any]]
+) -> list[Any]:
+    """Teacher-forced scores of cached answers under the scorer's current profile."""
+    chats = [config.template.messages(q.question) for q in questions]
+    if not all(hasattr(scorer, name) for name in ("prompt_ids", "answer_ids", "score_token_ids")):
+        return list(scorer.score_batch([(c, r["answer"]) for c, r in zip(chats, records, strict=True)]))
+    return list(scorer.score_token_ids(scoring_inputs(scorer, chats, records)))
 
 
 def generate_answers(
     scorer: Any, questions: Sequence[Question], out_dir: Path, config: EvalConfig, *, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Greedy answer and single-pass scores per question, cached in ``generations.jsonl``."""
+    """Greedy answer and single-pass scores per question, cached in ``generations.jsonl``.
+
+    The cache key is what determines the answer (model, prompt, token limit). Cached answers scored
+    under another profile (anchor offset, layers) are re-scored, not regenerated: the new scores are
+    appended as the question's latest record, its generation time kept.
+    """
     cache = JsonlCache(out_dir / "generations.jsonl", settings_key(_model_settings(scorer, config)))
     todo = [q for q in random_order(questions, config.seed) if q.id not in cache]
+    offset, layers = _profile_of(scorer)
+    stale = [
+        q
+        for q in questions
+        if q.id in cache and (cache.get(q.id)["anchor_offset"], cache.get(q.id)["layers"]) != (offset, layers)  # type: ignore[index]
+    ]
     with _progress(progress) as bar:
+        if stale:
+            task = bar.add_task(f"re-score under anchor {offset}, layers {layers}", total=len(stale))
+            for start in range(0, len(stale), 8):
+                chunk = stale[start : start + 8]
+                records = [cache.get(q.id) for q in chunk]
+                for q, rec, result in zip(
+                    chunk, records, _rescore(scorer, config, chunk, records), strict=True
+                ):  # type: ignore[arg-type]
+                    assert rec is not None
+                    fields = {k: v for k, v in rec.items() if k not in ("id", "key")}
+                    fields.update(
+                        scores=result.scores(), anchor_offset=result.anchor_offset, layers=result.layers
+                    )
+                    cache.put(q.id, fields)
+                bar.advance(task, len(chunk))
         task = bar.add_task(f"generate ({len(questions) - len(todo)} cached)", total=len(todo))
         for q in todo:
             t0 = time.perf_counter()
@@ -206,8 +265,6 @@ def draw_samples(
         "temperature": config.temperature,
         "seed": config.seed,
     }
-    settings.pop("anchor_offset")
-    settings.pop("layers")
     cache = JsonlCache(out_dir / "samples.jsonl", settings_key(settings))
     todo = [q for q in random_order(questions, config.seed) if q.id not in cache]
     with _progress(progress) as bar:

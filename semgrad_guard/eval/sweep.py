@@ -92,7 +92,14 @@ def sweep_anchor(
     )
     num_layers = len(next(iter(sps.table.values())))
     bands = bands or layer_bands(num_layers)
-    pairs = [(template.messages(q.question), generations[q.id]["answer"]) for q in questions]
+    # One pass per offset over the union of the bands' layers: a band's semgrad is the mean of its
+    # layers' values (SemGradScorer.semgrad_by_layer), identical to scoring each band on its own.
+    from .runner import scoring_inputs
+
+    union = sorted({layer for layers in bands.values() for layer in layers})
+    examples = scoring_inputs(
+        scorer, [template.messages(q.question) for q in questions], [generations[q.id] for q in questions]
+    )
     errors = [not correct[q.id] for q in questions]
     rows = []
     for offset in sorted(sps.table, reverse=True):
@@ -103,11 +110,13 @@ def sweep_anchor(
             "sps": {},
         }
         means = {b: sps.mean_over(layers)[offset] for b, layers in bands.items()}
+        by_layer = scorer.with_profile(
+            ModelProfile(anchor_offset=offset, layers=union, source="user")
+        ).semgrad_by_layer(examples)
         for band, layers in bands.items():
-            profile = ModelProfile(anchor_offset=offset, layers=layers, source="user")
-            results = scorer.with_profile(profile).score_batch(pairs)
+            values = [sum(v[layer] for layer in layers) / len(layers) for v in by_layer]
             try:
-                row["auroc"][band] = auroc([r.semgrad for r in results], errors)
+                row["auroc"][band] = auroc(values, errors)
             except MetricError:
                 row["auroc"][band] = None
             row["sps"][band] = means[band]

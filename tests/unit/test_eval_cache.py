@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from semgrad_guard import MockScorer
 from semgrad_guard.eval.cache import JsonlCache, settings_key
 from semgrad_guard.eval.data import Question
@@ -67,3 +69,35 @@ def test_random_subsets_are_nested_and_seeded() -> None:
     assert choose_subset(qs, 10, seed=4) != small
     assert random_order(qs[:20], 3)[:5] == [q for q in random_order(qs, 3) if int(q.id) < 20][:5]
     assert choose_subset(qs, None, seed=0) == qs
+
+
+def test_a_profile_change_rescores_cached_answers_instead_of_regenerating(tmp_path: Path) -> None:
+    qs = _questions(4)
+    cfg = EvalConfig(methods=["semgrad"], max_new_tokens=4, plots=False)
+    generate_answers(MockScorer(answers=["yes"], anchor_offset=-1), qs, tmp_path, cfg, progress=False)
+    other = MockScorer(lambda m, a: 0.25, answers=["never generated"], anchor_offset=-3, layers=[2, 3])
+    out = generate_answers(other, qs, tmp_path, cfg, progress=False)
+    assert [a for _, a in other.calls] == ["yes"] * 4  # scored the cached answers, generated nothing
+    assert all(o["answer"] == "yes" and o["scores"]["semgrad"] == 0.25 for o in out.values())
+    assert all(o["anchor_offset"] == -3 and o["layers"] == [2, 3] for o in out.values())
+    again = MockScorer(answers=["never generated"], anchor_offset=-3, layers=[2, 3])
+    generate_answers(again, qs, tmp_path, cfg, progress=False)
+    assert again.calls == []  # the re-scored records are the cache now
+
+
+def test_rescored_answers_equal_scores_generated_under_the_new_profile(tmp_path: Path) -> None:
+    # Exactness of the teacher-forced re-score, answers cut by max_new_tokens included.
+    from semgrad_guard import ModelProfile
+    from semgrad_guard.testing import tiny_scorer
+
+    qs = _questions(3)
+    cfg = EvalConfig(methods=["semgrad"], max_new_tokens=5, plots=False)
+    scorer = tiny_scorer("llama")
+    new = scorer.with_profile(ModelProfile(anchor_offset=-2, layers=[1], source="user"))
+    generate_answers(scorer, qs, tmp_path / "a", cfg, progress=False)
+    rescored = generate_answers(new, qs, tmp_path / "a", cfg, progress=False)
+    direct = generate_answers(new, qs, tmp_path / "b", cfg, progress=False)
+    for q in qs:
+        assert rescored[q.id]["answer"] == direct[q.id]["answer"]
+        for field, value in direct[q.id]["scores"].items():
+            assert rescored[q.id]["scores"][field] == pytest.approx(value, rel=1e-5), field

@@ -74,3 +74,23 @@ def test_sweep_anchor_on_tiny_model(tmp_path: Path) -> None:
         key=lambda r: sum(out["sps_table"][str(r["offset"])][layer] for layer in out["sps_layers"]),
     )
     assert best["offset"] == out["sps_offset"]
+
+
+def test_a_bands_semgrad_from_one_pass_equals_scoring_the_band_alone() -> None:
+    from semgrad_guard import ModelProfile
+    from semgrad_guard.fastpath import ScoringInput
+    from semgrad_guard.testing import tiny_scorer
+
+    scorer = tiny_scorer("llama")
+    pairs = [("Name a colour.", "red"), ("What is two plus two?", "four, I think"), ("Hi", "Hello there!")]
+    examples = []
+    for chat, answer in pairs:
+        x = scorer.prompt_ids(chat)
+        examples.append(ScoringInput(x, scorer.answer_ids(chat, answer, prompt_ids=x)))
+    by_layer = scorer.with_profile(
+        ModelProfile(anchor_offset=-2, layers=[1, 2, 3], source="user")
+    ).semgrad_by_layer(examples)
+    for band in ([1], [2, 3], [1, 2, 3]):
+        alone = scorer.with_profile(ModelProfile(anchor_offset=-2, layers=band, source="user"))
+        for v, r in zip(by_layer, alone.score_token_ids(examples), strict=True):
+            assert sum(v[layer] for layer in band) / len(band) == pytest.approx(r.semgrad, rel=1e-5)

@@ -29,6 +29,7 @@ test-unit: install
 
 lint: install
 	$(VENV)/bin/ruff check semgrad_guard integrations tests cookbook benchmarks
+	$(VENV)/bin/ruff format --check semgrad_guard integrations tests cookbook benchmarks --exclude "*.md"
 	$(VENV)/bin/mypy
 
 bench: install

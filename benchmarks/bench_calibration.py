@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             perm = rng.permutation(n)
             cal_idx, test_idx = perm[: n // 2], perm[n // 2 :]
             cal = Calibrator.fit(
-                [results[i] for i in cal_idx], correct[cal_idx], method="auto", features="auto", folds=args.folds
+                [results[i] for i in cal_idx],
+                correct[cal_idx],
+                method="auto",
+                features="auto",
+                folds=args.folds,
             )
             key = f"{cal.method}:{'+'.join(cal.features)}"
             chosen[key] = chosen.get(key, 0) + 1

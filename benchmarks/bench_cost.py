@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cost_sampling.md")
     parser.add_argument("--note", default="", help="a line about the machine's state, put in the report")
     args = parser.parse_args(argv)
@@ -64,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         ids = torch.tensor([x])
         with torch.no_grad():
             out = scorer.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=args.max_new_tokens,
-                eos_token_id=eos, pad_token_id=eos[0], temperature=None, top_p=None, top_k=None,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=args.max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=eos[0],
+                temperature=None,
+                top_p=None,
+                top_k=None,
             )
         return int(out.shape[1] - len(x))
 
@@ -75,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     scorer.generate(warm, max_new_tokens=4)
     sampler.sample(warm, 2, max_new_tokens=4)
 
-    times: dict[str, list[float]] = {k: [] for k in ("generate", "generate+semgrad", "score(text)", "reference", "sample", "cluster")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("generate", "generate+semgrad", "score(text)", "reference", "sample", "cluster")
+    }
     tokens: dict[str, list[int]] = {"answer": [], "sample": [], "sample_calls": []}
     for q in questions:
         m = template.messages(q.question)
@@ -107,16 +118,29 @@ def main(argv: list[str] | None = None) -> int:
     ans_tok = statistics.mean(tokens["answer"])
     rows = [
         ("generate the answer (greedy)", mean["generate"], f"{ans_tok:.1f}", f"{ans_tok:.1f}", "0"),
-        ("semgrad / hybridgrad / exgrad / nll / mean_nll / mean_entropy (generate + score, KV-cache path)",
-         mean["generate+semgrad"], f"{ans_tok + 1:.1f}", f"{ans_tok:.1f}", "1"),
+        (
+            "semgrad / hybridgrad / exgrad / nll / mean_nll / mean_entropy (generate + score, KV-cache path)",
+            mean["generate+semgrad"],
+            f"{ans_tok + 1:.1f}",
+            f"{ans_tok:.1f}",
+            "1",
+        ),
         ("  score an existing answer (`scorer.score`, text)", mean["score(text)"], "1", "0", "1"),
         ("  reference implementation (full sequence, all hidden states)", mean["reference"], "1", "0", "1"),
-        (f"sampling baselines, K={args.samples} (answer + batched sampling + MiniLM clustering)",
-         mean["generate"] + mean["sample"] + mean["cluster"],
-         f"{ans_tok + statistics.mean(tokens['sample_calls']):.1f}",
-         f"{ans_tok + statistics.mean(tokens['sample']):.1f}", "0"),
-        (f"  of which: K={args.samples} samples in one batched call", mean["sample"],
-         f"{statistics.mean(tokens['sample_calls']):.1f}", f"{statistics.mean(tokens['sample']):.1f}", "0"),
+        (
+            f"sampling baselines, K={args.samples} (answer + batched sampling + MiniLM clustering)",
+            mean["generate"] + mean["sample"] + mean["cluster"],
+            f"{ans_tok + statistics.mean(tokens['sample_calls']):.1f}",
+            f"{ans_tok + statistics.mean(tokens['sample']):.1f}",
+            "0",
+        ),
+        (
+            f"  of which: K={args.samples} samples in one batched call",
+            mean["sample"],
+            f"{statistics.mean(tokens['sample_calls']):.1f}",
+            f"{statistics.mean(tokens['sample']):.1f}",
+            "0",
+        ),
         ("  of which: clustering + lexical similarity (MiniLM)", mean["cluster"], "-", "0", "0"),
     ]
     lines = [
@@ -144,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", args.note]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"times": times, "tokens": tokens, "threads": torch.get_num_threads()}, indent=1))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"times": times, "tokens": tokens, "threads": torch.get_num_threads()}, indent=1)
+    )
     print("\n".join(lines))
     return 0
 

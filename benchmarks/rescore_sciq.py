@@ -41,7 +41,9 @@ def main() -> None:
             row.update(r.model_dump(exclude={"model_id", "prompt_tokens", "answer_tokens"}))
             f.write(json.dumps(row) + "\n")
     DEFAULT_OUT.with_suffix(".tmp").replace(DEFAULT_OUT)
-    print(f"re-scored {len(rows)} answers with anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers}")
+    print(
+        f"re-scored {len(rows)} answers with anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers}"
+    )
 
 
 if __name__ == "__main__":

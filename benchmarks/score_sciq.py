@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     scorer = SemGradScorer.from_pretrained("default")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with args.out.open("a") as fh, Progress(
-        TextColumn("SciQ"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    ) as progress:
+    with (
+        args.out.open("a") as fh,
+        Progress(TextColumn("SciQ"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress,
+    ):
         task = progress.add_task("score", total=stop - args.start, completed=stop - args.start - len(todo))
         for i in todo:
             row = rows[i]

@@ -33,8 +33,9 @@ from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 
 GUIDE = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
-SYSTEM = "You are the Orbitra Science Museum's assistant. Answer in one short sentence, using this guide:\n" + "\n".join(
-    json.loads(line)["text"] for line in GUIDE.read_text().splitlines() if line.strip()
+SYSTEM = (
+    "You are the Orbitra Science Museum's assistant. Answer in one short sentence, using this guide:\n"
+    + "\n".join(json.loads(line)["text"] for line in GUIDE.read_text().splitlines() if line.strip())
 )
 
 # Bands over raw SemGrad of this model under its shipped SPS profile (see cookbook/README.md).
@@ -58,7 +59,9 @@ def messages(question: str) -> list[tuple[str, str]]:
     return [("system", SYSTEM), ("human", question)]
 
 
-def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console | None = None) -> dict[str, Any]:
+def run(
+    *, max_tokens: int = 40, review_db: str | None = None, console: Console | None = None
+) -> dict[str, Any]:
     console = console or Console()
     chat = ChatSemGrad(model="default", max_tokens=max_tokens)
     db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-review-")) / "review.db")
@@ -74,8 +77,12 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
     for q, r in zip(QUESTIONS, results, strict=True):
         best = r.best_attempt
         table.add_row(
-            q, (best.answer if best else "") or "", f"{r.result.semgrad:.2e}" if r.result else "n/a",
-            r.action.value, r.answer, str(r.review_id or ""),
+            q,
+            (best.answer if best else "") or "",
+            f"{r.result.semgrad:.2e}" if r.result else "n/a",
+            r.action.value,
+            r.answer,
+            str(r.review_id or ""),
         )
     console.print(table)
 
@@ -86,8 +93,19 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
     decided = []
     for item in queue.list("pending"):
         console.print(f"[bold]review #{item.id}[/] q={item.question!r} a={item.answer!r} rule={item.rule}")
-        argv = ["review", "edit", str(item.id), "--db", db, "--reviewer", "desk", "--note", "checked by the desk",
-                "--answer", "Please ask at the information desk; staff will confirm."]
+        argv = [
+            "review",
+            "edit",
+            str(item.id),
+            "--db",
+            db,
+            "--reviewer",
+            "desk",
+            "--note",
+            "checked by the desk",
+            "--answer",
+            "Please ask at the information desk; staff will confirm.",
+        ]
         console.print("  $ semgrad-guard " + " ".join(shlex.quote(a) for a in argv))
         if semgrad_guard_cli(argv) != 0:
             raise RuntimeError(f"semgrad-guard review edit {item.id} failed")
@@ -96,14 +114,18 @@ def run(*, max_tokens: int = 40, review_db: str | None = None, console: Console 
         console.print(f"  -> {final.status.value} by {final.reviewer}: {final.final_answer!r}")
 
     # 3. Async: the guarded call waits for the decision while a reviewer works.
-    waiting_policy = policy.model_copy(update={"review": policy.review.model_copy(update={"wait": 60.0, "poll_interval": 0.1})})
+    waiting_policy = policy.model_copy(
+        update={"review": policy.review.model_copy(update={"wait": 60.0, "poll_interval": 0.1})}
+    )
     waiting = guard_runnable(chat, chat.scorer, waiting_policy, review_queue=queue, output="guard_result")
 
     async def reviewer() -> None:
         for _ in range(6000):  # a person at a review screen, polling the same SQLite file
             pending = await asyncio.to_thread(queue.list, "pending")
             if pending:
-                await asyncio.to_thread(queue.reject, pending[0].id, reviewer="night-shift", note="cannot confirm")
+                await asyncio.to_thread(
+                    queue.reject, pending[0].id, reviewer="night-shift", note="cannot confirm"
+                )
                 return
             await asyncio.sleep(0.1)
 

@@ -52,7 +52,11 @@ POLICY = {
     "abstain_message": "I don't know that; please ask at the information desk.",
 }
 
-QUESTIONS = ["Who founded the Orbitra Science Museum?", "How much does an adult ticket cost?", "Who is the museum's current director?"]
+QUESTIONS = [
+    "Who founded the Orbitra Science Museum?",
+    "How much does an adult ticket cost?",
+    "Who is the museum's current director?",
+]
 
 
 def load_docs() -> list[dict[str, str]]:
@@ -81,7 +85,13 @@ class ToolRouterChat(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ToolRouterChat:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         question = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
         if not isinstance(messages[-1], ToolMessage):
             call = {"name": "museum_info", "args": {"topic": question.text}, "id": f"call_{len(messages)}"}
@@ -97,14 +107,25 @@ class ToolRouterChat(BaseChatModel):
         return ChatGeneration(message=message)
 
 
-def run(questions: Sequence[str] = QUESTIONS, *, max_tokens: int = 40, review_db: str | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+def run(
+    questions: Sequence[str] = QUESTIONS,
+    *,
+    max_tokens: int = 40,
+    review_db: str | None = None,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
     console = console or Console()
     answerer = ChatSemGrad(model="default", max_tokens=max_tokens)
     scorer = answerer.scorer
     db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-agent-")) / "review.db")
     queue = SQLiteReviewQueue(db)
     middleware = SemGradMiddleware(scorer, GuardPolicy.from_dict(POLICY), review_queue=queue)
-    agent = create_agent(ToolRouterChat(answerer=answerer), tools=[museum_info], middleware=[middleware], checkpointer=InMemorySaver())
+    agent = create_agent(
+        ToolRouterChat(answerer=answerer),
+        tools=[museum_info],
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+    )
 
     rows: list[dict[str, Any]] = []
     for i, question in enumerate(questions):
@@ -114,8 +135,14 @@ def run(questions: Sequence[str] = QUESTIONS, *, max_tokens: int = 40, review_db
         if "__interrupt__" in state:
             # The graph is paused on a review; a person decides (here: edits in the desk's answer).
             request = state["__interrupt__"][0].value
-            console.print(f"[yellow]paused for review[/] #{request['review_id']}: {request['answer']!r} (rule {request['rule']})")
-            human = {"action": "edit", "answer": "I'll ask the museum staff and get back to you.", "reviewer": "desk"}
+            console.print(
+                f"[yellow]paused for review[/] #{request['review_id']}: {request['answer']!r} (rule {request['rule']})"
+            )
+            human = {
+                "action": "edit",
+                "answer": "I'll ask the museum staff and get back to you.",
+                "reviewer": "desk",
+            }
             state = agent.invoke(Command(resume=human), config)
         final = state["messages"][-1]
         payload = read_payload(final) or {}
@@ -144,8 +171,13 @@ def run(questions: Sequence[str] = QUESTIONS, *, max_tokens: int = 40, review_db
         if r["attempts"] and r["attempts"] > 1:
             action = f"retry x{r['attempts'] - 1} -> {action}"
         table.add_row(
-            r["question"], str(r["tool_calls"]), r["model_answer"] or "", f"{s.get('semgrad', float('nan')):.2e}",
-            f"{s.get('mean_nll', float('nan')):.3f}", action, r["answer"],
+            r["question"],
+            str(r["tool_calls"]),
+            r["model_answer"] or "",
+            f"{s.get('semgrad', float('nan')):.2e}",
+            f"{s.get('mean_nll', float('nan')):.3f}",
+            action,
+            r["answer"],
         )
     console.print(table)
     console.print(f"review queue: {db} ({len(queue)} item(s))")

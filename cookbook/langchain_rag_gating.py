@@ -93,7 +93,12 @@ def build_chain(chat: ChatSemGrad, k: int = 2) -> Runnable[str, str]:
     def format_docs(found: list[Document]) -> str:
         return "\n".join(d.page_content for d in found)
 
-    return {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | chat | StrOutputParser()
+    return (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | PROMPT
+        | chat
+        | StrOutputParser()
+    )
 
 
 def shipped_calibrator(scorer: Any) -> tuple[Any, str]:
@@ -142,7 +147,17 @@ def run(
             results.append(guarded.invoke(question))
 
     table = Table(title=f"Guarded RAG answers ({scorer.model_id}, policy over semgrad)", show_lines=True)
-    for col in ("question", "in docs", "model answer", "semgrad", "hybridgrad", "mean_nll", "confidence", "action", "returned"):
+    for col in (
+        "question",
+        "in docs",
+        "model answer",
+        "semgrad",
+        "hybridgrad",
+        "mean_nll",
+        "confidence",
+        "action",
+        "returned",
+    ):
         table.add_column(col, overflow="fold")
     for (question, in_scope), r in zip(questions, results, strict=True):
         best = r.best_attempt

@@ -158,7 +158,9 @@ class Calibrator(BaseModel):
         for cand in candidates:
             bad = [f for f in cand if f not in SCORE_FIELDS]
             if bad or not cand:
-                raise ConfigurationError(f"features: unknown score fields {bad}; choose from {list(SCORE_FIELDS)}")
+                raise ConfigurationError(
+                    f"features: unknown score fields {bad}; choose from {list(SCORE_FIELDS)}"
+                )
         x_all = _matrix(results, list(SCORE_FIELDS))
         if not np.all(np.isfinite(x_all)):
             raise CalibrationError("some results have non-finite scores; drop them before fitting")
@@ -230,7 +232,9 @@ class Calibrator(BaseModel):
 
     # ------------------------------------------------------------------ compatibility
     def check_compatible(
-        self, model_id: str | None, profile: ModelProfile | CalibrationProfile | Mapping[str, Any] | None = None
+        self,
+        model_id: str | None,
+        profile: ModelProfile | CalibrationProfile | Mapping[str, Any] | None = None,
     ) -> None:
         """Raise :class:`CalibratorMismatchError` if ``model_id`` or ``profile`` differ from the fitted ones.
 
@@ -244,7 +248,9 @@ class Calibrator(BaseModel):
         if self.profile is None or profile is None:
             return
         other = _as_profile(profile)
-        if other.anchor_offset != self.profile.anchor_offset or sorted(other.layers) != sorted(self.profile.layers):
+        if other.anchor_offset != self.profile.anchor_offset or sorted(other.layers) != sorted(
+            self.profile.layers
+        ):
             raise CalibratorMismatchError(
                 f"calibrator was fitted on profile anchor_offset={self.profile.anchor_offset}, "
                 f"layers={self.profile.layers} but is applied to anchor_offset={other.anchor_offset}, "
@@ -263,7 +269,8 @@ class Calibrator(BaseModel):
     def check_result(self, result: ScoreResult) -> None:
         """Raise :class:`CalibratorMismatchError` if ``result`` comes from another model or profile."""
         self.check_compatible(
-            result.model_id, CalibrationProfile(anchor_offset=result.anchor_offset, layers=list(result.layers))
+            result.model_id,
+            CalibrationProfile(anchor_offset=result.anchor_offset, layers=list(result.layers)),
         )
 
     # ------------------------------------------------------------------ files
@@ -295,7 +302,9 @@ class Calibrator(BaseModel):
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CalibrationError(f"{source} is not a semgrad-guard calibrator (no 'format': {FORMAT!r})")
         if raw.get("version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise CalibrationError(f"calibrator {source} has format version {raw['version']}; this build reads <= 1")
+            raise CalibrationError(
+                f"calibrator {source} has format version {raw['version']}; this build reads <= 1"
+            )
         try:
             cal = cls.model_validate(raw)
         except ValidationError as e:
@@ -429,7 +438,9 @@ def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.nda
     return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y.astype(int))]
 
 
-def _cv_brier(method: Method, x: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> float:
+def _cv_brier(
+    method: Method, x: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+) -> float:
     losses = []
     for tr, te in splits:
         if y[tr].min() == y[tr].max():

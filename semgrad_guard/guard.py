@@ -38,7 +38,9 @@ GenerateOutput = "str | tuple[str, ScoreResult]"
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult)``, or a coroutine function returning that."""
 
-STOP_EXCEPTION_NAMES = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand", "Interrupt"})
+STOP_EXCEPTION_NAMES = frozenset(
+    {"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand", "Interrupt"}
+)
 """Exception class names (anywhere in the MRO) that mean "stop", never "retry" (LangGraph's, matched by name)."""
 
 
@@ -182,7 +184,9 @@ class Guard:
         elif isinstance(policy, str):
             self.policy = GuardPolicy.from_yaml(policy)
         else:
-            raise ConfigurationError(f"policy must be a GuardPolicy, dict or YAML, got {type(policy).__name__}")
+            raise ConfigurationError(
+                f"policy must be a GuardPolicy, dict or YAML, got {type(policy).__name__}"
+            )
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "
@@ -432,7 +436,11 @@ class Guard:
 
     def _base_context(self, number: int, chat: list[Message], attempts: list[Attempt]) -> AttemptContext:
         return AttemptContext(
-            number=number, messages=chat, original_messages=chat, score_messages=chat, previous=tuple(attempts)
+            number=number,
+            messages=chat,
+            original_messages=chat,
+            score_messages=chat,
+            previous=tuple(attempts),
         )
 
     def _prepare_sync(self, number: int, chat: list[Message], attempts: list[Attempt]) -> AttemptContext:
@@ -440,7 +448,9 @@ class Guard:
         strategy = self._strategy_for(number)
         return strategy.prepare(ctx) if strategy is not None else ctx
 
-    async def _prepare_async(self, number: int, chat: list[Message], attempts: list[Attempt]) -> AttemptContext:
+    async def _prepare_async(
+        self, number: int, chat: list[Message], attempts: list[Attempt]
+    ) -> AttemptContext:
         ctx = self._base_context(number, chat, attempts)
         strategy = self._strategy_for(number)
         if strategy is None:
@@ -452,7 +462,9 @@ class Guard:
         return strategy.prepare(ctx)
 
     def _score_failed(self, attempt: Attempt, exc: Exception) -> None:
-        logger.warning("scoring failed (%s: %s); policy on_error=%s", type(exc).__name__, exc, self.policy.on_error)
+        logger.warning(
+            "scoring failed (%s: %s); policy on_error=%s", type(exc).__name__, exc, self.policy.on_error
+        )
         attempt.error = f"{type(exc).__name__}: {exc}"
         attempt.error_stage = "score"
         attempt.action = self.policy.on_error
@@ -538,12 +550,16 @@ class Guard:
             exc = outcome.exc if isinstance(outcome, _Exhausted) else None
             if exc is not None:
                 raise exc
-            raise RetriesExhaustedError(f"no attempt out of {len(attempts)} produced a scored answer", attempts=attempts)
+            raise RetriesExhaustedError(
+                f"no attempt out of {len(attempts)} produced a scored answer", attempts=attempts
+            )
         best = max(scored, key=self._rank)
         ctx = contexts[best.number - 1]
         action = self.policy.retry.on_exhausted
         if action is Action.RAISE:
-            result = self._result(Action.RAISE, best, attempts, t0, answer=best.answer or "", rule="retry.on_exhausted")
+            result = self._result(
+                Action.RAISE, best, attempts, t0, answer=best.answer or "", rule="retry.on_exhausted"
+            )
             err = RetriesExhaustedError(
                 f"all {len(attempts)} attempts stayed below the policy's bar (best {self._rank_field}: "
                 f"{self._rank(best):.4g})",
@@ -579,7 +595,9 @@ class Guard:
         item = None
         if self.policy.review.wait is not None:
             try:
-                item = queue.wait(item_id, timeout=self.policy.review.wait, poll_interval=self.policy.review.poll_interval)
+                item = queue.wait(
+                    item_id, timeout=self.policy.review.wait, poll_interval=self.policy.review.poll_interval
+                )
             except ReviewTimeoutError:
                 item = None
         return self._review_result(attempt, attempts, t0, item_id, item, time.perf_counter() - t1)
@@ -655,7 +673,9 @@ class Guard:
         assert action is not None
         message = self._rule_message(attempt.rule)
         annotation = None
-        answer = (message or self.policy.abstain_message) if action is Action.ABSTAIN else (attempt.answer or "")
+        answer = (
+            (message or self.policy.abstain_message) if action is Action.ABSTAIN else (attempt.answer or "")
+        )
         if action is Action.ANNOTATE:
             annotation = message or self.policy.annotate_message
         result = self._result(action, attempt, attempts, t0, answer=answer, rule=attempt.rule)
@@ -681,7 +701,9 @@ class Guard:
             "generate_s": sum(a.timings.get("generate_s", 0.0) for a in attempts),
             "score_s": sum(a.timings.get("score_s", 0.0) for a in attempts),
         }
-        errors = [a.error for a in attempts if a.error and a.error_stage == "score" and a.number == attempt.number]
+        errors = [
+            a.error for a in attempts if a.error and a.error_stage == "score" and a.number == attempt.number
+        ]
         return GuardResult(
             action=action,
             answer=answer,

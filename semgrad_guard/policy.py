@@ -257,7 +257,10 @@ class GuardPolicy(BaseModel):
     @property
     def uses_confidence(self) -> bool:
         """True when a rule (or rank_by) needs a calibrated confidence."""
-        return any(r.field == "confidence" and not r.unbounded for r in self.rules) or self.rank_by == "confidence"
+        return (
+            any(r.field == "confidence" and not r.unbounded for r in self.rules)
+            or self.rank_by == "confidence"
+        )
 
     @property
     def actions(self) -> set[Action]:
@@ -284,7 +287,9 @@ class GuardPolicy(BaseModel):
             if not math.isfinite(value):
                 raise ConfigurationError(f"rule {rule.name!r}: {rule.field} is not finite ({value})")
             if rule.matches(value):
-                return Decision(action=rule.action, rule=rule.name, field=rule.field, value=value, message=rule.message)
+                return Decision(
+                    action=rule.action, rule=rule.name, field=rule.field, value=value, message=rule.message
+                )
         return Decision(action=self.default_action, rule=None)
 
     @staticmethod
@@ -329,7 +334,9 @@ class GuardPolicy(BaseModel):
     def from_dict(cls, data: Any, *, source: str = "dict") -> GuardPolicy:
         """Validate a dict, turning pydantic's errors into one :class:`ConfigurationError` naming each bad field."""
         if not isinstance(data, Mapping):
-            raise ConfigurationError(f"policy {source} must be a mapping with 'rules', got {type(data).__name__}")
+            raise ConfigurationError(
+                f"policy {source} must be a mapping with 'rules', got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(dict(data))
         except ValidationError as e:
@@ -345,7 +352,12 @@ class GuardPolicy(BaseModel):
 
     @classmethod
     def from_threshold(
-        cls, threshold: float, *, below: Action | str = Action.REVIEW, annotate_above: float | None = None, **kwargs: Any
+        cls,
+        threshold: float,
+        *,
+        below: Action | str = Action.REVIEW,
+        annotate_above: float | None = None,
+        **kwargs: Any,
     ) -> GuardPolicy:
         """Accept at confidence >= ``threshold`` (e.g. from :func:`select_threshold`), else ``below``."""
         rules: list[dict[str, Any]] = []

@@ -141,15 +141,23 @@ class ReviewQueue(Protocol):
 
     def get(self, item_id: int) -> ReviewItem: ...
 
-    def list(self, status: ReviewStatus | str | None = None, *, limit: int | None = None) -> builtins.list[ReviewItem]: ...
+    def list(
+        self, status: ReviewStatus | str | None = None, *, limit: int | None = None
+    ) -> builtins.list[ReviewItem]: ...
 
-    def approve(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem: ...
+    def approve(
+        self, item_id: int, *, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem: ...
 
     def reject(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem: ...
 
-    def edit(self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None) -> ReviewItem: ...
+    def edit(
+        self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem: ...
 
-    def wait(self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> ReviewItem: ...
+    def wait(
+        self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
+    ) -> ReviewItem: ...
 
     async def await_decision(
         self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
@@ -242,7 +250,9 @@ class SQLiteReviewQueue:
                 with contextlib.suppress(FileExistsError):
                     os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as e:
             raise ReviewQueueError(f"cannot open review database {self.path}: {e}") from e
         try:
@@ -264,7 +274,9 @@ class SQLiteReviewQueue:
                         f"{self.path} has review schema version {version}; this build knows <= {SCHEMA_VERSION}"
                     )
                 if not {"items", "audit"} <= tables:
-                    raise ReviewQueueCorruptError(f"{self.path} is missing review tables; it was left untouched")
+                    raise ReviewQueueCorruptError(
+                        f"{self.path} is missing review tables; it was left untouched"
+                    )
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -377,14 +389,21 @@ class SQLiteReviewQueue:
         """Reject the answer (the pipeline abstains)."""
         return self._decide(item_id, ReviewStatus.REJECTED, reviewer, note, None)
 
-    def edit(self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
+    def edit(
+        self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem:
         """Replace the answer with the reviewer's."""
         if not isinstance(answer, str):
             raise ConfigurationError("edit(answer=...) must be a string")
         return self._decide(item_id, ReviewStatus.EDITED, reviewer, note, answer)
 
     def _decide(
-        self, item_id: int, status: ReviewStatus, reviewer: str | None, note: str | None, new_answer: str | None
+        self,
+        item_id: int,
+        status: ReviewStatus,
+        reviewer: str | None,
+        note: str | None,
+        new_answer: str | None,
     ) -> ReviewItem:
         now = _now()
         with self._transaction() as conn:
@@ -421,7 +440,9 @@ class SQLiteReviewQueue:
             ).fetchall()
         return _item(row, audit)
 
-    def list(self, status: ReviewStatus | str | None = None, *, limit: int | None = None) -> builtins.list[ReviewItem]:
+    def list(
+        self, status: ReviewStatus | str | None = None, *, limit: int | None = None
+    ) -> builtins.list[ReviewItem]:
         """Items, newest first, optionally only those with ``status``."""
         sql = f"SELECT {_COLUMNS} FROM items"
         args: builtins.list[Any] = []
@@ -445,7 +466,8 @@ class SQLiteReviewQueue:
                 ids = [r[0] for r in rows]
                 marks = ",".join("?" * len(ids))
                 for a in self._conn.execute(
-                    f"SELECT item_id, at, event, actor, details FROM audit WHERE item_id IN ({marks}) ORDER BY seq", ids
+                    f"SELECT item_id, at, event, actor, details FROM audit WHERE item_id IN ({marks}) ORDER BY seq",
+                    ids,
                 ):
                     audits.setdefault(a[0], []).append(a[1:])
         return [_item(r, audits.get(r[0], [])) for r in rows]
@@ -478,7 +500,11 @@ class SQLiteReviewQueue:
                 return item
             if deadline is not None and time.monotonic() >= deadline:
                 raise ReviewTimeoutError(f"review item {item_id} is still pending after {timeout} s")
-            pause = poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - time.monotonic()))
+            pause = (
+                poll_interval
+                if deadline is None
+                else min(poll_interval, max(0.0, deadline - time.monotonic()))
+            )
             time.sleep(pause)
 
     async def await_decision(
@@ -495,7 +521,9 @@ class SQLiteReviewQueue:
                 return item
             if deadline is not None and loop.time() >= deadline:
                 raise ReviewTimeoutError(f"review item {item_id} is still pending after {timeout} s")
-            pause = poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - loop.time()))
+            pause = (
+                poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - loop.time()))
+            )
             await asyncio.sleep(pause)
 
     def on_resolved(self, callback: ResolvedCallback, *, poll_interval: float = 1.0) -> None:
@@ -532,7 +560,8 @@ class SQLiteReviewQueue:
             if self._closed or self._last_seq is None:
                 return
             rows = self._conn.execute(
-                "SELECT seq, item_id FROM audit WHERE seq > ? AND event != 'created' ORDER BY seq", (self._last_seq,)
+                "SELECT seq, item_id FROM audit WHERE seq > ? AND event != 'created' ORDER BY seq",
+                (self._last_seq,),
             ).fetchall()
             if not rows:
                 return
@@ -567,18 +596,42 @@ class SQLiteReviewQueue:
             buf = io.StringIO()
             from .results import SCORE_FIELDS
 
-            cols = ["id", "created_at", "status", "rule", "confidence", *SCORE_FIELDS, "question", "answer",
-                    "final_answer", "reviewer", "decided_at", "note", "messages"]
+            cols = [
+                "id",
+                "created_at",
+                "status",
+                "rule",
+                "confidence",
+                *SCORE_FIELDS,
+                "question",
+                "answer",
+                "final_answer",
+                "reviewer",
+                "decided_at",
+                "note",
+                "messages",
+            ]
             writer = csv.writer(buf)
             writer.writerow(cols)
             for it in items:
                 scores = it.result.scores() if it.result is not None else {}
-                writer.writerow([
-                    it.id, it.created_at, it.status.value, it.rule or "", "" if it.confidence is None else it.confidence,
-                    *[scores.get(f, "") for f in SCORE_FIELDS],
-                    it.question, it.answer, it.final_answer or "", it.reviewer or "", it.decided_at or "",
-                    it.note or "", json.dumps(it.messages),
-                ])
+                writer.writerow(
+                    [
+                        it.id,
+                        it.created_at,
+                        it.status.value,
+                        it.rule or "",
+                        "" if it.confidence is None else it.confidence,
+                        *[scores.get(f, "") for f in SCORE_FIELDS],
+                        it.question,
+                        it.answer,
+                        it.final_answer or "",
+                        it.reviewer or "",
+                        it.decided_at or "",
+                        it.note or "",
+                        json.dumps(it.messages),
+                    ]
+                )
             text = buf.getvalue()
         if file is not None:
             file.write(text)
@@ -605,13 +658,25 @@ class SQLiteReviewQueue:
         return f"SQLiteReviewQueue({str(self.path)!r})"
 
 
-_COLUMNS = (
-    "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
-)
+_COLUMNS = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
 
 
 def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
-    (item_id, created, messages, answer, result, confidence, rule, status, reviewer, decided, final, note, meta) = row
+    (
+        item_id,
+        created,
+        messages,
+        answer,
+        result,
+        confidence,
+        rule,
+        status,
+        reviewer,
+        decided,
+        final,
+        note,
+        meta,
+    ) = row
     try:
         return ReviewItem(
             id=item_id,
@@ -627,7 +692,9 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
             final_answer=final,
             note=note,
             metadata=json.loads(meta or "{}"),
-            audit=[AuditEntry(at=a[0], event=a[1], actor=a[2], details=json.loads(a[3] or "{}")) for a in audit],
+            audit=[
+                AuditEntry(at=a[0], event=a[1], actor=a[2], details=json.loads(a[3] or "{}")) for a in audit
+            ],
         )
     except (ValueError, TypeError) as e:
         raise ReviewQueueCorruptError(f"review item {item_id} is malformed: {e}") from e

@@ -102,7 +102,9 @@ class ResampleStrategy:
 
     def prepare(self, context: AttemptContext) -> AttemptContext:
         retry_index = max(0, context.number - 2)
-        temperature = round(min(self.temperature + self.temperature_step * retry_index, self.max_temperature), 6)
+        temperature = round(
+            min(self.temperature + self.temperature_step * retry_index, self.max_temperature), 6
+        )
         kwargs: dict[str, Any] = {"do_sample": True, "temperature": temperature}
         if self.top_p is not None:
             kwargs["top_p"] = self.top_p
@@ -115,9 +117,7 @@ class ResampleStrategy:
         )
 
 
-DEFAULT_RECONSIDER_PROMPT = (
-    "Your previous answer may be wrong. Reconsider the question carefully and answer it again, briefly and accurately."
-)
+DEFAULT_RECONSIDER_PROMPT = "Your previous answer may be wrong. Reconsider the question carefully and answer it again, briefly and accurately."
 
 
 class ReconsiderStrategy:
@@ -137,7 +137,9 @@ class ReconsiderStrategy:
 
     name = "reconsider"
 
-    def __init__(self, prompt: str = DEFAULT_RECONSIDER_PROMPT, *, which: Literal["last", "best"] = "last") -> None:
+    def __init__(
+        self, prompt: str = DEFAULT_RECONSIDER_PROMPT, *, which: Literal["last", "best"] = "last"
+    ) -> None:
         if not prompt.strip():
             raise ConfigurationError("ReconsiderStrategy prompt must not be empty")
         self.prompt = prompt
@@ -148,7 +150,7 @@ class ReconsiderStrategy:
         if not answered:  # nothing to reconsider (the first attempt failed to generate)
             return replace(context, strategy=self.name, changes={**context.changes, "reconsider": False})
         if self.which == "best":
-            prev = max(answered, key=lambda a: (a.confidence if a.confidence is not None else -1.0))
+            prev = max(answered, key=lambda a: a.confidence if a.confidence is not None else -1.0)
         else:
             prev = answered[-1]
         messages = [
@@ -229,7 +231,9 @@ BUILTIN_STRATEGIES: Mapping[str, Callable[[], RetryStrategy]] = {
 """Strategies the guard can build by name without arguments (widen_retrieval needs a hook)."""
 
 
-def resolve_strategies(names: list[str], given: Mapping[str, RetryStrategy] | None) -> dict[str, RetryStrategy]:
+def resolve_strategies(
+    names: list[str], given: Mapping[str, RetryStrategy] | None
+) -> dict[str, RetryStrategy]:
     """Map each strategy name to an instance: the user's ``given`` ones first, then the built-ins.
 
     Raises:

@@ -31,7 +31,7 @@ def reference_scores(
         ent = -(logp.exp() * logp).sum(-1).detach()
         nll = -logp[torch.arange(T), torch.tensor(y)]
         loss = (ent * nll).mean()
-        grads = torch.autograd.grad(loss, [hs[l] for l in layers] + [W])
+        grads = torch.autograd.grad(loss, [hs[layer] for layer in layers] + [W])
     a = len(x) + anchor_offset
     sem = torch.stack([g[0, a].abs().mean() for g in grads[:-1]]).mean().item()
     ex = grads[-1].abs().mean().item()

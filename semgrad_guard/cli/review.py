@@ -19,7 +19,9 @@ def register(subparsers: Any) -> None:
         default=None,
         help="review database (default: $SEMGRAD_GUARD_REVIEW_DB or review.db in the user data dir)",
     )
-    parser = subparsers.add_parser("review", help="human review queue: list, show, approve, reject, edit, export")
+    parser = subparsers.add_parser(
+        "review", help="human review queue: list, show, approve, reject, edit, export"
+    )
     sub = parser.add_subparsers(dest="review_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("list", parents=[common], help="list review items (newest first)")

@@ -20,7 +20,9 @@ def calibrator(default_scorer):
     return Calibrator.default_for(default_scorer.model_id)
 
 
-def test_shipped_calibrator_fits_the_default_scorer_and_gives_a_confidence(default_scorer, calibrator, tmp_path) -> None:
+def test_shipped_calibrator_fits_the_default_scorer_and_gives_a_confidence(
+    default_scorer, calibrator, tmp_path
+) -> None:
     # Guard() checks model id and profile: a profile change without refitting the calibrator fails here.
     policy = GuardPolicy.from_dict(
         {"rules": [{"min": 0.5, "action": "accept"}, {"min": 0.2, "action": "review"}, {"action": "abstain"}]}

@@ -21,7 +21,9 @@ from semgrad_guard.calibration import expected_calibration_error
 MODEL = "org/tiny-model"
 
 
-def _result(model_id: str | None = MODEL, anchor: int = -3, layers: tuple[int, ...] = (2, 3), **scores: float) -> ScoreResult:
+def _result(
+    model_id: str | None = MODEL, anchor: int = -3, layers: tuple[int, ...] = (2, 3), **scores: float
+) -> ScoreResult:
     base = {f: 1.0 for f in SCORE_FIELDS}
     base.update(scores)
     return ScoreResult(**base, answer_tokens=4, anchor_offset=anchor, layers=list(layers), model_id=model_id)
@@ -82,7 +84,9 @@ def test_combined_features_use_a_logistic_score_then_isotonic() -> None:
 def test_json_round_trip_keeps_predictions_and_provenance(tmp_path) -> None:
     results, correct, _ = _synthetic(seed=3)
     for method in ("isotonic", "platt"):
-        cal = Calibrator.fit(results, correct, method=method, features=["mean_nll", "nll"], data="synthetic v1")
+        cal = Calibrator.fit(
+            results, correct, method=method, features=["mean_nll", "nll"], data="synthetic v1"
+        )
         path = tmp_path / f"{method}.json"
         cal.save(path)
         raw = json.loads(path.read_text())
@@ -120,7 +124,9 @@ def test_chat_template_hash_mismatch_is_refused() -> None:
     cal = Calibrator.fit(results, correct, method="platt", features=["mean_nll"], profile=prof)
     cal.check_compatible(MODEL, prof)
     with pytest.raises(CalibratorMismatchError, match="chat template"):
-        cal.check_compatible(MODEL, ModelProfile(anchor_offset=-3, layers=[2, 3], chat_template_hash="b" * 64))
+        cal.check_compatible(
+            MODEL, ModelProfile(anchor_offset=-3, layers=[2, 3], chat_template_hash="b" * 64)
+        )
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,13 @@ def queue(tmp_path):
 def test_check_accept_annotate_abstain(queue) -> None:
     guard = Guard(scorer(), raw_policy(), review_queue=queue)
     r = guard.check("Capital of France?", "Paris")
-    assert (r.action, r.answer, r.rule, r.accepted, r.annotation) == (Action.ACCEPT, "Paris", "sure", True, None)
+    assert (r.action, r.answer, r.rule, r.accepted, r.annotation) == (
+        Action.ACCEPT,
+        "Paris",
+        "sure",
+        True,
+        None,
+    )
     assert r.result is not None and r.result.semgrad == 0.05
     r = guard.check("Capital of France?", "Lyon")
     assert (r.action, r.answer, r.annotation, r.accepted) == (Action.ANNOTATE, "Lyon", "check me", True)
@@ -177,7 +183,9 @@ def test_run_exhausted_best_attempt_wins_then_on_exhausted(queue) -> None:
 
 
 def test_run_exhausted_defaults_to_review_of_best(queue) -> None:
-    r = Guard(scorer(), raw_policy(retry={"max_attempts": 2}), review_queue=queue).run("q", lambda m, c: "Marseille")
+    r = Guard(scorer(), raw_policy(retry={"max_attempts": 2}), review_queue=queue).run(
+        "q", lambda m, c: "Marseille"
+    )
     assert r.action is Action.REVIEW and r.rule == "retry.on_exhausted"
     assert queue.get(r.review_id).metadata["attempts"] == 2
 
@@ -278,7 +286,9 @@ def test_transient_generation_errors_are_retried_and_recorded() -> None:
 
     r = Guard(scorer(), raw_policy()).run("q", flaky)
     assert r.answer == "Paris" and len(r.attempts) == 2
-    assert r.attempts[0].error == "ConnectionError: backend hiccup" and r.attempts[0].error_stage == "generate"
+    assert (
+        r.attempts[0].error == "ConnectionError: backend hiccup" and r.attempts[0].error_stage == "generate"
+    )
 
 
 def test_generation_failing_every_time_reraises_the_error() -> None:
@@ -313,7 +323,9 @@ def test_subclass_of_langgraph_interrupt_by_name_is_a_stop_exception() -> None:
 
 
 def test_users_own_tenacity_retrying_sets_stop_and_wait() -> None:
-    policy = raw_policy(retry={"retrying": tenacity.Retrying(stop=tenacity.stop_after_attempt(2)), "on_exhausted": "abstain"})
+    policy = raw_policy(
+        retry={"retrying": tenacity.Retrying(stop=tenacity.stop_after_attempt(2)), "on_exhausted": "abstain"}
+    )
     r = Guard(scorer(), policy).run("q", lambda m, c: "Marseille")
     assert len(r.attempts) == 2 and r.action is Action.ABSTAIN
 
@@ -347,7 +359,10 @@ def test_best_attempt_by_confidence_with_a_calibrator() -> None:
     correct = [True, True, False, False, False] * 6
     cal = Calibrator.fit(results, correct, method="platt", features=["semgrad"])
     policy = GuardPolicy.from_dict(
-        {"rules": [{"min": 0.99, "action": "accept"}, {"action": "retry"}], "retry": {"max_attempts": 3, "on_exhausted": "annotate"}}
+        {
+            "rules": [{"min": 0.99, "action": "accept"}, {"action": "retry"}],
+            "retry": {"max_attempts": 3, "on_exhausted": "annotate"},
+        }
     )
     answers = iter(["Nice", "Lyon", "Toulouse"])
     r = Guard(s, policy, calibrator=cal).run("q", lambda m, c: next(answers))

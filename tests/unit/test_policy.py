@@ -69,7 +69,9 @@ def test_first_matching_rule_wins_and_default_action_applies_when_none_matches()
 
 
 def test_raw_score_rules_need_no_calibrator_and_confidence_rules_do() -> None:
-    raw = GuardPolicy.from_dict({"rules": [{"field": "mean_nll", "max": 1.0, "action": "accept"}, {"action": "abstain"}]})
+    raw = GuardPolicy.from_dict(
+        {"rules": [{"field": "mean_nll", "max": 1.0, "action": "accept"}, {"action": "abstain"}]}
+    )
     assert not raw.uses_confidence
     assert raw.decide(_result(mean_nll=0.3)).action is Action.ACCEPT
     assert raw.decide(_result(mean_nll=1.0)).action is Action.ABSTAIN

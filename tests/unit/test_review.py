@@ -31,8 +31,16 @@ from semgrad_guard import (
 )
 
 RESULT = ScoreResult(
-    semgrad=1e-3, hybridgrad=2e-3, exgrad=3e-3, nll=4.0, mean_nll=0.5, mean_entropy=1.2,
-    answer_tokens=8, anchor_offset=-4, layers=[15, 16], model_id="m",
+    semgrad=1e-3,
+    hybridgrad=2e-3,
+    exgrad=3e-3,
+    nll=4.0,
+    mean_nll=0.5,
+    mean_entropy=1.2,
+    answer_tokens=8,
+    anchor_offset=-4,
+    layers=[15, 16],
+    model_id="m",
 )
 
 
@@ -48,17 +56,34 @@ def test_item_life_cycle_and_audit_trail(q) -> None:
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Australia?"}]
     i = q.enqueue(chat, "Sydney", result=RESULT, confidence=0.31, rule="unsure", metadata={"run_id": "abc"})
     it = q.get(i)
-    assert (it.status, it.answer, it.rule, it.confidence, it.final_answer) == (ReviewStatus.PENDING, "Sydney", "unsure", 0.31, None)
+    assert (it.status, it.answer, it.rule, it.confidence, it.final_answer) == (
+        ReviewStatus.PENDING,
+        "Sydney",
+        "unsure",
+        0.31,
+        None,
+    )
     assert it.messages == chat and it.result == RESULT and it.metadata == {"run_id": "abc"}
     assert it.question == "Capital of Australia?" and not it.resolved
     assert [a.event for a in it.audit] == ["created"]
     it = q.edit(i, answer="Canberra", reviewer="ana", note="wrong city")
-    assert (it.status, it.final_answer, it.reviewer, it.note) == (ReviewStatus.EDITED, "Canberra", "ana", "wrong city")
+    assert (it.status, it.final_answer, it.reviewer, it.note) == (
+        ReviewStatus.EDITED,
+        "Canberra",
+        "ana",
+        "wrong city",
+    )
     assert it.decided_at is not None and it.resolved
     it = q.approve(i, reviewer="bo")
-    assert it.status is ReviewStatus.APPROVED and it.final_answer == "Sydney"  # approve keeps the model's answer
+    assert (
+        it.status is ReviewStatus.APPROVED and it.final_answer == "Sydney"
+    )  # approve keeps the model's answer
     trail = [(a.event, a.actor, a.details.get("from"), a.details.get("to")) for a in it.audit]
-    assert trail == [("created", None, None, None), ("edited", "ana", "pending", "edited"), ("approved", "bo", "edited", "approved")]
+    assert trail == [
+        ("created", None, None, None),
+        ("edited", "ana", "pending", "edited"),
+        ("approved", "bo", "edited", "approved"),
+    ]
     assert q.get(i).audit[1].details["answer"] == "Canberra"
 
 
@@ -100,7 +125,11 @@ def test_export_jsonl_and_csv(q, tmp_path) -> None:
     assert [e["event"] for e in lines[0]["audit"]] == ["created", "edited"]
     rows = list(csv.DictReader(io.StringIO(q.export("csv"))))
     assert [r["status"] for r in rows] == ["edited", "pending"]
-    assert rows[0]["semgrad"] == "0.001" and rows[0]["question"] == "Capital of Australia?" and rows[1]["semgrad"] == ""
+    assert (
+        rows[0]["semgrad"] == "0.001"
+        and rows[0]["question"] == "Capital of Australia?"
+        and rows[1]["semgrad"] == ""
+    )
     assert rows[1]["answer"] == "4, I think"  # commas survive quoting
     buf = io.StringIO()
     q.export("jsonl", status="pending", file=buf)

@@ -14,8 +14,16 @@ from semgrad_guard import ScoreResult, SQLiteReviewQueue
 from semgrad_guard.cli import main
 
 RESULT = ScoreResult(
-    semgrad=0.0123, hybridgrad=2e-3, exgrad=3e-3, nll=4.0, mean_nll=0.5, mean_entropy=1.2,
-    answer_tokens=8, anchor_offset=-4, layers=[15, 16], model_id="m",
+    semgrad=0.0123,
+    hybridgrad=2e-3,
+    exgrad=3e-3,
+    nll=4.0,
+    mean_nll=0.5,
+    mean_entropy=1.2,
+    answer_tokens=8,
+    anchor_offset=-4,
+    layers=[15, 16],
+    model_id="m",
 )
 
 
@@ -43,14 +51,18 @@ def test_show_approve_reject_edit_round(db, capsys) -> None:
     assert main(["review", "approve", "1", "--db", str(db), "--reviewer", "ana"]) == 0
     assert "item 1: approved by ana" in capsys.readouterr().out
     assert main(["review", "reject", "2", "--db", str(db), "--reviewer", "bo", "--note", "wrong"]) == 0
-    assert main(["review", "edit", "3", "--db", str(db), "--answer", "Jupiter, by far", "--reviewer", "cy"]) == 0
+    assert (
+        main(["review", "edit", "3", "--db", str(db), "--answer", "Jupiter, by far", "--reviewer", "cy"]) == 0
+    )
     capsys.readouterr()
     assert main(["review", "show", "3", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "Largest planet?" in out and "Jupiter, by far" in out and "edited" in out and "audit trail" in out
     with SQLiteReviewQueue(db) as q:
         assert [(it.id, it.status.value, it.reviewer) for it in reversed(q.list())] == [
-            (1, "approved", "ana"), (2, "rejected", "bo"), (3, "edited", "cy"),
+            (1, "approved", "ana"),
+            (2, "rejected", "bo"),
+            (3, "edited", "cy"),
         ]
         assert q.get(2).note == "wrong"
     assert main(["review", "show", "1", "--db", str(db)]) == 0
@@ -93,7 +105,9 @@ def test_errors_exit_2_with_a_clear_message(db, tmp_path, capsys) -> None:
 def test_console_script_entry_point(db) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "semgrad_guard", "review", "list", "--db", str(db)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Largest planet?" in proc.stdout

@@ -25,7 +25,9 @@ CHAT = [{"role": "user", "content": "Capital of Australia?"}]
 
 
 def ctx(number: int, previous: tuple[Attempt, ...] = ()) -> AttemptContext:
-    return AttemptContext(number=number, messages=CHAT, original_messages=CHAT, score_messages=CHAT, previous=previous)
+    return AttemptContext(
+        number=number, messages=CHAT, original_messages=CHAT, score_messages=CHAT, previous=previous
+    )
 
 
 def test_resample_changes_seed_every_attempt_and_raises_temperature_up_to_a_cap() -> None:
@@ -39,12 +41,18 @@ def test_resample_changes_seed_every_attempt_and_raises_temperature_up_to_a_cap(
 
 
 def test_reconsider_uses_last_or_best_previous_answer() -> None:
-    prev = (Attempt(number=1, answer="Sydney", confidence=0.4), Attempt(number=2, answer="Melbourne", confidence=0.2))
+    prev = (
+        Attempt(number=1, answer="Sydney", confidence=0.4),
+        Attempt(number=2, answer="Melbourne", confidence=0.2),
+    )
     last = ReconsiderStrategy().prepare(ctx(3, prev))
     assert last.messages[1] == {"role": "assistant", "content": "Melbourne"}
     assert last.score_messages == CHAT and last.changes["reconsidered_attempt"] == 2
     best = ReconsiderStrategy("Think again.", which="best").prepare(ctx(3, prev))
-    assert best.messages[1]["content"] == "Sydney" and best.messages[2] == {"role": "user", "content": "Think again."}
+    assert best.messages[1]["content"] == "Sydney" and best.messages[2] == {
+        "role": "user",
+        "content": "Think again.",
+    }
     nothing = ReconsiderStrategy().prepare(ctx(2, (Attempt(number=1, error="boom"),)))
     assert nothing.messages == CHAT and nothing.changes == {"reconsider": False}
     with pytest.raises(ConfigurationError):
@@ -72,7 +80,9 @@ class LongerAnswers:
 
     def prepare(self, context: AttemptContext) -> AttemptContext:
         n = 64 * context.number
-        return replace(context, strategy=self.name, generate_kwargs={"max_new_tokens": n}, changes={"max_new_tokens": n})
+        return replace(
+            context, strategy=self.name, generate_kwargs={"max_new_tokens": n}, changes={"max_new_tokens": n}
+        )
 
 
 def test_user_strategy_plugs_in_by_name() -> None:
@@ -85,7 +95,10 @@ def test_user_strategy_plugs_in_by_name() -> None:
 
     scorer = MockScorer(lambda m, a: 0.1 if "long" in a else 0.9)
     policy = GuardPolicy.from_dict(
-        {"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"}, {"action": "retry"}], "retry": {"strategy": "longer"}}
+        {
+            "rules": [{"field": "semgrad", "max": 0.5, "action": "accept"}, {"action": "retry"}],
+            "retry": {"strategy": "longer"},
+        }
     )
     r = Guard(scorer, policy, strategies={"longer": LongerAnswers()}).run("q", gen)
     assert r.action is Action.ACCEPT and seen == [{}, {"max_new_tokens": 128}]

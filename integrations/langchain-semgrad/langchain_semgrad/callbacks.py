@@ -86,7 +86,15 @@ class _ScoreRecorder:
     def clear(self) -> None:
         """Forget every recorded score, skip reason and error."""
         with self._lock:
-            for registry in (self._prompts, self.chats, self.results, self.all_results, self.outcomes, self.skipped, self.errors):
+            for registry in (
+                self._prompts,
+                self.chats,
+                self.results,
+                self.all_results,
+                self.outcomes,
+                self.skipped,
+                self.errors,
+            ):
                 registry.clear()
 
     # -- capture ----------------------------------------------------------------------------------
@@ -105,7 +113,9 @@ class _ScoreRecorder:
         with self._lock:
             self._prompts[run_id] = [{"role": "user", "content": prompts[0]}]
 
-    def _pending(self, response: LLMResult, run_id: UUID) -> tuple[list[dict[str, Any]] | None, list[Generation]]:
+    def _pending(
+        self, response: LLMResult, run_id: UUID
+    ) -> tuple[list[dict[str, Any]] | None, list[Generation]]:
         with self._lock:
             chat = self._prompts.pop(run_id, None)
             if chat is None and run_id not in self.skipped:
@@ -246,7 +256,9 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
     ) -> None:
         self._capture_prompt(prompts, run_id)
 
-    def on_llm_end(self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+    def on_llm_end(
+        self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         chat, generations = self._pending(response, run_id)
         if chat is None:
             return

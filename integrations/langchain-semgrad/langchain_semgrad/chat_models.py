@@ -20,7 +20,9 @@ from semgrad_guard.results import ScoreResult
 from .messages import to_chat
 from .metadata import METADATA_KEY, score_payload
 
-generation_overrides: ContextVar[dict[str, Any] | None] = ContextVar("semgrad_generation_overrides", default=None)
+generation_overrides: ContextVar[dict[str, Any] | None] = ContextVar(
+    "semgrad_generation_overrides", default=None
+)
 """Generation settings a guard's retry strategy sets for the current attempt (``do_sample``,
 ``temperature``, ``top_p``, ``seed``, ...): every :class:`ChatSemGrad` call inside the attempt uses them,
 also deep inside a chain, since context variables follow LangChain's steps and threads."""
@@ -132,7 +134,10 @@ class ChatSemGrad(BaseChatModel):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _is_hf(self) -> bool:
-        return getattr(self.scorer, "tokenizer", None) is not None and getattr(self.scorer, "model", None) is not None
+        return (
+            getattr(self.scorer, "tokenizer", None) is not None
+            and getattr(self.scorer, "model", None) is not None
+        )
 
     def _generate_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
@@ -187,7 +192,11 @@ class ChatSemGrad(BaseChatModel):
     def _result(self, text: str, result: ScoreResult) -> ChatResult:
         metadata, usage = self._message_fields(result)
         message = AIMessage(content=text, response_metadata=metadata, usage_metadata=usage)
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info={METADATA_KEY: metadata[METADATA_KEY]})])
+        return ChatResult(
+            generations=[
+                ChatGeneration(message=message, generation_info={METADATA_KEY: metadata[METADATA_KEY]})
+            ]
+        )
 
     # -- generation -------------------------------------------------------------------------------
     def _generate(
@@ -241,7 +250,9 @@ class ChatSemGrad(BaseChatModel):
                 generations=[
                     ChatGeneration(
                         message=AIMessage(
-                            content=msg.content, response_metadata=msg.response_metadata, usage_metadata=msg.usage_metadata
+                            content=msg.content,
+                            response_metadata=msg.response_metadata,
+                            usage_metadata=msg.usage_metadata,
                         ),
                         generation_info={METADATA_KEY: msg.response_metadata.get(METADATA_KEY)},
                     )
@@ -343,7 +354,9 @@ class ChatSemGrad(BaseChatModel):
 
         from transformers import AsyncTextIteratorStreamer
 
-        streamer = AsyncTextIteratorStreamer(self.scorer.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = AsyncTextIteratorStreamer(
+            self.scorer.tokenizer, skip_prompt=True, skip_special_tokens=True
+        )
 
         def work() -> tuple[str, ScoreResult]:
             try:

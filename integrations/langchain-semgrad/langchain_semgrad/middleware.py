@@ -59,7 +59,8 @@ def _replace_ai(response: Any, new: AIMessage) -> Any:
         return ExtendedModelResponse(model_response=inner, command=response.command)
     old = _final_ai(response)
     return ModelResponse(
-        result=[new if m is old else m for m in response.result], structured_response=response.structured_response
+        result=[new if m is old else m for m in response.result],
+        structured_response=response.structured_response,
     )
 
 
@@ -156,7 +157,9 @@ class SemGradMiddleware(AgentMiddleware):
             annotation=result.annotation,
             review_id=result.review_id,
             review_status=result.review_status,
-            interrupt=mode == "interrupt" and result.action is Action.REVIEW and result.review_status == "pending",
+            interrupt=mode == "interrupt"
+            and result.action is Action.REVIEW
+            and result.review_status == "pending",
         )
         metadata = {**ai.response_metadata, METADATA_KEY: payload}
         new = ai.model_copy(update={"content": result.answer, "response_metadata": metadata})
@@ -217,7 +220,9 @@ class SemGradMiddleware(AgentMiddleware):
 
         mode = self._mode()
         try:
-            result = await self.guard.arun(self._chat(request), generate, metadata={"source": "SemGradMiddleware"})
+            result = await self.guard.arun(
+                self._chat(request), generate, metadata={"source": "SemGradMiddleware"}
+            )
         except _ToolCallsInstead as e:
             return e.response
         best = result.best_attempt
@@ -267,7 +272,9 @@ class SemGradMiddleware(AgentMiddleware):
                 queue.approve(item_id, reviewer=reviewer, note=note)
         elif action == "edit":
             if not isinstance(decision.get("answer"), str):
-                raise ConfigurationError("an 'edit' review decision needs the new text: {'action': 'edit', 'answer': '...'}")
+                raise ConfigurationError(
+                    "an 'edit' review decision needs the new text: {'action': 'edit', 'answer': '...'}"
+                )
             text, status = decision["answer"], "edited"
             if item_id is not None:
                 queue.edit(item_id, answer=text, reviewer=reviewer, note=note)
@@ -277,5 +284,8 @@ class SemGradMiddleware(AgentMiddleware):
                 queue.reject(item_id, reviewer=reviewer, note=note)
         new_payload = {**payload, "review_status": status, "interrupt": False, "reviewer": reviewer}
         return last.model_copy(
-            update={"content": text, "response_metadata": {**last.response_metadata, METADATA_KEY: new_payload}}
+            update={
+                "content": text,
+                "response_metadata": {**last.response_metadata, METADATA_KEY: new_payload},
+            }
         )

@@ -72,7 +72,9 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
     _guard: Guard = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        self._guard = make_guard(self.guard, ReadsScoresOnly(), self.policy, self.calibrator, self.review_queue, None)
+        self._guard = make_guard(
+            self.guard, ReadsScoresOnly(), self.policy, self.calibrator, self.review_queue, None
+        )
 
     @property
     def _type(self) -> str:
@@ -114,7 +116,9 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
             return result[0].text if result else ""
         generation, text, score = self._prepare(result)
         try:
-            guarded = self._guard.check(self._chat_for(generation), text, result=score, metadata=self._meta(generation))
+            guarded = self._guard.check(
+                self._chat_for(generation), text, result=score, metadata=self._meta(generation)
+            )
         except AnswerRejectedError as e:
             raise retry_error(e.guard_result, text) from e
         return self._outcome(guarded, text)
@@ -160,13 +164,17 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
         if acc is not None:
             yield await self.aparse_result([acc])
 
-    def transform(self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+    def transform(
+        self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
         yield from self._transform_stream_with_config(input, self._transform, config, run_type="parser")
 
     async def atransform(
         self, input: AsyncIterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        async for out in self._atransform_stream_with_config(input, self._atransform, config, run_type="parser"):
+        async for out in self._atransform_stream_with_config(
+            input, self._atransform, config, run_type="parser"
+        ):
             yield out
 
     @staticmethod

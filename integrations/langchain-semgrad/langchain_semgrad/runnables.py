@@ -54,7 +54,9 @@ class _LastModelCall(BaseCallbackHandler):
         with self._lock:
             self._prompts[run_id] = chat
 
-    def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_start(
+        self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
+    ) -> None:
         with self._lock:
             self._prompts[run_id] = [{"role": "user", "content": prompts[0]}]
 
@@ -97,7 +99,9 @@ class GuardedRunnable(Runnable[Any, Any]):
         name: str | None = None,
     ) -> None:
         if output not in ("both", "text", "guard_result", "message"):
-            raise ConfigurationError(f"output must be 'both', 'text', 'guard_result' or 'message', got {output!r}")
+            raise ConfigurationError(
+                f"output must be 'both', 'text', 'guard_result' or 'message', got {output!r}"
+            )
         self.runnable = runnable
         self.guard = guard
         self.output = output
@@ -123,7 +127,9 @@ class GuardedRunnable(Runnable[Any, Any]):
         # Score against the prompt the model really saw (a RAG chain's retrieved context included).
         return answer, self.guard.scorer.score(capture.chat, answer)
 
-    async def _aafter(self, out: Any, capture: _LastModelCall, ctx: AttemptContext) -> tuple[str, ScoreResult] | str:
+    async def _aafter(
+        self, out: Any, capture: _LastModelCall, ctx: AttemptContext
+    ) -> tuple[str, ScoreResult] | str:
         answer = _answer_text(out)
         if capture.chat is None:
             return answer
@@ -131,7 +137,9 @@ class GuardedRunnable(Runnable[Any, Any]):
             return answer, capture.result
         return answer, await self.guard.scorer.ascore(capture.chat, answer)
 
-    def _attempt_config(self, config: RunnableConfig, capture: _LastModelCall, ctx: AttemptContext) -> RunnableConfig:
+    def _attempt_config(
+        self, config: RunnableConfig, capture: _LastModelCall, ctx: AttemptContext
+    ) -> RunnableConfig:
         callbacks = config.get("callbacks")
         if callbacks is None:
             handlers: Any = [capture]
@@ -153,7 +161,11 @@ class GuardedRunnable(Runnable[Any, Any]):
         if self.output == "message":
             payload = (
                 score_payload(
-                    result.result, source="guard", action=result.action.value, rule=result.rule, confidence=result.confidence
+                    result.result,
+                    source="guard",
+                    action=result.action.value,
+                    rule=result.rule,
+                    confidence=result.confidence,
                 )
                 if result.result is not None
                 else {"action": result.action.value, "rule": result.rule}
@@ -174,37 +186,51 @@ class GuardedRunnable(Runnable[Any, Any]):
             capture = _LastModelCall()
             token = generation_overrides.set(dict(ctx.generate_kwargs) or None)
             try:
-                out = self.runnable.invoke(self._input_for(input, ctx), self._attempt_config(child, capture, ctx))
+                out = self.runnable.invoke(
+                    self._input_for(input, ctx), self._attempt_config(child, capture, ctx)
+                )
             finally:
                 generation_overrides.reset(token)
             return self._after(out, capture, ctx)
 
-        result = self.guard.run(input_to_chat(input), generate, metadata={"runnable": self.runnable.get_name()})
+        result = self.guard.run(
+            input_to_chat(input), generate, metadata={"runnable": self.runnable.get_name()}
+        )
         return self._shape(result)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
 
-    async def _ainvoke(self, input: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
+    async def _ainvoke(
+        self, input: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+    ) -> Any:
         child = patch_config(config, callbacks=run_manager.get_child())
 
         async def generate(messages: list[dict[str, Any]], ctx: AttemptContext) -> Any:
             capture = _LastModelCall()
             token = generation_overrides.set(dict(ctx.generate_kwargs) or None)
             try:
-                out = await self.runnable.ainvoke(self._input_for(input, ctx), self._attempt_config(child, capture, ctx))
+                out = await self.runnable.ainvoke(
+                    self._input_for(input, ctx), self._attempt_config(child, capture, ctx)
+                )
             finally:
                 generation_overrides.reset(token)
             return await self._aafter(out, capture, ctx)
 
-        result = await self.guard.arun(input_to_chat(input), generate, metadata={"runnable": self.runnable.get_name()})
+        result = await self.guard.arun(
+            input_to_chat(input), generate, metadata={"runnable": self.runnable.get_name()}
+        )
         return self._shape(result)
 
 
 def _is_chat_input(value: Any) -> bool:
     if isinstance(value, PromptValue):
         return True
-    return isinstance(value, list) and bool(value) and all(isinstance(m, (BaseMessage, tuple, dict)) for m in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, (BaseMessage, tuple, dict)) for m in value)
+    )
 
 
 def guard_runnable(

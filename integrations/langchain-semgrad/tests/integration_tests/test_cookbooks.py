@@ -26,9 +26,18 @@ def run_main(name: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
     assert exited.value.code == 0
 
 
-def test_rag_gating_routes_in_and_out_of_scope_questions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_rag_gating_routes_in_and_out_of_scope_questions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     summary = tmp_path / "rag.jsonl"
-    run_main("langchain_rag_gating.py", monkeypatch, "--review-db", str(tmp_path / "r.db"), "--summary", str(summary))
+    run_main(
+        "langchain_rag_gating.py",
+        monkeypatch,
+        "--review-db",
+        str(tmp_path / "r.db"),
+        "--summary",
+        str(summary),
+    )
     results = [GuardResult.model_validate_json(line) for line in summary.read_text().splitlines()]
     assert len(results) == 5
     finals = {r.action.value for r in results}
@@ -46,9 +55,18 @@ def test_rag_gating_routes_in_and_out_of_scope_questions(monkeypatch: pytest.Mon
     assert len(queue) == sum(r.action.value == "review" for r in results)
 
 
-def test_agent_guard_scores_final_answers_after_tool_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_agent_guard_scores_final_answers_after_tool_calls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     summary = tmp_path / "agent.json"
-    run_main("langchain_agent_guard.py", monkeypatch, "--review-db", str(tmp_path / "r.db"), "--summary", str(summary))
+    run_main(
+        "langchain_agent_guard.py",
+        monkeypatch,
+        "--review-db",
+        str(tmp_path / "r.db"),
+        "--summary",
+        str(summary),
+    )
     rows = json.loads(summary.read_text())
     assert len(rows) == 3
     for row in rows:

@@ -33,10 +33,15 @@ def test_scores_chat_model_and_writes_metadata_registry() -> None:
     scorer = MockScorer(length_score)
     handler = SemGradCallbackHandler(scorer)
     model = FakeListChatModel(responses=["Paris is the capital."])
-    msg = model.invoke([SystemMessage("Be brief."), HumanMessage("Capital of France?")], config={"callbacks": [handler]})
+    msg = model.invoke(
+        [SystemMessage("Be brief."), HumanMessage("Capital of France?")], config={"callbacks": [handler]}
+    )
     # the scorer saw the exact chat, rebuilt from LangChain messages
     assert scorer.calls == [
-        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], "Paris is the capital.")
+        (
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+            "Paris is the capital.",
+        )
     ]
     assert msg.response_metadata["semgrad"]["scores"]["semgrad"] == pytest.approx(0.21)
     assert read_score(msg) == handler.last_result
@@ -97,7 +102,12 @@ def test_scoring_error_is_recorded_not_raised_by_default() -> None:
 
 def test_policy_decision_recorded_and_raise_error_stops_chain() -> None:
     policy = GuardPolicy.model_validate(
-        {"rules": [{"name": "calm", "field": "semgrad", "max": 0.5, "action": "accept"}, {"name": "wild", "field": "semgrad", "action": "abstain"}]}
+        {
+            "rules": [
+                {"name": "calm", "field": "semgrad", "max": 0.5, "action": "accept"},
+                {"name": "wild", "field": "semgrad", "action": "abstain"},
+            ]
+        }
     )
     scorer = MockScorer(lambda m, a: 0.9 if "maybe" in a else 0.1)
     quiet = SemGradCallbackHandler(scorer, policy=policy)
@@ -186,8 +196,13 @@ async def test_eight_parallel_ainvokes_match_sequential(tiny: Any) -> None:
         return h, [FakeListChatModel(responses=[a]) for a in answers]
 
     h_seq, models = make()
-    seq = [read_score(await m.ainvoke(q, config={"callbacks": [h_seq]})) for m, q in zip(models, questions, strict=True)]
+    seq = [
+        read_score(await m.ainvoke(q, config={"callbacks": [h_seq]}))
+        for m, q in zip(models, questions, strict=True)
+    ]
     h_par, models = make()
-    par = await asyncio.gather(*(m.ainvoke(q, config={"callbacks": [h_par]}) for m, q in zip(models, questions, strict=True)))
+    par = await asyncio.gather(
+        *(m.ainvoke(q, config={"callbacks": [h_par]}) for m, q in zip(models, questions, strict=True))
+    )
     assert [read_score(p) for p in par] == seq
     assert len(h_par.results) == 8

@@ -17,7 +17,8 @@ def test_invoke_scores_exactly_what_scorer_generate_returns(tiny: Any) -> None:
     chat = ChatSemGrad(scorer=tiny, max_tokens=12)
     msg = chat.invoke([SystemMessage("Be brief."), HumanMessage("Name a colour.")])
     text, expected = tiny.generate(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}], max_new_tokens=12
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+        max_new_tokens=12,
     )
     assert msg.content == text
     assert read_score(msg) == expected
@@ -65,7 +66,11 @@ def test_stop_cuts_answer_and_rescores_the_cut_text() -> None:
     msg = chat.invoke("Capital?", stop=[" And"])
     assert msg.content == "Paris."
     assert read_score(msg).semgrad == pytest.approx(0.06)
-    streamed = list(ChatSemGrad(scorer=MockScorer(lambda m, a: len(a) / 100, answers=["ab STOP cd"]), stop=["STOP"]).stream("q"))
+    streamed = list(
+        ChatSemGrad(
+            scorer=MockScorer(lambda m, a: len(a) / 100, answers=["ab STOP cd"]), stop=["STOP"]
+        ).stream("q")
+    )
     assert "".join(c.content for c in streamed) == "ab "
     assert read_score(streamed[-1]).semgrad == pytest.approx(0.03)
 

@@ -49,16 +49,25 @@ def lookup(query: str) -> str:
 
 
 def tool_call() -> AIMessage:
-    return AIMessage(content="", tool_calls=[{"name": "lookup", "args": {"query": "capital"}, "id": "call_1"}])
+    return AIMessage(
+        content="", tool_calls=[{"name": "lookup", "args": {"query": "capital"}, "id": "call_1"}]
+    )
 
 
 def script(*answers: str) -> Iterator[AIMessage]:
     return iter([tool_call(), *(AIMessage(content=a) for a in answers)])
 
 
-def agent(answers: Iterator[AIMessage], scorer: MockScorer, tmp_path: Path, *, checkpointer: Any = None, **kw: Any) -> Any:
+def agent(
+    answers: Iterator[AIMessage], scorer: MockScorer, tmp_path: Path, *, checkpointer: Any = None, **kw: Any
+) -> Any:
     middleware = SemGradMiddleware(scorer, POLICY, review_queue=SQLiteReviewQueue(tmp_path / "r.db"), **kw)
-    graph = create_agent(ScriptedToolModel(messages=answers), tools=[lookup], middleware=[middleware], checkpointer=checkpointer)
+    graph = create_agent(
+        ScriptedToolModel(messages=answers),
+        tools=[lookup],
+        middleware=[middleware],
+        checkpointer=checkpointer,
+    )
     return graph, middleware
 
 
@@ -104,7 +113,9 @@ def test_abstain_replaces_the_answer(tmp_path: Path) -> None:
         ("reject", "I cannot answer that reliably.", "rejected"),
     ],
 )
-def test_review_interrupts_and_resumes_without_rescoring(tmp_path: Path, resume: Any, text: str, status: str) -> None:
+def test_review_interrupts_and_resumes_without_rescoring(
+    tmp_path: Path, resume: Any, text: str, status: str
+) -> None:
     s = scorer()
     graph, mw = agent(script("Perth"), s, tmp_path, checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "t1"}}
@@ -121,7 +132,9 @@ def test_review_interrupts_and_resumes_without_rescoring(tmp_path: Path, resume:
     assert read_payload(final)["review_status"] == status
     item = mw.guard.review_queue.get(intr.value["review_id"])
     assert item.status.value == status
-    assert len([m for m in done["messages"] if isinstance(m, AIMessage) and m.content]) == 1  # replaced, not appended
+    assert (
+        len([m for m in done["messages"] if isinstance(m, AIMessage) and m.content]) == 1
+    )  # replaced, not appended
 
 
 def test_bad_resume_value_is_a_clear_error(tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ POLICY = GuardPolicy.from_dict(
     {
         "rules": [
             {"name": "sure", "field": "semgrad", "max": 0.2, "action": "accept"},
-            {"name": "fairly", "field": "semgrad", "max": 0.4, "action": "annotate", "message": "double-check"},
+            {
+                "name": "fairly",
+                "field": "semgrad",
+                "max": 0.4,
+                "action": "annotate",
+                "message": "double-check",
+            },
             {"name": "shaky", "field": "semgrad", "max": 0.6, "action": "retry"},
             {"name": "ask-a-human", "field": "semgrad", "max": 0.8, "action": "review"},
             {"name": "hopeless", "field": "semgrad", "max": 0.99, "action": "abstain"},

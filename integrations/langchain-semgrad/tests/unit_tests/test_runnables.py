@@ -82,7 +82,9 @@ def test_reconsider_sends_the_rewritten_chat_to_a_chat_model() -> None:
         return next(answers)
 
     scorer = table_scorer(answer)
-    guarded = guard_runnable(ChatSemGrad(scorer=scorer), scorer, band_policy(strategy="reconsider"), output="text")
+    guarded = guard_runnable(
+        ChatSemGrad(scorer=scorer), scorer, band_policy(strategy="reconsider"), output="text"
+    )
     assert guarded.invoke("Capital of Australia?") == "Canberra"
     assert [m["role"] for m in received[1]] == ["user", "assistant", "user"]
     assert received[1][1]["content"] == "Sydney"
@@ -103,7 +105,10 @@ def test_rag_chain_is_scored_against_the_prompt_the_model_saw() -> None:
     assert isinstance(out, AIMessage) and out.content == "Canberra"
     assert scorer.calls == [
         (
-            [{"role": "system", "content": "Context: Canberra is the capital."}, {"role": "user", "content": "Capital of Australia?"}],
+            [
+                {"role": "system", "content": "Context: Canberra is the capital."},
+                {"role": "user", "content": "Capital of Australia?"},
+            ],
             "Canberra",
         )
     ]
@@ -138,7 +143,9 @@ def test_attempt_input_hook_turns_the_attempt_into_chain_input() -> None:
         inputs.append(ctx.number)
         return {"question": original, "k": 4 * ctx.number}
 
-    out = guard_runnable(chain, scorer, band_policy(), output="guard_result", attempt_input=attempt_input).invoke("Capital?")
+    out = guard_runnable(
+        chain, scorer, band_policy(), output="guard_result", attempt_input=attempt_input
+    ).invoke("Capital?")
     assert out.answer == "Canberra" and inputs == [1, 2]
     assert scorer.calls[1][0] == [{"role": "user", "content": "Capital? (k=8)"}]
 
@@ -146,7 +153,9 @@ def test_attempt_input_hook_turns_the_attempt_into_chain_input() -> None:
 def test_review_enqueues_and_returns_pending(tmp_path: Path) -> None:
     scorer = table_scorer(["Perth"])
     queue = SQLiteReviewQueue(tmp_path / "r.db")
-    out = guard_runnable(ChatSemGrad(scorer=scorer), scorer, band_policy(), review_queue=queue).invoke("Capital?")
+    out = guard_runnable(ChatSemGrad(scorer=scorer), scorer, band_policy(), review_queue=queue).invoke(
+        "Capital?"
+    )
     result = out["guard_result"]
     assert result.action is Action.REVIEW and result.review_status == "pending"
     assert out["answer"] == band_policy().review.pending_message

@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             template=config.template,
             sps_data=args.sps_data,
             sps_groups=args.sps_groups,
+            progress=not args.quiet,
         )
     results = run_eval(
         scorer,

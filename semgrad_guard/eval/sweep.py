@@ -77,6 +77,7 @@ def sweep_anchor(
     per_group: int | None = 5,
     window: int = 8,
     bands: dict[str, list[int]] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """SPS table on held-out paraphrases and semgrad AUROC per (offset, band) on ``questions``."""
     from ..sps import compute_sps
@@ -101,26 +102,36 @@ def sweep_anchor(
         scorer, [template.messages(q.question) for q in questions], [generations[q.id] for q in questions]
     )
     errors = [not correct[q.id] for q in questions]
+    offsets = sorted(sps.table, reverse=True)
+    from .runner import _progress
+
+    bar = _progress(progress)
+    task = bar.add_task(
+        f"sweep {len(offsets)} anchors x {len(examples)} answers", total=len(offsets) * len(examples)
+    )
     rows = []
-    for offset in sorted(sps.table, reverse=True):
-        row: dict[str, Any] = {
-            "offset": offset,
-            "token": sps.anchor_tokens.get(offset),
-            "auroc": {},
-            "sps": {},
-        }
-        means = {b: sps.mean_over(layers)[offset] for b, layers in bands.items()}
-        by_layer = scorer.with_profile(
-            ModelProfile(anchor_offset=offset, layers=union, source="user")
-        ).semgrad_by_layer(examples)
-        for band, layers in bands.items():
-            values = [sum(v[layer] for layer in layers) / len(layers) for v in by_layer]
-            try:
-                row["auroc"][band] = auroc(values, errors)
-            except MetricError:
-                row["auroc"][band] = None
-            row["sps"][band] = means[band]
-        rows.append(row)
+    with bar:  # stops the bar on errors too
+        for offset in offsets:
+            row: dict[str, Any] = {
+                "offset": offset,
+                "token": sps.anchor_tokens.get(offset),
+                "auroc": {},
+                "sps": {},
+            }
+            means = {b: sps.mean_over(layers)[offset] for b, layers in bands.items()}
+            candidate = scorer.with_profile(ModelProfile(anchor_offset=offset, layers=union, source="user"))
+            by_layer: list[dict[int, float]] = []
+            for start in range(0, len(examples), 32):
+                by_layer += candidate.semgrad_by_layer(examples[start : start + 32])
+                bar.advance(task, len(examples[start : start + 32]))
+            for band, layers in bands.items():
+                values = [sum(v[layer] for layer in layers) / len(layers) for v in by_layer]
+                try:
+                    row["auroc"][band] = auroc(values, errors)
+                except MetricError:
+                    row["auroc"][band] = None
+                row["sps"][band] = means[band]
+            rows.append(row)
     return {
         "n": len(questions),
         "sps_data": str(sps_data),

@@ -19,20 +19,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from score_sciq import DEFAULT_OUT, sciq_messages  # noqa: E402
 
 from semgrad_guard import SemGradScorer  # noqa: E402
-from semgrad_guard.fastpath import ScoringInput  # noqa: E402
+from semgrad_guard.eval.runner import scoring_inputs  # noqa: E402
 
 
 def main() -> None:
     rows = [json.loads(line) for line in DEFAULT_OUT.read_text().splitlines() if line.strip()]
     scorer = SemGradScorer.from_pretrained("default")
-    examples = []
-    for row in rows:
-        chat = sciq_messages(row["query"])
-        x = scorer.prompt_ids(chat)
-        y = scorer.answer_ids(chat, row["answer"], prompt_ids=x)
-        if row["answer_tokens"] == len(y) - 1:  # generation stopped at max_new_tokens, before end of turn
-            y = y[:-1]
-        examples.append(ScoringInput(x, y))
+    examples = scoring_inputs(scorer, [sciq_messages(row["query"]) for row in rows], rows)
     results = []
     for start in track(range(0, len(examples), 8), description="re-scoring"):
         results += scorer.score_token_ids(examples[start : start + 8])

@@ -5,7 +5,8 @@ Measures, in one process on one machine, for prompts of about 100 and 1,000 toke
   generate+score  `scorer.generate` (scores from generation's KV cache)
   score(text)     `scorer.score` on text (the path a callback uses)
   reference       full-sequence forward with all hidden states + autograd (tests/reference_semgrad.py)
-  forward         one plain forward pass without gradients over prompt + answer (the floor for text)
+  forward         one plain forward pass without gradients over prompt + answer, logits for every position
+  forward(ans)    the same, logits only where the answer needs them (`logits_to_keep`): the fair floor
 Times are medians over --repeats interleaved rounds; peak memory is the rise of the process's peak RSS
 (VmHWM, reset before each path) above the loaded model, on CPU, or torch's peak allocation on CUDA.
 
@@ -16,6 +17,8 @@ Times are medians over --repeats interleaved rounds; peak memory is the rise of 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime as dt
 import json
 import os
@@ -44,6 +47,9 @@ def rss_kib(field: str) -> int:
     return 0
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 class Peak:
     """Peak memory of a block: VmHWM reset via /proc/self/clear_refs on CPU, torch's counter on CUDA."""
 
@@ -56,6 +62,7 @@ class Peak:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            _LIBC.malloc_trim(0)  # hand freed heap back, so the next path's peak is its own
             Path("/proc/self/clear_refs").write_text("5")
             self.base = rss_kib("VmRSS") * 1024
         self.t0 = time.perf_counter()
@@ -119,6 +126,9 @@ def bench_prompt(
             model, x, y, scorer.profile.anchor_offset, scorer.profile.layers
         ),
         "forward": lambda: torch.no_grad()(lambda: model(input_ids=full, use_cache=False))(),
+        "forward(ans)": lambda: torch.no_grad()(
+            lambda: model(input_ids=full, use_cache=False, logits_to_keep=len(y) + 1)
+        )(),
     }
     for fn in paths.values():  # warm-up
         fn()
@@ -200,17 +210,22 @@ def main() -> None:
         f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}..{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer._adapter.num_layers}).",
         f"Median of {args.repeats} interleaved rounds after a warm-up. Peak memory: rise of peak RSS above the loaded model (CPU) or peak CUDA allocation (GPU).",
         "",
-        "| prompt tok | answer tok | generate (s) | generate+score (s) | score(text) (s) | reference (s) | forward (s) | gen+score / gen | score / forward | reference / score | peak MiB gen / gen+score / score / reference / forward |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "`forward` computes logits at every position, as a plain `model(ids)` call does; `forward(ans)` only at the",
+        "positions that predict the answer (`logits_to_keep`), the least any scorer of text must do. `score / floor`",
+        "divides by `forward(ans)`.",
+        "",
+        "| prompt tok | answer tok | generate (s) | generate+score (s) | score(text) (s) | reference (s) | forward (s) | forward(ans) (s) | gen+score / gen | score / floor | reference / score | peak MiB gen / gen+score / score / reference / forward / forward(ans) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for nx, ny, med, peaks in rows:
         mib = " / ".join(
             f"{peaks[k] / 2**20:.0f}"
-            for k in ("generate", "generate+score", "score(text)", "reference", "forward")
+            for k in ("generate", "generate+score", "score(text)", "reference", "forward", "forward(ans)")
         )
         lines.append(
             f"| {nx} | {ny} | {med['generate']:.3f} | {med['generate+score']:.3f} | {med['score(text)']:.3f} | {med['reference']:.3f} | "
-            f"{med['forward']:.3f} | {med['generate+score'] / med['generate']:.3f} | {med['score(text)'] / med['forward']:.3f} | "
+            f"{med['forward']:.3f} | {med['forward(ans)']:.3f} | {med['generate+score'] / med['generate']:.3f} | "
+            f"{med['score(text)'] / med['forward(ans)']:.3f} | "
             f"{med['reference'] / med['score(text)']:.2f} | {mib} |"
         )
     text = "\n".join(lines) + "\n"

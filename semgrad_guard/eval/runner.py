@@ -114,7 +114,7 @@ def _progress(enabled: bool) -> Any:
     )
     from rich.text import Text
 
-    class RateColumn(ProgressColumn):  # type: ignore[misc]
+    class RateColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
             return Text("-- q/s" if speed is None else f"{speed:.2f} q/s")
@@ -188,21 +188,21 @@ def generate_answers(
     cache = JsonlCache(out_dir / "generations.jsonl", settings_key(_model_settings(scorer, config)))
     todo = [q for q in random_order(questions, config.seed) if q.id not in cache]
     offset, layers = _profile_of(scorer)
+    cached = {q.id: rec for q in questions if (rec := cache.get(q.id)) is not None}
     stale = [
         q
         for q in questions
-        if q.id in cache and (cache.get(q.id)["anchor_offset"], cache.get(q.id)["layers"]) != (offset, layers)  # type: ignore[index]
+        if q.id in cached and (cached[q.id]["anchor_offset"], cached[q.id]["layers"]) != (offset, layers)
     ]
     with _progress(progress) as bar:
         if stale:
             task = bar.add_task(f"re-score under anchor {offset}, layers {layers}", total=len(stale))
             for start in range(0, len(stale), 8):
                 chunk = stale[start : start + 8]
-                records = [cache.get(q.id) for q in chunk]
+                records = [cached[q.id] for q in chunk]
                 for q, rec, result in zip(
                     chunk, records, _rescore(scorer, config, chunk, records), strict=True
-                ):  # type: ignore[arg-type]
-                    assert rec is not None
+                ):
                     fields = {k: v for k, v in rec.items() if k not in ("id", "key")}
                     fields.update(
                         scores=result.scores(), anchor_offset=result.anchor_offset, layers=result.layers

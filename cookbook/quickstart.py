@@ -7,6 +7,8 @@ Higher scores mean less certain. One forward and one backward pass per answer, n
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -21,21 +23,31 @@ QUESTIONS = [
 ]
 
 
-def main() -> None:
-    scorer = SemGradScorer.from_pretrained("default")
-    console = Console()
+def main(scorer: SemGradScorer | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+    scorer = scorer or SemGradScorer.from_pretrained("default")
+    console = console or Console()
     console.print(f"[bold]{scorer!r}[/bold]")
     table = Table(title="Answers of SmolLM2-135M-Instruct, scored with SemGrad (higher = less certain)")
     for col in ("question", "answer", "semgrad", "hybridgrad", "mean_nll", "tokens"):
         table.add_column(
             col, overflow="fold", justify="right" if col not in ("question", "answer") else "left"
         )
-    for q in QUESTIONS:
-        answer, r = scorer.generate(q, max_new_tokens=48)
-        table.add_row(
-            q, answer, f"{r.semgrad:.3g}", f"{r.hybridgrad:.3g}", f"{r.mean_nll:.2f}", str(r.answer_tokens)
-        )
+    rows = []
+    with console.status("answering...") as status:
+        for i, q in enumerate(QUESTIONS, 1):
+            status.update(f"question {i}/{len(QUESTIONS)}: {q}")
+            answer, r = scorer.generate(q, max_new_tokens=48)
+            rows.append({"question": q, "answer": answer, "result": r})
+            table.add_row(
+                q,
+                answer,
+                f"{r.semgrad:.3g}",
+                f"{r.hybridgrad:.3g}",
+                f"{r.mean_nll:.2f}",
+                str(r.answer_tokens),
+            )
     console.print(table)
+    return rows
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "alpha returns no threshold, `RiskControlError`, and accepts nothing, so it cannot exceed alpha): "
         "the rate over all splits should be at most about delta. The rate among splits with a threshold is "
         "conditioned on a lucky-looking calibration half and is higher. The realised test error is measured "
-        "on the few answers the test half accepts (coverage x ~270), so it is itself noisy, and the calibrator "
+        f"on the few answers the test half accepts (coverage x {len(correct) - len(correct) // 2}), so it is "
+        "itself noisy, and the calibrator "
         "is fitted on the same calibration half the threshold is chosen on (optimistic; see docs/policies.md).",
         "",
     ]

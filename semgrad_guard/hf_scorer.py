@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .errors import ChatTemplateError, ContextLengthError, ModelError
-from .fastpath import ModelAdapter, ScoringInput, crop_cache, score_ids
+from .fastpath import ModelAdapter, RawScores, ScoringInput, crop_cache, score_ids
 from .messages import Messages, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 from .results import ScoreResult
@@ -226,11 +226,11 @@ class SemGradScorer:
         layers = list(self.profile.layers)
         return [dict(zip(layers, raw.layer_semgrad, strict=True)) for raw in self._raw_scores(examples)]
 
-    def _raw_scores(self, examples: Sequence[ScoringInput]) -> list[Any]:
+    def _raw_scores(self, examples: Sequence[ScoringInput]) -> list[RawScores]:
         order = sorted(
             range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids)
         )
-        results: list[Any] = [None] * len(examples)
+        results: list[RawScores | None] = [None] * len(examples)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start : start + self.max_batch_size]
             raws = score_ids(
@@ -242,7 +242,7 @@ class SemGradScorer:
             )
             for i, raw in zip(idx, raws, strict=True):
                 results[i] = raw
-        return results
+        return [r for r in results if r is not None]
 
     def _result(self, raw: Any) -> ScoreResult:
         return ScoreResult(

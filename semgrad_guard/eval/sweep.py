@@ -17,6 +17,7 @@ from ..profile import ModelProfile
 from .correctness import normalize
 from .data import PromptTemplate, Question
 from .metrics import auroc
+from .runner import _progress, scoring_inputs
 
 
 def layer_bands(num_layers: int) -> dict[str, list[int]]:
@@ -95,16 +96,12 @@ def sweep_anchor(
     bands = bands or layer_bands(num_layers)
     # One pass per offset over the union of the bands' layers: a band's semgrad is the mean of its
     # layers' values (SemGradScorer.semgrad_by_layer), identical to scoring each band on its own.
-    from .runner import scoring_inputs
-
     union = sorted({layer for layers in bands.values() for layer in layers})
     examples = scoring_inputs(
         scorer, [template.messages(q.question) for q in questions], [generations[q.id] for q in questions]
     )
     errors = [not correct[q.id] for q in questions]
     offsets = sorted(sps.table, reverse=True)
-    from .runner import _progress
-
     bar = _progress(progress)
     task = bar.add_task(
         f"sweep {len(offsets)} anchors x {len(examples)} answers", total=len(offsets) * len(examples)
@@ -122,8 +119,9 @@ def sweep_anchor(
             candidate = scorer.with_profile(ModelProfile(anchor_offset=offset, layers=union, source="user"))
             by_layer: list[dict[int, float]] = []
             for start in range(0, len(examples), 32):
-                by_layer += candidate.semgrad_by_layer(examples[start : start + 32])
-                bar.advance(task, len(examples[start : start + 32]))
+                chunk = examples[start : start + 32]
+                by_layer += candidate.semgrad_by_layer(chunk)
+                bar.advance(task, len(chunk))
             for band, layers in bands.items():
                 values = [sum(v[layer] for layer in layers) / len(layers) for v in by_layer]
                 try:

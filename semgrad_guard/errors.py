@@ -125,3 +125,13 @@ class ReviewItemNotFoundError(ReviewQueueError, KeyError):
 
 class ReviewTimeoutError(ReviewQueueError, TimeoutError):
     """Waiting for a human decision timed out; the item is still pending."""
+
+
+class ControlTokenError(ScoringError):
+    """The answer holds chat-template control tokens and the scorer was told to refuse such answers
+    (``control_tokens="refuse"``); by default they are scored as literal text and flagged."""
+
+
+class PromptEchoError(ScoringError):
+    """The answer begins with the prompt (a pipeline that echoes its input) and the scorer was told
+    to refuse it (``echo="refuse"``); by default the echo is cut off, flagged and not scored."""

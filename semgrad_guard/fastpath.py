@@ -10,6 +10,10 @@ See ``docs/method.md`` ("Computing it fast"). Given prompt ids ``x``, answer ids
 3. ``torch.autograd.grad`` gives dL/dh_l for l in S and dL/dlogits in one backward pass;
 4. exgrad = mean |G^T H| is reduced in vocabulary chunks, never materialising dL/dW_out.
 
+``exgrad_mode="weight"`` (the research code's definition, :func:`exgrad_weight`) adds, for models whose
+lm_head is tied to the input embeddings, the gradient that reaches the shared matrix through the input
+embeddings of every prompt and answer token; it needs a full forward and backward pass.
+
 Batches align every example's anchor: prefixes are left-padded to a common length, suffixes
 right-padded; explicit position ids keep each row's positions as if it ran alone.
 """
@@ -17,6 +21,7 @@ right-padded; explicit position ids keep each row's positions as if it ran alone
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +51,8 @@ class RawScores:
     answer_tokens: int
     prompt_tokens: int
     layer_semgrad: list[float] = field(default_factory=list)  # per layer of the profile, in its order
+    # window_semgrad[j][i]: semgrad at offset anchor_offset + j, layer i of the profile (score_ids(window=True))
+    window_semgrad: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -201,9 +208,14 @@ def score_ids(
     layers: list[int],
     vocab_chunk: int = 8192,
     prefix_cache: Any = None,
+    window: bool = False,
 ) -> list[RawScores]:
     """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
-    that already holds exactly the prefix ``x[:a]`` (from generation)."""
+    that already holds exactly the prefix ``x[:a]`` (from generation).
+
+    ``window=True`` also returns the SemGrad of every prompt position from the anchor to the end of
+    the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
+    gives every candidate anchor of a profile search."""
     device = adapter.output_weight.device
     grad_start = min(layers)
     k = -anchor_offset  # prompt tokens inside the suffix
@@ -273,6 +285,10 @@ def score_ids(
     # suffix position 0 is the anchor in every row; semgrad is the mean over the profile's layers
     per_layer = torch.stack([g[:, 0].float().abs().sum(-1) / d for g in hidden_grads], dim=1)  # (B, L)
     sem = per_layer.mean(1)
+    win: list[list[list[float]]] = [[] for _ in range(B)]
+    if window:
+        w = torch.stack([g[:, :k].float().abs().sum(-1) / d for g in hidden_grads], dim=2)  # (B, k, L)
+        win = w.cpu().tolist()
 
     Hf = H.detach().float()
     V = G.shape[-1]
@@ -307,6 +323,84 @@ def score_ids(
                 answer_tokens=lengths_t[i],
                 prompt_tokens=len(e.prompt_ids),
                 layer_semgrad=per_layer[i].tolist(),
+                window_semgrad=win[i],
             )
         )
     return out
+
+
+EXGRAD_MODES: tuple[str, ...] = ("logits", "weight")
+"""``logits``: dL/dW_out through the logits only. ``weight``: the autograd gradient of the lm_head
+weight parameter, as the research code takes it (for tied embeddings this adds the input-embedding path)."""
+
+
+def embeddings_are_tied(model: Any) -> bool:
+    """True when the output projection shares its weight matrix with the input embeddings."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if inp is None or out is None:
+        return False
+    return bool(inp.weight is out.weight or inp.weight.data_ptr() == out.weight.data_ptr())
+
+
+def exgrad_weight(adapter: ModelAdapter, example: ScoringInput, *, vocab_chunk: int = 8192) -> float:
+    """exgrad as the research code computes it: mean |d L / d lm_head.weight| over all its entries.
+
+    For an untied model this equals the logits-path exgrad of :func:`score_ids`. For a tied model the
+    shared matrix also receives dL/d(input embedding) of every token of the sequence (prompt and
+    answer, the embedding's padding row excepted), so the whole sequence runs forward and backward
+    from the embeddings. Absolute values are summed in float64 (a float32 sum over tens of millions
+    of entries under-counts by a few per cent).
+    """
+    model = adapter.model
+    device = adapter.output_weight.device
+    x, y = example.prompt_ids, example.answer_ids
+    ids = torch.tensor([x + y[:-1]], device=device)
+    T = len(y)
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        embeds = embedding(ids)
+        # Some models scale inside the embedding module (Gemma: sqrt(d)); the lookup is linear in the
+        # weight, so dL/dE[row] is that scale times the sum of dL/d(embeds) over the row's positions.
+        scale = float(getattr(embedding, "embed_scale", 1.0))
+        if not torch.allclose(embeds, embedding.weight[ids] * scale, rtol=1e-4, atol=1e-6):
+            raise ModelError(
+                f"exgrad_mode='weight' does not know the input embedding {type(embedding).__name__} of "
+                f"{type(model).__name__} (not a scaled lookup); use exgrad_mode='logits'"
+            )
+    # A leaf of its own: gradients flow to it, never into the parameters.
+    embeds = embeds.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = adapter.base(
+            inputs_embeds=embeds,
+            position_ids=torch.arange(ids.shape[1], device=device)[None],
+            use_cache=False,
+        )
+        H = out.last_hidden_state[0, len(x) - 1 : len(x) - 1 + T]
+        W = adapter.output_weight.detach()
+        raw = torch.nn.functional.linear(H, W).float()
+        logp = torch.log_softmax(adapter.final_logits(raw), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1).detach()
+        nll = -logp.gather(-1, torch.tensor(y, device=device)[:, None]).squeeze(-1)
+        loss = (entropy * nll).sum() / T
+        G, dE = torch.autograd.grad(loss, [raw, embeds])
+    Hf = H.detach().float()
+    V, d = G.shape[-1], Hf.shape[-1]
+    tied = embeddings_are_tied(model)
+    rows = ids[0]
+    emb_grad = dE[0].float() * scale
+    pad = getattr(embedding, "padding_idx", None)
+    if pad is not None:  # nn.Embedding gives its padding row no gradient
+        keep = rows != pad
+        rows, emb_grad = rows[keep], emb_grad[keep]
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for v0 in range(0, V, vocab_chunk):
+        block = G[:, v0 : v0 + vocab_chunk].T @ Hf  # (chunk, d): this chunk of dL/dW through the logits
+        if tied:
+            in_chunk = (rows >= v0) & (rows < v0 + block.shape[0])
+            if in_chunk.any():
+                block = block.index_add(0, rows[in_chunk] - v0, emb_grad[in_chunk])
+        total += block.double().abs().sum()
+    value = float(total / (V * d))
+    if not math.isfinite(value):
+        raise NonFiniteGradientError("non-finite gradient of the output weight (exgrad_mode='weight')")
+    return value

@@ -247,7 +247,9 @@ class Guard:
         if result is not None:
             self._judge(attempt, result)
         if attempt.action is Action.RETRY:
-            return self._result(Action.RETRY, attempt, [attempt], t0, answer=answer, rule=attempt.rule)
+            return self._result(
+                Action.RETRY, attempt, [attempt], t0, answer=attempt.answer or "", rule=attempt.rule
+            )
         return self._finish_sync(attempt, [attempt], ctx, t0, metadata)
 
     async def acheck(
@@ -275,7 +277,9 @@ class Guard:
         if result is not None:
             self._judge(attempt, result)
         if attempt.action is Action.RETRY:
-            return self._result(Action.RETRY, attempt, [attempt], t0, answer=answer, rule=attempt.rule)
+            return self._result(
+                Action.RETRY, attempt, [attempt], t0, answer=attempt.answer or "", rule=attempt.rule
+            )
         return await self._finish_async(attempt, [attempt], ctx, t0, metadata)
 
     def run(
@@ -472,6 +476,9 @@ class Guard:
 
     def _judge(self, attempt: Attempt, result: ScoreResult) -> None:
         attempt.result = result
+        if result.answer_start and attempt.answer is not None:
+            # The scorer cut an echoed prompt off the front: return exactly the text it scored.
+            attempt.answer = result.scored_text(attempt.answer)
         if self.calibrator is not None:
             attempt.confidence = self.calibrator.confidence(result)
         decision: Decision = self.policy.decide(result, attempt.confidence)

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from .errors import ChatTemplateError, ContextLengthError, ModelError
-from .fastpath import ModelAdapter, RawScores, ScoringInput, crop_cache, score_ids
-from .messages import Messages, normalize_messages
+from .errors import (
+    ChatTemplateError,
+    ConfigurationError,
+    ContextLengthError,
+    ControlTokenError,
+    ModelError,
+    PromptEchoError,
+)
+from .fastpath import (
+    EXGRAD_MODES,
+    ModelAdapter,
+    RawScores,
+    ScoringInput,
+    crop_cache,
+    embeddings_are_tied,
+    exgrad_weight,
+    score_ids,
+)
+from .messages import Message, Messages, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 from .results import ScoreResult
 
@@ -38,6 +56,13 @@ class SemGradScorer:
         chat_template: overrides the tokenizer's chat template.
         max_batch_size: examples per forward/backward pass in :meth:`score_batch`.
         vocab_chunk: vocabulary rows per chunk when reducing dL/dW_out.
+        exgrad_mode: ``"logits"`` or ``"weight"`` (docs/method.md); default: the profile's.
+        control_tokens: an answer holding chat-template control tokens (``<|im_end|>``, role headers)
+            is scored as literal text and flagged (``"score"``, the default) or refused with
+            :class:`ControlTokenError` (``"refuse"``). It is never parsed as the end of the answer.
+        echo: an answer that begins with the prompt (a pipeline echoing its input) has the echo cut
+            off, unscored, and is flagged (``"strip"``, the default), or is refused with
+            :class:`PromptEchoError` (``"refuse"``).
 
     Example:
         >>> from semgrad_guard.testing import tiny_chat_model
@@ -58,6 +83,9 @@ class SemGradScorer:
         chat_template: str | None = None,
         max_batch_size: int = 8,
         vocab_chunk: int = 8192,
+        exgrad_mode: Literal["logits", "weight"] | None = None,
+        control_tokens: Literal["score", "refuse"] = "score",
+        echo: Literal["strip", "refuse"] = "strip",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -72,7 +100,19 @@ class SemGradScorer:
             model.eval()  # dropout would make scores random
         self.max_batch_size = max_batch_size
         self.vocab_chunk = vocab_chunk
+        if control_tokens not in ("score", "refuse"):
+            raise ConfigurationError(f"control_tokens must be 'score' or 'refuse', got {control_tokens!r}")
+        if echo not in ("strip", "refuse"):
+            raise ConfigurationError(f"echo must be 'strip' or 'refuse', got {echo!r}")
+        if exgrad_mode not in (None, *EXGRAD_MODES):
+            raise ConfigurationError(f"exgrad_mode must be one of {EXGRAD_MODES}, got {exgrad_mode!r}")
+        self.control_tokens = control_tokens
+        self.echo = echo
+        self._exgrad_mode = exgrad_mode
         self._adapter = ModelAdapter(model)
+        self._control_strings = _control_strings(tokenizer)
+        self._special_ids = {i for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
+        self._tied = embeddings_are_tied(model)
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self.context_window = _context_window(model, tokenizer)
         self.profile = self._resolve_profile(profile)
@@ -107,6 +147,11 @@ class SemGradScorer:
             model, gguf_file=gguf_file, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
         return cls(mdl, tok, profile, model_id=model_id or resolved_id, **scorer_kwargs)
+
+    @property
+    def exgrad_mode(self) -> str:
+        """How exgrad is taken: the constructor's choice, else the profile's."""
+        return self._exgrad_mode or self.profile.exgrad_mode
 
     def with_profile(self, profile: ModelProfile | dict[str, Any] | str | Path) -> SemGradScorer:
         """A scorer sharing this one's model and tokenizer, with another profile."""
@@ -170,6 +215,10 @@ class SemGradScorer:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _encode_literal(self, text: str) -> list[int]:
+        """Token ids of ``text`` as plain text: control-token strings in it are not parsed."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
     def render_prompt(self, messages: Messages) -> str:
         """The prompt text the model sees: the chat template with the generation prompt appended."""
         return self._render(normalize_messages(messages), add_generation_prompt=True)
@@ -179,19 +228,74 @@ class SemGradScorer:
         return self._encode(self.render_prompt(messages))
 
     def answer_ids(self, messages: Messages, answer: str, prompt_ids: list[int] | None = None) -> list[int]:
-        """Answer token ids ``y``, ending with the end-of-turn token (docs/method.md, "Inputs")."""
+        """Answer token ids ``y``, ending with the end-of-turn token (docs/method.md, "Inputs").
+
+        The answer is tokenised as literal text: an ``<|im_end|>`` inside it is the characters, not the
+        end of the turn, so nothing after it escapes scoring.
+        """
         chat = normalize_messages(messages)
         x = prompt_ids if prompt_ids is not None else self.prompt_ids(chat)
-        full = self._encode(
-            self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
-        )
-        if full[: len(x)] == x:
-            rest = full[len(x) :]
-            for i, t in enumerate(rest):
-                if t in self.eos_token_ids:
-                    return rest[: i + 1]
+        return self._answer_ids(chat, answer, x)
+
+    def _answer_ids(self, chat: list[dict[str, Any]], answer: str, x: list[int]) -> list[int]:
+        prompt_text = self._render(chat, add_generation_prompt=True)
+        full = self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+        if full.startswith(prompt_text):
+            rest = full[len(prompt_text) :]
+            # The template may trim the content; find it as rendered.
+            content = next((c for c in (answer, answer.strip()) if c and c in rest), "")
+            start = rest.find(content) if content else 0
+            before, after = rest[:start], rest[start + len(content) :]
+            # Text the template puts before the content (after its last control token) is tokenised
+            # with the content, as the model would have produced it (" Paris" is one token).
+            cut = max((before.rfind(t) + len(t) for t in self._control_strings if t in before), default=0)
+            head = self._encode(before[:cut]) if cut else []
+            body = self._encode_literal(before[cut:] + content)
+            tail = self._encode(after)
+            if self._encode(prompt_text + before[:cut]) == x + head:
+                for i, t in enumerate(tail):
+                    if t in self.eos_token_ids:
+                        return head + body + tail[: i + 1]
         # The template rewrote history or has no end-of-turn marker: tokenize the answer alone.
-        return self._encode(answer) + [self.eos_token_ids[0]]
+        return self._encode_literal(answer) + [self.eos_token_ids[0]]
+
+    def has_control_tokens(self, text: str) -> bool:
+        """True if ``text`` holds one of the tokenizer's control-token strings (``<|im_end|>``, ...)."""
+        return any(t in text for t in self._control_strings)
+
+    def _prepare(self, messages: Messages, answer: str) -> tuple[list[Message], str, int, list[str]]:
+        """Normalise the chat; cut an echoed prompt off the answer. Returns (chat, text, start, flags)."""
+        chat = normalize_messages(messages)
+        flags: list[str] = []
+        start = 0
+        echoes = [self._render(chat, add_generation_prompt=True)]
+        if isinstance(messages, str):
+            echoes.append(messages)  # a text-completion pipeline returning prompt + completion
+        for echo in echoes:
+            if echo and answer.startswith(echo) and len(answer) > len(echo):
+                if self.echo == "refuse":
+                    raise PromptEchoError(
+                        "the answer begins with the prompt (the pipeline echoes its input: set "
+                        "return_full_text=False); pass only the completion, or use echo='strip'"
+                    )
+                start = len(echo)
+                flags.append("prompt_echo_stripped")
+                logger.warning(
+                    "the answer began with the prompt (%d characters): the echo was cut off and not scored; "
+                    "set return_full_text=False on the pipeline",
+                    start,
+                )
+                break
+        text = answer[start:]
+        if self.has_control_tokens(text):
+            if self.control_tokens == "refuse":
+                raise ControlTokenError(
+                    "the answer holds chat-template control tokens "
+                    f"({[t for t in self._control_strings if t in text][:3]}); refusing it as configured "
+                    "(control_tokens='refuse'); with control_tokens='score' it is scored as literal text"
+                )
+            flags.append("control_tokens")
+        return chat, text, start, flags
 
     def _check_lengths(self, x: list[int], y: list[int]) -> None:
         if len(x) + len(y) > self.context_window:
@@ -205,17 +309,33 @@ class SemGradScorer:
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         """Score many answers, batched ``max_batch_size`` at a time (similar lengths together)."""
-        examples = []
+        examples, notes = [], []
         for messages, answer in pairs:
-            x = self.prompt_ids(messages)
-            y = self.answer_ids(messages, answer, prompt_ids=x)
+            chat, text, start, flags = self._prepare(messages, answer)
+            x = self._encode(self._render(chat, add_generation_prompt=True))
+            y = self._answer_ids(chat, text, x)
             self._check_lengths(x, y)
             examples.append(ScoringInput(x, y))
-        return self.score_token_ids(examples)
+            notes.append((start, flags))
+        results = self.score_token_ids(examples)
+        return [
+            r.model_copy(update={"answer_start": start, "flags": flags}) if (start or flags) else r
+            for r, (start, flags) in zip(results, notes, strict=True)
+        ]
 
     def score_token_ids(self, examples: Sequence[ScoringInput]) -> list[ScoreResult]:
         """Score examples given as token ids (answer ids must end where generation stopped)."""
-        return [self._result(raw) for raw in self._raw_scores(examples)]
+        raws = self._raw_scores(examples)
+        if self.exgrad_mode == "weight":
+            raws = [self._with_weight_exgrad(raw, e) for raw, e in zip(raws, examples, strict=True)]
+        return [self._result(raw) for raw in raws]
+
+    def _with_weight_exgrad(self, raw: RawScores, example: ScoringInput) -> RawScores:
+        if not self._tied:
+            return raw  # untied: the weight's gradient is the logits path alone
+        ex = exgrad_weight(self._adapter, example, vocab_chunk=self.vocab_chunk)
+        alpha = math.exp(-raw.mean_entropy)
+        return dataclasses.replace(raw, exgrad=ex, hybridgrad=alpha * ex + (1 - alpha) * raw.semgrad)
 
     def semgrad_by_layer(self, examples: Sequence[ScoringInput]) -> list[dict[int, float]]:
         """SemGrad of each of the profile's layers alone, at the profile's anchor, from one pass.
@@ -257,6 +377,7 @@ class SemGradScorer:
             anchor_offset=self.profile.anchor_offset,
             layers=list(self.profile.layers),
             model_id=self.model_id,
+            exgrad_mode=self.exgrad_mode,  # type: ignore[arg-type]
         )
 
     async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
@@ -319,7 +440,10 @@ class SemGradScorer:
                 break
         if not y:
             y = [self.eos_token_ids[0]]
-        text = self.tokenizer.decode([t for t in y if t not in self.eos_token_ids], skip_special_tokens=True)
+        body = y[:-1] if y[-1] in self.eos_token_ids else y
+        # Decoded as is: a control token the model produced stays in the text it was scored with.
+        text = self.tokenizer.decode(body, skip_special_tokens=False)
+        flags = ["control_tokens"] if any(t in self._special_ids for t in body) else []
         a = len(x) + self.profile.anchor_offset
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; `past_key_values` before
         if cache is None:
@@ -335,8 +459,10 @@ class SemGradScorer:
                 vocab_chunk=self.vocab_chunk,
                 prefix_cache=cache,
             )[0]
-            return text, self._result(raw)
-        return text, self.score_token_ids([example])[0]
+            if self.exgrad_mode == "weight":
+                raw = self._with_weight_exgrad(raw, example)
+            return text, self._result(raw).model_copy(update={"flags": flags})
+        return text, self.score_token_ids([example])[0].model_copy(update={"flags": flags})
 
     async def agenerate(self, messages: Messages, **kwargs: Any) -> tuple[str, ScoreResult]:
         """:meth:`generate` in a worker thread."""
@@ -364,6 +490,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
             "neither the generation config nor the tokenizer defines an end-of-turn (eos) token id"
         )
     return ids
+
+
+def _control_strings(tokenizer: Any) -> list[str]:
+    """The strings the tokenizer turns into special tokens (role headers, end-of-turn, ...)."""
+    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(tok))
+    return sorted((t for t in found if t), key=len, reverse=True)
 
 
 def _context_window(model: Any, tokenizer: Any) -> int:

@@ -11,7 +11,7 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,13 +35,30 @@ class ModelProfile(BaseModel):
     layers: list[int] = Field(
         min_length=1, description="Hugging Face hidden_states indices (0 = embeddings)."
     )
+    exgrad_mode: Literal["logits", "weight"] = Field(
+        default="logits", description="How exgrad is taken: 'logits' or 'weight' (docs/method.md)."
+    )
     model_id: str | None = Field(default=None, description="Model the profile was computed for.")
+    weights_sha256: str | None = Field(
+        default=None,
+        description="Fingerprint of the model's weights (semgrad_guard.identity): a shipped profile "
+        "is found by it whatever path or name the model was loaded under.",
+    )
     chat_template_hash: str | None = Field(default=None, description="sha256 of the chat template used.")
     data: str | None = Field(default=None, description="Data the SPS table was computed on.")
     created: str | None = Field(default=None, description="When it was computed (ISO 8601).")
-    source: str = Field(default="user", description="'sps' (computed), 'default' (rule), or 'user'.")
+    source: str = Field(
+        default="user",
+        description="'supervised' (chosen by cross-validated AUROC on labelled answers), 'sps' "
+        "(label-free), 'default' (rule), or 'user'.",
+    )
     sps_table: dict[str, list[float]] | None = Field(
         default=None, description="SPS(offset, layer): offset (as str) -> one value per hidden-state index."
+    )
+    selection: dict[str, Any] | None = Field(
+        default=None,
+        description="How a supervised profile was chosen: candidates, cross-validated AUROC and its "
+        "interval, the SPS choice beside it (semgrad_guard.profile_search).",
     )
 
     @field_validator("layers")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 SCORE_FIELDS: tuple[str, ...] = ("semgrad", "hybridgrad", "exgrad", "nll", "mean_nll", "mean_entropy")
@@ -26,7 +28,10 @@ class ScoreResult(BaseModel):
     hybridgrad: float = Field(
         description="alpha * exgrad + (1 - alpha) * semgrad, alpha = exp(-mean_entropy)."
     )
-    exgrad: float = Field(description="Mean |dL/dW_out| over the output projection, through the logits only.")
+    exgrad: float = Field(
+        description="Mean |dL/dW_out| over the output projection (through the logits only, or as the "
+        "gradient of the weight parameter: see exgrad_mode)."
+    )
     nll: float = Field(description="Sum of the answer tokens' negative log-likelihoods (nats).")
     mean_nll: float = Field(description="nll divided by the number of answer tokens.")
     mean_entropy: float = Field(
@@ -41,6 +46,27 @@ class ScoreResult(BaseModel):
     anchor_offset: int = Field(description="Anchor position relative to the end of the prompt (negative).")
     layers: list[int] = Field(description="Hidden-state indices whose gradients make up semgrad.")
     model_id: str | None = Field(default=None, description="The scorer's model id, for provenance.")
+    exgrad_mode: Literal["logits", "weight"] = Field(
+        default="logits",
+        description="'logits': dL/dW_out through the logits only; 'weight': the gradient of the lm_head "
+        "weight parameter (the research code's; for tied embeddings it adds the input-embedding path).",
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="What the scorer noticed about the answer: 'control_tokens' (chat-template control "
+        "tokens in the answer, scored as literal text), 'prompt_echo_stripped' (the answer began with the "
+        "prompt, which was cut off and not scored; see answer_start).",
+    )
+    answer_start: int = Field(
+        default=0,
+        ge=0,
+        description="Characters cut from the front of the given answer before scoring (an echoed "
+        "prompt); the scored text is answer[answer_start:].",
+    )
+
+    def scored_text(self, answer: str) -> str:
+        """The part of ``answer`` this result scored (all of it unless an echoed prompt was cut)."""
+        return answer[self.answer_start :]
 
     def scores(self) -> dict[str, float]:
         """The six score fields as a dict."""

@@ -45,3 +45,33 @@ def reference_scores(
         "mean_nll": nll.mean().item(),
         "mean_entropy": me,
     }
+
+
+def reference_exgrad_weight(model, x: list[int], y: list[int]) -> float:
+    """exgrad as the research code takes it: autograd gradient of the lm_head weight *parameter*.
+
+    A leaf copy of the weight is used for the output projection and, when the model ties its
+    embeddings, as the input embedding module's weight too, so the gradient holds both paths. Summed in float64.
+    """
+    base = model.model
+    ids = torch.tensor([x + y])
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    W = model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        if tied:
+            # The module itself (Gemma scales inside it), with the leaf copy as its weight.
+            embeds = torch.func.functional_call(model.get_input_embeddings(), {"weight": W}, (ids,))
+        else:
+            embeds = model.get_input_embeddings()(ids).detach()
+        final = base(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        T = len(y)
+        logits = torch.nn.functional.linear(final[0, len(x) - 1 : len(x) - 1 + T], W).float()
+        cfg = model.config
+        if getattr(cfg, "final_logit_softcapping", None):
+            c = cfg.final_logit_softcapping
+            logits = torch.tanh(logits / c) * c
+        logp = torch.log_softmax(logits, -1)
+        ent = -(logp.exp() * logp).sum(-1).detach()
+        nll = -logp[torch.arange(T), torch.tensor(y)]
+        (grad,) = torch.autograd.grad((ent * nll).mean(), [W])
+    return float(grad.double().abs().sum() / grad.numel())

@@ -1,0 +1,191 @@
+"""Answer the development sets with the embedded model and record every score the guard could use.
+
+For each question: a greedy answer, its correctness label, and from one teacher-forced pass with the
+anchor at offset -8 and gradients from hidden-state index 0 up, the SemGrad of every candidate anchor
+(offsets -8..-1) at every layer (``score_ids(window=True)``), plus exgrad in both modes (``logits``
+and the research code's ``weight``), nll, mean_nll and mean_entropy. Everything a profile search,
+a calibrator or the guard benchmark needs is then computed offline from these files, without the model.
+
+Data sets (development only; see benchmarks/devsets/README.md):
+
+- ``sciq``: ``../shared/data/sciq/test.jsonl``, questions 0..N-1; correct = a reference occurs as a
+  whole-word phrase in the answer (the eval harness's ``contains`` rule).
+- ``truthfulqa``: ``../shared/data/truthfulqa/test.jsonl``, questions 0..N-1; correct = MiniLM cosine
+  with the best reference >= 0.7 (the harness's ``embedding`` rule: references are whole sentences).
+- ``rag``: ``benchmarks/devsets/rag_dev.jsonl`` (fictional facts, 3 retrieved documents); correct =
+  the fact for answerable questions (``contains``), an explicit "I don't know" for unanswerable ones.
+
+Resumable: rows already in the output are skipped. Writes ``benchmarks/results/devsets/<name>.jsonl``.
+
+Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+OUT_DIR = ROOT / "benchmarks" / "results" / "devsets"
+WINDOW = 8
+
+QA_SYSTEM = "Answer the question with a short phrase, without explanation."
+RAG_SYSTEM = (
+    "Answer the question using only the documents below, in a few words. If the documents do not "
+    "contain the answer, reply exactly: I don't know.\n\nDocuments:\n{documents}"
+)
+REFUSAL = re.compile(
+    r"\b(i don'?t know|i do not know|not (mentioned|stated|specified|provided|given|included|available|in the documents?)"
+    r"|no information|(does|do) not (say|mention|contain|specify|provide)|cannot (answer|determine|find)|unknown)\b",
+    re.IGNORECASE,
+)
+MAX_NEW_TOKENS = {"sciq": 24, "truthfulqa": 32, "rag": 24}
+
+
+def is_refusal(answer: str) -> bool:
+    """An answer that says the documents do not hold the answer."""
+    return bool(REFUSAL.search(answer))
+
+
+def rag_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    docs = "\n".join(f"[{i + 1}] {d}" for i, d in enumerate(row["documents"]))
+    return [
+        {"role": "system", "content": RAG_SYSTEM.format(documents=docs)},
+        {"role": "user", "content": row["question"]},
+    ]
+
+
+def qa_messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": QA_SYSTEM}, {"role": "user", "content": question}]
+
+
+def load(name: str, limit: int | None) -> list[dict[str, Any]]:
+    """Rows with id, question, references, messages (and answerable for rag)."""
+    if name == "rag":
+        rows = [json.loads(x) for x in (ROOT / "benchmarks/devsets/rag_dev.jsonl").read_text().splitlines() if x]
+        out = [{**r, "messages": rag_messages(r)} for r in rows]
+    else:
+        path = SHARED / name / "test.jsonl"
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        out = [
+            {
+                "id": f"{name}-{i:04d}",
+                "question": r["query"],
+                "references": list(r["truthful answer"]),
+                "messages": qa_messages(r["query"]),
+            }
+            for i, r in enumerate(rows)
+        ]
+    return out[:limit] if limit else out
+
+
+def label(name: str, row: dict[str, Any], answer: str) -> tuple[bool, dict[str, float]]:
+    from semgrad_guard.eval.correctness import contains, rule_values
+
+    if name == "rag":
+        if not row["answerable"]:
+            return is_refusal(answer), {"refusal": float(is_refusal(answer))}
+        ok = contains(answer, row["references"]) and not is_refusal(answer)
+        return ok, {"contains": float(contains(answer, row["references"]))}
+    values = rule_values(answer, row["references"])
+    if name == "sciq":
+        return values["contains"] >= 0.5, values
+    return values["embedding"] >= 0.7, values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="+", choices=["sciq", "truthfulqa", "rag"])
+    parser.add_argument("--limit", type=int, default=240)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from semgrad_guard import ModelProfile, SemGradScorer
+    from semgrad_guard.fastpath import ScoringInput, exgrad_weight, score_ids
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scorer = SemGradScorer.from_pretrained("default")
+    layers = list(range(scorer._adapter.num_layers))
+    eos = scorer.eos_token_ids
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets:
+        rows = load(name, args.limit)
+        out = OUT_DIR / f"{name}.jsonl"
+        done = set()
+        if out.exists():
+            good = []
+            for line in out.read_text().splitlines():
+                try:
+                    done.add(json.loads(line)["id"])
+                    good.append(line)
+                except (ValueError, KeyError):
+                    break
+            out.write_text("".join(g + "\n" for g in good))
+        todo = [r for r in rows if r["id"] not in done]
+        start = time.perf_counter()
+        with out.open("a") as fh:
+            for n, row in enumerate(todo, 1):
+                x = scorer.prompt_ids(row["messages"])
+                ids = torch.tensor([x])
+                with torch.no_grad():
+                    seq = scorer.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=MAX_NEW_TOKENS[name],
+                        do_sample=False,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                        eos_token_id=eos,
+                        pad_token_id=eos[0],
+                    )[0, len(x) :].tolist()
+                y = seq
+                for i, t in enumerate(seq):
+                    if t in eos:
+                        y = seq[: i + 1]
+                        break
+                y = y or [eos[0]]
+                answer = scorer.tokenizer.decode([t for t in y if t not in eos], skip_special_tokens=True)
+                example = ScoringInput(x, y)
+                raw = score_ids(scorer._adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
+                ex_w = exgrad_weight(scorer._adapter, example)
+                correct, values = label(name, row, answer)
+                record = {
+                    "id": row["id"],
+                    "dataset": name,
+                    "question": row["question"],
+                    "answer": answer,
+                    "answer_ids": y,
+                    "stopped": y[-1] in eos,
+                    "prompt_tokens": len(x),
+                    "answer_tokens": len(y),
+                    "correct": bool(correct),
+                    "labels": values,
+                    **({"answerable": row["answerable"]} if name == "rag" else {}),
+                    "nll": raw.nll,
+                    "mean_nll": raw.mean_nll,
+                    "mean_entropy": raw.mean_entropy,
+                    "exgrad_logits": raw.exgrad,
+                    "exgrad_weight": ex_w,
+                    # window[j][l]: semgrad at offset -WINDOW + j, hidden-state index l
+                    "window": [[float(f"{v:.6g}") for v in r] for r in raw.window_semgrad],
+                }
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+                if n % 10 == 0 or n == len(todo):
+                    rate = n / (time.perf_counter() - start)
+                    print(f"{name}: {n}/{len(todo)} answers, {rate:.2f}/s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import CalibrationError, CalibratorMismatchError, ConfigurationError
 from .profile import ModelProfile
@@ -29,12 +29,29 @@ from .results import SCORE_FIELDS, ScoreResult
 logger = logging.getLogger(__name__)
 
 FORMAT = "semgrad-guard-calibrator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _EPS = 1e-12
 MIN_EXAMPLES = 10
 """Fewest labelled examples :meth:`Calibrator.fit` accepts (and at least 2 of each class)."""
 
 Method = Literal["isotonic", "platt"]
+
+AUTO_FEATURE_SETS: tuple[tuple[str, ...], ...] = (
+    *((f,) for f in SCORE_FIELDS),
+    ("mean_nll", "mean_entropy"),
+    ("semgrad", "mean_nll", "mean_entropy"),
+    ("exgrad", "mean_nll", "mean_entropy"),
+    SCORE_FIELDS,
+)
+"""Feature sets ``features="auto"`` tries: each score alone, the likelihood pair, each gradient score
+with it, and all six (several features are combined by a logistic model on log-scores)."""
+
+DRIFT_WINDOW = 200
+"""Confidences kept by the drift monitor (the most recent ones)."""
+DRIFT_MIN = 50
+"""Confidences needed before the drift monitor judges."""
+DRIFT_P = 0.001
+"""Two-sample Kolmogorov-Smirnov p-value below which the window counts as drifted."""
 
 
 class CalibrationProfile(BaseModel):
@@ -91,6 +108,14 @@ class Calibrator(BaseModel):
     """When it was fitted (ISO 8601, UTC)."""
     cv: dict[str, float] | None = None
     """Cross-validated Brier score of every candidate considered ('method:feature+feature' -> score)."""
+    cv_scheme: str | None = None
+    """How ``cv`` was computed: 'k-fold' or 'leave-one-group-out' (e.g. one data set held out at a time)."""
+    reference: list[float] | None = None
+    """101 quantiles of the confidences it gives on its own fitting data: the drift monitor's reference."""
+    n_reference: int = 0
+    """How many confidences the reference quantiles summarise."""
+
+    _drift: DriftMonitor | None = PrivateAttr(default=None)
 
     @field_validator("features")
     @classmethod
@@ -114,11 +139,14 @@ class Calibrator(BaseModel):
         data: str | None = None,
         folds: int = 5,
         seed: int = 0,
+        groups: Sequence[str] | None = None,
     ) -> Calibrator:
         """Fit on labelled results; with ``"auto"``, choose method and/or features by cross-validation.
 
-        Candidates for ``features="auto"`` are each score field alone and all six combined; the
-        candidate with the lowest mean Brier score over ``folds`` stratified folds wins.
+        Candidates for ``features="auto"`` are :data:`AUTO_FEATURE_SETS`; the candidate with the
+        lowest mean Brier score wins, over ``folds`` stratified folds, or, when ``groups`` names the
+        data set of each example (two or more), leaving one data set out at a time: the choice that
+        transfers to data it was not fitted on.
 
         Args:
             results: Scores of the labelled answers.
@@ -131,6 +159,7 @@ class Calibrator(BaseModel):
             data: Free-text description of the labelled data, stored in the file.
             folds: Number of cross-validation folds for the "auto" choices.
             seed: Seed of the fold split.
+            groups: The data set (or source) of each example, for leave-one-group-out selection.
 
         Raises:
             CalibrationError: Too few examples, one class only, or lengths differ.
@@ -150,7 +179,7 @@ class Calibrator(BaseModel):
             raise ConfigurationError(f"method must be 'isotonic', 'platt' or 'auto', got {method!r}")
         methods: list[Method] = ["isotonic", "platt"] if method == "auto" else [method]
         if features == "auto":
-            candidates = [[f] for f in SCORE_FIELDS] + [list(SCORE_FIELDS)]
+            candidates = [list(fs) for fs in AUTO_FEATURE_SETS]
         elif isinstance(features, str):
             raise ConfigurationError(f"features must be 'auto' or a list of score fields, got {features!r}")
         else:
@@ -166,14 +195,24 @@ class Calibrator(BaseModel):
             raise CalibrationError("some results have non-finite scores; drop them before fitting")
 
         cv: dict[str, float] = {}
+        scheme = None
+        if groups is not None and len(list(groups)) != len(y):
+            raise CalibrationError(f"groups ({len(list(groups))}) and correct ({len(y)}) differ in length")
         if len(methods) * len(candidates) > 1:
-            splits = _stratified_folds(y, folds, seed)
+            if groups is not None and len(set(groups)) >= 2:
+                g = np.asarray(list(groups))
+                splits = [(np.flatnonzero(g != name), np.flatnonzero(g == name)) for name in sorted(set(g))]
+                scheme = "leave-one-group-out"
+            else:
+                splits = _stratified_folds(y, folds, seed)
+                scheme = f"{len(splits)}-fold"
             for m in methods:
                 for cand in candidates:
                     cols = [SCORE_FIELDS.index(f) for f in cand]
                     cv[_key(m, cand)] = _cv_brier(m, x_all[:, cols], y, splits)
             best = min(cv, key=lambda k: cv[k])
             best_method, best_feats = best.split(":", 1)
+            logger.info("calibrator: %s cross-validation", scheme)
             chosen_method: Method = "isotonic" if best_method == "isotonic" else "platt"
             chosen_features = best_feats.split("+")
             logger.info("calibrator: chose %s by %d-fold CV (Brier %.4f)", best, folds, cv[best])
@@ -181,6 +220,7 @@ class Calibrator(BaseModel):
             chosen_method, chosen_features = methods[0], candidates[0]
         cols = [SCORE_FIELDS.index(f) for f in chosen_features]
         params = _fit_params(chosen_method, x_all[:, cols], y)
+        own = _predict_params(chosen_method, params, x_all[:, cols])
         return cls(
             method=chosen_method,
             features=chosen_features,
@@ -192,6 +232,9 @@ class Calibrator(BaseModel):
             n_correct=n_pos,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             cv=cv or None,
+            cv_scheme=scheme,
+            reference=[round(float(q), 6) for q in np.quantile(own, np.linspace(0, 1, 101))],
+            n_reference=len(own),
         )
 
     # ------------------------------------------------------------------ prediction
@@ -228,7 +271,20 @@ class Calibrator(BaseModel):
     def _predict_matrix(self, x: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(x)):
             raise CalibrationError("cannot calibrate non-finite scores")
-        return _predict_params(self.method, self.params, x)
+        out = _predict_params(self.method, self.params, x)
+        if self.drift is not None:
+            self.drift.update(out)
+        return out
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        """Watches the confidences this calibrator gives against those on its fitting data.
+
+        None for calibrators saved without a reference (format 1). See :class:`DriftMonitor`.
+        """
+        if self._drift is None and self.reference:
+            self._drift = DriftMonitor(self.reference, self.n_reference, label=self.model_id or "calibrator")
+        return self._drift
 
     # ------------------------------------------------------------------ compatibility
     def check_compatible(
@@ -303,7 +359,7 @@ class Calibrator(BaseModel):
             raise CalibrationError(f"{source} is not a semgrad-guard calibrator (no 'format': {FORMAT!r})")
         if raw.get("version", FORMAT_VERSION) > FORMAT_VERSION:
             raise CalibrationError(
-                f"calibrator {source} has format version {raw['version']}; this build reads <= 1"
+                f"calibrator {source} has format version {raw['version']}; this build reads <= {FORMAT_VERSION}"
             )
         try:
             cal = cls.model_validate(raw)
@@ -342,6 +398,110 @@ def shipped_calibrators() -> list[Calibrator]:
         if entry.name.endswith(".json"):
             out.append(Calibrator.from_json(entry.read_text(), source=entry.name))
     return out
+
+
+class DriftMonitor:
+    """Is the calibrator seeing scores unlike those it was fitted on? (then its confidence means little)
+
+    Keeps the last :data:`DRIFT_WINDOW` confidences and compares them with the reference quantiles
+    stored in the calibrator by a two-sample Kolmogorov-Smirnov statistic. When the p-value falls
+    below :data:`DRIFT_P` (with at least :data:`DRIFT_MIN` confidences seen) it logs one warning, and
+    :attr:`drifted` stays readable as a metric (``statistic``, ``p_value``, ``n``). Thread-safe.
+
+    Example:
+        >>> mon = DriftMonitor(list(np.linspace(0.0, 0.4, 101)), n_reference=500)
+        >>> mon.update(np.full(100, 0.9))
+        >>> mon.drifted, round(mon.statistic, 2)
+        (True, 1.0)
+    """
+
+    def __init__(self, reference: Sequence[float], n_reference: int, *, label: str = "calibrator") -> None:
+        import threading
+
+        self.reference = np.asarray(reference, dtype=float)
+        self.n_reference = max(int(n_reference), len(self.reference))
+        self.label = label
+        self.statistic = 0.0
+        self.p_value = 1.0
+        self.n = 0
+        self.drifted = False
+        self.warned = False
+        self._window: list[float] = []
+        self._lock = threading.Lock()
+
+    def update(self, confidences: np.ndarray) -> None:
+        from scipy.special import kolmogorov
+
+        with self._lock:
+            self._window.extend(float(c) for c in np.ravel(confidences))
+            del self._window[:-DRIFT_WINDOW]
+            self.n = len(self._window)
+            if self.n < DRIFT_MIN:
+                return
+            w = np.sort(np.asarray(self._window))
+            # Both CDFs are right-continuous steps: their largest gap is at one of their jump points.
+            points = np.concatenate([w, self.reference])
+            f_w = np.searchsorted(w, points, side="right") / self.n
+            f_ref = np.searchsorted(self.reference, points, side="right") / len(self.reference)
+            self.statistic = float(np.max(np.abs(f_w - f_ref)))
+            n_eff = self.n * self.n_reference / (self.n + self.n_reference)
+            self.p_value = float(kolmogorov(self.statistic * np.sqrt(n_eff)))
+            self.drifted = self.p_value < DRIFT_P
+            if self.drifted and not self.warned:
+                self.warned = True
+                logger.warning(
+                    "%s: the last %d confidences are unlike those on its fitting data (KS %.2f, p=%.1e): its "
+                    "confidence may be off here; refit on your data (semgrad-guard calibrate)",
+                    self.label,
+                    self.n,
+                    self.statistic,
+                    self.p_value,
+                )
+
+
+def cross_validated_confidence(
+    results: Sequence[ScoreResult],
+    correct: Sequence[bool],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> np.ndarray:
+    """Out-of-fold confidences: each example calibrated by a calibrator fitted without its fold.
+
+    What the calibrator would say on data it was not fitted on; feed it to
+    :func:`expected_calibration_error` or :func:`reliability_table` for honest numbers.
+    """
+    results = list(results)
+    y = np.asarray([bool(c) for c in correct])
+    out = np.zeros(len(results))
+    for train, test in _stratified_folds(y.astype(float), folds, seed):
+        cal = Calibrator.fit([results[i] for i in train], y[train], seed=seed, **fit_kwargs)
+        out[test] = cal.predict([results[i] for i in test], check=False)
+    return out
+
+
+def reliability_table(
+    confidence: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> list[dict[str, float]]:
+    """Per confidence bin: its range, how many answers, their mean confidence and their accuracy."""
+    c = np.asarray(confidence, dtype=float)
+    y = np.asarray(correct, dtype=float)
+    idx = np.minimum((c * bins).astype(int), bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            rows.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "n": int(mask.sum()),
+                    "confidence": float(c[mask].mean()),
+                    "accuracy": float(y[mask].mean()),
+                }
+            )
+    return rows
 
 
 def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from .fastpath import (
     exgrad_weight,
     score_ids,
 )
+from .identity import weights_fingerprint
 from .messages import Message, Messages, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 from .results import ScoreResult
@@ -89,6 +91,7 @@ class SemGradScorer:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self._given_model_id = model_id
         self.model_id = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         if not self.chat_template:
@@ -163,17 +166,23 @@ class SemGradScorer:
     def _resolve_profile(self, profile: Any) -> ModelProfile:
         if profile is not None:
             return self._check_profile(profile_from_any(profile))
-        found = find_profile(self.model_id, chat_template_hash(self.chat_template))
+        found = find_profile(
+            self.model_id, chat_template_hash(self.chat_template), weights_fingerprint(self.model)
+        )
         if found is not None:
+            if found.model_id and not self._given_model_id:
+                # Recognised by its weights: the shipped name, whatever path it was loaded from,
+                # so the shipped calibrator is found too (Calibrator.default_for(scorer.model_id)).
+                self.model_id = found.model_id
             return self._check_profile(found)
         offset = self.default_anchor_offset()
-        logger.warning(
-            "no stored profile for %s with this chat template: using the default anchor (offset %d, the first "
-            "token of the generation prompt) and the upper half of the layers; run `semgrad-guard profile` "
-            "to compute one",
-            self.model_id,
-            offset,
+        message = (
+            f"semgrad-guard: no profile is shipped for {self.model_id} with this chat template; SemGrad looks "
+            f"at the default anchor (offset {offset}) and the upper half of the layers. To fit one: "
+            "`semgrad-guard profile --labels labelled.jsonl` (best) or `--paraphrases para.jsonl` (label-free)"
         )
+        logger.warning(message)
+        warnings.warn(ProfileNotice(message), stacklevel=3)
         return ModelProfile(
             anchor_offset=offset,
             layers=default_layers(self._adapter.num_layers),
@@ -490,6 +499,10 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
             "neither the generation config nor the tokenizer defines an end-of-turn (eos) token id"
         )
     return ids
+
+
+class ProfileNotice(UserWarning):
+    """Shown once when a model has no shipped profile (visible, not only logged)."""
 
 
 def _control_strings(tokenizer: Any) -> list[str]:

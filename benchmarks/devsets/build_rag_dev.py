@@ -28,12 +28,47 @@ from pathlib import Path
 
 OUT = Path(__file__).with_name("rag_dev.jsonl")
 
-SYLLABLES = ["var", "nol", "tesh", "quor", "mel", "dra", "kin", "sov", "bry", "lum", "ost", "fen", "zar", "pel"]
+SYLLABLES = [
+    "var",
+    "nol",
+    "tesh",
+    "quor",
+    "mel",
+    "dra",
+    "kin",
+    "sov",
+    "bry",
+    "lum",
+    "ost",
+    "fen",
+    "zar",
+    "pel",
+]
 ENDINGS = ["holt", "mir", "wick", "ara", "eth", "ford", "ion", "ula", "stead", "oro"]
-GIVEN = ["Alma", "Bertil", "Cassia", "Dorran", "Elsin", "Farrah", "Gideon", "Halvard", "Ines", "Jorun", "Kael", "Liesel"]
+GIVEN = [
+    "Alma",
+    "Bertil",
+    "Cassia",
+    "Dorran",
+    "Elsin",
+    "Farrah",
+    "Gideon",
+    "Halvard",
+    "Ines",
+    "Jorun",
+    "Kael",
+    "Liesel",
+]
 FAMILY = ["Quenby", "Marsh", "Okonda", "Vell", "Straka", "Dunmore", "Ferreira", "Hallin", "Ibarra", "Novak"]
 MONTHS = ["January", "March", "April", "May", "June", "August", "September", "October", "November"]
-PRODUCTS = ["water filters", "bicycle lamps", "weather balloons", "ceramic tiles", "hearing aids", "sailcloth"]
+PRODUCTS = [
+    "water filters",
+    "bicycle lamps",
+    "weather balloons",
+    "ceramic tiles",
+    "hearing aids",
+    "sailcloth",
+]
 
 
 def _name(rng: random.Random) -> str:
@@ -49,7 +84,10 @@ def _entity(kind: str, rng: random.Random) -> dict:
     if kind == "library":
         name = f"the {_name(rng)} Library"
         facts = {
-            "opening": (f"It opens at {rng.randint(7, 11)} am on Sundays.", "What time does {n} open on Sundays?"),
+            "opening": (
+                f"It opens at {rng.randint(7, 11)} am on Sundays.",
+                "What time does {n} open on Sundays?",
+            ),
             "founded": (f"It was founded in {rng.randint(1820, 1990)}.", "In what year was {n} founded?"),
             "founder": (f"Its founder was {_person(rng)}.", "Who founded {n}?"),
             "books": (f"It holds {rng.randint(12, 95)},000 books.", "How many books does {n} hold?"),
@@ -71,15 +109,24 @@ def _entity(kind: str, rng: random.Random) -> dict:
             "city": (f"It is held in the town of {town}.", "In which town is {n} held?"),
             "first": (f"It was first held in {rng.randint(1900, 2015)}.", "When was {n} first held?"),
             "organiser": (f"It is organised by {_person(rng)}.", "Who organises {n}?"),
-            "visitors": (f"About {rng.randint(2, 60)},000 visitors attend each year.", "How many visitors attend {n} each year?"),
+            "visitors": (
+                f"About {rng.randint(2, 60)},000 visitors attend each year.",
+                "How many visitors attend {n} each year?",
+            ),
         }
     else:
         name = f"{_name(rng)} Island"
         facts = {
             "area": (f"It covers {rng.randint(3, 480)} square kilometres.", "How large is {n}?"),
-            "population": (f"About {rng.randint(100, 9000)} people live there.", "How many people live on {n}?"),
+            "population": (
+                f"About {rng.randint(100, 9000)} people live there.",
+                "How many people live on {n}?",
+            ),
             "capital": (f"Its main village is {_name(rng)}.", "What is the main village of {n}?"),
-            "peak": (f"Its highest point rises {rng.randint(80, 2400)} metres above the sea.", "How high is the highest point of {n}?"),
+            "peak": (
+                f"Its highest point rises {rng.randint(80, 2400)} metres above the sea.",
+                "How high is the highest point of {n}?",
+            ),
             "discoverer": (f"It was first charted by {_person(rng)}.", "Who first charted {n}?"),
         }
     return {"kind": kind, "name": name, "facts": facts}
@@ -120,7 +167,9 @@ def build(n_entities: int, n_questions: int, seed: int) -> list[dict]:
         keys = list(e["facts"])
         rng.shuffle(keys)
         e["stated"], e["unstated"] = keys[:3], keys[3:]
-        e["doc"] = f"{e['name'][0].upper()}{e['name'][1:]}: " + " ".join(e["facts"][k][0] for k in e["stated"])
+        e["doc"] = f"{e['name'][0].upper()}{e['name'][1:]}: " + " ".join(
+            e["facts"][k][0] for k in e["stated"]
+        )
         entities.append(e)
     # Entities that exist only in questions (same name parts, so retrieval finds look-alikes).
     ghosts = []
@@ -134,16 +183,37 @@ def build(n_entities: int, n_questions: int, seed: int) -> list[dict]:
     for e in entities:
         for k in e["stated"]:
             sentence, q = e["facts"][k]
-            items.append({"question": q.format(n=e["name"]), "references": [VALUE_PATTERNS[k](sentence)],
-                          "answerable": True, "kind": e["kind"], "reason": "stated"})
+            items.append(
+                {
+                    "question": q.format(n=e["name"]),
+                    "references": [VALUE_PATTERNS[k](sentence)],
+                    "answerable": True,
+                    "kind": e["kind"],
+                    "reason": "stated",
+                }
+            )
         for k in e["unstated"]:
             q = e["facts"][k][1]
-            items.append({"question": q.format(n=e["name"]), "references": [], "answerable": False,
-                          "kind": e["kind"], "reason": "attribute not in the document"})
+            items.append(
+                {
+                    "question": q.format(n=e["name"]),
+                    "references": [],
+                    "answerable": False,
+                    "kind": e["kind"],
+                    "reason": "attribute not in the document",
+                }
+            )
     for g in ghosts:
         k = rng.choice(list(g["facts"]))
-        items.append({"question": g["facts"][k][1].format(n=g["name"]), "references": [], "answerable": False,
-                      "kind": g["kind"], "reason": "entity not in the corpus"})
+        items.append(
+            {
+                "question": g["facts"][k][1].format(n=g["name"]),
+                "references": [],
+                "answerable": False,
+                "kind": g["kind"],
+                "reason": "entity not in the corpus",
+            }
+        )
     answerable = [i for i in items if i["answerable"]]
     unanswerable = [i for i in items if not i["answerable"]]
     rng.shuffle(answerable)

@@ -45,7 +45,7 @@ REFUSAL = re.compile(
     r"|no information|(does|do) not (say|mention|contain|specify|provide)|cannot (answer|determine|find)|unknown)\b",
     re.IGNORECASE,
 )
-MAX_NEW_TOKENS = {"sciq": 24, "truthfulqa": 32, "rag": 24}
+MAX_NEW_TOKENS = {"sciq": 16, "truthfulqa": 24, "rag": 24}
 
 
 def is_refusal(answer: str) -> bool:
@@ -68,7 +68,9 @@ def qa_messages(question: str) -> list[dict[str, str]]:
 def load(name: str, limit: int | None) -> list[dict[str, Any]]:
     """Rows with id, question, references, messages (and answerable for rag)."""
     if name == "rag":
-        rows = [json.loads(x) for x in (ROOT / "benchmarks/devsets/rag_dev.jsonl").read_text().splitlines() if x]
+        rows = [
+            json.loads(x) for x in (ROOT / "benchmarks/devsets/rag_dev.jsonl").read_text().splitlines() if x
+        ]
         out = [{**r, "messages": rag_messages(r)} for r in rows]
     else:
         path = SHARED / name / "test.jsonl"
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from semgrad_guard import ModelProfile, SemGradScorer
+    from semgrad_guard import SemGradScorer
     from semgrad_guard.fastpath import ScoringInput, exgrad_weight, score_ids
 
     if args.threads:
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     layers = list(range(scorer._adapter.num_layers))
     eos = scorer.eos_token_ids
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    # Round-robin over the data sets, so that a run stopped early still has some of each.
+    todos: dict[str, list[dict[str, Any]]] = {}
     for name in args.datasets:
         rows = load(name, args.limit)
         out = OUT_DIR / f"{name}.jsonl"
@@ -130,60 +134,71 @@ def main(argv: list[str] | None = None) -> int:
                 except (ValueError, KeyError):
                     break
             out.write_text("".join(g + "\n" for g in good))
-        todo = [r for r in rows if r["id"] not in done]
-        start = time.perf_counter()
-        with out.open("a") as fh:
-            for n, row in enumerate(todo, 1):
-                x = scorer.prompt_ids(row["messages"])
-                ids = torch.tensor([x])
-                with torch.no_grad():
-                    seq = scorer.model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=MAX_NEW_TOKENS[name],
-                        do_sample=False,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                        eos_token_id=eos,
-                        pad_token_id=eos[0],
-                    )[0, len(x) :].tolist()
-                y = seq
-                for i, t in enumerate(seq):
-                    if t in eos:
-                        y = seq[: i + 1]
-                        break
-                y = y or [eos[0]]
-                answer = scorer.tokenizer.decode([t for t in y if t not in eos], skip_special_tokens=True)
-                example = ScoringInput(x, y)
-                raw = score_ids(scorer._adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
-                ex_w = exgrad_weight(scorer._adapter, example)
-                correct, values = label(name, row, answer)
-                record = {
-                    "id": row["id"],
-                    "dataset": name,
-                    "question": row["question"],
-                    "answer": answer,
-                    "answer_ids": y,
-                    "stopped": y[-1] in eos,
-                    "prompt_tokens": len(x),
-                    "answer_tokens": len(y),
-                    "correct": bool(correct),
-                    "labels": values,
-                    **({"answerable": row["answerable"]} if name == "rag" else {}),
-                    "nll": raw.nll,
-                    "mean_nll": raw.mean_nll,
-                    "mean_entropy": raw.mean_entropy,
-                    "exgrad_logits": raw.exgrad,
-                    "exgrad_weight": ex_w,
-                    # window[j][l]: semgrad at offset -WINDOW + j, hidden-state index l
-                    "window": [[float(f"{v:.6g}") for v in r] for r in raw.window_semgrad],
-                }
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
-                if n % 10 == 0 or n == len(todo):
-                    rate = n / (time.perf_counter() - start)
-                    print(f"{name}: {n}/{len(todo)} answers, {rate:.2f}/s", flush=True)
+        todos[name] = [r for r in rows if r["id"] not in done]
+    order = [
+        (name, todos[name][i])
+        for i in range(max(len(t) for t in todos.values()))
+        for name in args.datasets
+        if i < len(todos[name])
+    ]
+    start = time.perf_counter()
+    handles = {name: (OUT_DIR / f"{name}.jsonl").open("a") for name in args.datasets}
+    try:
+        for n, (name, row) in enumerate(order, 1):
+            fh = handles[name]
+            x = scorer.prompt_ids(row["messages"])
+            ids = torch.tensor([x])
+            with torch.no_grad():
+                seq = scorer.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=MAX_NEW_TOKENS[name],
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    eos_token_id=eos,
+                    pad_token_id=eos[0],
+                )[0, len(x) :].tolist()
+            y = seq
+            for i, t in enumerate(seq):
+                if t in eos:
+                    y = seq[: i + 1]
+                    break
+            y = y or [eos[0]]
+            answer = scorer.tokenizer.decode([t for t in y if t not in eos], skip_special_tokens=True)
+            example = ScoringInput(x, y)
+            raw = score_ids(scorer._adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
+            ex_w = exgrad_weight(scorer._adapter, example)
+            correct, values = label(name, row, answer)
+            record = {
+                "id": row["id"],
+                "dataset": name,
+                "question": row["question"],
+                "answer": answer,
+                "answer_ids": y,
+                "stopped": y[-1] in eos,
+                "prompt_tokens": len(x),
+                "answer_tokens": len(y),
+                "correct": bool(correct),
+                "labels": values,
+                **({"answerable": row["answerable"]} if name == "rag" else {}),
+                "nll": raw.nll,
+                "mean_nll": raw.mean_nll,
+                "mean_entropy": raw.mean_entropy,
+                "exgrad_logits": raw.exgrad,
+                "exgrad_weight": ex_w,
+                # window[j][l]: semgrad at offset -WINDOW + j, hidden-state index l
+                "window": [[float(f"{v:.6g}") for v in r] for r in raw.window_semgrad],
+            }
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            if n % 10 == 0 or n == len(order):
+                rate = n / (time.perf_counter() - start)
+                print(f"{n}/{len(order)} answers, {rate:.2f}/s", flush=True)
+    finally:
+        for fh in handles.values():
+            fh.close()
     return 0
 
 

@@ -1,0 +1,51 @@
+"""`semgrad-guard calibrate --data` on score rows (no model) and its error paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from semgrad_guard import Calibrator
+from semgrad_guard.cli import main
+
+
+def _rows(n=400, seed=0, group=None):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        m = float(rng.exponential(1.0))
+        row = {
+            "semgrad": float(rng.lognormal(-7, 1)),
+            "hybridgrad": float(rng.lognormal(-6, 1)),
+            "exgrad": float(rng.lognormal(-5, 1)),
+            "nll": float(rng.exponential(3)),
+            "mean_nll": m,
+            "mean_entropy": float(rng.exponential(1)),
+            "correct": bool(rng.uniform() < np.exp(-m)),
+        }
+        if group:
+            row["dataset"] = group
+        out.append(row)
+    return out
+
+
+def test_calibrate_writes_a_loadable_calibrator_and_prints_the_report(tmp_path, capsys):
+    data = tmp_path / "scores.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(300, 0, "a") + _rows(300, 1, "b")))
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--data", str(data), "--out", str(out), "--alphas", "0.3", "0.5"]) == 0
+    cal = Calibrator.load(out)
+    assert cal.cv_scheme == "leave-one-group-out" and "mean_nll" in cal.features and cal.n_samples == 600
+    text = capsys.readouterr().out
+    assert "out-of-fold ECE" in text and "Reliability" in text and "Risk-controlled thresholds" in text
+    assert "0.3" in text
+
+
+def test_calibrate_rejects_rows_it_cannot_use(tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"semgrad": 1}\n')
+    assert main(["calibrate", "--data", str(data)]) == 2
+    assert "give scores + 'correct'" in capsys.readouterr().err
+    assert main(["calibrate", "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err

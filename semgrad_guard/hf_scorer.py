@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from .errors import ChatTemplateError, ContextLengthError, ModelError
+from .errors import ChatTemplateError, ContextLengthError, ModelError, ScoringError
 from .fastpath import ModelAdapter, RawScores, ScoringInput, crop_cache, score_ids
-from .messages import Messages, normalize_messages
+from .loading import check_causal
+from .messages import Messages, check_text, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 from .results import ScoreResult
 
@@ -62,6 +63,7 @@ class SemGradScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        check_causal(model.config, self.model_id)  # a BERT is not a chat-template problem
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         if not self.chat_template:
             raise ChatTemplateError(
@@ -204,7 +206,13 @@ class SemGradScorer:
         return self.score_batch([(messages, answer)])[0]
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        """Score many answers, batched ``max_batch_size`` at a time (similar lengths together)."""
+        """Score many answers, batched ``max_batch_size`` at a time (similar lengths together).
+
+        Raises:
+            ScoringError: a pair is not ``(messages, answer)``, an answer or content is not a string
+                (or holds a lone surrogate), or a message is malformed; the message says which.
+        """
+        pairs = _check_pairs(pairs)
         examples = []
         for messages, answer in pairs:
             x = self.prompt_ids(messages)
@@ -347,6 +355,24 @@ class SemGradScorer:
             f"SemGradScorer(model_id={self.model_id!r}, anchor_offset={self.profile.anchor_offset}, "
             f"layers={self.profile.layers}, profile_source={self.profile.source!r})"
         )
+
+
+def _check_pairs(pairs: Any) -> list[tuple[Messages, str]]:
+    """Each element must be a ``(messages, answer)`` pair with a string answer (checked before any tokenising)."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise ScoringError(f"pairs must be a list of (messages, answer) tuples, got {type(pairs).__name__}")
+    out: list[tuple[Messages, str]] = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            got = (
+                f"a {type(pair).__name__} of {len(pair)}"
+                if isinstance(pair, Sequence)
+                else type(pair).__name__
+            )
+            raise ScoringError(f"pairs[{i}] must be a (messages, answer) pair, got {got}")
+        where = "answer" if len(pairs) == 1 else f"pairs[{i}] answer"
+        out.append((pair[0], check_text(pair[1], where)))
+    return out
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

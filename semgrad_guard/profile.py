@@ -44,6 +44,13 @@ class ModelProfile(BaseModel):
         default=None, description="SPS(offset, layer): offset (as str) -> one value per hidden-state index."
     )
 
+    def __init__(self, **data: Any) -> None:
+        # A bad field is a ProfileError (a ConfigurationError and ValueError), never pydantic's own error.
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ProfileError(f"invalid profile: {_explain(e)}") from e
+
     @field_validator("layers")
     @classmethod
     def _sorted_unique(cls, v: list[int]) -> list[int]:
@@ -82,6 +89,20 @@ class ModelProfile(BaseModel):
     def save(self, path: str | Path) -> None:
         """Write the profile as JSON."""
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def _explain(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        hint = ""
+        if loc == "anchor_offset" and err["type"] == "less_than":
+            hint = (
+                " (the anchor is counted back from the end of the prompt: -1 is its last token; "
+                "use a negative offset, or run `semgrad-guard profile` to compute one)"
+            )
+        parts.append(f"{loc}: {err['msg']}{hint}")
+    return "; ".join(parts)
 
 
 def default_layers(num_hidden_layers: int) -> list[int]:

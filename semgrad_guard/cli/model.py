@@ -50,9 +50,24 @@ def _model_args(p: argparse.ArgumentParser, *, with_profile: bool = True) -> Non
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     if with_profile:
-        p.add_argument("--anchor-offset", type=int, default=None, help="anchor offset (negative)")
+        p.add_argument(
+            "--anchor-offset", type=_negative_int, default=None, help="anchor offset (negative, e.g. -1)"
+        )
         p.add_argument("--layers", default=None, help="comma-separated hidden-state indices, e.g. 15,16")
         p.add_argument("--profile", type=Path, default=None, help="a profile JSON file")
+
+
+def _negative_int(text: str) -> int:
+    # Checked while parsing, so a bad offset is a usage error before any model is loaded.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a negative integer, got {text!r}") from None
+    if value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be negative (counted back from the end of the prompt; -1 is its last token), got {value}"
+        )
+    return value
 
 
 def _load_scorer(args: argparse.Namespace) -> Any:

@@ -13,14 +13,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from .config import TypedConfig
 from .errors import ConfigurationError, ProfileError
 
 logger = logging.getLogger(__name__)
 
 
-class ModelProfile(BaseModel):
+class ModelProfile(TypedConfig):
     """Anchor offset and layer set for one model and chat template.
 
     Example:
@@ -30,8 +31,12 @@ class ModelProfile(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    config_error = ProfileError
 
-    anchor_offset: int = Field(lt=0, description="Anchor position relative to the end of the prompt; < 0.")
+    anchor_offset: int = Field(
+        lt=0,
+        description="Anchor position relative to the end of the prompt; < 0 (-1 is the prompt's last token).",
+    )
     layers: list[int] = Field(
         min_length=1, description="Hugging Face hidden_states indices (0 = embeddings)."
     )
@@ -43,13 +48,6 @@ class ModelProfile(BaseModel):
     sps_table: dict[str, list[float]] | None = Field(
         default=None, description="SPS(offset, layer): offset (as str) -> one value per hidden-state index."
     )
-
-    def __init__(self, **data: Any) -> None:
-        # A bad field is a ProfileError (a ConfigurationError and ValueError), never pydantic's own error.
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise ProfileError(f"invalid profile: {_explain(e)}") from e
 
     @field_validator("layers")
     @classmethod
@@ -89,20 +87,6 @@ class ModelProfile(BaseModel):
     def save(self, path: str | Path) -> None:
         """Write the profile as JSON."""
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
-
-
-def _explain(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        hint = ""
-        if loc == "anchor_offset" and err["type"] == "less_than":
-            hint = (
-                " (the anchor is counted back from the end of the prompt: -1 is its last token; "
-                "use a negative offset, or run `semgrad-guard profile` to compute one)"
-            )
-        parts.append(f"{loc}: {err['msg']}{hint}")
-    return "; ".join(parts)
 
 
 def default_layers(num_hidden_layers: int) -> list[int]:

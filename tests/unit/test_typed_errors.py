@@ -100,7 +100,10 @@ def test_profile_with_a_non_negative_offset_is_a_profile_error() -> None:
     from semgrad_guard import ModelProfile, ProfileError
 
     for offset in (0, 5):
-        with pytest.raises(ProfileError, match="anchor_offset: .*use a negative offset") as err:
+        with pytest.raises(
+            ProfileError,
+            match=r"anchor_offset: Input should be less than 0 \(.*-1 is the prompt's last token",
+        ) as err:
             ModelProfile(anchor_offset=offset, layers=[1])
         assert not isinstance(err.value, ValidationError) and isinstance(err.value, ValueError)
     with pytest.raises(ProfileError, match="layers"):
@@ -190,3 +193,93 @@ def test_bad_or_unavailable_device_is_typed(device, error, match) -> None:
         pytest.skip("CUDA is available here")
     with pytest.raises(getattr(semgrad_guard, error), match=match):
         SemGradScorer.from_pretrained("/no/such/dir", device=device)  # the device is checked first
+
+
+# ---------------------------------------------------------------- policies
+
+
+def _policy(*rules: dict) -> object:
+    from semgrad_guard import GuardPolicy
+
+    return GuardPolicy.from_dict({"rules": list(rules)})
+
+
+def test_rule_after_a_catch_all_is_refused_with_both_names() -> None:
+    from semgrad_guard import ConfigurationError
+
+    with pytest.raises(
+        ConfigurationError, match=r"rule 'late' can never fire: the earlier catch-all rule 'all'"
+    ):
+        _policy(
+            {"name": "all", "action": "review"},
+            {"name": "late", "field": "semgrad", "max": 1, "action": "accept"},
+        )
+
+
+@pytest.mark.parametrize(
+    ("rule", "domain"),
+    [
+        ({"name": "never", "field": "semgrad", "max": -1, "action": "accept"}, r"\[0, inf\)"),
+        ({"name": "never", "field": "nll", "max": 0, "action": "accept"}, r"\[0, inf\)"),
+        ({"name": "never", "field": "confidence", "max": 0, "action": "accept"}, r"\[0, 1\]"),
+    ],
+)
+def test_band_no_value_can_fall_in_is_refused(rule, domain) -> None:
+    from semgrad_guard import ConfigurationError
+
+    with pytest.raises(
+        ConfigurationError, match=rf"rule 'never' can never fire: its band .* holds no value.*{domain}"
+    ):
+        _policy(rule, {"action": "abstain"})
+
+
+def test_rule_covered_by_earlier_rules_is_refused() -> None:
+    from semgrad_guard import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"rule 'dead' can never fire: .* earlier rule\(s\) 'wide'"):
+        _policy(
+            {"name": "wide", "field": "semgrad", "max": 1.0, "action": "accept"},
+            {"name": "dead", "field": "semgrad", "min": 0.2, "max": 0.5, "action": "retry"},
+        )
+    with pytest.raises(ConfigurationError, match=r"rule 'dead' can never fire: .* 'low', 'high'"):
+        _policy(
+            {"name": "low", "min": 0.0, "max": 0.5, "action": "abstain"},
+            {"name": "high", "min": 0.5, "action": "accept"},
+            {"name": "dead", "min": 0.3, "max": 0.9, "action": "annotate"},
+        )
+    with pytest.raises(ConfigurationError):  # direct construction is typed too
+        from semgrad_guard import GuardPolicy
+
+        GuardPolicy(rules=[{"action": "review"}, {"action": "accept"}])
+
+
+def test_partly_overlapping_bands_warn_naming_the_rules() -> None:
+    from semgrad_guard.policy import PolicyOverlapWarning
+
+    with pytest.warns(
+        PolicyOverlapWarning, match=r"rules 'a' .* and 'b' .* overlap on \[0.3, 0.5\); the earlier 'a'"
+    ):
+        _policy(
+            {"name": "a", "field": "semgrad", "min": 0.0, "max": 0.5, "action": "accept"},
+            {"name": "b", "field": "semgrad", "min": 0.3, "max": 1.0, "action": "review"},
+        )
+
+
+def test_threshold_ladders_and_edge_to_edge_bands_load_quietly() -> None:
+    import warnings
+
+    from semgrad_guard import GuardPolicy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _policy(  # the documented ladder: overlap is the point
+            {"name": "confident", "min": 0.8, "action": "accept"},
+            {"name": "unsure", "min": 0.5, "action": "retry"},
+            {"name": "lost", "action": "abstain"},
+        )
+        _policy(
+            {"name": "low", "field": "semgrad", "max": 0.3, "action": "accept"},
+            {"name": "mid", "field": "semgrad", "max": 0.6, "action": "annotate"},
+            {"name": "hi", "field": "semgrad", "min": 0.6, "action": "review"},
+        )
+        GuardPolicy.from_threshold(0.7, annotate_above=0.4)

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from .adapters import acquire_adapter
 from .errors import ChatTemplateError, ContextLengthError, ModelError, ScoringError
-from .fastpath import ModelAdapter, RawScores, ScoringInput, crop_cache, score_ids
+from .fastpath import RawScores, ScoringInput, crop_cache, score_ids
 from .loading import check_causal
 from .messages import Messages, check_text, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
@@ -74,7 +75,8 @@ class SemGradScorer:
             model.eval()  # dropout would make scores random
         self.max_batch_size = max_batch_size
         self.vocab_chunk = vocab_chunk
-        self._adapter = ModelAdapter(model)
+        # One adapter (one set of layer hooks) per model, shared by every scorer on it.
+        self._adapter, self._release = acquire_adapter(model, self)
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self.context_window = _context_window(model, tokenizer)
         self.profile = self._resolve_profile(profile)
@@ -114,8 +116,17 @@ class SemGradScorer:
         """A scorer sharing this one's model and tokenizer, with another profile."""
         other = object.__new__(SemGradScorer)
         other.__dict__.update(self.__dict__)
+        other._adapter, other._release = acquire_adapter(self.model, other)  # its own share of the hooks
         other.profile = self._check_profile(profile_from_any(profile))
         return other
+
+    def close(self) -> None:
+        """Release this scorer's share of the model's layer hooks (removed when the last scorer goes).
+
+        Happens on garbage collection anyway; call it to release deterministically. The scorer is
+        unusable afterwards only if it was the last one on its model.
+        """
+        self._release()
 
     def _resolve_profile(self, profile: Any) -> ModelProfile:
         if profile is not None:
@@ -289,7 +300,9 @@ class SemGradScorer:
     ) -> tuple[str, ScoreResult]:
         """Generate an answer and score exactly the generated ids, reusing generation's KV cache.
 
-        Returns ``(answer_text, ScoreResult)``. Sampling is seeded per call when ``seed`` is given.
+        Returns ``(answer_text, ScoreResult)``. With ``do_sample=True`` and a ``seed``, the tokens are drawn
+        from a ``torch.Generator`` of this call alone: the same seed gives the same text in any thread,
+        and torch's global RNG is never reseeded.
         """
         chat = normalize_messages(messages)
         x = self.prompt_ids(chat)
@@ -313,8 +326,14 @@ class SemGradScorer:
             # Greedy: neutralise sampling defaults a checkpoint's generation_config may carry.
             kwargs.update(temperature=None, top_p=None, top_k=None)
         kwargs.update(generate_kwargs)
-        if seed is not None:
-            torch.manual_seed(seed)
+        if seed is not None and kwargs.get("do_sample"):
+            # A per-call generator: the process-wide RNG is never reseeded, and concurrent calls with the
+            # same seed give the same text. The sampler runs last, after temperature/top-k/top-p.
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [*(kwargs.get("logits_processor") or []), _SeededSampler(seed)]
+            )
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
@@ -355,6 +374,27 @@ class SemGradScorer:
             f"SemGradScorer(model_id={self.model_id!r}, anchor_offset={self.profile.anchor_offset}, "
             f"layers={self.profile.layers}, profile_source={self.profile.source!r})"
         )
+
+
+class _SeededSampler:
+    """Logits processor that draws the next token from its own generator and leaves only that token possible.
+
+    Runs after the sampling warpers (transformers appends user processors last), so it samples exactly
+    the distribution generate would; generate's own draw then has one choice.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device)
+            self.generator.manual_seed(self.seed)
+        probs = torch.softmax(scores.float(), dim=-1)
+        pick = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        only = torch.full_like(scores, float("-inf"))
+        return only.scatter_(1, pick, 0.0)
 
 
 def _check_pairs(pairs: Any) -> list[tuple[Messages, str]]:

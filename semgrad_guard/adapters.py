@@ -18,7 +18,9 @@ _lock = threading.Lock()
 _shared: dict[int, tuple[ModelAdapter, int]] = {}  # id(model) -> (adapter, number of holders)
 
 
-def acquire_adapter(model: Any, holder: object) -> tuple[ModelAdapter, weakref.finalize]:
+def acquire_adapter(
+    model: Any, holder: object
+) -> tuple[ModelAdapter, weakref.finalize[[int, ModelAdapter], object]]:
     """The model's shared adapter (created on first use) and a finalizer releasing ``holder``'s share.
 
     Call the returned finalizer to release early; otherwise it runs when ``holder`` is collected.

@@ -129,9 +129,9 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from ..progress import progress_display
     from ..sps import compute_sps, load_paraphrase_groups
 
     groups = load_paraphrase_groups(
@@ -140,8 +140,8 @@ def _profile(args: argparse.Namespace) -> int:
     scorer = _load_scorer(args)
     total = sum(len(g) for g in groups)
     data = f"{args.paraphrases.name}: lines {args.skip + 1}-{args.skip + len(groups)}, {args.per_group} questions each; user_template={args.user_template!r}; system_prompt={args.system_prompt!r}"
-    with Progress(TextColumn("SPS"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("prompts", total=total)
+    with progress_display(True) as bar:  # a line every 30 s when the output is a log
+        task = bar.add_task("SPS prompts", total=total)
         result = compute_sps(
             scorer,
             groups,

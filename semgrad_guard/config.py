@@ -20,8 +20,9 @@ def format_validation_error(e: ValidationError) -> str:
     """pydantic errors as 'rules.1.action: Input should be ...; ...' (dotted field paths)."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")  # our validators' messages stand alone
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -39,10 +40,11 @@ def _explain(cls: Any, e: ValidationError) -> str:
     fields = getattr(cls, "model_fields", {})
     parts = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = ".".join(str(p) for p in err["loc"])
         field = fields.get(err["loc"][0]) if err["loc"] else None
         what = f" ({field.description})" if field is not None and field.description else ""
-        parts.append(f"{loc}: {err['msg']}{what}")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}{what}" if loc else f"{msg}{what}")
     return "; ".join(parts)
 
 

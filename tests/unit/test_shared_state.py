@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from semgrad_guard import ModelProfile, SemGradScorer
-from semgrad_guard.adapters import holders
 from semgrad_guard.testing import tiny_chat_model
 
 Q = "What is the chemical symbol for gold?"
@@ -62,6 +61,8 @@ def test_seeded_sampling_is_reproducible_across_threads(tiny) -> None:
 
 
 def test_scorers_on_one_model_share_one_set_of_hooks(tiny) -> None:
+    from semgrad_guard.adapters import holders
+
     model, tok = tiny
     gc.collect()
     assert _hooks(model) == 0  # earlier tests' scorers are gone, and their hooks with them

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .calibration import Calibrator
 from .errors import (
+    AlreadyDecidedError,
     AnswerRejectedError,
     CalibrationError,
     CalibratorMismatchError,
@@ -64,6 +65,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "AlreadyDecidedError",
     "AnswerRejectedError",
     "Attempt",
     "AttemptContext",

@@ -482,7 +482,7 @@ def cross_validated_confidence(
 
 
 def reliability_table(
-    confidence: Sequence[float], correct: Sequence[bool], bins: int = 10
+    confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, bins: int = 10
 ) -> list[dict[str, float]]:
     """Per confidence bin: its range, how many answers, their mean confidence and their accuracy."""
     c = np.asarray(confidence, dtype=float)
@@ -504,7 +504,9 @@ def reliability_table(
     return rows
 
 
-def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+def expected_calibration_error(
+    confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, bins: int = 10
+) -> float:
     """Expected calibration error: the |accuracy - mean confidence| gap over equal-width bins, weighted by bin size."""
     c = np.asarray(confidence, dtype=float)
     y = np.asarray(correct, dtype=float)

@@ -135,3 +135,32 @@ class ControlTokenError(ScoringError):
 class PromptEchoError(ScoringError):
     """The answer begins with the prompt (a pipeline that echoes its input) and the scorer was told
     to refuse it (``echo="refuse"``); by default the echo is cut off, flagged and not scored."""
+
+
+class AlreadyDecidedError(ReviewQueueError):
+    """A reviewer tried to decide an item that is no longer pending: decisions are final.
+
+    Carries who decided what and when (``item_id``, ``status``, ``reviewer``, ``decided_at``).
+    Re-opening a decided item is an explicit, audited action (``SQLiteReviewQueue.reopen``).
+    """
+
+    def __init__(
+        self,
+        item_id: int,
+        status: str,
+        reviewer: str | None,
+        decided_at: str | None,
+        *,
+        attempted: str | None = None,
+    ) -> None:
+        self.item_id = item_id
+        self.status = status
+        self.reviewer = reviewer
+        self.decided_at = decided_at
+        self.attempted = attempted
+        tried = f"cannot {attempted} it: " if attempted else ""
+        super().__init__(
+            f"review item {item_id} was already {status} by {reviewer or 'an unnamed reviewer'} at "
+            f"{decided_at or 'an unknown time'}; {tried}decisions are final. To decide again, re-open it "
+            f"first (SQLiteReviewQueue.reopen({item_id}, reviewer=...) or `semgrad-guard review reopen {item_id}`)"
+        )

@@ -12,6 +12,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -151,7 +152,7 @@ class Guard:
 
     Args:
         scorer: Any :class:`Scorer` (``SemGradScorer``, ``MockScorer``, ...).
-        policy: A :class:`GuardPolicy`, a dict, or a YAML file path / text.
+        policy: A :class:`GuardPolicy`, a dict, YAML text, or a YAML/JSON file path (see :meth:`GuardPolicy.coerce`).
         calibrator: Maps scores to confidence; required when a rule is over ``confidence``.
         review_queue: Where 'review' items go (default: a :class:`SQLiteReviewQueue` at
             ``policy.review.path`` or the default path, opened on first use).
@@ -172,21 +173,12 @@ class Guard:
     def __init__(
         self,
         scorer: Scorer,
-        policy: GuardPolicy | Mapping[str, Any] | str,
+        policy: GuardPolicy | Mapping[str, Any] | str | Path,
         calibrator: Calibrator | None = None,
         review_queue: ReviewQueue | None = None,
         strategies: Mapping[str, RetryStrategy] | None = None,
     ) -> None:
-        if isinstance(policy, GuardPolicy):
-            self.policy = policy
-        elif isinstance(policy, Mapping):
-            self.policy = GuardPolicy.from_dict(policy)
-        elif isinstance(policy, str):
-            self.policy = GuardPolicy.from_yaml(policy)
-        else:
-            raise ConfigurationError(
-                f"policy must be a GuardPolicy, dict or YAML, got {type(policy).__name__}"
-            )
+        self.policy = GuardPolicy.coerce(policy)
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "

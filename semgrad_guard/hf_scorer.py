@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from .adapters import acquire_adapter
 from .errors import (
     ChatTemplateError,
     ConfigurationError,
@@ -20,10 +21,10 @@ from .errors import (
     ControlTokenError,
     ModelError,
     PromptEchoError,
+    ScoringError,
 )
 from .fastpath import (
     EXGRAD_MODES,
-    ModelAdapter,
     RawScores,
     ScoringInput,
     crop_cache,
@@ -32,7 +33,8 @@ from .fastpath import (
     score_ids,
 )
 from .identity import weights_fingerprint
-from .messages import Message, Messages, normalize_messages
+from .loading import check_causal
+from .messages import Message, Messages, check_text, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 from .results import ScoreResult
 
@@ -93,6 +95,7 @@ class SemGradScorer:
         self.tokenizer = tokenizer
         self._given_model_id = model_id
         self.model_id = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        check_causal(model.config, self.model_id)  # a BERT is not a chat-template problem
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         if not self.chat_template:
             raise ChatTemplateError(
@@ -112,7 +115,8 @@ class SemGradScorer:
         self.control_tokens = control_tokens
         self.echo = echo
         self._exgrad_mode = exgrad_mode
-        self._adapter = ModelAdapter(model)
+        # One adapter (one set of layer hooks) per model, shared by every scorer on it.
+        self._adapter, self._release = acquire_adapter(model, self)
         self._control_strings = _control_strings(tokenizer)
         self._special_ids = {i for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
         self._tied = embeddings_are_tied(model)
@@ -160,8 +164,17 @@ class SemGradScorer:
         """A scorer sharing this one's model and tokenizer, with another profile."""
         other = object.__new__(SemGradScorer)
         other.__dict__.update(self.__dict__)
+        other._adapter, other._release = acquire_adapter(self.model, other)  # its own share of the hooks
         other.profile = self._check_profile(profile_from_any(profile))
         return other
+
+    def close(self) -> None:
+        """Release this scorer's share of the model's layer hooks (removed when the last scorer goes).
+
+        Happens on garbage collection anyway; call it to release deterministically. The scorer is
+        unusable afterwards only if it was the last one on its model.
+        """
+        self._release()
 
     def _resolve_profile(self, profile: Any) -> ModelProfile:
         if profile is not None:
@@ -317,7 +330,13 @@ class SemGradScorer:
         return self.score_batch([(messages, answer)])[0]
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        """Score many answers, batched ``max_batch_size`` at a time (similar lengths together)."""
+        """Score many answers, batched ``max_batch_size`` at a time (similar lengths together).
+
+        Raises:
+            ScoringError: a pair is not ``(messages, answer)``, an answer or content is not a string
+                (or holds a lone surrogate), or a message is malformed; the message says which.
+        """
+        pairs = _check_pairs(pairs)
         examples, notes = [], []
         for messages, answer in pairs:
             chat, text, start, flags = self._prepare(messages, answer)
@@ -411,7 +430,9 @@ class SemGradScorer:
     ) -> tuple[str, ScoreResult]:
         """Generate an answer and score exactly the generated ids, reusing generation's KV cache.
 
-        Returns ``(answer_text, ScoreResult)``. Sampling is seeded per call when ``seed`` is given.
+        Returns ``(answer_text, ScoreResult)``. With ``do_sample=True`` and a ``seed``, the tokens are drawn
+        from a ``torch.Generator`` of this call alone: the same seed gives the same text in any thread,
+        and torch's global RNG is never reseeded.
         """
         chat = normalize_messages(messages)
         x = self.prompt_ids(chat)
@@ -435,8 +456,14 @@ class SemGradScorer:
             # Greedy: neutralise sampling defaults a checkpoint's generation_config may carry.
             kwargs.update(temperature=None, top_p=None, top_k=None)
         kwargs.update(generate_kwargs)
-        if seed is not None:
-            torch.manual_seed(seed)
+        if seed is not None and kwargs.get("do_sample"):
+            # A per-call generator: the process-wide RNG is never reseeded, and concurrent calls with the
+            # same seed give the same text. The sampler runs last, after temperature/top-k/top-p.
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [*(kwargs.get("logits_processor") or []), _SeededSampler(seed)]
+            )
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
@@ -482,6 +509,45 @@ class SemGradScorer:
             f"SemGradScorer(model_id={self.model_id!r}, anchor_offset={self.profile.anchor_offset}, "
             f"layers={self.profile.layers}, profile_source={self.profile.source!r})"
         )
+
+
+class _SeededSampler:
+    """Logits processor that draws the next token from its own generator and leaves only that token possible.
+
+    Runs after the sampling warpers (transformers appends user processors last), so it samples exactly
+    the distribution generate would; generate's own draw then has one choice.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device)
+            self.generator.manual_seed(self.seed)
+        probs = torch.softmax(scores.float(), dim=-1)
+        pick = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        only = torch.full_like(scores, float("-inf"))
+        return only.scatter_(1, pick, 0.0)
+
+
+def _check_pairs(pairs: Any) -> list[tuple[Messages, str]]:
+    """Each element must be a ``(messages, answer)`` pair with a string answer (checked before any tokenising)."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise ScoringError(f"pairs must be a list of (messages, answer) tuples, got {type(pairs).__name__}")
+    out: list[tuple[Messages, str]] = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            got = (
+                f"a {type(pair).__name__} of {len(pair)}"
+                if isinstance(pair, Sequence)
+                else type(pair).__name__
+            )
+            raise ScoringError(f"pairs[{i}] must be a (messages, answer) pair, got {got}")
+        where = "answer" if len(pairs) == 1 else f"pairs[{i}] answer"
+        out.append((pair[0], check_text(pair[1], where)))
+    return out
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -6,12 +6,21 @@ Plain configuration, no torch: load from YAML, JSON or a dict, validate, save ba
 Bands are half-open: a rule matches when ``min <= value < max``; a missing ``min`` or ``max``
 is unbounded on that side. Rules are tried in order and the first match wins; when none
 matches, ``default_action`` applies (``review``: fail closed).
+
+A policy that cannot mean what it says is refused when it loads (:class:`ConfigurationError`
+naming the rules): a band no value of its field can fall in (``max: -1`` on a non-negative
+score), a rule every value of which an earlier rule (or an earlier catch-all) already takes. Two
+rules whose bands partly overlap load with a :class:`PolicyOverlapWarning`, except the threshold
+ladder (both bands bounded on the same one side, e.g. ``min: 0.8`` then ``min: 0.5``), where
+overlap is the point. Every public entry point takes a policy in the same forms, through
+:meth:`GuardPolicy.coerce`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -20,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config import TypedConfig, format_validation_error
 from .errors import ConfigurationError
 from .results import SCORE_FIELDS, ScoreResult
 
@@ -45,7 +55,15 @@ FINAL_ACTIONS = frozenset({Action.ACCEPT, Action.ANNOTATE, Action.ABSTAIN, Actio
 """Actions that end a guard run (everything but ``retry``)."""
 
 
-class Rule(BaseModel):
+class PolicyOverlapWarning(UserWarning):
+    """Two rules of a policy have partly overlapping bands: the earlier one wins where they overlap."""
+
+
+# What values each field can take (all raw scores are non-negative; confidence is a probability).
+_DOMAIN_HI: dict[str, float] = {"confidence": 1.0}
+
+
+class Rule(TypedConfig):
     """One band of ``field`` mapped to an action: matches when ``min <= value < max``.
 
     Example:
@@ -104,7 +122,7 @@ class Rule(BaseModel):
         return not (self.max is not None and value >= self.max)
 
 
-class RetrySettings(BaseModel):
+class RetrySettings(TypedConfig):
     """How the guard retries: attempts, wait, strategy, and what happens when attempts run out.
 
     Example:
@@ -159,7 +177,7 @@ class RetrySettings(BaseModel):
         return [self.strategy] if isinstance(self.strategy, str) else list(self.strategy)
 
 
-class ReviewSettings(BaseModel):
+class ReviewSettings(TypedConfig):
     """Where review items go and whether the guard waits for the human decision."""
 
     model_config = ConfigDict(extra="forbid")
@@ -193,7 +211,7 @@ class Decision(BaseModel):
     """The rule's message, if any."""
 
 
-class GuardPolicy(BaseModel):
+class GuardPolicy(TypedConfig):
     """Ordered rules from confidence (or raw score) bands to actions, plus retry, review and error settings.
 
     Example:
@@ -238,6 +256,11 @@ class GuardPolicy(BaseModel):
                 raise ValueError(f"rule names must be unique; {r.name!r} appears twice")
             seen.add(r.name)
         return named
+
+    @model_validator(mode="after")
+    def _every_rule_can_fire(self) -> GuardPolicy:
+        _check_rules(self.rules)
+        return self
 
     @field_validator("on_error", "default_action")
     @classmethod
@@ -307,6 +330,31 @@ class GuardPolicy(BaseModel):
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
+    def coerce(cls, policy: GuardPolicy | Mapping[str, Any] | str | Path) -> GuardPolicy:
+        """The one way every entry point reads a policy: a GuardPolicy, a dict, YAML text, or a YAML/JSON file.
+
+        Raises:
+            ConfigurationError: Any other type, or an invalid policy (the message names the field or rules).
+
+        Example:
+            >>> GuardPolicy.coerce({"rules": [{"action": "accept"}]}).rules[0].name
+            'rules[0]'
+        """
+        if isinstance(policy, GuardPolicy):
+            return policy
+        if isinstance(policy, Mapping):
+            return cls.from_dict(policy)
+        if isinstance(policy, Path) or (isinstance(policy, str) and policy.strip().lower().endswith(".json")):
+            if str(policy).strip().lower().endswith(".json"):
+                return cls.from_json(policy)
+            return cls.from_yaml(policy)
+        if isinstance(policy, str):
+            return cls.from_yaml(policy)
+        raise ConfigurationError(
+            f"policy must be a GuardPolicy, a dict, YAML text or a .yaml/.json file path, got {type(policy).__name__}"
+        )
+
+    @classmethod
     def from_yaml(cls, source: str | Path) -> GuardPolicy:
         """Load from a YAML file path or YAML text.
 
@@ -370,6 +418,71 @@ class GuardPolicy(BaseModel):
         return cls.model_validate({"rules": rules, **kwargs})
 
 
+def _interval(rule: Rule) -> tuple[float, float]:
+    """The rule's band clipped to the values its field can take, as a half-open [lo, hi)."""
+    top = _DOMAIN_HI.get(rule.field, math.inf)
+    lo = max(rule.min if rule.min is not None else 0.0, 0.0)
+    hi = rule.max if rule.max is not None else math.inf
+    if math.isfinite(top):  # a closed top: max=None includes the top value itself
+        hi = min(hi, math.nextafter(top, math.inf))
+    return lo, hi
+
+
+def _covered(lo: float, hi: float, earlier: list[tuple[float, float]]) -> bool:
+    cur, moved = lo, True
+    while cur < hi and moved:
+        moved = False
+        for a, b in earlier:
+            if a <= cur < b:
+                cur, moved = b, True
+    return cur >= hi
+
+
+def _band(rule: Rule) -> str:
+    lo = "" if rule.min is None else f"{rule.min:g} <= "
+    hi = "" if rule.max is None else f" < {rule.max:g}"
+    return f"{lo}{rule.field}{hi}" if lo or hi else "any value"
+
+
+def _check_rules(rules: list[Rule]) -> None:
+    """Refuse rules that can never fire; warn on partial overlaps that are not a threshold ladder."""
+    catch_all: Rule | None = None
+    for j, rule in enumerate(rules):
+        if catch_all is not None:
+            raise ValueError(
+                f"rule {rule.name!r} can never fire: the earlier catch-all rule {catch_all.name!r} (no min, no max) "
+                "matches every answer first; move the catch-all to the end or give it a band"
+            )
+        if rule.unbounded:
+            catch_all = rule
+            continue
+        lo, hi = _interval(rule)
+        if lo >= hi:
+            top = _DOMAIN_HI.get(rule.field)
+            domain = f"[0, {top:g}]" if top is not None else "[0, inf) (it is never negative)"
+            raise ValueError(
+                f"rule {rule.name!r} can never fire: its band {_band(rule)} holds no value {rule.field} can take, "
+                f"which is {domain}"
+            )
+        same = [(r, _interval(r)) for r in rules[:j] if r.field == rule.field and not r.unbounded]
+        if _covered(lo, hi, [iv for _, iv in same]):
+            names = ", ".join(repr(r.name) for r, (a, b) in same if max(a, lo) < min(b, hi))
+            raise ValueError(
+                f"rule {rule.name!r} can never fire: every value of its band {_band(rule)} is taken first by "
+                f"earlier rule(s) {names} (rules are tried in order); reorder the rules or narrow the bands"
+            )
+        for other, (a, b) in same:
+            ladder = (other.max is None and rule.max is None) or (other.min is None and rule.min is None)
+            if max(a, lo) < min(b, hi) and not ladder:
+                warnings.warn(
+                    f"rules {other.name!r} ({_band(other)}) and {rule.name!r} ({_band(rule)}) overlap on "
+                    f"[{max(a, lo):g}, {min(b, hi):g}); the earlier {other.name!r} decides there (first match wins). "
+                    "If that is not intended, make the bands meet edge to edge",
+                    PolicyOverlapWarning,
+                    stacklevel=2,
+                )
+
+
 def _read_source(source: str | Path, suffixes: tuple[str, ...]) -> tuple[str, str]:
     if isinstance(source, Path) or (
         isinstance(source, str) and "\n" not in source and source.strip().lower().endswith(suffixes)
@@ -380,12 +493,3 @@ def _read_source(source: str | Path, suffixes: tuple[str, ...]) -> tuple[str, st
         except FileNotFoundError as e:
             raise ConfigurationError(f"policy file {path} does not exist") from e
     return str(source), "<text>"
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """pydantic errors as 'rules.1.action: Input should be ...; ...' (dotted field paths)."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)

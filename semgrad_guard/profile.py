@@ -13,14 +13,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from .config import TypedConfig
 from .errors import ConfigurationError, ProfileError
 
 logger = logging.getLogger(__name__)
 
 
-class ModelProfile(BaseModel):
+class ModelProfile(TypedConfig):
     """Anchor offset and layer set for one model and chat template.
 
     Example:
@@ -30,8 +31,12 @@ class ModelProfile(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    config_error = ProfileError
 
-    anchor_offset: int = Field(lt=0, description="Anchor position relative to the end of the prompt; < 0.")
+    anchor_offset: int = Field(
+        lt=0,
+        description="Anchor position relative to the end of the prompt; < 0 (-1 is the prompt's last token).",
+    )
     layers: list[int] = Field(
         min_length=1, description="Hugging Face hidden_states indices (0 = embeddings)."
     )

@@ -6,6 +6,11 @@ readable and writable by its owner only (it holds user prompts). A file that is 
 semgrad-guard review database (corrupted, or some other SQLite or non-SQLite file) raises
 :class:`ReviewQueueCorruptError` and is never modified.
 
+Decisions are final: each one is a compare-and-set on the pending state (``UPDATE ... WHERE
+status = 'pending'``), so of two reviewers deciding the same item at once exactly one wins and the
+other gets :class:`~semgrad_guard.errors.AlreadyDecidedError` naming who decided what and when.
+Deciding again takes an explicit, audited :meth:`SQLiteReviewQueue.reopen`.
+
 Decisions reach code three ways: poll with :meth:`SQLiteReviewQueue.get`, block with
 :meth:`~SQLiteReviewQueue.wait` / ``await`` :meth:`~SQLiteReviewQueue.await_decision`, or register
 a callback with :meth:`~SQLiteReviewQueue.on_resolved` (called for decisions made in this process
@@ -34,7 +39,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import ConfigurationError, ReviewItemNotFoundError, ReviewQueueCorruptError, ReviewQueueError
+from .errors import (
+    AlreadyDecidedError,
+    ConfigurationError,
+    ReviewItemNotFoundError,
+    ReviewQueueCorruptError,
+    ReviewQueueError,
+)
 from .messages import Messages, normalize_messages
 from .results import ScoreResult
 
@@ -66,7 +77,7 @@ class AuditEntry(BaseModel):
     at: str
     """When (ISO 8601, UTC)."""
     event: str
-    """created, approved, rejected or edited."""
+    """created, approved, rejected, edited or reopened."""
     actor: str | None = None
     """Who (the reviewer; None for the pipeline)."""
     details: dict[str, Any] = Field(default_factory=dict)
@@ -238,17 +249,26 @@ class SQLiteReviewQueue:
 
     # ------------------------------------------------------------------ opening
     def _open(self, timeout: float, create: bool) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise ReviewQueueError(
+                f"review database {self.path} is a directory; give a file path, e.g. {self.path / 'review.db'}"
+            )
         existed = self.path.exists() and self.path.stat().st_size > 0
         if existed:
             self._check_header()
         elif not create:
             raise ReviewQueueError(f"review database {self.path} does not exist")
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                # Create the file ourselves so it is owner-only from the first byte (SQLite would use the umask).
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not self.path.exists():
+                    # Create the file ourselves so it is owner-only from the first byte (SQLite would use the umask).
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError as e:
+                raise ReviewQueueError(
+                    f"cannot create review database {self.path}: {e.strerror or e}; give a writable file path"
+                ) from e
         try:
             conn = sqlite3.connect(
                 str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
@@ -292,8 +312,11 @@ class SQLiteReviewQueue:
         return conn
 
     def _check_header(self) -> None:
-        with open(self.path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError as e:
+            raise ReviewQueueError(f"cannot read review database {self.path}: {e.strerror or e}") from e
         if head != _SQLITE_MAGIC:
             raise ReviewQueueCorruptError(
                 f"{self.path} is not an SQLite database (bad header); it was left untouched: use another --db path"
@@ -353,7 +376,21 @@ class SQLiteReviewQueue:
         rule: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> int:
-        """Add an answer for review; returns its id once it is durably stored."""
+        """Add an answer for review; returns its id once it is durably stored.
+
+        Raises:
+            ConfigurationError: ``answer`` is not a string, or ``metadata`` is not JSON-serialisable.
+            ScoringError: ``messages`` is malformed (see :func:`~semgrad_guard.messages.normalize_messages`).
+        """
+        if not isinstance(answer, str):
+            raise ConfigurationError(
+                f"enqueue(answer=...) must be a string, got {type(answer).__name__}; "
+                "queue the answer text (str(...) it first if it is an object)"
+            )
+        if confidence is not None and not isinstance(confidence, (int, float)):
+            raise ConfigurationError(
+                f"enqueue(confidence=...) must be a number or None, got {type(confidence).__name__}"
+            )
         chat = normalize_messages(messages)
         try:
             meta_json = json.dumps(dict(metadata or {}), default=str)
@@ -382,7 +419,12 @@ class SQLiteReviewQueue:
         return item_id
 
     def approve(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
-        """Approve the answer as it is."""
+        """Approve the answer as it is.
+
+        Raises:
+            AlreadyDecidedError: The item was decided already (by anyone, in any process).
+            ReviewItemNotFoundError: No such item.
+        """
         return self._decide(item_id, ReviewStatus.APPROVED, reviewer, note, None)
 
     def reject(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
@@ -397,6 +439,45 @@ class SQLiteReviewQueue:
             raise ConfigurationError("edit(answer=...) must be a string")
         return self._decide(item_id, ReviewStatus.EDITED, reviewer, note, answer)
 
+    def reopen(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
+        """Put a decided item back to pending so it can be decided again (an explicit, audited action).
+
+        The previous decision stays in the audit trail (event ``reopened``, with what was undone).
+
+        Raises:
+            ReviewItemNotFoundError: No such item.
+            ReviewQueueError: The item is still pending (nothing to re-open).
+        """
+        now = _now()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT status, reviewer, decided_at, final_answer FROM items WHERE id = ?", (int(item_id),)
+            ).fetchone()
+            if row is None:
+                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self.path}")
+            previous, prev_reviewer, prev_at, prev_final = row
+            cur = conn.execute(
+                "UPDATE items SET status = 'pending', reviewer = NULL, decided_at = NULL, final_answer = NULL, "
+                "note = NULL WHERE id = ? AND status != 'pending'",
+                (int(item_id),),
+            )
+            if cur.rowcount != 1:
+                raise ReviewQueueError(f"review item {item_id} is pending; there is no decision to re-open")
+            details: dict[str, Any] = {
+                "from": previous,
+                "to": ReviewStatus.PENDING.value,
+                "undone": {"status": previous, "reviewer": prev_reviewer, "decided_at": prev_at},
+            }
+            if prev_final is not None:
+                details["undone"]["final_answer"] = prev_final
+            if note:
+                details["note"] = note
+            conn.execute(
+                "INSERT INTO audit (item_id, at, event, actor, details) VALUES (?, ?, 'reopened', ?, ?)",
+                (int(item_id), now, reviewer, json.dumps(details)),
+            )
+        return self.get(item_id)
+
     def _decide(
         self,
         item_id: int,
@@ -407,16 +488,22 @@ class SQLiteReviewQueue:
     ) -> ReviewItem:
         now = _now()
         with self._transaction() as conn:
-            row = conn.execute("SELECT answer, status FROM items WHERE id = ?", (int(item_id),)).fetchone()
+            row = conn.execute("SELECT answer FROM items WHERE id = ?", (int(item_id),)).fetchone()
             if row is None:
                 raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self.path}")
-            original, previous = row
-            final = original if status is ReviewStatus.APPROVED else new_answer
-            conn.execute(
-                "UPDATE items SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ? WHERE id = ?",
+            final = row[0] if status is ReviewStatus.APPROVED else new_answer
+            # Compare-and-set on the pending state: only one decision can ever move an item out of it.
+            cur = conn.execute(
+                "UPDATE items SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ? "
+                "WHERE id = ? AND status = 'pending'",
                 (status.value, reviewer, now, final, note, int(item_id)),
             )
-            details: dict[str, Any] = {"from": previous, "to": status.value}
+            if cur.rowcount != 1:
+                done = conn.execute(
+                    "SELECT status, reviewer, decided_at FROM items WHERE id = ?", (int(item_id),)
+                ).fetchone()
+                raise AlreadyDecidedError(int(item_id), done[0], done[1], done[2], attempted=_VERBS[status])
+            details: dict[str, Any] = {"from": ReviewStatus.PENDING.value, "to": status.value}
             if new_answer is not None:
                 details["answer"] = new_answer
             if note:
@@ -560,7 +647,7 @@ class SQLiteReviewQueue:
             if self._closed or self._last_seq is None:
                 return
             rows = self._conn.execute(
-                "SELECT seq, item_id FROM audit WHERE seq > ? AND event != 'created' ORDER BY seq",
+                "SELECT seq, item_id FROM audit WHERE seq > ? AND event NOT IN ('created', 'reopened') ORDER BY seq",
                 (self._last_seq,),
             ).fetchall()
             if not rows:
@@ -657,6 +744,8 @@ class SQLiteReviewQueue:
     def __repr__(self) -> str:
         return f"SQLiteReviewQueue({str(self.path)!r})"
 
+
+_VERBS = {ReviewStatus.APPROVED: "approve", ReviewStatus.REJECTED: "reject", ReviewStatus.EDITED: "edit"}
 
 _COLUMNS = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
 

@@ -82,7 +82,7 @@ class MockScorer:
         fields = {"semgrad": float(raw)} if isinstance(raw, (int, float)) else dict(raw)
         base = fields.get("semgrad", next(iter(fields.values()), 0.0))
         n = max(1, len(answer.split()) + 1)
-        values = {
+        values: dict[str, Any] = {
             k: float(fields.get(k, base))
             for k in ("semgrad", "hybridgrad", "exgrad", "nll", "mean_nll", "mean_entropy")
         }

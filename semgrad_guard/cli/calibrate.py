@@ -95,8 +95,9 @@ def _labelled_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> t
         if all(f in row for f in SCORE_FIELDS):
             if not isinstance(row.get("correct"), bool):
                 raise ConfigurationError(f"--data line {row['_line']}: 'correct' must be true or false")
+            scores: dict[str, Any] = {f: float(row[f]) for f in SCORE_FIELDS}
             results[i] = ScoreResult(
-                **{f: float(row[f]) for f in SCORE_FIELDS},
+                **scores,
                 answer_tokens=int(row.get("answer_tokens", 1)),
                 anchor_offset=int(row.get("anchor_offset", -1)),
                 layers=list(row.get("layers", [0])),

@@ -81,7 +81,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--sps-data", type=Path, default=None, help="paraphrase JSONL for the sweep's SPS")
     p.add_argument("--sps-groups", type=int, default=64, help="paraphrase groups for SPS (default 64)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress (bars on a terminal, a line every 30 s in a log)"
+    )
     p.set_defaults(func=run)
 
 
@@ -139,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep_anchor and args.sps_data is None:
         raise ConfigurationError(
             "--sweep-anchor needs --sps-data (paraphrase JSONL of questions not evaluated)"
+        )
+    from ..eval.sweep import MAX_SPS_GROUPS, MIN_SPS_GROUPS
+
+    if args.sweep_anchor and not MIN_SPS_GROUPS <= args.sps_groups <= MAX_SPS_GROUPS:
+        raise ConfigurationError(
+            f"--sps-groups must be between {MIN_SPS_GROUPS} and {MAX_SPS_GROUPS}, got {args.sps_groups}"
         )
     questions = load_questions(args.data, limit=args.limit)
     if args.subset is not None:

@@ -61,9 +61,24 @@ def _model_args(p: argparse.ArgumentParser, *, with_profile: bool = True) -> Non
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     if with_profile:
-        p.add_argument("--anchor-offset", type=int, default=None, help="anchor offset (negative)")
+        p.add_argument(
+            "--anchor-offset", type=_negative_int, default=None, help="anchor offset (negative, e.g. -1)"
+        )
         p.add_argument("--layers", default=None, help="comma-separated hidden-state indices, e.g. 15,16")
         p.add_argument("--profile", type=Path, default=None, help="a profile JSON file")
+
+
+def _negative_int(text: str) -> int:
+    # Checked while parsing, so a bad offset is a usage error before any model is loaded.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a negative integer, got {text!r}") from None
+    if value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be negative (counted back from the end of the prompt; -1 is its last token), got {value}"
+        )
+    return value
 
 
 def _load_scorer(args: argparse.Namespace) -> Any:
@@ -141,13 +156,13 @@ def _profile(args: argparse.Namespace) -> int:
             f"profile (SPS): anchor_offset={sps_profile.anchor_offset} layers={sps_profile.layers} -> {args.out}"
         )
         return 0
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from ..profile_search import select_profile
+    from ..progress import progress_display
 
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("answers", total=len(labelled))
+    with progress_display(True) as bar:  # a line every 30 s when the output is a log
+        task = bar.add_task("scoring answers", total=len(labelled))
         sel = select_profile(
             scorer,
             labelled,
@@ -217,9 +232,9 @@ def _load_labelled(path: Path, system_prompt: str | None, user_template: str) ->
 
 
 def _sps_profile(args: argparse.Namespace, scorer: Any, console: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from ..progress import progress_display
     from ..sps import compute_sps, load_paraphrase_groups
 
     groups = load_paraphrase_groups(
@@ -227,8 +242,8 @@ def _sps_profile(args: argparse.Namespace, scorer: Any, console: Any) -> Any:
     )
     total = sum(len(g) for g in groups)
     data = f"{args.paraphrases.name}: lines {args.skip + 1}-{args.skip + len(groups)}, {args.per_group} questions each; user_template={args.user_template!r}; system_prompt={args.system_prompt!r}"
-    with Progress(TextColumn("SPS"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("prompts", total=total)
+    with progress_display(True) as bar:  # a line every 30 s when the output is a log
+        task = bar.add_task("SPS prompts", total=total)
         result = compute_sps(
             scorer,
             groups,

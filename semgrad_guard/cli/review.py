@@ -1,13 +1,17 @@
-"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | export``.
+"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | reopen ID | export``.
 
 The database is ``--db PATH``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
-data directory (the same default the :class:`~semgrad_guard.Guard` uses).
+data directory (the same default the :class:`~semgrad_guard.Guard` uses). A database that does not
+exist yet is an empty queue (``list`` and ``export`` show nothing); the CLI never creates one.
+Decisions are final: deciding an item that was decided already exits 2 naming who decided what and
+when; ``reopen`` undoes a decision explicitly (audited).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -47,6 +51,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--note", default=None)
     p.set_defaults(func=_decide, decision="edit")
 
+    p = sub.add_parser(
+        "reopen",
+        parents=[common],
+        help="put a decided item back to pending (audited) so it can be decided again",
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--reviewer", default=None, help="who re-opens (default: $USER)")
+    p.add_argument("--note", default=None, help="why (kept in the audit trail)")
+    p.set_defaults(func=_decide, decision="reopen")
+
     p = sub.add_parser("export", parents=[common], help="export items as JSONL or CSV (oldest first)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", dest="fmt")
     p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
@@ -54,11 +68,29 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_export)
 
 
-def _queue(args: argparse.Namespace) -> Any:
-    from ..review import SQLiteReviewQueue, default_review_db_path
+def _path(args: argparse.Namespace) -> Path:
+    from ..review import default_review_db_path
 
-    path = args.db or default_review_db_path()
-    return SQLiteReviewQueue(path, create=False)  # the CLI never creates a queue: a typo'd path is an error
+    return Path(args.db).expanduser() if args.db else default_review_db_path()
+
+
+def _queue(args: argparse.Namespace) -> Any:
+    from ..errors import ReviewItemNotFoundError
+    from ..review import SQLiteReviewQueue
+
+    path = _path(args)
+    if not path.exists() and getattr(args, "id", None) is not None:
+        raise ReviewItemNotFoundError(
+            f"no review item with id {args.id}: the review queue {path} is empty (nothing was queued yet; "
+            "check --db or $SEMGRAD_GUARD_REVIEW_DB)"
+        )
+    return SQLiteReviewQueue(path, create=False)  # the CLI never creates a queue
+
+
+def _missing(args: argparse.Namespace) -> Path | None:
+    """The database path when it does not exist yet (an empty queue), else None."""
+    path = _path(args)
+    return path if not path.exists() else None
 
 
 def _console() -> Any:
@@ -79,10 +111,19 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    with _queue(args) as q:
-        items = q.list(args.status, limit=args.limit or None)
-        counts = q.counts()
-    table = Table(title=f"Review queue {q.path}", show_lines=False)
+    from ..review import ReviewStatus
+
+    empty = _missing(args)
+    if empty is not None:
+        items: list[Any] = []
+        counts = {s.value: 0 for s in ReviewStatus}
+        path = empty
+    else:
+        with _queue(args) as q:
+            items = q.list(args.status, limit=args.limit or None)
+            counts = q.counts()
+        path = q.path
+    table = Table(title=f"Review queue {path}", show_lines=False)
     for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
         table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
     style = {"pending": "yellow", "approved": "green", "rejected": "red", "edited": "cyan"}
@@ -164,6 +205,10 @@ def _decide(args: argparse.Namespace) -> int:
             it = q.approve(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reject":
             it = q.reject(args.id, reviewer=reviewer, note=args.note)
+        elif args.decision == "reopen":
+            it = q.reopen(args.id, reviewer=reviewer, note=args.note)
+            _console().print(f"item {it.id}: [bold]re-opened[/] (pending) by {reviewer or '-'}")
+            return 0
         else:
             it = q.edit(args.id, answer=args.answer, reviewer=reviewer, note=args.note)
     _console().print(f"item {it.id}: [bold]{it.status.value}[/] by {it.reviewer or '-'}")
@@ -171,6 +216,11 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if _missing(args) is not None:  # an empty queue exports nothing
+        if args.output:
+            Path(args.output).write_text("")
+            print(f"wrote {args.output} (the queue is empty)", file=sys.stderr)
+        return 0
     with _queue(args) as q:
         if args.output:
             with open(args.output, "w", newline="") as fh:

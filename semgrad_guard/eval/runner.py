@@ -103,33 +103,10 @@ class EvalConfig(BaseModel):
 
 
 def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    """Bars on a terminal, periodic lines in a redirected log (see :mod:`semgrad_guard.progress`)."""
+    from ..progress import progress_display
 
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("-- q/s" if speed is None else f"{speed:.2f} q/s")
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
+    return progress_display(enabled)
 
 
 def _model_settings(scorer: Any, config: EvalConfig) -> dict[str, Any]:

@@ -32,6 +32,11 @@ def layer_bands(num_layers: int) -> dict[str, list[int]]:
     }
 
 
+DEFAULT_SPS_GROUPS = 64
+"""Paraphrase groups the sweep's SPS uses unless told otherwise (x 5 questions = 320 prompts)."""
+MIN_SPS_GROUPS, MAX_SPS_GROUPS = 2, 1024
+
+
 def held_out_groups(
     path: str | Path, evaluated: Sequence[Question], *, limit: int, per_group: int | None = None
 ) -> list[list[str]]:
@@ -74,7 +79,7 @@ def sweep_anchor(
     *,
     template: PromptTemplate,
     sps_data: str | Path,
-    sps_groups: int = 64,
+    sps_groups: int = DEFAULT_SPS_GROUPS,
     per_group: int | None = 5,
     window: int = 8,
     bands: dict[str, list[int]] | None = None,
@@ -83,15 +88,25 @@ def sweep_anchor(
     """SPS table on held-out paraphrases and semgrad AUROC per (offset, band) on ``questions``."""
     from ..sps import compute_sps
 
+    if not MIN_SPS_GROUPS <= sps_groups <= MAX_SPS_GROUPS:
+        raise ConfigurationError(
+            f"sps_groups must be between {MIN_SPS_GROUPS} and {MAX_SPS_GROUPS}, got {sps_groups}; "
+            f"SPS settles with a few dozen groups (default {DEFAULT_SPS_GROUPS})"
+        )
     groups = held_out_groups(sps_data, questions, limit=sps_groups, per_group=per_group)
-    sps = compute_sps(
-        scorer,
-        groups,
-        window=window,
-        system_prompt=template.system,
-        user_template=template.user,
-        data=str(sps_data),
-    )
+    with _progress(progress) as sps_bar:
+        sps_task = sps_bar.add_task(
+            f"SPS on {len(groups)} held-out paraphrase groups", total=sum(len(g) for g in groups)
+        )
+        sps = compute_sps(
+            scorer,
+            groups,
+            window=window,
+            system_prompt=template.system,
+            user_template=template.user,
+            data=str(sps_data),
+            progress=lambda n: sps_bar.advance(sps_task, n),
+        )
     num_layers = len(next(iter(sps.table.values())))
     bands = bands or layer_bands(num_layers)
     # One pass per offset over the union of the bands' layers: a band's semgrad is the mean of its

@@ -102,7 +102,7 @@ def test_bad_input_exits_with_a_clear_message(model_dir, tmp_path, capsys):
     )
     assert "do not exist" in capsys.readouterr().err
     assert main(["score", "--model", str(tmp_path / "nope"), "--prompt", "Hi", "--answer", "x"]) == 2
-    assert "cannot load model" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err  # a missing path, not a malformed repo id
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
     assert main(["score", "--model", str(model_dir), "--messages-json", str(bad), "--answer", "x"]) == 2

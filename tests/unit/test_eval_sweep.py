@@ -94,3 +94,77 @@ def test_a_bands_semgrad_from_one_pass_equals_scoring_the_band_alone() -> None:
         alone = scorer.with_profile(ModelProfile(anchor_offset=-2, layers=band, source="user"))
         for v, r in zip(by_layer, alone.score_token_ids(examples), strict=True):
             assert sum(v[layer] for layer in band) / len(band) == pytest.approx(r.semgrad, rel=1e-5)
+
+
+def test_sweep_prints_progress_lines_for_sps_and_the_sweep_when_not_on_a_terminal(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from semgrad_guard.testing import tiny_scorer
+
+    monkeypatch.setenv("SEMGRAD_GUARD_PROGRESS_INTERVAL", "0")  # every step, to see them in a short test
+    scorer = tiny_scorer("qwen2")
+    path = _paraphrases(tmp_path / "p.jsonl", 8)
+    questions = [
+        Question(id=str(i), question=f"Name colour number {i}.", references=["red"]) for i in range(4)
+    ]
+    generations = {q.id: {"answer": "red" if int(q.id) % 2 else "a blue thing"} for q in questions}
+    correct = {q.id: int(q.id) % 2 == 1 for q in questions}
+    sweep_anchor(
+        scorer,
+        questions,
+        generations,
+        correct,
+        template=PromptTemplate(system=None),
+        sps_data=path,
+        sps_groups=3,
+        window=2,
+        bands={"top": [3]},
+        progress=True,
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert "progress: SPS on 3 held-out paraphrase groups: started" in err[0]
+    assert any(
+        line.startswith("progress: SPS on 3 held-out paraphrase groups:") and "(100%)" in line for line in err
+    )
+    assert any(line.startswith("progress: sweep 2 anchors x 4 answers: 8/8 (100%)") for line in err)
+
+
+def test_sweep_sps_groups_are_bounded(tmp_path: Path) -> None:
+    import inspect
+
+    from semgrad_guard.eval.sweep import DEFAULT_SPS_GROUPS, MAX_SPS_GROUPS
+
+    assert inspect.signature(sweep_anchor).parameters["sps_groups"].default == DEFAULT_SPS_GROUPS <= 64
+    for bad in (0, 1, MAX_SPS_GROUPS + 1):
+        with pytest.raises(ConfigurationError, match="sps_groups must be between 2 and"):
+            sweep_anchor(
+                None,
+                [],
+                {},
+                {},
+                template=PromptTemplate(system=None),
+                sps_data=tmp_path / "x",
+                sps_groups=bad,
+            )
+
+
+def test_line_progress_prints_periodically_and_at_the_end() -> None:
+    import io
+
+    from semgrad_guard.progress import LineProgress
+
+    out = io.StringIO()
+    with LineProgress(out, interval=3600) as bar:
+        task = bar.add_task("score", total=10)
+        for _ in range(9):
+            bar.advance(task)
+        assert out.getvalue().count("\n") == 1  # started; the interval has not passed
+        bar.advance(task)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "progress: score: started (10 steps)"
+    assert lines[1].startswith("progress: score: 10/10 (100%), ") and "elapsed 0:00:0" in lines[1]
+    out = io.StringIO()
+    with pytest.raises(RuntimeError), LineProgress(out, interval=3600) as bar:
+        bar.advance(bar.add_task("gen", total=5), 2)
+        raise RuntimeError("stop")
+    assert out.getvalue().splitlines()[-1].startswith("progress: gen: 2/5 (40%)")  # where it ended

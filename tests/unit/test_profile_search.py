@@ -10,7 +10,13 @@ import pytest
 from semgrad_guard import ConfigurationError, ModelProfile, SemGradScorer
 from semgrad_guard.cli import main
 from semgrad_guard.fastpath import ScoringInput
-from semgrad_guard.profile_search import Candidate, candidate_values, layer_bands, select_from_window, select_profile
+from semgrad_guard.profile_search import (
+    Candidate,
+    candidate_values,
+    layer_bands,
+    select_from_window,
+    select_profile,
+)
 from semgrad_guard.testing import tiny_chat_model
 
 
@@ -21,7 +27,9 @@ def test_select_from_window_finds_the_informative_anchor_and_cross_validates():
     window = rng.lognormal(-7, 1, size=(n, 4, L))
     # Only offset -3 in the upper layers carries the signal.
     window[:, 1, 4:] *= np.where(errors, 3.0, 1.0)[:, None]
-    best, table, cv, folds = select_from_window(window, errors, offsets=offsets, bands=layer_bands(L), folds=5)
+    best, table, cv, folds = select_from_window(
+        window, errors, offsets=offsets, bands=layer_bands(L), folds=5
+    )
     assert best.offset == -3 and set(best.layers) <= set(range(4, 8))
     assert len(table) == 4 * len(layer_bands(L)) and len(folds) == 5
     assert all(f["chosen"].startswith("-3/") for f in folds)
@@ -42,7 +50,10 @@ def _labelled(scorer, n=24):
     qs = [f"What is {i} plus {i}?" for i in range(n)]
     # A label the tiny random model's SemGrad can see: answers whose SemGrad at -1 is above the median.
     rows = [(q, f"{2 * i}" if i % 2 else f"maybe {i}", True) for i, q in enumerate(qs)]
-    values = [scorer.with_profile(ModelProfile(anchor_offset=-1, layers=[1, 2, 3])).score(q, a).semgrad for q, a, _ in rows]
+    values = [
+        scorer.with_profile(ModelProfile(anchor_offset=-1, layers=[1, 2, 3])).score(q, a).semgrad
+        for q, a, _ in rows
+    ]
     med = float(np.median(values))
     return [(q, a, v <= med) for (q, a, _), v in zip(rows, values, strict=True)]
 
@@ -61,7 +72,9 @@ def test_select_profile_matches_per_anchor_scoring(scorer):
     # The label was built from offset -1 over layers 1-3: that candidate must score a perfect AUROC.
     row = next(r for r in sel.table if r["offset"] == -1 and r["band"] == "all")
     assert row["auroc"] == 1.0 and sel.chosen.offset == -1
-    sps = select_profile(scorer, labelled, window=4, folds=3, sps_profile=ModelProfile(anchor_offset=-3, layers=[3]))
+    sps = select_profile(
+        scorer, labelled, window=4, folds=3, sps_profile=ModelProfile(anchor_offset=-3, layers=[3])
+    )
     assert sps.sps is not None and sps.sps["offset"] == -3 and 0.0 <= sps.sps["low"] <= sps.sps["high"] <= 1.0
 
 
@@ -70,9 +83,30 @@ def test_cli_profile_from_labels(tmp_path, scorer, capsys):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     labels = tmp_path / "labelled.jsonl"
-    labels.write_text("".join(json.dumps({"question": q, "answer": a, "correct": c}) + "\n" for q, a, c in _labelled(scorer)))
+    labels.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a, "correct": c}) + "\n" for q, a, c in _labelled(scorer)
+        )
+    )
     out = tmp_path / "profile.json"
-    assert main(["profile", "--model", str(tmp_path / "m"), "--labels", str(labels), "--window", "4", "--folds", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                str(tmp_path / "m"),
+                "--labels",
+                str(labels),
+                "--window",
+                "4",
+                "--folds",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     prof = ModelProfile.load(out)
     assert prof.source == "supervised" and prof.anchor_offset == -1
     text = capsys.readouterr().out

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from semgrad_guard import (
+    AlreadyDecidedError,
     ConfigurationError,
     ReviewItemNotFoundError,
     ReviewQueue,
@@ -74,6 +75,9 @@ def test_item_life_cycle_and_audit_trail(q) -> None:
         "wrong city",
     )
     assert it.decided_at is not None and it.resolved
+    with pytest.raises(AlreadyDecidedError):  # decisions are final
+        q.approve(i, reviewer="bo")
+    q.reopen(i, reviewer="bo", note="second look")
     it = q.approve(i, reviewer="bo")
     assert (
         it.status is ReviewStatus.APPROVED and it.final_answer == "Sydney"
@@ -82,7 +86,8 @@ def test_item_life_cycle_and_audit_trail(q) -> None:
     assert trail == [
         ("created", None, None, None),
         ("edited", "ana", "pending", "edited"),
-        ("approved", "bo", "edited", "approved"),
+        ("reopened", "bo", "edited", "pending"),
+        ("approved", "bo", "pending", "approved"),
     ]
     assert q.get(i).audit[1].details["answer"] == "Canberra"
 
@@ -339,3 +344,135 @@ def test_two_processes_enqueueing_concurrently_lose_nothing(tmp_path) -> None:
     assert sorted(it.messages[0]["content"] for it in items) == sorted(
         f"question {t}-{k}" for t in ("a", "b") for k in range(120)
     )
+
+
+# ---------------------------------------------------------------- decisions are final
+
+
+def test_decided_item_cannot_be_decided_again(q) -> None:
+    i = q.enqueue("Capital of Australia?", "Sydney")
+    q.approve(i, reviewer="ana")
+    for decide in (
+        lambda: q.reject(i, reviewer="bo"),
+        lambda: q.edit(i, answer="Canberra", reviewer="bo"),
+        lambda: q.approve(i, reviewer="bo"),
+    ):
+        with pytest.raises(AlreadyDecidedError) as err:
+            decide()
+        assert isinstance(err.value, ReviewQueueError)
+        e = err.value
+        assert (e.item_id, e.status, e.reviewer) == (i, "approved", "ana") and e.decided_at
+        assert f"review item {i} was already approved by ana at {e.decided_at}" in str(e)
+        assert "reopen" in str(e)
+    it = q.get(i)
+    assert (it.status, it.reviewer, it.final_answer) == (ReviewStatus.APPROVED, "ana", "Sydney")
+    assert [a.event for a in it.audit] == ["created", "approved"]
+
+
+def test_reopen_is_explicit_and_audited(q) -> None:
+    i = q.enqueue("Capital of Australia?", "Sydney")
+    with pytest.raises(ReviewQueueError, match="pending"):
+        q.reopen(i)
+    q.edit(i, answer="Canberra", reviewer="ana")
+    it = q.reopen(i, reviewer="lead", note="policy changed")
+    assert (it.status, it.reviewer, it.final_answer, it.decided_at) == (
+        ReviewStatus.PENDING,
+        None,
+        None,
+        None,
+    )
+    undone = it.audit[-1]
+    assert (undone.event, undone.actor, undone.details["note"]) == ("reopened", "lead", "policy changed")
+    assert undone.details["undone"]["reviewer"] == "ana"
+    assert undone.details["undone"]["final_answer"] == "Canberra"
+    assert q.reject(i, reviewer="lead").status is ReviewStatus.REJECTED
+    with pytest.raises(ReviewItemNotFoundError):
+        q.reopen(999)
+
+
+def test_concurrent_reviewers_decide_each_item_exactly_once(tmp_path) -> None:
+    """Six reviewers, each with its own connection, race to decide the same 20 items on one SQLite file."""
+    db = tmp_path / "review.db"
+    with SQLiteReviewQueue(db) as setup:
+        ids = [setup.enqueue(f"q{n}?", f"a{n}") for n in range(20)]
+    reviewers = [f"r{k}" for k in range(6)]
+    barrier = threading.Barrier(len(reviewers))
+    wins: dict[str, list[int]] = {r: [] for r in reviewers}
+    losses: dict[str, list[AlreadyDecidedError]] = {r: [] for r in reviewers}
+    unexpected: list[BaseException] = []
+
+    def review(name: str, k: int) -> None:
+        try:
+            with SQLiteReviewQueue(db) as mine:
+                barrier.wait()
+                for i in ids:
+                    try:
+                        if k % 3 == 0:
+                            mine.approve(i, reviewer=name)
+                        elif k % 3 == 1:
+                            mine.reject(i, reviewer=name)
+                        else:
+                            mine.edit(i, answer=f"edit by {name}", reviewer=name)
+                        wins[name].append(i)
+                    except AlreadyDecidedError as e:
+                        losses[name].append(e)
+        except BaseException as e:  # surfaced below
+            unexpected.append(e)
+
+    threads = [threading.Thread(target=review, args=(r, k)) for k, r in enumerate(reviewers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not unexpected
+    won = sorted(i for r in reviewers for i in wins[r])
+    assert won == ids  # every item decided exactly once
+    assert sum(len(v) for v in losses.values()) == len(ids) * (len(reviewers) - 1)
+    with SQLiteReviewQueue(db) as check:
+        for i in ids:
+            it = check.get(i)
+            decisions = [a for a in it.audit if a.event != "created"]
+            assert len(decisions) == 1 and decisions[0].actor == it.reviewer
+            assert i in wins[it.reviewer or ""]
+        for r in reviewers:  # each loser was told who really decided
+            for e in losses[r]:
+                assert e.reviewer == check.get(e.item_id).reviewer != r
+
+
+def test_concurrent_processes_decide_each_item_once(tmp_path) -> None:
+    db = tmp_path / "review.db"
+    with SQLiteReviewQueue(db) as setup:
+        ids = [setup.enqueue(f"q{n}?", f"a{n}") for n in range(10)]
+    script = (
+        "import sys\n"
+        "from semgrad_guard import SQLiteReviewQueue, AlreadyDecidedError\n"
+        "q = SQLiteReviewQueue(sys.argv[1]); won = 0\n"
+        "for i in range(1, 11):\n"
+        "    try:\n"
+        "        q.approve(i, reviewer=sys.argv[2]); won += 1\n"
+        "    except AlreadyDecidedError:\n"
+        "        pass\n"
+        "print(won)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(db), f"p{k}"], stdout=subprocess.PIPE, text=True)
+        for k in range(4)
+    ]
+    total = sum(int(p.communicate(timeout=120)[0].strip()) for p in procs)
+    assert total == len(ids)
+    with SQLiteReviewQueue(db) as check:
+        assert all(len(check.get(i).audit) == 2 for i in ids)
+
+
+def test_enqueue_rejects_a_non_string_answer(q) -> None:
+    for bad in (None, 42, b"bytes"):
+        with pytest.raises(
+            ConfigurationError, match=f"answer=...\\) must be a string, got {type(bad).__name__}"
+        ):
+            q.enqueue("Capital of Australia?", bad)  # type: ignore[arg-type]
+    assert len(q) == 0
+
+
+def test_a_directory_as_database_is_a_typed_error(tmp_path) -> None:
+    with pytest.raises(ReviewQueueError, match="is a directory; give a file path"):
+        SQLiteReviewQueue(tmp_path)

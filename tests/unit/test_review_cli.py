@@ -92,8 +92,8 @@ def test_errors_exit_2_with_a_clear_message(db, tmp_path, capsys) -> None:
     assert main(["review", "show", "42", "--db", str(db)]) == 2
     assert "no review item with id 42" in capsys.readouterr().err
     missing = tmp_path / "typo.db"
-    assert main(["review", "list", "--db", str(missing)]) == 2
-    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+    assert main(["review", "approve", "1", "--db", str(missing)]) == 2
+    assert "is empty (nothing was queued yet" in capsys.readouterr().err and not missing.exists()
     junk = tmp_path / "junk.db"
     junk.write_text("not a database")
     assert main(["review", "list", "--db", str(junk)]) == 2
@@ -111,3 +111,34 @@ def test_console_script_entry_point(db) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Largest planet?" in proc.stdout
+
+
+def test_list_before_anything_was_queued_is_an_empty_queue(tmp_path, capsys, monkeypatch) -> None:
+    fresh = tmp_path / "never-created.db"
+    assert main(["review", "list", "--db", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert "pending: 0" in out and not fresh.exists()  # listing never creates the database
+    monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(fresh))
+    assert main(["review", "list"]) == 0
+    assert main(["review", "export"]) == 0
+    assert capsys.readouterr().out.endswith("edited: 0\n")  # export of an empty queue prints nothing
+    assert not fresh.exists()
+
+
+def test_a_directory_as_db_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["review", "list", "--db", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory; give a file path" in err and "Traceback" not in err
+
+
+def test_second_decision_exits_2_naming_who_decided(db, capsys) -> None:
+    assert main(["review", "approve", "1", "--db", str(db), "--reviewer", "ana"]) == 0
+    capsys.readouterr()
+    assert main(["review", "reject", "1", "--db", str(db), "--reviewer", "bo"]) == 2
+    err = capsys.readouterr().err
+    assert "review item 1 was already approved by ana at" in err and "reopen" in err
+    assert main(["review", "reopen", "1", "--db", str(db), "--reviewer", "bo", "--note", "typo"]) == 0
+    assert "re-opened" in capsys.readouterr().out
+    assert main(["review", "reject", "1", "--db", str(db), "--reviewer", "bo"]) == 0
+    with SQLiteReviewQueue(db) as q:
+        assert [a.event for a in q.get(1).audit] == ["created", "approved", "reopened", "rejected"]

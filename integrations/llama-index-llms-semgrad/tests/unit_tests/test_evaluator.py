@@ -113,3 +113,26 @@ def test_retry_query_engine_retries_until_the_evaluator_passes() -> None:
     response = retry.query("Capital of France?")
     assert str(response) == "Paris."
     assert len(llm.prompts) == 2
+
+
+@pytest.mark.parametrize("form", ["dict", "yaml", "yaml-file", "json-file"])
+def test_every_policy_form_is_accepted_like_the_query_engine(form: str, tmp_path) -> None:
+    data = POLICY.model_dump(mode="json", exclude_none=True)
+    if form == "dict":
+        policy: Any = data
+    elif form == "yaml":
+        policy = POLICY.to_yaml()
+    elif form == "yaml-file":
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(POLICY.to_yaml())
+    else:
+        policy = str(tmp_path / "policy.json")
+        (tmp_path / "policy.json").write_text(POLICY.to_json())
+    ev = SemGradEvaluator(scorer(), policy)
+    assert ev.policy == POLICY
+    assert ev.evaluate(query="Capital of France?", response="Lyon.").passing is False
+
+
+def test_a_policy_of_another_type_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="policy must be a GuardPolicy, a dict, YAML text"):
+        SemGradEvaluator(scorer(), 42)

@@ -44,7 +44,8 @@ class SemGradEvaluator(BaseEvaluator):
 
     Args:
         scorer: a :class:`~semgrad_guard.Scorer` (``SemGradScorer`` over the LLM's weights).
-        policy: the :class:`~semgrad_guard.GuardPolicy` deciding pass or fail.
+        policy: the :class:`~semgrad_guard.GuardPolicy` deciding pass or fail (or a dict, YAML text, or a
+            YAML/JSON file path).
         calibrator: maps scores to confidence; needed when the policy has rules over ``confidence``.
         handler: a registered handler whose recorded prompts are reused (exact scores, no rescoring).
         messages_fn: builds the scored chat from ``(query, contexts)`` when no handler record fits.
@@ -70,8 +71,9 @@ class SemGradEvaluator(BaseEvaluator):
         handler: Any = None,
         messages_fn: MessagesFn | None = None,
     ) -> None:
-        from semgrad_guard import ConfigurationError
+        from semgrad_guard import ConfigurationError, GuardPolicy
 
+        policy = GuardPolicy.coerce(policy)  # the same policy forms as every other entry point
         if policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but SemGradEvaluator got no calibrator; "

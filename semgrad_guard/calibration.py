@@ -65,6 +65,8 @@ class CalibrationProfile(BaseModel):
     """Hidden-state indices of the profile the scores were computed with."""
     chat_template_hash: str | None = None
     """sha256 of the chat template, when known."""
+    exgrad_mode: Literal["logits", "weight"] = "logits"
+    """How exgrad was taken (the two modes' values differ by tens of per cent on tied models)."""
 
 
 class Calibrator(BaseModel):
@@ -312,6 +314,13 @@ class Calibrator(BaseModel):
                 f"layers={self.profile.layers} but is applied to anchor_offset={other.anchor_offset}, "
                 f"layers={other.layers}; scores from another profile are not comparable"
             )
+        if other.exgrad_mode != self.profile.exgrad_mode and any(
+            f in ("exgrad", "hybridgrad") for f in self.features
+        ):
+            raise CalibratorMismatchError(
+                f"calibrator was fitted on exgrad_mode={self.profile.exgrad_mode!r} scores but is applied to "
+                f"exgrad_mode={other.exgrad_mode!r} scores; score with the same mode or refit"
+            )
         if (
             self.profile.chat_template_hash
             and other.chat_template_hash
@@ -326,7 +335,9 @@ class Calibrator(BaseModel):
         """Raise :class:`CalibratorMismatchError` if ``result`` comes from another model or profile."""
         self.check_compatible(
             result.model_id,
-            CalibrationProfile(anchor_offset=result.anchor_offset, layers=list(result.layers)),
+            CalibrationProfile(
+                anchor_offset=result.anchor_offset, layers=list(result.layers), exgrad_mode=result.exgrad_mode
+            ),
         )
 
     # ------------------------------------------------------------------ files
@@ -625,10 +636,15 @@ def _as_profile(profile: ModelProfile | CalibrationProfile | Mapping[str, Any]) 
             anchor_offset=profile.anchor_offset,
             layers=list(profile.layers),
             chat_template_hash=profile.chat_template_hash,
+            exgrad_mode=profile.exgrad_mode,
         )
     try:
         return CalibrationProfile.model_validate(
-            {k: profile[k] for k in ("anchor_offset", "layers", "chat_template_hash") if k in profile}
+            {
+                k: profile[k]
+                for k in ("anchor_offset", "layers", "chat_template_hash", "exgrad_mode")
+                if k in profile
+            }
         )
     except ValidationError as e:
         raise ConfigurationError(f"profile: {e}") from e
@@ -639,11 +655,11 @@ def _profile_of(
 ) -> CalibrationProfile | None:
     if profile is not None:
         return _as_profile(profile)
-    keys = {(r.anchor_offset, tuple(r.layers)) for r in results}
+    keys = {(r.anchor_offset, tuple(r.layers), r.exgrad_mode) for r in results}
     if len(keys) != 1:
         return None
-    anchor, layers = keys.pop()
-    return CalibrationProfile(anchor_offset=anchor, layers=list(layers))
+    anchor, layers, mode = keys.pop()
+    return CalibrationProfile(anchor_offset=anchor, layers=list(layers), exgrad_mode=mode)
 
 
 def _check_params(cal: Calibrator, source: str) -> None:

@@ -88,11 +88,16 @@ def candidate_values(window: np.ndarray, offsets: Sequence[int], cand: Candidate
     return np.asarray(window[:, j, cand.layers].mean(axis=1))
 
 
-def _safe_auroc(values: np.ndarray, errors: np.ndarray) -> float:
-    try:
-        return auroc(values, errors)
-    except MetricError:
-        return float("nan")
+def _safe_auroc(values: np.ndarray, errors: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """AUROC, or the mean of the per-group AUROCs when ``groups`` is given (NaN when undefined)."""
+    if groups is None:
+        try:
+            return auroc(values, errors)
+        except MetricError:
+            return float("nan")
+    per = [_safe_auroc(values[groups == g], errors[groups == g]) for g in np.unique(groups)]
+    per = [v for v in per if not np.isnan(v)]
+    return float(np.mean(per)) if per else float("nan")
 
 
 def select_from_window(
@@ -104,11 +109,17 @@ def select_from_window(
     folds: int = 5,
     seed: int = 0,
     n_boot: int = 1000,
+    groups: Sequence[str] | np.ndarray | None = None,
 ) -> tuple[Candidate, list[dict[str, Any]], float, list[dict[str, Any]]]:
-    """Choose (offset, band) by AUROC with a cross-validated estimate. Returns (choice, table, cv, folds)."""
+    """Choose (offset, band) by AUROC with a cross-validated estimate. Returns (choice, table, cv, folds).
+
+    With ``groups`` (the data set of each answer) the criterion is the mean of the per-group AUROCs:
+    a pooled AUROC would reward a score for telling the data sets apart.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     e = np.asarray(errors, dtype=bool)
+    g = None if groups is None else np.asarray(groups)
     n_err = int(e.sum())
     if n_err < 2 or len(e) - n_err < 2:
         raise ConfigurationError(
@@ -119,15 +130,26 @@ def select_from_window(
     values = {c.key: candidate_values(window, offsets, c) for c in cands}
     table = []
     for c in cands:
-        iv = bootstrap(auroc, values[c.key], e, n_resamples=n_boot, seed=seed)
-        table.append({"offset": c.offset, "band": c.band, "auroc": iv.value, "low": iv.low, "high": iv.high})
-    best = max(cands, key=lambda c: values[c.key].size and _safe_auroc(values[c.key], e))
-    k = max(2, min(folds, n_err, len(e) - n_err))
+        row: dict[str, Any] = {"offset": c.offset, "band": c.band, "auroc": _safe_auroc(values[c.key], e, g)}
+        if g is None:
+            iv = bootstrap(auroc, values[c.key], e, n_resamples=n_boot, seed=seed)
+            row.update(low=iv.low, high=iv.high)
+        else:
+            for name in np.unique(g):
+                row[f"auroc[{name}]"] = _safe_auroc(values[c.key][g == name], e[g == name])
+        table.append(row)
+    best = max(cands, key=lambda c: np.nan_to_num(_safe_auroc(values[c.key], e, g), nan=-1))
+    strata = e.astype(int) if g is None else np.asarray([f"{a}|{b}" for a, b in zip(g, e, strict=True)])
+    k = max(2, min(folds, int(np.unique(strata, return_counts=True)[1].min())))
     fold_results = []
-    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(e)), e):
-        pick = max(cands, key=lambda c: np.nan_to_num(_safe_auroc(values[c.key][train], e[train]), nan=-1))
+    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(e)), strata):
+        g_train = None if g is None else g[train]
+        g_test = None if g is None else g[test]
+        pick = max(
+            cands, key=lambda c: np.nan_to_num(_safe_auroc(values[c.key][train], e[train], g_train), nan=-1)
+        )
         fold_results.append(
-            {"chosen": pick.key, "held_out_auroc": _safe_auroc(values[pick.key][test], e[test])}
+            {"chosen": pick.key, "held_out_auroc": _safe_auroc(values[pick.key][test], e[test], g_test)}
         )
     cv = float(np.nanmean([f["held_out_auroc"] for f in fold_results]))
     return best, table, cv, fold_results

@@ -52,7 +52,7 @@ CALIBRATOR_PATH = ROOT / "semgrad_guard" / "calibrators" / "smollm2-135m-instruc
 README_POLICY = ROOT / "cookbook" / "policies" / "default.yaml"
 NUM_LAYERS = 30
 SPS_BEFORE = (-1, list(range(15, 30)))  # the SPS profile shipped before this benchmark
-DEFAULT_RULE = (-3, list(range(15, 30)))  # first token of the generation prompt (<|im_start|>)
+DEFAULT_RULE = (-4, list(range(15, 30)))  # first token of the generation prompt (<|im_start|>)
 ALPHAS = (0.2, 0.3, 0.4)
 DELTA = 0.1
 
@@ -353,7 +353,7 @@ def render(r: dict, args, elapsed: float) -> str:
         f"({p['best']['layers'][0]}..{p['best']['layers'][-1]}); 5-fold cross-validated AUROC of this choice "
         f"procedure: **{p['cv_auroc']:.3f}** (folds: {', '.join(f['chosen'] + ' ' + fmt(f['held_out_auroc']) for f in p['folds'])}).",
         "",
-        "| data set | choice made on the other two sets | its AUROC here | SPS (-1, upper half), shipped before | default rule (-3, upper half) |",
+        "| data set | choice made on the other two sets | its AUROC here | SPS (-1, upper half), shipped before | default rule (-4, upper half) |",
         "|---|---|---|---|---|",
     ]
     for n in NAMES:

@@ -28,6 +28,7 @@ from langchain_semgrad import ChatSemGrad, guard_runnable
 from rich.console import Console
 from rich.table import Table
 
+from semgrad_guard.calibration import Calibrator
 from semgrad_guard.guard import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
@@ -38,15 +39,11 @@ SYSTEM = (
     + "\n".join(json.loads(line)["text"] for line in GUIDE.read_text().splitlines() if line.strip())
 )
 
-# Bands over raw SemGrad of this model under its shipped SPS profile (see cookbook/README.md).
-POLICY: dict[str, Any] = {
-    "rules": [
-        {"name": "confident", "field": "semgrad", "max": 2.5e-4, "action": "accept"},
-        {"name": "needs-a-person", "field": "semgrad", "max": 1e-3, "action": "review"},
-        {"name": "hopeless", "field": "semgrad", "action": "abstain"},
-    ],
-    "abstain_message": "I'm not sure; let me connect you with a member of staff.",
-}
+# Bands over calibrated confidence (the shipped calibrator): cookbook/policies/default.yaml, with this
+# example's own abstention message.
+POLICY = GuardPolicy.from_yaml(Path(__file__).parent / "policies" / "default.yaml").model_copy(
+    update={"abstain_message": "I'm not sure; let me connect you with a member of staff."}
+)
 
 QUESTIONS = [
     "Who founded the Orbitra Science Museum?",
@@ -66,12 +63,15 @@ def run(
     chat = ChatSemGrad(model="default", max_tokens=max_tokens)
     db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-review-")) / "review.db")
     queue = SQLiteReviewQueue(db)
-    policy = GuardPolicy.from_dict(POLICY)
-    guarded = guard_runnable(chat, chat.scorer, policy, review_queue=queue, output="guard_result")
+    policy = POLICY
+    calibrator = Calibrator.default_for(chat.scorer.model_id)
+    guarded = guard_runnable(
+        chat, chat.scorer, policy, calibrator=calibrator, review_queue=queue, output="guard_result"
+    )
 
     # 1. Route three answers.
     results: list[GuardResult] = [guarded.invoke(messages(q)) for q in QUESTIONS]
-    table = Table(title="Step 1: routing (policy over raw semgrad)", show_lines=True)
+    table = Table(title="Step 1: routing (policy over calibrated confidence)", show_lines=True)
     for col in ("question", "model answer", "semgrad", "action", "returned", "review id"):
         table.add_column(col, overflow="fold")
     for q, r in zip(QUESTIONS, results, strict=True):

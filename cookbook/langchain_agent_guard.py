@@ -35,22 +35,16 @@ from pydantic import ConfigDict
 from rich.console import Console
 from rich.table import Table
 
+from semgrad_guard.calibration import Calibrator
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 
 DOCS = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
 
-# Bands over raw SemGrad of this model under its shipped SPS profile; see cookbook/README.md.
-POLICY = {
-    "rules": [
-        {"name": "grounded", "field": "semgrad", "max": 3.2e-4, "action": "accept"},
-        {"name": "unsure", "field": "semgrad", "max": 4e-4, "action": "retry"},
-        {"name": "ask-a-person", "field": "semgrad", "max": 1e-3, "action": "review"},
-        {"name": "lost", "field": "semgrad", "action": "abstain"},
-    ],
-    "retry": {"max_attempts": 2, "strategy": "resample", "on_exhausted": "review"},
-    "abstain_message": "I don't know that; please ask at the information desk.",
-}
+# Bands over calibrated confidence (the shipped calibrator): cookbook/policies/with_retry.yaml.
+POLICY = GuardPolicy.from_yaml(Path(__file__).parent / "policies" / "with_retry.yaml").model_copy(
+    update={"abstain_message": "I don't know that; please ask at the information desk."}
+)
 
 QUESTIONS = [
     "Who founded the Orbitra Science Museum?",
@@ -119,7 +113,8 @@ def run(
     scorer = answerer.scorer
     db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-agent-")) / "review.db")
     queue = SQLiteReviewQueue(db)
-    middleware = SemGradMiddleware(scorer, GuardPolicy.from_dict(POLICY), review_queue=queue)
+    calibrator = Calibrator.default_for(scorer.model_id)
+    middleware = SemGradMiddleware(scorer, POLICY, calibrator=calibrator, review_queue=queue)
     agent = create_agent(
         ToolRouterChat(answerer=answerer),
         tools=[museum_info],

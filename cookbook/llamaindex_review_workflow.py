@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from semgrad_guard import Calibrator, GuardPolicy
+
 DATA = Path(__file__).resolve().parent / "llamaindex_data"
 
 # question -> (a fact the answer must contain, the answer a librarian would give)
@@ -32,12 +34,8 @@ QUESTIONS: dict[str, tuple[str, str]] = {
     "How long can I borrow a DVD?": ("one week", "DVDs are lent for one week."),
 }
 
-POLICY: dict[str, Any] = {
-    "rules": [
-        {"name": "confident", "field": "semgrad", "max": 1.0e-6, "action": "accept"},
-        {"name": "needs-a-person", "action": "review"},
-    ],
-}
+# Bands over calibrated confidence (the shipped calibrator): cookbook/policies/accept_or_review.yaml.
+POLICY = GuardPolicy.from_yaml(Path(__file__).parent / "policies" / "accept_or_review.yaml")
 
 
 def reviewer(event: Any) -> Any:
@@ -98,7 +96,11 @@ def main(
     tmp = tempfile.TemporaryDirectory() if review_db is None else None
     queue = SQLiteReviewQueue(Path(tmp.name) / "review.db" if tmp is not None else review_db)
     engine = SemGradQueryEngine(
-        index.as_query_engine(llm=llm, similarity_top_k=2), scorer, POLICY, review_queue=queue
+        index.as_query_engine(llm=llm, similarity_top_k=2),
+        scorer,
+        POLICY,
+        calibrator=Calibrator.default_for(scorer.model_id),
+        review_queue=queue,
     )
     workflow = SemGradReviewWorkflow(engine, timeout=900)
 

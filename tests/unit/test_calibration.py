@@ -93,7 +93,12 @@ def test_json_round_trip_keeps_predictions_and_provenance(tmp_path) -> None:
         raw = json.loads(path.read_text())
         assert raw["format"] == "semgrad-guard-calibrator"
         assert raw["model_id"] == MODEL and raw["data"] == "synthetic v1"
-        assert raw["profile"] == {"anchor_offset": -3, "layers": [2, 3], "chat_template_hash": None}
+        assert raw["profile"] == {
+            "anchor_offset": -3,
+            "layers": [2, 3],
+            "chat_template_hash": None,
+            "exgrad_mode": "logits",
+        }
         again = Calibrator.load(path)
         assert again == cal
         np.testing.assert_array_equal(again.predict(results), cal.predict(results))

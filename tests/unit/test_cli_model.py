@@ -144,7 +144,7 @@ def test_profile_writes_a_profile_the_scorer_accepts(model_dir, tmp_path, capsys
         == 0
     )
     printed = capsys.readouterr().out
-    assert "SPS of" in printed and "profile: anchor_offset=" in printed
+    assert "SPS of" in printed and "profile (SPS): anchor_offset=" in printed
     profile = ModelProfile.load(out)
     assert profile.source == "sps" and -4 <= profile.anchor_offset <= -1
     assert set(profile.sps_table) == {"-1", "-2", "-3", "-4"} and len(profile.sps_table["-1"]) == 4

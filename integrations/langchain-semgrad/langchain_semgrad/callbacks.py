@@ -25,7 +25,7 @@ from semgrad_guard.scorer import Scorer
 
 from ._policy import PolicyOutcome, apply_policy
 from .errors import LowConfidenceError
-from .messages import is_tool_call_only, to_chat
+from .messages import is_tool_call_turn, to_chat
 from .metadata import attach_payload, score_payload
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class _ScoreRecorder:
         self.outcomes: dict[UUID, PolicyOutcome] = {}
         """``run_id -> policy decision`` when a policy was given."""
         self.skipped: dict[UUID, str] = {}
-        """``run_id -> why nothing was scored`` (tool-call-only message, unknown prompt, ...)."""
+        """``run_id -> why nothing was scored`` (tool-call message, unknown prompt, ...)."""
         self.errors: dict[UUID, BaseException] = {}
         """``run_id -> the scoring error`` (the run itself is not failed unless ``raise_error``)."""
 
@@ -124,9 +124,9 @@ class _ScoreRecorder:
         return chat, generations
 
     def _to_score(self, generation: Generation, run_id: UUID) -> str | None:
-        if isinstance(generation, ChatGeneration) and is_tool_call_only(generation.message):
+        if isinstance(generation, ChatGeneration) and is_tool_call_turn(generation.message):
             with self._lock:
-                self.skipped.setdefault(run_id, "tool-call-only message: no answer text to score")
+                self.skipped.setdefault(run_id, "tool-call message: an intermediate step, no answer to score")
             return None
         return generation.text
 
@@ -194,7 +194,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
     the scorer's own tokenizer and chat template. Results go to
     ``response_metadata["semgrad"]`` / ``generation_info["semgrad"]``, to :attr:`results`
     (``run_id -> ScoreResult``, the source of truth, also in streaming), and to a custom event
-    :data:`SCORE_EVENT` inside a traced run. Messages that only call tools are skipped, with the
+    :data:`SCORE_EVENT` inside a traced run. Messages that call tools are skipped, with the
     reason in :attr:`skipped`.
 
     With a ``policy`` (and optional ``calibrator``) the decision is recorded too; with

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 from typing import Any
 
 import pytest
@@ -18,9 +16,9 @@ from pydantic import BaseModel
 from semgrad_guard import MockScorer
 from semgrad_guard.errors import ConfigurationError, ToolCallingUnsupportedError, ToolCallParseError
 from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.testing.tools import TOOL_FORMATS, ScriptedGeneration, tiny_tool_scorer
+from semgrad_guard.testing.tools import TOOL_FORMATS, ScriptedGeneration
 from semgrad_guard.tool_calls import generate_tool_turn
-from tests._shared import tiny_scorer_once
+from tests._shared import tiny_scorer_once, tiny_tool_scorer_once
 
 
 @tool
@@ -38,10 +36,8 @@ ANSWER = "2 + 3 = 5."
 ACCEPT_ALL = GuardPolicy.from_dict({"rules": [{"name": "ok", "field": "semgrad", "action": "accept"}]})
 
 
-@functools.cache
 def scorer_for(fmt: str) -> Any:
-    logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
-    return tiny_tool_scorer(fmt)
+    return tiny_tool_scorer_once(fmt)
 
 
 # -- bind_tools -----------------------------------------------------------------------------------------

@@ -91,8 +91,10 @@ class SemGradMiddleware(AgentMiddleware):
     Example:
         >>> from langchain.agents import create_agent
         >>> from langgraph.checkpoint.memory import InMemorySaver
-        >>> agent = create_agent(ChatSemGrad(model="default"), tools=[my_tool],  # doctest: +SKIP
-        ...                      middleware=[SemGradMiddleware(scorer, policy, calibrator=cal)],
+        >>> # a model whose chat template renders tools (the embedded SmolLM2 cannot call tools)
+        >>> chat = ChatSemGrad(model="/models/Qwen2.5-1.5B-Instruct")  # doctest: +SKIP
+        >>> agent = create_agent(chat, tools=[my_tool],  # doctest: +SKIP
+        ...                      middleware=[SemGradMiddleware(chat.scorer, policy, calibrator=cal)],
         ...                      checkpointer=InMemorySaver())
     """
 

@@ -9,7 +9,14 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from langchain_semgrad import ChatSemGrad, SemGradCallbackHandler, SemGradMiddleware, read_payload, read_score
+from langchain_semgrad import (
+    AsyncSemGradCallbackHandler,
+    ChatSemGrad,
+    SemGradCallbackHandler,
+    SemGradMiddleware,
+    read_payload,
+    read_score,
+)
 from langchain_semgrad.messages import to_chat
 from pydantic import BaseModel
 
@@ -237,3 +244,25 @@ def test_generate_tool_turn_is_what_chat_semgrad_uses() -> None:
         msg = ChatSemGrad(scorer=scorer, max_tokens=64).bind_tools([add]).invoke("What is 2 + 3?")
     assert read_score(msg) == result
     assert msg.tool_calls[0]["args"] == turn.tool_calls[0].arguments  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3"])
+async def test_callback_scores_the_final_answer_with_the_bound_tools_in_the_prompt(fmt: str) -> None:
+    scorer = scorer_for(fmt)
+    chat = ChatSemGrad(scorer=scorer, max_tokens=64).bind_tools([add])
+    history = [
+        HumanMessage("What is 2 + 3?"),
+        AIMessage(content="", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "a1b2c3d4e"}]),
+        ToolMessage("5", tool_call_id="a1b2c3d4e", name="add"),
+    ]
+    sync_handler, async_handler = SemGradCallbackHandler(scorer), AsyncSemGradCallbackHandler(scorer)
+    with ScriptedGeneration(scorer, [ANSWER] * 3):
+        own = read_score(chat.invoke(history))  # ChatSemGrad's score of the generated ids
+        chat.invoke(history, config={"callbacks": [sync_handler]})
+        await chat.ainvoke(history, config={"callbacks": [async_handler]})
+    for handler in (sync_handler, async_handler):
+        # The handler re-renders the prompt with the run's tools (from invocation_params).
+        got = handler.last_result
+        assert own is not None and got is not None
+        assert got.prompt_tokens == own.prompt_tokens and got.answer_tokens == own.answer_tokens
+        assert got.semgrad == pytest.approx(own.semgrad, rel=1e-3, abs=1e-9)

@@ -389,7 +389,8 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
             if text is None:
                 return None
             try:
-                return await scorer.ascore(chat, text)
+                result: ScoreResult = await scorer.ascore(chat, text)
+                return result
             except Exception as e:
                 with self._lock:
                     self.errors[run_id] = e

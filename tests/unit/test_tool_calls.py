@@ -135,6 +135,33 @@ def test_the_tokenizers_response_template_is_used_when_declared() -> None:
     assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]  # typed by schema
 
 
+def test_generate_tool_turn_parses_with_the_response_template_on_the_raw_turn() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    # transformers' own response_template for Qwen2-style models (cli/serving fallbacks), trimmed.
+    scorer.tokenizer.response_template = {
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|im_start|>assistant\n",
+        "fields": {
+            "tool_calls": {
+                "open_pattern": r"\s*<tool_call>",
+                "close": "</tool_call>",
+                "repeats": True,
+                "content": "json",
+                "transform": {"type": "function", "function": "{content}"},
+            },
+            "content": {"close_pattern": r"\s*(?:<\|im_end\|>|<\|endoftext\|>)", "content": "text"},
+        },
+    }
+    text = 'Adding. <tool_call>\n{"name": "add", "arguments": {"a": "2", "b": 3}}\n</tool_call>'
+    with ScriptedGeneration(scorer, [text, "It is 5."]):
+        turn, _ = generate_tool_turn(scorer, "2 + 3?", [ADD], max_new_tokens=64)
+        answer, _ = generate_tool_turn(scorer, "2 + 3?", [ADD], max_new_tokens=64)
+    assert turn.format == "response_template"
+    assert turn.content == "Adding."
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]  # typed by schema
+    assert answer.is_answer and answer.content == "It is 5."
+
+
 # -- templates ----------------------------------------------------------------------------------------
 def test_template_uses_tools() -> None:
     assert template_uses_tools("{% for t in tools %}{{ t }}{% endfor %}")

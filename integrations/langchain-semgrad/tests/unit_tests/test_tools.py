@@ -266,3 +266,20 @@ async def test_callback_scores_the_final_answer_with_the_bound_tools_in_the_prom
         assert own is not None and got is not None
         assert got.prompt_tokens == own.prompt_tokens and got.answer_tokens == own.answer_tokens
         assert got.semgrad == pytest.approx(own.semgrad, rel=1e-3, abs=1e-9)
+
+
+def test_with_structured_output_reads_the_call_as_the_schema() -> None:
+    class Sum(BaseModel):
+        """The sum of two integers."""
+
+        a: int
+        b: int
+
+    scorer = scorer_for("hermes")
+    structured = ChatSemGrad(scorer=scorer, max_tokens=64).with_structured_output(Sum, include_raw=True)
+    with ScriptedGeneration(
+        scorer, ['<tool_call>{"name": "Sum", "arguments": {"a": 2, "b": 3}}</tool_call>']
+    ):
+        out: Any = structured.invoke("Split 5 into two integers.")
+    assert out["parsed"] == Sum(a=2, b=3)
+    assert read_payload(out["raw"])["turn"] == "tool_call"  # type: ignore[index]

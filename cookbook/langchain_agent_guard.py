@@ -6,8 +6,10 @@ generates it. ``SemGradMiddleware`` skips the tool-call turns, scores the final 
 applies a policy: accept, retry (resample), abstain, or pause the graph for a person
 (LangGraph ``interrupt()``, resumed with ``Command(resume=...)``, no re-scoring).
 
-A 135M model cannot emit reliable tool calls, so the tool-call step is a small rule
-(``ToolRouterChat``: every question is looked up first); the answers are the model's own.
+A 135M model cannot emit reliable tool calls (and SmolLM2's chat template renders no tools, so
+``ChatSemGrad.bind_tools`` refuses it), so the tool-call step is a small rule (``ToolRouterChat``:
+every question is looked up first); the answers are the model's own. With a model that can call
+tools (Qwen2.5, Llama 3.1, Mistral Instruct, ...), pass ``ChatSemGrad`` itself to ``create_agent``.
 
 Run: ``python cookbook/langchain_agent_guard.py`` (needs ``semgrad-guard fetch-default-model``).
 """

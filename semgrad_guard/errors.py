@@ -49,6 +49,14 @@ class UnknownRoleError(ScoringError):
     """A message has a role the scorer does not know."""
 
 
+class ToolCallingUnsupportedError(ChatTemplateError):
+    """Tools were given for a model whose chat template does not render them; the message names the model."""
+
+
+class ToolCallParseError(ScoringError):
+    """The model started a tool call (a known marker) that is not valid JSON or has no tool name."""
+
+
 class ContextLengthError(ScoringError):
     """Prompt plus answer is longer than the model's context window."""
 

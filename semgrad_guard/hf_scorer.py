@@ -77,6 +77,9 @@ class SemGradScorer:
         (-3, [2, 3])
     """
 
+    tools: list[dict[str, Any]] | None = None
+    """Tools (OpenAI format) rendered into every prompt through the chat template; see :meth:`with_tools`."""
+
     def __init__(
         self,
         model: Any,
@@ -176,6 +179,21 @@ class SemGradScorer:
         """
         self._release()
 
+    def with_tools(self, tools: Sequence[dict[str, Any]] | None) -> SemGradScorer:
+        """A scorer sharing this one's model, whose prompts render ``tools`` (``apply_chat_template(tools=...)``).
+
+        Raises :class:`~semgrad_guard.errors.ToolCallingUnsupportedError` if the chat template ignores tools.
+        """
+        from .tool_calls import require_tool_support
+
+        if tools:
+            require_tool_support(self)
+        other = object.__new__(SemGradScorer)
+        other.__dict__.update(self.__dict__)
+        other._adapter, other._release = acquire_adapter(self.model, other)  # its own share of the hooks
+        other.tools = [dict(t) for t in tools] if tools else None
+        return other
+
     def _resolve_profile(self, profile: Any) -> ModelProfile:
         if profile is not None:
             return self._check_profile(profile_from_any(profile))
@@ -229,6 +247,7 @@ class SemGradScorer:
                 chat_template=self.chat_template,
                 add_generation_prompt=add_generation_prompt,
                 tokenize=False,
+                **({"tools": self.tools} if self.tools else {}),
             )
         except Exception as e:  # jinja raises its own TemplateError (e.g. "System role not supported")
             raise ChatTemplateError(f"the chat template of {self.model_id} rejected the chat: {e}") from e

@@ -20,12 +20,13 @@ from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_cu
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 
+from semgrad_guard.errors import ToolCallingUnsupportedError
 from semgrad_guard.results import ScoreResult
 from semgrad_guard.scorer import Scorer
 
 from ._policy import PolicyOutcome, apply_policy
 from .errors import LowConfidenceError
-from .messages import is_tool_call_only, to_chat
+from .messages import is_tool_call_turn, to_chat
 from .metadata import attach_payload, score_payload
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class _ScoreRecorder:
         self.dispatch_events = dispatch_events
         self._lock = threading.Lock()
         self._prompts: dict[UUID, list[dict[str, Any]]] = {}
+        self._tools: dict[UUID, list[dict[str, Any]]] = {}
         self.chats: dict[UUID, list[dict[str, Any]]] = {}
         """``run_id -> the chat that was scored`` (what a review item needs; the parser cannot see prompts)."""
         self.results: dict[UUID, ScoreResult] = {}
@@ -66,7 +68,7 @@ class _ScoreRecorder:
         self.outcomes: dict[UUID, PolicyOutcome] = {}
         """``run_id -> policy decision`` when a policy was given."""
         self.skipped: dict[UUID, str] = {}
-        """``run_id -> why nothing was scored`` (tool-call-only message, unknown prompt, ...)."""
+        """``run_id -> why nothing was scored`` (tool-call message, unknown prompt, ...)."""
         self.errors: dict[UUID, BaseException] = {}
         """``run_id -> the scoring error`` (the run itself is not failed unless ``raise_error``)."""
 
@@ -88,6 +90,7 @@ class _ScoreRecorder:
         with self._lock:
             for registry in (
                 self._prompts,
+                self._tools,
                 self.chats,
                 self.results,
                 self.all_results,
@@ -98,15 +101,34 @@ class _ScoreRecorder:
                 registry.clear()
 
     # -- capture ----------------------------------------------------------------------------------
-    def _capture_chat(self, messages: list[list[BaseMessage]], run_id: UUID) -> None:
+    def _capture_chat(
+        self, messages: list[list[BaseMessage]], run_id: UUID, invocation_params: Any = None
+    ) -> None:
         try:
             chat = to_chat(messages[0])
         except Exception as e:  # an unknown message type: record why, never break the run
             with self._lock:
                 self.skipped[run_id] = f"prompt could not be converted: {e}"
             return
+        tools = invocation_params.get("tools") if isinstance(invocation_params, dict) else None
         with self._lock:
             self._prompts[run_id] = chat
+            if tools:  # bound tools are part of the prompt the model saw
+                self._tools[run_id] = list(tools)
+
+    def _scorer_for(self, run_id: UUID) -> Any:
+        """The scorer, rendering the run's bound tools where it can (a scorer whose template ignores
+        tools scores without them, as for a chat model it cannot mirror exactly)."""
+        with self._lock:
+            tools = self._tools.pop(run_id, None)
+        if tools and hasattr(self.scorer, "with_tools"):
+            try:
+                return self.scorer.with_tools(tools)
+            except ToolCallingUnsupportedError:
+                logger.debug(
+                    "scorer %r cannot render tools: scoring run %s without them", self.scorer, run_id
+                )
+        return self.scorer
 
     def _capture_prompt(self, prompts: list[str], run_id: UUID) -> None:
         # A plain LLM gets text, not a chat: we score it as one user message.
@@ -124,9 +146,9 @@ class _ScoreRecorder:
         return chat, generations
 
     def _to_score(self, generation: Generation, run_id: UUID) -> str | None:
-        if isinstance(generation, ChatGeneration) and is_tool_call_only(generation.message):
+        if isinstance(generation, ChatGeneration) and is_tool_call_turn(generation.message):
             with self._lock:
-                self.skipped.setdefault(run_id, "tool-call-only message: no answer text to score")
+                self.skipped.setdefault(run_id, "tool-call message: an intermediate step, no answer to score")
             return None
         return generation.text
 
@@ -194,7 +216,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
     the scorer's own tokenizer and chat template. Results go to
     ``response_metadata["semgrad"]`` / ``generation_info["semgrad"]``, to :attr:`results`
     (``run_id -> ScoreResult``, the source of truth, also in streaming), and to a custom event
-    :data:`SCORE_EVENT` inside a traced run. Messages that only call tools are skipped, with the
+    :data:`SCORE_EVENT` inside a traced run. Messages that call tools are skipped, with the
     reason in :attr:`skipped`.
 
     With a ``policy`` (and optional ``calibrator``) the decision is recorded too; with
@@ -241,7 +263,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._capture_chat(messages, run_id)
+        self._capture_chat(messages, run_id, kwargs.get("invocation_params"))
 
     def on_llm_start(
         self,
@@ -262,6 +284,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
         chat, generations = self._pending(response, run_id)
         if chat is None:
             return
+        scorer = self._scorer_for(run_id)
         results: list[ScoreResult | None] = []
         for generation in generations:
             text = self._to_score(generation, run_id)
@@ -269,7 +292,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
                 results.append(None)
                 continue
             try:
-                results.append(self.scorer.score(chat, text))
+                results.append(scorer.score(chat, text))
             except Exception as e:
                 with self._lock:
                     self.errors[run_id] = e
@@ -288,6 +311,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             self._prompts.pop(run_id, None)
+            self._tools.pop(run_id, None)
 
 
 class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
@@ -337,7 +361,7 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._capture_chat(messages, run_id)
+        self._capture_chat(messages, run_id, kwargs.get("invocation_params"))
 
     async def on_llm_start(
         self,
@@ -359,12 +383,14 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
         if chat is None:
             return
         texts = [self._to_score(g, run_id) for g in generations]
+        scorer = self._scorer_for(run_id)
 
         async def one(text: str | None) -> ScoreResult | None:
             if text is None:
                 return None
             try:
-                return await self.scorer.ascore(chat, text)
+                result: ScoreResult = await scorer.ascore(chat, text)
+                return result
             except Exception as e:
                 with self._lock:
                     self.errors[run_id] = e
@@ -384,3 +410,4 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             self._prompts.pop(run_id, None)
+            self._tools.pop(run_id, None)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolCall, ToolCallChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, model_validator
 
+from semgrad_guard.errors import ConfigurationError
 from semgrad_guard.results import ScoreResult
+from semgrad_guard.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
 
 from .messages import to_chat
 from .metadata import METADATA_KEY, score_payload
@@ -49,7 +55,13 @@ class ChatSemGrad(BaseChatModel):
     in ``response_metadata["semgrad"]`` (see :mod:`langchain_semgrad.metadata`); token counts are in
     ``usage_metadata``. Streaming yields text as it is generated and attaches the score to the last
     chunk. Async methods run generation in a worker thread, so the event loop keeps running.
-    Tool calling and structured output are not implemented.
+
+    Tool calling (:meth:`bind_tools`, hence ``create_agent`` and ``with_structured_output``): the
+    tools are rendered through the model's chat template (``tools=``) and the calls are read from the
+    generated text (the tokenizer's ``response_template`` where it has one, else Hermes
+    ``<tool_call>``, Llama 3.1 JSON or Mistral ``[TOOL_CALLS]``; see :mod:`semgrad_guard.tool_calls`).
+    A turn that calls tools is an intermediate step, not an answer: its payload says
+    ``"turn": "tool_call"`` and guards skip it; the final answer is scored as usual.
 
     Args:
         scorer: a generating scorer (:class:`semgrad_guard.SemGradScorer`, or
@@ -139,9 +151,96 @@ class ChatSemGrad(BaseChatModel):
             and getattr(self.scorer, "model", None) is not None
         )
 
+    # -- tools ------------------------------------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer ``tools`` to the model: rendered through its chat template, calls parsed from its output.
+
+        Args:
+            tools: anything ``convert_to_openai_tool`` takes (``@tool`` functions, pydantic models,
+                functions, OpenAI tool dicts).
+            tool_choice: ``None`` / ``"auto"``: the model decides; ``"none"``: no tools this call;
+                a tool name (or ``{"type": "function", "function": {"name": ...}}``): offer only that
+                tool; ``"any"`` / ``"required"`` / ``True``: offer all. Local decoding is not
+                constrained, so a call is asked for, not forced: the model may still answer in text.
+
+        Raises:
+            ToolCallingUnsupportedError: the model's chat template does not render tools.
+
+        Example:
+            >>> from langchain_core.tools import tool
+            >>> from semgrad_guard.testing.tools import tiny_tool_scorer
+            >>> @tool
+            ... def add(a: int, b: int) -> int:
+            ...     "Add two integers."
+            ...     return a + b
+            >>> chat = ChatSemGrad(scorer=tiny_tool_scorer("hermes"), max_tokens=8)
+            >>> bound = chat.bind_tools([add])
+            >>> bound.kwargs["tools"][0]["function"]["name"]
+            'add'
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = _choose_tools(formatted, tool_choice)
+        if formatted:
+            require_tool_support(self.scorer)
+        return super().bind(tools=formatted or None, **kwargs)
+
+    def _tool_message(self, turn: ToolTurn, result: ScoreResult) -> AIMessage:
+        metadata, usage = self._message_fields(result)
+        metadata[METADATA_KEY]["turn"] = "tool_call"  # an intermediate step, not an answer
+        calls = [ToolCall(name=c.name, args=c.arguments, id=c.id, type="tool_call") for c in turn.tool_calls]
+        return AIMessage(
+            content=turn.content, tool_calls=calls, response_metadata=metadata, usage_metadata=usage
+        )
+
+    def _tool_result(self, turn: ToolTurn, result: ScoreResult) -> ChatResult:
+        message = self._tool_message(turn, result)
+        info = {METADATA_KEY: message.response_metadata[METADATA_KEY]}
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+    def _tool_chunks(self, turn: ToolTurn, result: ScoreResult) -> list[ChatGenerationChunk]:
+        message = self._tool_message(turn, result)
+        chunks = [
+            ToolCallChunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+            for i, c in enumerate(message.tool_calls)
+        ]
+        last = AIMessageChunk(
+            content=message.content,
+            tool_call_chunks=chunks,
+            response_metadata=message.response_metadata,
+            usage_metadata=message.usage_metadata,
+            chunk_position="last",
+        )
+        return [
+            ChatGenerationChunk(
+                message=last, generation_info={METADATA_KEY: last.response_metadata[METADATA_KEY]}
+            )
+        ]
+
+    def _run_tools(
+        self,
+        chat: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        stop: list[str] | None,
+        gen: dict[str, Any],
+    ) -> tuple[ToolTurn, ScoreResult]:
+        turn, result = generate_tool_turn(self.scorer, chat, tools, **gen)
+        cut = self._cut_at_stop(turn.content, stop) if turn.is_answer else None
+        if cut is not None:
+            scorer = self.scorer.with_tools(tools) if hasattr(self.scorer, "with_tools") else self.scorer
+            turn, result = ToolTurn(content=cut, tool_calls=[]), scorer.score(chat, cut)
+        return turn, result
+
     def _generate_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
         kwargs.pop("model", None)  # one local model: a per-call name only labels traces
+        for key in ("tools", "tool_choice", "ls_structured_output_format", "structured_output_format"):
+            kwargs.pop(key, None)  # tools are rendered by the template, not passed to generate()
         temperature = kwargs.pop("temperature", self.temperature)
         out: dict[str, Any] = {"max_new_tokens": kwargs.pop("max_tokens", self.max_tokens) or 256}
         if temperature:
@@ -217,6 +316,7 @@ class ChatSemGrad(BaseChatModel):
                     ChatGeneration(
                         message=AIMessage(
                             content=msg.content,
+                            tool_calls=msg.tool_calls,
                             response_metadata=msg.response_metadata,
                             usage_metadata=msg.usage_metadata,
                             id=msg.id,
@@ -227,6 +327,10 @@ class ChatSemGrad(BaseChatModel):
             )
         chat = to_chat(messages)
         stop = stop or self.stop
+        tools = kwargs.get("tools")
+        if tools:
+            turn, result = self._run_tools(chat, tools, stop, self._generate_kwargs(stop, kwargs))
+            return self._tool_result(turn, result) if turn.tool_calls else self._result(turn.content, result)
         text, result = self.scorer.generate(chat, **self._generate_kwargs(stop, kwargs))
         cut = self._cut_at_stop(text, stop)
         if cut is not None:
@@ -251,6 +355,7 @@ class ChatSemGrad(BaseChatModel):
                     ChatGeneration(
                         message=AIMessage(
                             content=msg.content,
+                            tool_calls=msg.tool_calls,
                             response_metadata=msg.response_metadata,
                             usage_metadata=msg.usage_metadata,
                         ),
@@ -260,6 +365,11 @@ class ChatSemGrad(BaseChatModel):
             )
         chat = to_chat(messages)
         stop = stop or self.stop
+        tools = kwargs.get("tools")
+        if tools:
+            gen = self._generate_kwargs(stop, kwargs)
+            turn, result = await asyncio.to_thread(self._run_tools, chat, tools, stop, gen)
+            return self._tool_result(turn, result) if turn.tool_calls else self._result(turn.content, result)
         text, result = await self.scorer.agenerate(chat, **self._generate_kwargs(stop, kwargs))
         cut = self._cut_at_stop(text, stop)
         if cut is not None:
@@ -285,6 +395,19 @@ class ChatSemGrad(BaseChatModel):
         chat = to_chat(messages)
         stop = stop or self.stop
         gen_kwargs = self._generate_kwargs(stop, kwargs)
+        if kwargs.get("tools"):
+            # Tool calls are known only once the turn is complete: generate, then emit it whole.
+            turn, result = self._run_tools(chat, kwargs["tools"], stop, gen_kwargs)
+            if turn.tool_calls:
+                yield from self._tool_chunks(turn, result)
+                return
+            if turn.content:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=turn.content))
+                if run_manager:
+                    run_manager.on_llm_new_token(turn.content, chunk=chunk)
+                yield chunk
+            yield self._last_chunk("", result)
+            return
         if not self._is_hf() or stop:
             # No token stream to tap (a test double), or stop strings that must be cut before the
             # text goes out: generate first, then emit the final text and the score.
@@ -339,6 +462,19 @@ class ChatSemGrad(BaseChatModel):
         chat = to_chat(messages)
         stop = stop or self.stop
         gen_kwargs = self._generate_kwargs(stop, kwargs)
+        if kwargs.get("tools"):
+            turn, result = await asyncio.to_thread(self._run_tools, chat, kwargs["tools"], stop, gen_kwargs)
+            if turn.tool_calls:
+                for c in self._tool_chunks(turn, result):
+                    yield c
+                return
+            if turn.content:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=turn.content))
+                if run_manager:
+                    await run_manager.on_llm_new_token(turn.content, chunk=chunk)
+                yield chunk
+            yield self._last_chunk("", result)
+            return
         if not self._is_hf() or stop:
             text, result = await self.scorer.agenerate(chat, **gen_kwargs)
             cut = self._cut_at_stop(text, stop)
@@ -385,3 +521,24 @@ class ChatSemGrad(BaseChatModel):
 def _remainder(text: str, streamed: str) -> str:
     """What the final decode has beyond what was streamed (usually nothing)."""
     return text[len(streamed) :] if text.startswith(streamed) else ""
+
+
+_ALL_TOOLS = ("auto", "any", "required")
+
+
+def _choose_tools(
+    tools: list[dict[str, Any]], tool_choice: str | dict[str, Any] | bool | None
+) -> list[dict[str, Any]]:
+    """The tools to render for ``tool_choice`` (a name narrows them; "none" drops them)."""
+    if tool_choice is None or tool_choice is True or tool_choice in _ALL_TOOLS:
+        return tools
+    if tool_choice is False or tool_choice == "none":
+        return []
+    name: Any = tool_choice
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    chosen = [t for t in tools if t["function"]["name"] == name]
+    if not isinstance(name, str) or not chosen:
+        offered = [t["function"]["name"] for t in tools]
+        raise ConfigurationError(f"tool_choice={tool_choice!r} names no bound tool; tools are {offered}")
+    return chosen

@@ -59,12 +59,29 @@ def message_role(message: BaseMessage) -> str:
 def to_chat(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     """LangChain messages -> ``[{"role", "content"}]`` (AIMessage chunks count as assistant turns).
 
+    An AI message's tool calls go along as ``tool_calls`` and a tool result carries its
+    ``tool_call_id`` and tool ``name``, in the shape chat templates render (transformers' convention).
+
     Example:
         >>> from langchain_core.messages import HumanMessage, SystemMessage
         >>> to_chat([SystemMessage("Be brief."), HumanMessage("Hi")])
         [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
     """
-    return [{"role": message_role(m), "content": message_text(m)} for m in messages]
+    return [_chat_message(m) for m in messages]
+
+
+def _chat_message(message: BaseMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message_role(message), "content": message_text(message)}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        out["tool_calls"] = [
+            {"type": "function", "id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}}
+            for c in message.tool_calls
+        ]
+    elif isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+        if message.name:
+            out["name"] = message.name
+    return out
 
 
 def input_to_chat(value: Any) -> list[dict[str, Any]]:
@@ -84,6 +101,10 @@ def input_to_chat(value: Any) -> list[dict[str, Any]]:
     )
 
 
-def is_tool_call_only(message: BaseMessage) -> bool:
-    """True for an AI message that only calls tools (no text answer to score)."""
-    return isinstance(message, AIMessage) and bool(message.tool_calls) and not message_text(message).strip()
+def is_tool_call_turn(message: BaseMessage) -> bool:
+    """True for an AI message that calls tools: an intermediate step, not an answer to score.
+
+    Text next to the calls ("Let me look that up.") is not the answer either: the agent loop runs
+    the tools and asks the model again.
+    """
+    return isinstance(message, AIMessage) and bool(message.tool_calls)

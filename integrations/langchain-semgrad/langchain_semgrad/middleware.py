@@ -15,7 +15,7 @@ from semgrad_guard.strategies import AttemptContext
 
 from ._guarding import make_guard
 from .chat_models import generation_overrides
-from .messages import is_tool_call_only, message_text, to_chat
+from .messages import is_tool_call_turn, message_text, to_chat
 from .metadata import METADATA_KEY, read_payload, read_score, score_payload
 
 try:
@@ -91,8 +91,10 @@ class SemGradMiddleware(AgentMiddleware):
     Example:
         >>> from langchain.agents import create_agent
         >>> from langgraph.checkpoint.memory import InMemorySaver
-        >>> agent = create_agent(ChatSemGrad(model="default"), tools=[my_tool],  # doctest: +SKIP
-        ...                      middleware=[SemGradMiddleware(scorer, policy, calibrator=cal)],
+        >>> # a model whose chat template renders tools (the embedded SmolLM2 cannot call tools)
+        >>> chat = ChatSemGrad(model="/models/Qwen2.5-1.5B-Instruct")  # doctest: +SKIP
+        >>> agent = create_agent(chat, tools=[my_tool],  # doctest: +SKIP
+        ...                      middleware=[SemGradMiddleware(chat.scorer, policy, calibrator=cal)],
         ...                      checkpointer=InMemorySaver())
     """
 
@@ -135,7 +137,7 @@ class SemGradMiddleware(AgentMiddleware):
         ai = _final_ai(response)
         if ai is None:
             raise ConfigurationError(f"the model returned no AIMessage ({type(response).__name__})")
-        if ctx.number > 1 and is_tool_call_only(ai):
+        if ctx.number > 1 and is_tool_call_turn(ai):
             raise _ToolCallsInstead(response)
         text = message_text(ai)
         score = read_score(ai)
@@ -173,7 +175,7 @@ class SemGradMiddleware(AgentMiddleware):
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
         first = handler(request)
         ai = _final_ai(first)
-        if ai is None or is_tool_call_only(ai):
+        if ai is None or is_tool_call_turn(ai):
             return first  # intermediate step: tools run next
         responses: dict[int, Any] = {}
 
@@ -202,7 +204,7 @@ class SemGradMiddleware(AgentMiddleware):
     ) -> Any:
         first = await handler(request)
         ai = _final_ai(first)
-        if ai is None or is_tool_call_only(ai):
+        if ai is None or is_tool_call_turn(ai):
             return first
         responses: dict[int, Any] = {}
 

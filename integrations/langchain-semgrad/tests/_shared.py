@@ -14,3 +14,12 @@ def tiny_scorer_once(arch: str = "llama") -> Any:
 
     logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
     return tiny_scorer(arch)
+
+
+@functools.cache
+def tiny_tool_scorer_once(fmt: str = "hermes") -> Any:
+    """A SemGradScorer over a tiny random model whose chat template renders tools (``fmt``'s format)."""
+    from semgrad_guard.testing.tools import tiny_tool_scorer
+
+    logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
+    return tiny_tool_scorer(fmt)

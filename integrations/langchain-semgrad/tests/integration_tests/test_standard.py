@@ -27,8 +27,10 @@ class TestChatSemGradIntegration(ChatModelIntegrationTests):
         # One local model per instance: a per-call ``model=`` only labels traces.
         return False
 
-    # Not implemented (like partner packages without these features): tool calling, structured
-    # output, JSON mode and multimodal inputs. The suite skips those tests from these flags.
+    # ChatSemGrad implements tool calling (hence structured output), but the embedded model cannot
+    # call tools: SmolLM2-135M-Instruct's chat template never renders `tools`, so bind_tools raises
+    # ToolCallingUnsupportedError for it (tested in unit_tests/test_tools.py). JSON mode and
+    # multimodal inputs are not implemented. The suite skips those tests from these flags.
     @property
     def has_tool_calling(self) -> bool:
         return False

@@ -85,7 +85,7 @@ def test_tool_call_only_messages_are_skipped_with_reason() -> None:
     assert scorer.calls == []
     assert handler.results == {}
     (reason,) = handler.skipped.values()
-    assert "tool-call-only" in reason
+    assert "tool-call message" in reason
     assert read_score(out) is None
 
 

@@ -97,6 +97,50 @@ def test_sampling_settings_reach_the_scorer() -> None:
     assert seen[1] == {"max_new_tokens": 2, "do_sample": False, "seed": 3}
 
 
+def test_generate_kwargs_reach_the_scorer_and_per_call_values_win() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def answer(messages: Any, **kwargs: Any) -> str:
+        seen.append(kwargs)
+        return "ok"
+
+    llm = SemGradLLM(
+        MockScorer(lambda m, a: 0.1, answers=answer),
+        max_new_tokens=9,
+        generate_kwargs={"repetition_penalty": 1.3, "no_repeat_ngram_size": 3},
+    )
+    llm.complete("hi")
+    llm.chat([ChatMessage(role="user", content="hi")], repetition_penalty=1.0, formatted=True)
+    assert seen[0] == {
+        "max_new_tokens": 9,
+        "do_sample": False,
+        "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 3,
+    }
+    # Per-call wins; keywords LlamaIndex adds on its own (formatted, tools) never reach generate().
+    assert seen[1] == {
+        "max_new_tokens": 9,
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 3,
+    }
+
+
+def test_generate_kwargs_change_what_the_model_generates(tiny: Any) -> None:
+    import torch
+
+    plain = SemGradLLM(tiny, max_new_tokens=8).complete("Tell me a story.")
+    prompt = torch.tensor([tiny.prompt_ids("Tell me a story.")])
+    with torch.no_grad():
+        first = int(tiny.model(prompt).logits[0, -1].argmax())  # the greedy answer's first token
+    # Forbidding that token must change the answer, and its score with it.
+    changed = SemGradLLM(tiny, max_new_tokens=8, generate_kwargs={"suppress_tokens": [first]}).complete(
+        "Tell me a story."
+    )
+    assert changed.text != plain.text
+    assert score_from_response(changed) != score_from_response(plain)
+
+
 def test_a_scorer_that_cannot_generate_is_refused() -> None:
     class ScoreOnly:
         def score(self, messages: Any, answer: str) -> ScoreResult:  # pragma: no cover - never called

@@ -82,8 +82,9 @@ class SemGradLLM(CustomLLM):
         temperature: 0 (the default) decodes greedily; above 0 samples.
         top_p: nucleus sampling cut-off when sampling.
         seed: seeds sampling per call, for reproducible answers.
-        generate_kwargs: extra Hugging Face ``generate()`` settings (e.g. ``repetition_penalty``); they
-            shape decoding only, the score is always the raw model's.
+        generate_kwargs: extra Hugging Face ``generate()`` settings (e.g. ``repetition_penalty``),
+            passed on every call; a per-call keyword of the same name wins. They shape decoding only,
+            the score is always the raw model's. Sampling, length and seed are set by the fields above.
 
     Example:
         >>> from semgrad_guard import MockScorer
@@ -175,10 +176,11 @@ class SemGradLLM(CustomLLM):
             overrides["temperature"] = 0.0
         settings.update({k: v for k, v in overrides.items() if k in _GENERATE_KEYS})
         settings.update({k: kwargs[k] for k in _GENERATE_KEYS if k in kwargs})
-        out: dict[str, Any] = {
-            "max_new_tokens": settings["max_new_tokens"],
-            "do_sample": settings["temperature"] > 0,
-        }
+        # Extra generate() settings first; a per-call value of the same name wins, and the dedicated
+        # fields above (sampling, length, seed) always decide those settings.
+        out: dict[str, Any] = dict(self.generate_kwargs)
+        out.update({k: kwargs[k] for k in self.generate_kwargs if k in kwargs})
+        out.update(max_new_tokens=settings["max_new_tokens"], do_sample=settings["temperature"] > 0)
         if out["do_sample"]:
             out["temperature"] = settings["temperature"]
             if settings["top_p"] is not None:

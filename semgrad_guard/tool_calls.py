@@ -1,0 +1,325 @@
+"""Tool calls in generated text: parse them out, and generate a turn with tools rendered.
+
+Models write tool calls in a few formats, which :func:`parse_tool_calls` reads (framework-free, no torch):
+
+* the tokenizer's own ``response_template`` (transformers' ``tokenizer.parse_response``) where the
+  tokenizer declares one: it knows that model's markers exactly;
+* Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call;
+* Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}, ...]`` (also the
+  ``[TOOL_CALLS]name[ARGS]{...}`` form of newer tokenizers);
+* Llama 3.1: the whole turn is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>`` optional).
+
+A marker followed by something that is not a call (bad JSON, no name) raises
+:class:`~semgrad_guard.errors.ToolCallParseError`; text without any marker is an answer.
+
+:func:`generate_tool_turn` generates with the tools rendered through the chat template
+(``apply_chat_template(..., tools=...)``) and parses the turn; the score covers exactly the generated
+tokens, as for any answer, and the caller decides whether a tool-call turn counts as an answer (it
+does not: an agent's final answer is the turn without tool calls).
+
+Example:
+    >>> turn = parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>')
+    >>> turn.content, turn.tool_calls[0].name, turn.tool_calls[0].arguments
+    ('', 'add', {'a': 1, 'b': 2})
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ToolCallingUnsupportedError, ToolCallParseError
+
+__all__ = [
+    "ToolCall",
+    "ToolTurn",
+    "generate_tool_turn",
+    "parse_tool_calls",
+    "require_tool_support",
+    "template_uses_tools",
+]
+
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_MISTRAL = "[TOOL_CALLS]"
+_MISTRAL_ARGS = "[ARGS]"
+_PYTHON_TAG = "<|python_tag|>"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call: the tool's name, its arguments and an id (generated when the model gave none)."""
+
+    name: str
+    """The tool's name, as the model wrote it."""
+    arguments: dict[str, Any]
+    """The call's arguments, decoded from JSON."""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:9])
+    """The call's id: the model's own, else 9 random alphanumerics (Mistral templates require that shape)."""
+
+
+@dataclass(frozen=True)
+class ToolTurn:
+    """A generated turn: its text without the tool-call markup, and its tool calls (empty for an answer)."""
+
+    content: str
+    """Text outside the tool calls (the whole answer when there are none)."""
+    tool_calls: list[ToolCall]
+    """The calls, in the order written."""
+    format: str | None = None
+    """Which format they were read from: ``"response_template"``, ``"hermes"``, ``"mistral"``, ``"llama3"``."""
+
+    @property
+    def is_answer(self) -> bool:
+        """True when the turn calls no tool, i.e. it is an answer to score."""
+        return not self.tool_calls
+
+
+def template_uses_tools(chat_template: Any) -> bool:
+    """Whether a chat template reads the ``tools`` variable (a dict of named templates: any of them)."""
+    if isinstance(chat_template, Mapping):
+        return any(template_uses_tools(t) for t in chat_template.values())
+    if not isinstance(chat_template, str) or not chat_template:
+        return False
+    try:
+        from jinja2 import Environment, meta
+
+        return "tools" in meta.find_undeclared_variables(Environment().parse(chat_template))
+    except Exception:  # an extension tag jinja's plain parser does not know: fall back to the name
+        return re.search(r"\btools\b", chat_template) is not None
+
+
+def require_tool_support(scorer: Any) -> None:
+    """Raise :class:`ToolCallingUnsupportedError` (naming the model) if its chat template ignores tools.
+
+    Scorers without a chat template (test doubles) are let through: they have nothing to render.
+    """
+    template = getattr(scorer, "chat_template", None)
+    if template is None and getattr(scorer, "tokenizer", None) is None:
+        return
+    if not template_uses_tools(template):
+        model = getattr(scorer, "model_id", None) or type(scorer).__name__
+        raise ToolCallingUnsupportedError(
+            f"{model} cannot call tools: its chat template never renders `tools`, so the model would not "
+            "see them. Use a model whose chat template supports tools (Qwen2.5, Llama 3.1, Mistral "
+            "Instruct v0.3, Hermes, ...) or pass a tool-aware chat_template to SemGradScorer"
+        )
+
+
+# -- parsing -----------------------------------------------------------------------------------------
+def parse_tool_calls(
+    text: str,
+    *,
+    tokenizer: Any = None,
+    prefix: str = "",
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> ToolTurn:
+    """Split a generated turn into its text and its tool calls.
+
+    Args:
+        text: the generated text; keep the special tokens (a decode with ``skip_special_tokens=False``)
+            when the tool-call markers are special tokens.
+        tokenizer: a tokenizer with a ``response_template``: its ``parse_response`` reads the turn.
+        prefix: the rendered prompt before the turn (``parse_response`` needs it).
+        tools: the tools offered (OpenAI format), so ``parse_response`` can type the arguments.
+
+    Raises:
+        ToolCallParseError: a tool-call marker is followed by something that is not a call.
+    """
+    if tokenizer is not None and getattr(tokenizer, "response_template", None):
+        return _from_response_template(text, tokenizer, prefix, tools)
+    if "<tool_call>" in text:
+        return _hermes(text)
+    if _MISTRAL in text:
+        return _mistral(text)
+    return _bare_json(text)
+
+
+def _from_response_template(
+    text: str, tokenizer: Any, prefix: str, tools: Sequence[Mapping[str, Any]] | None
+) -> ToolTurn:
+    try:
+        message = tokenizer.parse_response(text, prefix=prefix, tools=list(tools) if tools else None)
+    except Exception as e:
+        raise ToolCallParseError(f"the tokenizer's response_template could not parse the turn: {e}") from e
+    calls = [_call(_function_of(c), source="response_template") for c in message.get("tool_calls") or []]
+    content = message.get("content") or ""
+    return ToolTurn(
+        content=str(content).strip(), tool_calls=calls, format="response_template" if calls else None
+    )
+
+
+def _function_of(call: Any) -> Any:
+    if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
+        fn = dict(call["function"])
+        if "id" in call and "id" not in fn:
+            fn["id"] = call["id"]
+        return fn
+    return call
+
+
+def _hermes(text: str) -> ToolTurn:
+    calls = [_call(_loads(body, "hermes"), source="hermes") for body in _HERMES.findall(text)]
+    content = _HERMES.sub("", text).strip()
+    return ToolTurn(content=content, tool_calls=calls, format="hermes")
+
+
+def _mistral(text: str) -> ToolTurn:
+    content, _, rest = text.partition(_MISTRAL)
+    rest = rest.strip()
+    calls: list[ToolCall] = []
+    if rest.startswith("[") or rest.startswith("{"):
+        value, end = _decode_prefix(rest, "mistral")
+        for item in value if isinstance(value, list) else [value]:
+            calls.append(_call(item, source="mistral"))
+        tail = rest[end:]
+    else:  # ``[TOOL_CALLS]name[ARGS]{...}``, repeated
+        tail = ""
+        for chunk in rest.split(_MISTRAL):
+            name, sep, args = chunk.partition(_MISTRAL_ARGS)
+            if not sep:
+                raise ToolCallParseError(f"mistral tool call without [ARGS]: {chunk!r:.120}")
+            value, end = _decode_prefix(args.strip(), "mistral")
+            calls.append(_call({"name": name.strip(), "arguments": value}, source="mistral"))
+            tail += args.strip()[end:]
+    if not calls:
+        raise ToolCallParseError("[TOOL_CALLS] followed by an empty list of calls")
+    return ToolTurn(content=(content + tail).strip(), tool_calls=calls, format="mistral")
+
+
+def _bare_json(text: str) -> ToolTurn:
+    """Llama 3.1 (``{"name", "parameters"}``) or a Mistral list whose special marker was stripped."""
+    body = text.strip()
+    tagged = body.startswith(_PYTHON_TAG)
+    if tagged:
+        body = body[len(_PYTHON_TAG) :].strip()
+    if not body.startswith(("{", "[")):
+        if tagged:
+            raise ToolCallParseError(f"<|python_tag|> not followed by a JSON tool call: {body!r:.120}")
+        return ToolTurn(content=text.strip(), tool_calls=[])
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        if tagged:
+            raise ToolCallParseError(f"<|python_tag|> not followed by valid JSON: {body!r:.120}") from None
+        return ToolTurn(content=text.strip(), tool_calls=[])  # an answer that happens to start with "{"
+    items = value if isinstance(value, list) else [value]
+    if items and all(_looks_like_call(i) for i in items):
+        calls = [_call(i, source="llama3") for i in items]
+        return ToolTurn(
+            content="", tool_calls=calls, format="llama3" if isinstance(value, dict) else "mistral"
+        )
+    if tagged:
+        raise ToolCallParseError(f"<|python_tag|> JSON is not a tool call (no 'name'): {body!r:.120}")
+    return ToolTurn(content=text.strip(), tool_calls=[])  # JSON as an answer (e.g. structured output)
+
+
+def _looks_like_call(item: Any) -> bool:
+    return (
+        isinstance(item, Mapping)
+        and isinstance(item.get("name"), str)
+        and set(item) <= {"name", "arguments", "parameters", "id", "type"}
+        and ("arguments" in item or "parameters" in item)
+    )
+
+
+def _loads(body: str, source: str) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        raise ToolCallParseError(f"{source} tool call is not valid JSON ({e.msg}): {body!r:.120}") from e
+
+
+def _decode_prefix(body: str, source: str) -> tuple[Any, int]:
+    try:
+        return json.JSONDecoder().raw_decode(body)
+    except json.JSONDecodeError as e:
+        raise ToolCallParseError(f"{source} tool call is not valid JSON ({e.msg}): {body!r:.120}") from e
+
+
+def _call(item: Any, *, source: str) -> ToolCall:
+    if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"].strip():
+        raise ToolCallParseError(f"{source} tool call has no tool name: {item!r:.120}")
+    args = item.get("arguments", item.get("parameters", {}))
+    if isinstance(args, str):  # OpenAI style: arguments as a JSON string
+        args = _loads(args, source) if args.strip() else {}
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise ToolCallParseError(
+            f"{source} tool call {item['name']!r} has non-object arguments: {args!r:.120}"
+        )
+    call_id = item.get("id")
+    if isinstance(call_id, str) and call_id:
+        return ToolCall(name=item["name"].strip(), arguments=dict(args), id=call_id)
+    return ToolCall(name=item["name"].strip(), arguments=dict(args))
+
+
+# -- generating ---------------------------------------------------------------------------------------
+class _IdCollector:
+    """A ``generate`` streamer that keeps the generated ids (and forwards to the caller's streamer)."""
+
+    def __init__(self, forward: Any = None) -> None:
+        self.forward = forward
+        self.ids: list[int] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self.forward is not None:
+            self.forward.put(value)
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        if self.forward is not None:
+            self.forward.end()
+
+
+def generate_tool_turn(
+    scorer: Any,
+    messages: Any,
+    tools: Sequence[Mapping[str, Any]],
+    **generate_kwargs: Any,
+) -> tuple[ToolTurn, Any]:
+    """Generate one turn with ``tools`` rendered into the prompt, and parse its tool calls.
+
+    Returns ``(turn, score)``: the score is the generating scorer's for exactly the generated tokens.
+    A scorer with a chat template is asked for ``scorer.with_tools(tools)``, whose every prompt renders
+    the tools; test doubles (``MockScorer``) generate text that is parsed the same way.
+
+    Raises:
+        ToolCallingUnsupportedError: the model's chat template does not render tools.
+        ToolCallParseError: the turn starts a tool call that cannot be read.
+    """
+    tools = [dict(t) for t in tools]
+    tokenizer = getattr(scorer, "tokenizer", None)
+    if tokenizer is None or not hasattr(scorer, "with_tools"):
+        text, result = scorer.generate(messages, **generate_kwargs)
+        return parse_tool_calls(text, tools=tools), result
+    bound = scorer.with_tools(tools)
+    collector = _IdCollector(generate_kwargs.pop("streamer", None))
+    text, result = bound.generate(messages, streamer=collector, **generate_kwargs)
+    eos = set(getattr(bound, "eos_token_ids", []))
+    raw = tokenizer.decode(collector.ids, skip_special_tokens=False) if collector.ids else text
+    if getattr(tokenizer, "response_template", None):
+        turn = parse_tool_calls(raw, tokenizer=tokenizer, prefix=bound.render_prompt(messages), tools=tools)
+    else:
+        plain = tokenizer.decode([t for t in collector.ids if t not in eos], skip_special_tokens=False)
+        turn = parse_tool_calls(plain if collector.ids else text, tools=tools)
+        if turn.tool_calls:
+            turn = ToolTurn(_strip_specials(turn.content, tokenizer), turn.tool_calls, turn.format)
+    if not turn.tool_calls:
+        turn = ToolTurn(content=text, tool_calls=[])  # an answer reads exactly as without tools
+    return turn, result
+
+
+def _strip_specials(text: str, tokenizer: Any) -> str:
+    for token in sorted(getattr(tokenizer, "all_special_tokens", []) or [], key=len, reverse=True):
+        if token:
+            text = text.replace(token, "")
+    return text.strip()

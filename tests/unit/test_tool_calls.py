@@ -1,0 +1,239 @@
+"""Tool calls: parsing each format, typed errors, and generating a turn with tools rendered."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from semgrad_guard.errors import (
+    ChatTemplateError,
+    SemGradGuardError,
+    ToolCallingUnsupportedError,
+    ToolCallParseError,
+)
+from semgrad_guard.testing import tiny_scorer
+from semgrad_guard.testing.tools import TOOL_FORMATS, ScriptedGeneration, tiny_tool_scorer
+from semgrad_guard.tool_calls import generate_tool_turn, parse_tool_calls, template_uses_tools
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+CALLS = {
+    "hermes": '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>',
+    "llama3": '{"name": "add", "parameters": {"a": 2, "b": 3}}',
+    "mistral": '[TOOL_CALLS] [{"name": "add", "arguments": {"a": 2, "b": 3}, "id": "a1b2c3d4e"}]',
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
+
+
+# -- parsing ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", TOOL_FORMATS)
+def test_each_format_parses_to_the_same_call(fmt: str) -> None:
+    turn = parse_tool_calls(CALLS[fmt])
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]
+    assert turn.content == ""
+    assert turn.format == fmt
+    assert not turn.is_answer
+
+
+def test_hermes_keeps_the_text_around_several_calls() -> None:
+    text = (
+        'Let me add both. <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>\n'
+        '<tool_call>{"name": "add", "arguments": "{\\"a\\": 3, \\"b\\": 4}"}</tool_call>'
+    )
+    turn = parse_tool_calls(text)
+    assert turn.content == "Let me add both."
+    assert [c.arguments for c in turn.tool_calls] == [{"a": 1, "b": 2}, {"a": 3, "b": 4}]
+    assert len({c.id for c in turn.tool_calls}) == 2  # generated ids are distinct
+
+
+def test_llama_python_tag_and_mistral_without_its_special_marker() -> None:
+    assert parse_tool_calls('<|python_tag|>{"name": "add", "parameters": {}}').tool_calls[0].name == "add"
+    # A decode that skipped special tokens leaves Mistral's bare list behind.
+    turn = parse_tool_calls('[{"name": "add", "arguments": {"a": 1}}, {"name": "mul", "arguments": {}}]')
+    assert [c.name for c in turn.tool_calls] == ["add", "mul"]
+
+
+def test_mistral_v11_name_args_form() -> None:
+    turn = parse_tool_calls('[TOOL_CALLS]add[ARGS]{"a": 1, "b": 2}[TOOL_CALLS]mul[ARGS]{"a": 3}')
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 1, "b": 2}), ("mul", {"a": 3})]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Paris is the capital of France.",
+        '{"answer": 42}',  # JSON that is not a call stays an answer
+        "{not json at all",
+        "[1, 2, 3]",
+    ],
+)
+def test_plain_answers_have_no_calls(text: str) -> None:
+    turn = parse_tool_calls(text)
+    assert turn.is_answer
+    assert turn.content == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>{not json}</tool_call>",
+        '<tool_call>{"arguments": {"a": 1}}</tool_call>',  # no name
+        '<tool_call>{"name": "add", "arguments": [1, 2]}</tool_call>',  # arguments not an object
+        "[TOOL_CALLS] [{broken",
+        "[TOOL_CALLS] []",
+        "<|python_tag|>not json",
+    ],
+)
+def test_malformed_calls_raise_a_typed_error(text: str) -> None:
+    with pytest.raises(ToolCallParseError) as info:
+        parse_tool_calls(text)
+    assert isinstance(info.value, SemGradGuardError)
+    assert isinstance(info.value, ValueError)
+
+
+def test_the_tokenizers_response_template_is_used_when_declared() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    tok = scorer.tokenizer
+    tok.response_template = {
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|im_start|>assistant\n",
+        "fields": {
+            "tool_calls": {
+                "open_pattern": r"\s*<call>",
+                "close": "</call>",
+                "repeats": True,
+                "content": "json",
+                "transform": {"type": "function", "function": "{content}"},
+            },
+            "content": {"close_pattern": r"\s*<\|im_end\|>", "content": "text"},
+        },
+    }
+    # A marker only this tokenizer's template knows (the generic parsers would see an answer).
+    turn = parse_tool_calls(
+        'Sure.<call>{"name": "add", "arguments": {"a": "2", "b": 3}}</call><|im_end|>',
+        tokenizer=tok,
+        prefix="<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+        tools=[ADD],
+    )
+    assert turn.format == "response_template"
+    assert turn.content == "Sure."
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]  # typed by schema
+
+
+def test_generate_tool_turn_parses_with_the_response_template_on_the_raw_turn() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    # transformers' own response_template for Qwen2-style models (cli/serving fallbacks), trimmed.
+    scorer.tokenizer.response_template = {
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|im_start|>assistant\n",
+        "fields": {
+            "tool_calls": {
+                "open_pattern": r"\s*<tool_call>",
+                "close": "</tool_call>",
+                "repeats": True,
+                "content": "json",
+                "transform": {"type": "function", "function": "{content}"},
+            },
+            "content": {"close_pattern": r"\s*(?:<\|im_end\|>|<\|endoftext\|>)", "content": "text"},
+        },
+    }
+    text = 'Adding. <tool_call>\n{"name": "add", "arguments": {"a": "2", "b": 3}}\n</tool_call>'
+    with ScriptedGeneration(scorer, [text, "It is 5."]):
+        turn, _ = generate_tool_turn(scorer, "2 + 3?", [ADD], max_new_tokens=64)
+        answer, _ = generate_tool_turn(scorer, "2 + 3?", [ADD], max_new_tokens=64)
+    assert turn.format == "response_template"
+    assert turn.content == "Adding."
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]  # typed by schema
+    assert answer.is_answer and answer.content == "It is 5."
+
+
+# -- templates ----------------------------------------------------------------------------------------
+def test_template_uses_tools() -> None:
+    assert template_uses_tools("{% for t in tools %}{{ t }}{% endfor %}")
+    assert not template_uses_tools("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert template_uses_tools({"default": "{{ messages }}", "tool_use": "{{ tools }}"})
+    assert not template_uses_tools(None)
+
+
+def test_a_model_whose_template_ignores_tools_gets_an_error_naming_it() -> None:
+    scorer = tiny_scorer("llama")
+    with pytest.raises(ToolCallingUnsupportedError, match="tiny-random-llama cannot call tools") as info:
+        scorer.with_tools([ADD])
+    assert isinstance(info.value, ChatTemplateError)
+    with pytest.raises(ToolCallingUnsupportedError):
+        generate_tool_turn(scorer, "2 + 3?", [ADD])
+
+
+def test_with_tools_renders_tools_and_leaves_the_original_alone() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    bound = scorer.with_tools([ADD])
+    assert '"name": "add"' in bound.render_prompt("2 + 3?")
+    assert "add" not in scorer.render_prompt("2 + 3?")
+    assert bound.model is scorer.model
+    assert scorer.with_tools(None).render_prompt("hi") == scorer.render_prompt("hi")
+
+
+# -- generating ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", TOOL_FORMATS)
+def test_generate_tool_turn_then_final_answer_through_each_template(fmt: str) -> None:
+    scorer = tiny_tool_scorer(fmt)
+    question = [{"role": "user", "content": "What is 2 + 3?"}]
+    with ScriptedGeneration(scorer, [CALLS[fmt], "2 + 3 = 5."]) as script:
+        turn, call_score = generate_tool_turn(scorer, question, [ADD], max_new_tokens=64)
+        assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]
+        call = turn.tool_calls[0]
+        history = [
+            *question,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "id": call.id,
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "content": "5", "tool_call_id": call.id, "name": "add"},
+        ]
+        final, final_score = generate_tool_turn(scorer, history, [ADD], max_new_tokens=64)
+    assert script.calls == 2
+    assert final.is_answer and final.content == "2 + 3 = 5."
+    # The final answer's score is the score of that answer after that history, tools rendered.
+    expected = scorer.with_tools([ADD]).score(history, "2 + 3 = 5.")
+    assert final_score.prompt_tokens == expected.prompt_tokens
+    if fmt != "mistral":  # Mistral's template writes " " + answer: scoring the text re-tokenises it
+        assert final_score.semgrad == pytest.approx(expected.semgrad, rel=1e-4, abs=1e-6)
+    assert call_score.prompt_tokens < final_score.prompt_tokens
+
+
+def test_generate_tool_turn_with_a_mock_scorer_parses_its_text() -> None:
+    from semgrad_guard import MockScorer
+
+    scorer = MockScorer(lambda m, a: 0.2, answers=[CALLS["hermes"]])
+    turn, result = generate_tool_turn(scorer, "2 + 3?", [ADD])
+    assert turn.tool_calls[0].name == "add"
+    assert result.semgrad == 0.2
+
+
+def test_a_malformed_generated_call_raises() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    script = ScriptedGeneration(scorer, ['<tool_call>{"name": "add", "arguments": {"a": </tool_call>'])
+    with script, pytest.raises(ToolCallParseError, match="not valid JSON"):
+        generate_tool_turn(scorer, "2 + 3?", [ADD], max_new_tokens=64)

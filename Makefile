@@ -20,9 +20,13 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) cookbook/langchain_rag_gating.py
 
-test: install
+# Lint, format and types first (seconds), then every test, the doctests included.
+test: install lint
 	$(PY) -m pytest tests
-	set -e; for p in $(INTEGRATIONS); do d=$$(dirname $$p); echo "== $$d"; (cd $$d && ../../$(PY) -m pytest tests); done
+	$(PY) -m pytest --doctest-modules semgrad_guard -q
+	set -e; for p in $(INTEGRATIONS); do d=$$(dirname $$p); echo "== $$d"; \
+	  pkg=$$(ls -d $$d/langchain_semgrad $$d/llama_index 2>/dev/null); \
+	  (cd $$d && ../../$(PY) -m pytest tests && ../../$(PY) -m pytest --doctest-modules $$(basename $$pkg) -q); done
 
 test-unit: install
 	$(PY) -m pytest tests/unit
@@ -31,6 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check semgrad_guard integrations tests cookbook benchmarks
 	$(VENV)/bin/ruff format --check semgrad_guard integrations tests cookbook benchmarks --exclude "*.md"
 	$(VENV)/bin/mypy
+	set -e; for p in $(INTEGRATIONS); do (cd $$(dirname $$p) && ../../$(VENV)/bin/mypy); done
 
 bench: install
 	$(PY) benchmarks/bench_scoring.py

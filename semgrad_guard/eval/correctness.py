@@ -101,7 +101,7 @@ class Embedder:
 
     Example:
         >>> e = default_embedder()
-        >>> round(e.similarity(["Paris"], ["paris"])[0][0], 2)
+        >>> round(float(e.similarity(["Paris"], ["paris"])[0][0]), 2)
         1.0
     """
 

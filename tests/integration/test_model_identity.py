@@ -21,7 +21,9 @@ def _same_as_default(scorer, default_scorer):
     cal = Calibrator.default_for(scorer.model_id)
     cal.check_compatible(scorer.model_id, scorer.profile)
     r = scorer.score("What is the capital of France?", "Paris.")
-    assert cal.confidence(r) == pytest.approx(cal.confidence(default_scorer.score("What is the capital of France?", "Paris.")))
+    assert cal.confidence(r) == pytest.approx(
+        cal.confidence(default_scorer.score("What is the capital of France?", "Paris."))
+    )
 
 
 def test_loading_the_cache_directory_gives_the_shipped_profile_and_calibrator(default_scorer):

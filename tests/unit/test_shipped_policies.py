@@ -68,7 +68,10 @@ def test_policy_accepts_its_share_with_fewer_errors_on_held_out_answers(name, da
         cal = Calibrator.fit([results[i] for i in a], data.correct[a], groups=list(data.groups[a]))
         conf = cal.predict([results[i] for i in b])
         accepted = np.asarray(
-            [policy.decide(results[i], float(c)).action.value == "accept" for i, c in zip(b, conf, strict=True)]
+            [
+                policy.decide(results[i], float(c)).action.value == "accept"
+                for i, c in zip(b, conf, strict=True)
+            ]
         )
         y, g = data.correct[b], data.groups[b]
         cov.append(accepted.mean())
@@ -83,7 +86,9 @@ def test_policy_accepts_its_share_with_fewer_errors_on_held_out_answers(name, da
     for n, pairs in per_set.items():
         if len(pairs) >= SPLITS // 2:
             acc_err, all_err = np.mean(pairs, axis=0)
-            assert acc_err < all_err, f"{name} on {n}: error among accepted {acc_err:.3f} >= overall {all_err:.3f}"
+            assert acc_err < all_err, (
+                f"{name} on {n}: error among accepted {acc_err:.3f} >= overall {all_err:.3f}"
+            )
 
 
 def test_shipped_calibrator_belongs_to_the_shipped_profile(profile):

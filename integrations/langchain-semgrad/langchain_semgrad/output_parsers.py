@@ -42,6 +42,7 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
     gated result: the last value streamed is the one to show.
 
     Example:
+        >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
         >>> from semgrad_guard.policy import GuardPolicy
         >>> policy = GuardPolicy.from_dict({"rules": [

@@ -268,6 +268,7 @@ def guard_runnable(
             ``"message"`` (an AIMessage whose ``response_metadata["semgrad"]`` holds the decision).
 
     Example:
+        >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
         >>> from semgrad_guard.policy import GuardPolicy
         >>> scorer = MockScorer(lambda m, a: 0.1 if a == "Canberra" else 0.9, answers=["Sydney", "Canberra"])

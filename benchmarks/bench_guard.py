@@ -53,7 +53,7 @@ README_POLICY = ROOT / "cookbook" / "policies" / "default.yaml"
 NUM_LAYERS = 30
 SPS_BEFORE = (-1, list(range(15, 30)))  # the SPS profile shipped before this benchmark
 DEFAULT_RULE = (-4, list(range(15, 30)))  # first token of the generation prompt (<|im_start|>)
-ALPHAS = (0.2, 0.3, 0.4)
+ALPHAS = (0.4, 0.5, 0.6)  # the model is wrong on ~3 answers in 4: lower targets cannot be certified here
 DELTA = 0.1
 
 
@@ -243,6 +243,28 @@ def policy_part(data: DevSet, results, policy: GuardPolicy, splits: int, seed: i
     }
 
 
+def derived_thresholds(data: DevSet, results) -> dict[str, float | None]:
+    """``select_threshold`` per alpha on out-of-fold confidences of all development answers.
+
+    What the policy files' accept bands are read from: each answer's confidence comes from a
+    calibrator fitted without its fold (the shipped recipe), so the threshold is chosen on data the
+    calibrator was not fitted on.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    strata = np.asarray([f"{g}|{c}" for g, c in zip(data.groups, data.correct, strict=True)])
+    conf = np.zeros(len(data))
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(data)), strata):
+        cal = _fit([results[i] for i in tr], data.correct[tr], data.groups[tr])
+        conf[te] = cal.predict([results[i] for i in te], check=False)
+    out: dict[str, float | None] = {}
+    for a in ALPHAS:
+        sel = select_threshold(conf, data.correct, alpha=a, delta=DELTA, strict=False)
+        out[str(a)] = sel.threshold if sel.feasible else None
+        out[f"{a} coverage"] = sel.coverage
+    return out
+
+
 def write_shipped(
     data: DevSet, offset: int, layers: list[int], band: str, mode: str, prof_part: dict
 ) -> None:
@@ -317,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_part(data, results, args.splits, args.seed)
     policy = GuardPolicy.from_yaml(README_POLICY)
     pol = policy_part(data, results, policy, args.splits, args.seed)
+    pol["derived"] = derived_thresholds(data, results)
     report = {
         "profile": prof,
         "exgrad": ex,
@@ -340,7 +363,7 @@ def render(r: dict, args, elapsed: float) -> str:
         f"Model: {MODEL_ID} (embedded, float32, CPU). Data: "
         + ", ".join(f"{n} {r['n'][n]} answers (accuracy {r['accuracy'][n]:.2f})" for n in NAMES)
         + " - greedy answers and labels from `benchmarks/devsets/collect.py` (SciQ: a reference occurs in the "
-        "answer; TruthfulQA: MiniLM cosine with a reference >= 0.7; RAG: the fact for answerable questions, "
+        "answer; TruthfulQA: MiniLM cosine with a reference >= 0.8, a noisy label (see benchmarks/devsets/README.md); RAG: the fact for answerable questions, "
         '"I don\'t know" for unanswerable ones). AUROC: wrong answer = positive, higher score = more likely wrong; '
         "for confidence, lower = more likely wrong.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
@@ -441,7 +464,17 @@ def render(r: dict, args, elapsed: float) -> str:
     for n in NAMES:
         s = pol["per_set"][n]
         L.append(f"| {n} | {fmt(s['coverage'])} | {fmt(s['err_acc'])} | {fmt(s['err_all'])} |")
+    der = pol["derived"]
+    certified = [
+        f"alpha {a}: {fmt(der[str(a)])} (coverage {der[f'{a} coverage']:.3f})" for a in ALPHAS if der[str(a)]
+    ]
     L += [
+        "",
+        "`select_threshold(alpha, delta=0.1)` on out-of-fold confidences of all 600 development answers (5 folds, "
+        "the calibrator refitted without each fold) certifies "
+        + ("; ".join(certified) if certified else f"no threshold at alpha {', '.join(map(str, ALPHAS))}")
+        + ". Where it certifies none, the bands of the policy files are read off the held-out table above "
+        "(their promise is tested in tests/unit/test_shipped_policies.py), not risk-controlled.",
         "",
         f"Risk control (`select_threshold(alpha, delta={DELTA})` on one quarter of the data, error realised on another):",
         "",

@@ -111,7 +111,8 @@ class Calibrator(BaseModel):
     cv: dict[str, float] | None = None
     """Cross-validated Brier score of every candidate considered ('method:feature+feature' -> score)."""
     cv_scheme: str | None = None
-    """How ``cv`` was computed: 'k-fold' or 'leave-one-group-out' (e.g. one data set held out at a time)."""
+    """How ``cv`` was computed: '5-fold, Brier' or 'leave-one-group-out, 1 - AUROC' (one data set
+    held out at a time: what transfers across data sets is the ranking, the base rate does not)."""
     reference: list[float] | None = None
     """101 quantiles of the confidences it gives on its own fitting data: the drift monitor's reference."""
     n_reference: int = 0
@@ -145,10 +146,10 @@ class Calibrator(BaseModel):
     ) -> Calibrator:
         """Fit on labelled results; with ``"auto"``, choose method and/or features by cross-validation.
 
-        Candidates for ``features="auto"`` are :data:`AUTO_FEATURE_SETS`; the candidate with the
-        lowest mean Brier score wins, over ``folds`` stratified folds, or, when ``groups`` names the
-        data set of each example (two or more), leaving one data set out at a time: the choice that
-        transfers to data it was not fitted on.
+        Candidates for ``features="auto"`` are :data:`AUTO_FEATURE_SETS`. The candidate with the
+        lowest mean Brier score over ``folds`` stratified folds wins; or, when ``groups`` names the
+        data set of each example (two or more), the one with the highest mean AUROC on each data set
+        held out in turn: the choice that transfers to data it was not fitted on.
 
         Args:
             results: Scores of the labelled answers.
@@ -204,20 +205,22 @@ class Calibrator(BaseModel):
             if groups is not None and len(set(groups)) >= 2:
                 g = np.asarray(list(groups))
                 splits = [(np.flatnonzero(g != name), np.flatnonzero(g == name)) for name in sorted(set(g))]
-                scheme = "leave-one-group-out"
+                # Across data sets the base rate shifts, and a Brier score mostly measures that shift;
+                # what transfers is the ranking, so choose by held-out AUROC (the fit on all data
+                # then calibrates the chosen features on every group's base rate).
+                scheme, loss = "leave-one-group-out, 1 - AUROC", _cv_auroc_loss
             else:
                 splits = _stratified_folds(y, folds, seed)
-                scheme = f"{len(splits)}-fold"
+                scheme, loss = f"{len(splits)}-fold, Brier", _cv_brier
             for m in methods:
                 for cand in candidates:
                     cols = [SCORE_FIELDS.index(f) for f in cand]
-                    cv[_key(m, cand)] = _cv_brier(m, x_all[:, cols], y, splits)
+                    cv[_key(m, cand)] = loss(m, x_all[:, cols], y, splits)
             best = min(cv, key=lambda k: cv[k])
             best_method, best_feats = best.split(":", 1)
-            logger.info("calibrator: %s cross-validation", scheme)
             chosen_method: Method = "isotonic" if best_method == "isotonic" else "platt"
             chosen_features = best_feats.split("+")
-            logger.info("calibrator: chose %s by %d-fold CV (Brier %.4f)", best, folds, cv[best])
+            logger.info("calibrator: chose %s by %s cross-validation (%.4f)", best, scheme, cv[best])
         else:
             chosen_method, chosen_features = methods[0], candidates[0]
         cols = [SCORE_FIELDS.index(f) for f in chosen_features]
@@ -621,6 +624,21 @@ def _cv_brier(
         pred = _predict_params(method, _fit_params(method, x[tr], y[tr]), x[te])
         losses.append(float(np.mean((pred - y[te]) ** 2)))
     return float(np.mean(losses)) if losses else math.inf
+
+
+def _cv_auroc_loss(
+    method: Method, x: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+) -> float:
+    """1 - mean held-out AUROC of the confidence for telling right from wrong answers."""
+    from sklearn.metrics import roc_auc_score
+
+    values = []
+    for tr, te in splits:
+        if y[tr].min() == y[tr].max() or y[te].min() == y[te].max():
+            continue
+        pred = _predict_params(method, _fit_params(method, x[tr], y[tr]), x[te])
+        values.append(float(roc_auc_score(y[te], pred)))
+    return 1.0 - float(np.mean(values)) if values else math.inf
 
 
 def _common_model_id(results: Sequence[ScoreResult]) -> str | None:

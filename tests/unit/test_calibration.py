@@ -66,7 +66,7 @@ def test_auto_picks_the_informative_score_by_cross_validation() -> None:
     results, correct, _ = _synthetic(seed=1)
     cal = Calibrator.fit(results, correct, method="auto", features="auto")
     assert cal.cv is not None and len(cal.cv) == 2 * len(AUTO_FEATURE_SETS)
-    assert cal.cv_scheme == "5-fold"
+    assert cal.cv_scheme == "5-fold, Brier"
     assert "mean_nll" in cal.features
     assert cal.cv["isotonic:mean_nll"] < cal.cv["isotonic:semgrad"]
     assert cal.cv["platt:mean_nll"] < cal.cv["platt:exgrad"]
@@ -201,7 +201,7 @@ def test_groups_select_features_leaving_one_data_set_out() -> None:
     b, yb, _ = _synthetic(seed=3)
     groups = ["a"] * len(a) + ["b"] * len(b)
     cal = Calibrator.fit(a + b, np.concatenate([ya, yb]), groups=groups)
-    assert cal.cv_scheme == "leave-one-group-out"
+    assert cal.cv_scheme == "leave-one-group-out, 1 - AUROC"
     assert "mean_nll" in cal.features
     with pytest.raises(CalibrationError, match="groups"):
         Calibrator.fit(a, ya, groups=["a"])

@@ -36,7 +36,11 @@ def test_calibrate_writes_a_loadable_calibrator_and_prints_the_report(tmp_path, 
     out = tmp_path / "cal.json"
     assert main(["calibrate", "--data", str(data), "--out", str(out), "--alphas", "0.3", "0.5"]) == 0
     cal = Calibrator.load(out)
-    assert cal.cv_scheme == "leave-one-group-out" and "mean_nll" in cal.features and cal.n_samples == 600
+    assert (
+        cal.cv_scheme.startswith("leave-one-group-out")
+        and "mean_nll" in cal.features
+        and cal.n_samples == 600
+    )
     text = capsys.readouterr().out
     assert "out-of-fold ECE" in text and "Reliability" in text and "Risk-controlled thresholds" in text
     assert "0.3" in text

@@ -39,9 +39,9 @@ SYSTEM = (
     + "\n".join(json.loads(line)["text"] for line in GUIDE.read_text().splitlines() if line.strip())
 )
 
-# Bands over calibrated confidence (the shipped calibrator): cookbook/policies/default.yaml, with this
-# example's own abstention message.
-POLICY = GuardPolicy.from_yaml(Path(__file__).parent / "policies" / "default.yaml").model_copy(
+# Bands over calibrated confidence (the shipped calibrator): cookbook/policies/abstain_or_escalate.yaml,
+# with this example's own abstention message.
+POLICY = GuardPolicy.from_yaml(Path(__file__).parent / "policies" / "abstain_or_escalate.yaml").model_copy(
     update={"abstain_message": "I'm not sure; let me connect you with a member of staff."}
 )
 
@@ -72,14 +72,14 @@ def run(
     # 1. Route three answers.
     results: list[GuardResult] = [guarded.invoke(messages(q)) for q in QUESTIONS]
     table = Table(title="Step 1: routing (policy over calibrated confidence)", show_lines=True)
-    for col in ("question", "model answer", "semgrad", "action", "returned", "review id"):
+    for col in ("question", "model answer", "confidence", "action", "returned", "review id"):
         table.add_column(col, overflow="fold")
     for q, r in zip(QUESTIONS, results, strict=True):
         best = r.best_attempt
         table.add_row(
             q,
             (best.answer if best else "") or "",
-            f"{r.result.semgrad:.2e}" if r.result else "n/a",
+            f"{r.confidence:.2f}" if r.confidence is not None else "n/a",
             r.action.value,
             r.answer,
             str(r.review_id or ""),
@@ -117,7 +117,9 @@ def run(
     waiting_policy = policy.model_copy(
         update={"review": policy.review.model_copy(update={"wait": 60.0, "poll_interval": 0.1})}
     )
-    waiting = guard_runnable(chat, chat.scorer, waiting_policy, review_queue=queue, output="guard_result")
+    waiting = guard_runnable(
+        chat, chat.scorer, waiting_policy, calibrator=calibrator, review_queue=queue, output="guard_result"
+    )
 
     async def reviewer() -> None:
         for _ in range(6000):  # a person at a review screen, polling the same SQLite file

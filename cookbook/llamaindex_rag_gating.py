@@ -97,6 +97,7 @@ def main(
                         "answer": str(response),
                         "original_answer": result.original_answer,
                         "semgrad": result.result.semgrad if result.result is not None else None,
+                        "confidence": result.confidence,
                         "attempts": len(result.attempts),
                         "top_k": [a.get("similarity_top_k", 2) for a in attempts.values()],
                         "review_id": result.review_id,
@@ -112,8 +113,8 @@ def main(
         if tmp is not None:
             tmp.cleanup()
 
-    table = Table(title="SemGrad gating of RAG answers (SmolLM2-135M-Instruct, illustrative bands)")
-    for column in ("scope", "question", "route", "semgrad", "attempts (top-k)", "answer shown"):
+    table = Table(title="Guarded RAG answers (SmolLM2-135M-Instruct, bands over calibrated confidence)")
+    for column in ("scope", "question", "route", "confidence", "semgrad", "attempts (top-k)", "answer shown"):
         table.add_column(column, overflow="fold")
     for row in rows:
         semgrad = f"{row['semgrad']:.2e}" if row["semgrad"] is not None else "error"
@@ -122,6 +123,7 @@ def main(
             row["scope"],
             row["question"],
             route,
+            f"{row['confidence']:.2f}" if row["confidence"] is not None else "n/a",
             semgrad,
             f"{row['attempts']} ({row['top_k']})",
             row["answer"],

@@ -97,6 +97,7 @@ class SemGradScorer:
         self.model = model
         self.tokenizer = tokenizer
         self._given_model_id = model_id
+        self._recognised = False  # set when a shipped profile recognises the weights
         self.model_id = model_id or getattr(model.config, "_name_or_path", None) or type(model).__name__
         check_causal(model.config, self.model_id)  # a BERT is not a chat-template problem
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
@@ -156,7 +157,10 @@ class SemGradScorer:
         mdl, tok, resolved_id = load_model_and_tokenizer(
             model, gguf_file=gguf_file, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        return cls(mdl, tok, profile, model_id=model_id or resolved_id, **scorer_kwargs)
+        scorer = cls(mdl, tok, profile, model_id=model_id, **scorer_kwargs)
+        if model_id is None and not scorer._recognised:
+            scorer.model_id = resolved_id  # the name it was loaded by, unless its weights said otherwise
+        return scorer
 
     @property
     def exgrad_mode(self) -> str:
@@ -205,6 +209,7 @@ class SemGradScorer:
                 # Recognised by its weights: the shipped name, whatever path it was loaded from,
                 # so the shipped calibrator is found too (Calibrator.default_for(scorer.model_id)).
                 self.model_id = found.model_id
+                self._recognised = True
             return self._check_profile(found)
         offset = self.default_anchor_offset()
         message = (

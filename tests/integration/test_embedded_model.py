@@ -20,10 +20,12 @@ def test_default_cache_is_valid_and_fetch_is_a_no_op():
     assert fetch_default_model() == path
 
 
-def test_shipped_sps_profile_is_found_for_the_default_model(default_scorer):
-    assert default_scorer.profile.source == "sps"
-    assert default_scorer.profile.model_id == default_scorer.model_id
-    assert default_scorer.profile.sps_table is not None
+def test_shipped_profile_is_found_for_the_default_model(default_scorer):
+    profile = default_scorer.profile
+    assert profile.source == "supervised" and profile.model_id == default_scorer.model_id
+    # Chosen by cross-validated AUROC, with the label-free SPS table kept beside it.
+    assert profile.selection is not None and profile.selection["cv_auroc"] > 0.5
+    assert profile.sps_table is not None and profile.selection["sps"]["offset"] == -1
 
 
 def test_generate_scores_match_scoring_the_text(default_scorer):

@@ -29,7 +29,12 @@ SHIPPED_PROFILE = ROOT / "semgrad_guard" / "profiles" / "smollm2-135m-instruct.j
 SHIPPED_CALIBRATOR = ROOT / "semgrad_guard" / "calibrators" / "smollm2-135m-instruct.json"
 # Share of answers each policy accepts (directly or after retries count as not accepted here), as stated
 # in README.md / cookbook/README.md; measured in benchmarks/results/guard_quality.md.
-PROMISED_ACCEPT_SHARE = {"accept_or_review.yaml": 0.12, "default.yaml": 0.12, "with_retry.yaml": 0.12}
+PROMISED_ACCEPT_SHARE = {
+    "abstain_or_escalate.yaml": 0.12,
+    "accept_or_review.yaml": 0.12,
+    "default.yaml": 0.12,
+    "with_retry.yaml": 0.12,
+}
 SPLITS = 20
 
 

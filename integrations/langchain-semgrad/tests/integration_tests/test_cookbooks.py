@@ -12,6 +12,14 @@ import pytest
 from semgrad_guard.guard import GuardResult
 from semgrad_guard.review import SQLiteReviewQueue
 
+QUESTIONS = [
+    ("Who founded the Orbitra Science Museum?", True),
+    ("How long does a planetarium show last?", True),
+    ("How much does an adult ticket cost?", True),
+    ("Who is the current director of the museum?", False),
+    ("What is the population of the city?", False),
+]  # as in cookbook/langchain_rag_gating.py
+
 pytestmark = pytest.mark.integration
 
 COOKBOOK = Path(__file__).resolve().parents[4] / "cookbook"
@@ -40,15 +48,23 @@ def test_rag_gating_routes_in_and_out_of_scope_questions(
     )
     results = [GuardResult.model_validate_json(line) for line in summary.read_text().splitlines()]
     assert len(results) == 5
-    finals = {r.action.value for r in results}
+    by_question = dict(zip([q for q, _ in QUESTIONS], results, strict=True))
+    # The guard's promise on this demo, with the shipped calibrator and cookbook/policies/with_retry.yaml:
+    # the answer the documents support with a confident model is accepted, exactly as scored...
+    ticket = by_question["How much does an adult ticket cost?"]
+    assert ticket.action.value == "accept" and "12 euros" in ticket.answer
+    assert ticket.answer == ticket.best_attempt.answer
+    # ...and no answer to a question the documents cannot answer is accepted (the model invents them).
+    for q, in_docs in QUESTIONS:
+        if not in_docs:
+            assert by_question[q].action.value in ("review", "abstain"), (q, by_question[q].action)
     retried = [r for r in results if len(r.attempts) > 1 and r.attempts[0].action.value == "retry"]
-    # the demo's promise: at least one accept, one retry, one abstain and one review, all on the real model
-    assert {"accept", "abstain", "review"} <= finals, finals
     assert retried, [[a.action for a in r.attempts] for r in results]
     for r in results:
         assert r.result is not None and r.result.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert r.confidence is not None  # every decision is over the calibrated confidence
         if r.action.value == "abstain":
-            assert r.answer == "I don't know; the museum guide does not say."
+            assert r.answer == "I don't know; the documents do not say."
         if r.action.value == "review":
             assert r.review_id is not None and r.review_status == "pending"
     queue = SQLiteReviewQueue(tmp_path / "r.db")

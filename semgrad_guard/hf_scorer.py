@@ -315,8 +315,10 @@ class SemGradScorer:
         flags: list[str] = []
         start = 0
         echoes = [self._render(chat, add_generation_prompt=True)]
-        if isinstance(messages, str):
-            echoes.append(messages)  # a text-completion pipeline returning prompt + completion
+        if len(chat) == 1 and chat[0]["role"] == "user":
+            # A text-completion pipeline (HuggingFacePipeline with return_full_text=True) returns its
+            # raw prompt + completion; LangChain hands the prompt over as one user message.
+            echoes.append(chat[0]["content"])
         for echo in echoes:
             if echo and answer.startswith(echo) and len(answer) > len(echo):
                 if self.echo == "refuse":

@@ -70,6 +70,11 @@ def test_an_echoed_prompt_is_cut_and_flagged(scorer):
     # A text-completion pipeline echoes the raw prompt string.
     raw = scorer.score(Q, Q + " Paris.")
     assert raw.flags == ["prompt_echo_stripped"] and raw.answer_start == len(Q)
+    as_chat = scorer.score([{"role": "user", "content": Q}], Q + " Paris.")  # LangChain's LLM callbacks
+    assert as_chat.answer_start == len(Q) and as_chat.semgrad == pytest.approx(raw.semgrad, rel=1e-6)
+    # With a system prompt the bare question is not taken for an echo.
+    with_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": Q}]
+    assert scorer.score(with_system, Q + " Paris.").flags == []
 
 
 def test_an_echo_can_be_refused(parts):

@@ -67,6 +67,19 @@ def test_llm_prompt_is_scored_as_one_user_message() -> None:
     assert handler.last_result is not None
 
 
+def test_a_pipeline_echoing_its_prompt_gets_the_echo_cut_not_scored(tiny: Any) -> None:
+    # HuggingFacePipeline(return_full_text=True) returns prompt + completion.
+    handler = SemGradCallbackHandler(tiny)
+    FakeListLLM(responses=["When does water boil? At 100 degrees."]).invoke(
+        "When does water boil?", config={"callbacks": [handler]}
+    )
+    result = handler.last_result
+    assert result is not None and result.flags == ["prompt_echo_stripped"]
+    assert result.answer_start == len("When does water boil?")
+    assert result == tiny.score("When does water boil?", "When does water boil? At 100 degrees.")
+    assert result.semgrad == pytest.approx(tiny.score("When does water boil?", " At 100 degrees.").semgrad)
+
+
 def test_batch_gives_each_prompt_its_own_run_id() -> None:
     handler = SemGradCallbackHandler(MockScorer(length_score))
     model = FakeListChatModel(responses=["a", "bbbb", "cc"])

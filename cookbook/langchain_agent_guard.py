@@ -153,6 +153,7 @@ def run(
                 "rule": payload.get("rule"),
                 "attempts": payload.get("attempts"),
                 "scores": payload.get("scores"),
+                "confidence": payload.get("confidence"),
                 "review_status": payload.get("review_status"),
                 "tool_calls": tools_used,
                 "human": human,
@@ -160,7 +161,7 @@ def run(
         )
 
     table = Table(title="Agent answers guarded by SemGradMiddleware (SmolLM2-135M-Instruct)")
-    for col in ("question", "tool calls", "model answer", "semgrad", "mean_nll", "action", "final answer"):
+    for col in ("question", "tool calls", "model answer", "confidence", "semgrad", "action", "final answer"):
         table.add_column(col, overflow="fold")
     for r in rows:
         s = r["scores"] or {}
@@ -171,8 +172,8 @@ def run(
             r["question"],
             str(r["tool_calls"]),
             r["model_answer"] or "",
+            f"{r['confidence']:.2f}" if r["confidence"] is not None else "n/a",
             f"{s.get('semgrad', float('nan')):.2e}",
-            f"{s.get('mean_nll', float('nan')):.3f}",
             action,
             r["answer"],
         )

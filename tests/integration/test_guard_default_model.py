@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from semgrad_guard import Action, Calibrator, Guard, GuardPolicy, SQLiteReviewQueue
 
 pytestmark = pytest.mark.integration
+
+COOKBOOK = Path(__file__).resolve().parents[2] / "cookbook"
 
 SYSTEM = "You are a helpful assistant. Answer the question briefly, in a few words."
 
@@ -24,16 +28,23 @@ def test_shipped_calibrator_fits_the_default_scorer_and_gives_a_confidence(
     default_scorer, calibrator, tmp_path
 ) -> None:
     # Guard() checks model id and profile: a profile change without refitting the calibrator fails here.
-    policy = GuardPolicy.from_dict(
-        {"rules": [{"min": 0.5, "action": "accept"}, {"min": 0.2, "action": "review"}, {"action": "abstain"}]}
-    )
+    policy = GuardPolicy.from_yaml(COOKBOOK / "policies" / "default.yaml")
     with SQLiteReviewQueue(tmp_path / "r.db") as queue:
         guard = Guard(default_scorer, policy, calibrator=calibrator, review_queue=queue)
         r = guard.check(chat("Who proposed the theory of evolution by natural selection?"), "Charles Darwin.")
         assert r.result is not None and r.result.model_id == default_scorer.model_id
-        assert r.confidence is not None and 0.0 <= r.confidence <= 1.0
-        assert r.action in (Action.ACCEPT, Action.REVIEW, Action.ABSTAIN)
         assert r.confidence == pytest.approx(calibrator.confidence(r.result))
+        # The action is the one the band holding that confidence names (accept >= 0.35 > review >= 0.2).
+        expected = (
+            Action.ACCEPT
+            if r.confidence >= 0.35
+            else Action.REVIEW
+            if r.confidence >= 0.2
+            else Action.ABSTAIN
+        )
+        assert r.action is expected and r.rule == {Action.ACCEPT: "confident", Action.REVIEW: "unsure"}.get(
+            expected, "lost"
+        )
         if r.action is Action.REVIEW:
             assert queue.get(r.review_id).result == r.result
 

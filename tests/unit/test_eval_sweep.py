@@ -64,9 +64,17 @@ def test_sweep_anchor_on_tiny_model(tmp_path: Path) -> None:
     assert [r["offset"] for r in out["rows"]] == [-1, -2, -3]
     assert out["sps_groups"] == 4 and out["n"] == 6
     assert out["sps_offset"] in (-1, -2, -3)
+    from semgrad_guard import ModelProfile
+    from semgrad_guard.eval.metrics import auroc
+
+    errors = [not correct[q.id] for q in questions]
     for row in out["rows"]:
         assert set(row["auroc"]) == {"upper", "top"}
-        assert all(0.0 <= v <= 1.0 for v in row["auroc"].values())
+        # Each AUROC is the one of that band's semgrad, scored on its own.
+        for band, layers in {"upper": [2, 3], "top": [3]}.items():
+            alone = scorer.with_profile(ModelProfile(anchor_offset=row["offset"], layers=layers))
+            values = [alone.score(q.question, generations[q.id]["answer"]).semgrad for q in questions]
+            assert row["auroc"][band] == pytest.approx(auroc(values, errors))
         assert all(-2.0 <= v <= 2.0 for v in row["sps"].values())
     # the SPS pick is the offset with the best mean SPS over the profile's layers
     best = max(

@@ -94,3 +94,27 @@ def test_other_anchors_and_layer_sets_match_reference(offset, layers):
     assert (r.anchor_offset, r.layers) == (offset, layers)
     ref = reference_scores(model, scorer.prompt_ids(CHAT), scorer.answer_ids(CHAT, answer), offset, layers)
     assert_close(r, ref)
+
+
+def _template_ids(tok, chat, *, add_generation_prompt):
+    out = tok.apply_chat_template(chat, add_generation_prompt=add_generation_prompt, tokenize=True)
+    ids = out["input_ids"] if hasattr(out, "keys") else out
+    return list(ids[0] if ids and isinstance(ids[0], list) else ids)
+
+
+def test_token_ids_match_the_chat_template_tokenised_on_its_own(scorer):
+    # The reference above takes x and y from the scorer; here they come from the tokenizer alone.
+    tok = scorer.tokenizer
+    for answer in ["Carbon dioxide.", "Oxygen, I think, but nitrogen is also absorbed."]:
+        x = _template_ids(tok, CHAT, add_generation_prompt=True)
+        full = _template_ids(
+            tok, [*CHAT, {"role": "assistant", "content": answer}], add_generation_prompt=False
+        )
+        assert scorer.prompt_ids(CHAT) == x
+        y = scorer.answer_ids(CHAT, answer)
+        if full[: len(x)] == x:
+            rest = full[len(x) :]
+            cut = next(i for i, t in enumerate(rest) if t in scorer.eos_token_ids)
+            assert y == rest[: cut + 1]
+        else:  # the template rewrites the history: the answer alone, then end of turn
+            assert y == tok(answer, add_special_tokens=False)["input_ids"] + [scorer.eos_token_ids[0]]

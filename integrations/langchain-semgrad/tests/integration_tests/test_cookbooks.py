@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from semgrad_guard.guard import GuardResult
+from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 
 QUESTIONS = [
@@ -85,10 +86,14 @@ def test_agent_guard_scores_final_answers_after_tool_calls(
     )
     rows = json.loads(summary.read_text())
     assert len(rows) == 3
+    policy = GuardPolicy.from_yaml(COOKBOOK / "policies" / "with_retry.yaml")
     for row in rows:
         assert row["tool_calls"] >= 1  # the tool ran before the answer
-        assert row["action"] in {"accept", "annotate", "abstain", "review"}
-        assert row["scores"]["semgrad"] > 0
+        assert row["scores"]["semgrad"] > 0 and row["confidence"] is not None
+        if row["attempts"] == 1:  # decided on its first attempt: the band of its confidence
+            assert row["action"] == policy.decide(None, row["confidence"]).action.value, row
+        else:  # retried, then accepted or (retries exhausted) sent to review
+            assert row["action"] in ("accept", "review"), row
         if row["human"] is not None:  # paused with interrupt() and resumed with the person's edit
             assert row["review_status"] == "edited" and row["answer"] == row["human"]["answer"]
 

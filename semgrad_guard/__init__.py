@@ -53,11 +53,13 @@ from .strategies import (
 if TYPE_CHECKING:
     from .default_model import fetch_default_model
     from .hf_scorer import SemGradScorer
+    from .profile_search import select_profile
     from .sps import compute_sps
 
 _LAZY = {
     "SemGradScorer": "hf_scorer",
     "compute_sps": "sps",
+    "select_profile": "profile_search",
     "fetch_default_model": "default_model",
 }
 
@@ -116,6 +118,7 @@ __all__ = [
     "WidenRetrievalStrategy",
     "compute_sps",
     "fetch_default_model",
+    "select_profile",
     "select_threshold",
 ]
 

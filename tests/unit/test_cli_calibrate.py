@@ -53,3 +53,45 @@ def test_calibrate_rejects_rows_it_cannot_use(tmp_path, capsys):
     assert "give scores + 'correct'" in capsys.readouterr().err
     assert main(["calibrate", "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_calibrate_scores_answer_rows_with_the_model(tmp_path, capsys):
+    from semgrad_guard import SemGradScorer
+    from semgrad_guard.testing import tiny_chat_model
+
+    model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    rows = [
+        {
+            "question": f"What is {i} plus {i}?",
+            "answer": str(2 * i) if i % 3 else "no idea",
+            "correct": bool(i % 3),
+        }
+        for i in range(24)
+    ]
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "cal.json"
+    argv = [
+        "calibrate",
+        "--model",
+        str(tmp_path / "m"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--method",
+        "platt",
+    ]
+    assert main([*argv, "--features", "mean_nll"]) == 0
+    cal = Calibrator.load(out)
+    # Fitted on the scorer's own scores of those answers.
+    scorer = SemGradScorer.from_pretrained(str(tmp_path / "m"))
+    direct = Calibrator.fit(
+        [scorer.score(r["question"], r["answer"]) for r in rows],
+        [r["correct"] for r in rows],
+        method="platt",
+        features=["mean_nll"],
+    )
+    assert cal.params == direct.params and cal.n_samples == 24

@@ -92,3 +92,19 @@ def test_guard_returns_exactly_the_scored_text(scorer):
     echoed = guard.check(Q, scorer.render_prompt(Q) + "Paris.")
     assert echoed.answer == "Paris."
     assert "prompt_echo_stripped" in echoed.result.flags
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"exgrad_mode": "grad"}, "exgrad_mode must be one of"),
+        ({"control_tokens": "drop"}, "control_tokens must be 'score' or 'refuse'"),
+        ({"echo": "keep"}, "echo must be 'strip' or 'refuse'"),
+    ],
+)
+def test_unknown_modes_are_configuration_errors(parts, kwargs, match):
+    from semgrad_guard import ConfigurationError
+
+    model, tok = parts
+    with pytest.raises(ConfigurationError, match=match):
+        SemGradScorer(model, tok, model_id="tiny-qwen2", **kwargs)

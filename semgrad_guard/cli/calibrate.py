@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import CalibrationError, ConfigurationError
 
 ANSWER_KEYS = ("references", "truthful answer", "answers")
 
@@ -163,16 +163,21 @@ def _calibrate(args: argparse.Namespace) -> int:
         results, correct, groups=groups_arg, data=f"{args.data.name}: {len(rows)} rows", **fit_kwargs
     )
     # Judge it on answers it was not fitted on: out-of-fold confidences with the chosen method/features.
-    oof = cross_validated_confidence(
-        results, correct, folds=args.folds, method=cal.method, features=cal.features
-    )
     y = np.asarray(correct)
     console = Console()
+    try:
+        oof = cross_validated_confidence(
+            results, correct, folds=args.folds, method=cal.method, features=cal.features
+        )
+        judged = "out-of-fold"
+    except CalibrationError:
+        oof = cal.predict(results, check=False)
+        judged = "on its own fitting data (too few answers per fold for out-of-fold numbers: optimistic)"
     console.print(
-        f"calibrator: {cal.method} on {'+'.join(cal.features)} ({cal.cv_scheme} choice); {len(y)} answers, "
-        f"accuracy {y.mean():.3f}; out-of-fold ECE {expected_calibration_error(oof, y):.3f}"
+        f"calibrator: {cal.method} on {'+'.join(cal.features)} ({cal.cv_scheme or 'as given'}); {len(y)} answers, "
+        f"accuracy {y.mean():.3f}; ECE {judged}: {expected_calibration_error(oof, y):.3f}"
     )
-    table = Table(title="Reliability (out-of-fold)")
+    table = Table(title=f"Reliability ({judged.split(' (')[0]})")
     for col in ("confidence bin", "answers", "mean confidence", "accuracy"):
         table.add_column(col, justify="right")
     for r in reliability_table(oof, y):
@@ -183,7 +188,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{r['accuracy']:.3f}",
         )
     console.print(table)
-    table = Table(title=f"Risk-controlled thresholds (delta={args.delta}, on out-of-fold confidences)")
+    table = Table(title=f"Risk-controlled thresholds (delta={args.delta}, on those confidences)")
     for col in ("alpha", "threshold", "coverage", "error among accepted"):
         table.add_column(col, justify="right")
     for a in args.alphas:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from semgrad_guard import Calibrator
+from semgrad_guard import Calibrator, SemGradScorer
 from semgrad_guard.cli import main
 
 
@@ -42,7 +42,7 @@ def test_calibrate_writes_a_loadable_calibrator_and_prints_the_report(tmp_path, 
         and cal.n_samples == 600
     )
     text = capsys.readouterr().out
-    assert "out-of-fold ECE" in text and "Reliability" in text and "Risk-controlled thresholds" in text
+    assert "ECE out-of-fold" in text and "Reliability (out-of-fold)" in text and "Risk-controlled thresholds" in text
     assert "0.3" in text
 
 
@@ -56,7 +56,6 @@ def test_calibrate_rejects_rows_it_cannot_use(tmp_path, capsys):
 
 
 def test_calibrate_scores_answer_rows_with_the_model(tmp_path, capsys):
-    from semgrad_guard import SemGradScorer
     from semgrad_guard.testing import tiny_chat_model
 
     model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False)
@@ -95,3 +94,27 @@ def test_calibrate_scores_answer_rows_with_the_model(tmp_path, capsys):
         features=["mean_nll"],
     )
     assert cal.params == direct.params and cal.n_samples == 24
+
+
+def test_calibrate_answers_and_labels_question_rows(tmp_path):
+    from semgrad_guard.eval.correctness import contains
+    from semgrad_guard.testing import tiny_chat_model
+
+    model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    scorer = SemGradScorer.from_pretrained(str(tmp_path / "m"))
+    questions = [f"Say something about {i}." for i in range(12)]
+    # The tiny random model's greedy answers are fixed; "rehearsal" is in some of them (both labels).
+    answers = [scorer.generate(q, max_new_tokens=4)[0] for q in questions]
+    expected = [contains(a, ["rehearsal"]) for a in answers]
+    assert 2 <= sum(expected) <= 10
+    data = tmp_path / "questions.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": q, "references": ["rehearsal"]}) + "\n" for q in questions)
+    )
+    out = tmp_path / "c.json"
+    argv = ["calibrate", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--max-new-tokens", "4", "--method", "platt", "--features", "mean_nll"]) == 0
+    cal = Calibrator.load(out)
+    assert cal.n_samples == 12 and cal.n_correct == sum(expected)

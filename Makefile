@@ -24,9 +24,8 @@ demo: install
 test: install lint
 	$(PY) -m pytest tests
 	$(PY) -m pytest --doctest-modules semgrad_guard -q
-	set -e; for p in $(INTEGRATIONS); do d=$$(dirname $$p); echo "== $$d"; \
-	  pkg=$$(ls -d $$d/langchain_semgrad $$d/llama_index 2>/dev/null); \
-	  (cd $$d && ../../$(PY) -m pytest tests && ../../$(PY) -m pytest --doctest-modules $$(basename $$pkg) -q); done
+	cd integrations/langchain-semgrad && ../../$(PY) -m pytest tests && ../../$(PY) -m pytest --doctest-modules langchain_semgrad -q
+	cd integrations/llama-index-llms-semgrad && ../../$(PY) -m pytest tests && ../../$(PY) -m pytest --doctest-modules llama_index -q
 
 test-unit: install
 	$(PY) -m pytest tests/unit

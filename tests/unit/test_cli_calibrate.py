@@ -42,7 +42,11 @@ def test_calibrate_writes_a_loadable_calibrator_and_prints_the_report(tmp_path, 
         and cal.n_samples == 600
     )
     text = capsys.readouterr().out
-    assert "ECE out-of-fold" in text and "Reliability (out-of-fold)" in text and "Risk-controlled thresholds" in text
+    assert (
+        "ECE out-of-fold" in text
+        and "Reliability (out-of-fold)" in text
+        and "Risk-controlled thresholds" in text
+    )
     assert "0.3" in text
 
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +123,11 @@ class SemGradScorer:
         # One adapter (one set of layer hooks) per model, shared by every scorer on it.
         self._adapter, self._release = acquire_adapter(model, self)
         self._control_strings = _control_strings(tokenizer)
+        self._control_pattern = (
+            re.compile("(" + "|".join(re.escape(t) for t in self._control_strings) + ")")
+            if self._control_strings
+            else None
+        )
         self._special_ids = {i for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
         self._tied = embeddings_are_tied(model)
         self.eos_token_ids = _eos_ids(model, tokenizer)
@@ -262,8 +268,24 @@ class SemGradScorer:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode_literal(self, text: str) -> list[int]:
-        """Token ids of ``text`` as plain text: control-token strings in it are not parsed."""
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        """Token ids of ``text`` as plain text: control-token strings in it are not parsed.
+
+        Each control string is encoded in two pieces (its first character, then the rest), so the
+        tokenizer cannot match it as a special token. Not ``split_special_tokens=True``: fast
+        tokenizers implement that by flipping a flag on the shared Rust tokenizer, which races with
+        every other thread encoding a prompt at the same moment.
+        """
+        if not self._control_pattern or not self._control_pattern.search(text):
+            return self._encode(text)
+        ids: list[int] = []
+        for i, piece in enumerate(self._control_pattern.split(text)):
+            if not piece:
+                continue
+            if i % 2:  # a control string, kept by the capturing group
+                ids += self._encode(piece[:1]) + self._encode(piece[1:])
+            else:
+                ids += self._encode(piece)
+        return ids
 
     def render_prompt(self, messages: Messages) -> str:
         """The prompt text the model sees: the chat template with the generation prompt appended."""

@@ -108,3 +108,16 @@ def test_unknown_modes_are_configuration_errors(parts, kwargs, match):
     model, tok = parts
     with pytest.raises(ConfigurationError, match=match):
         SemGradScorer(model, tok, model_id="tiny-qwen2", **kwargs)
+
+
+def test_literal_scoring_is_thread_safe(scorer):
+    # Scoring smuggled answers must not change how prompts are tokenised in other threads.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = [(f"What is {i} times 7?", SMUGGLED if i % 2 else f"It is {i * 7}.") for i in range(16)]
+    sequential = [scorer.score(q, a) for q, a in pairs]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda p: scorer.score(*p), pairs))
+    assert parallel == sequential
+    # The tokenizer's shared state was never switched to splitting special tokens.
+    assert scorer.tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"] == [scorer.eos_token_ids[0]]

@@ -36,7 +36,7 @@ from .errors import (
     UnknownRoleError,
 )
 from .guard import Attempt, Guard, GuardResult
-from .policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule
+from .policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .profile import ModelProfile
 from .results import SCORE_FIELDS, ScoreResult
 from .review import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
@@ -115,9 +115,11 @@ __all__ = [
     "SemGradScorer",
     "ThresholdSelection",
     "UnknownRoleError",
+    "Verdict",
     "WidenRetrievalStrategy",
     "compute_sps",
     "fetch_default_model",
+    "judge",
     "select_profile",
     "select_threshold",
 ]

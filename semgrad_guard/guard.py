@@ -25,7 +25,7 @@ from .errors import (
     ReviewTimeoutError,
 )
 from .messages import Message, Messages, normalize_messages
-from .policy import Action, Decision, GuardPolicy
+from .policy import Action, GuardPolicy, Verdict, judge
 from .results import ScoreResult
 from .scorer import Scorer
 from .strategies import AttemptContext, RetryStrategy, resolve_strategies
@@ -198,6 +198,13 @@ class Guard:
             self._rank_field = "semgrad"
 
     # ------------------------------------------------------------------ public API
+    def judge(self, result: ScoreResult | None) -> Verdict:
+        """Confidence, action and rule for one scored answer (``None``: scoring failed -> ``on_error``).
+
+        No retry, no review, no I/O: what every adapter asks when it already holds the scores.
+        """
+        return judge(self.policy, result, self.calibrator)
+
     @property
     def review_queue(self) -> ReviewQueue:
         """The review queue (opened on first use)."""
@@ -471,11 +478,8 @@ class Guard:
         if result.answer_start and attempt.answer is not None:
             # The scorer cut an echoed prompt off the front: return exactly the text it scored.
             attempt.answer = result.scored_text(attempt.answer)
-        if self.calibrator is not None:
-            attempt.confidence = self.calibrator.confidence(result)
-        decision: Decision = self.policy.decide(result, attempt.confidence)
-        attempt.action = decision.action
-        attempt.rule = decision.rule
+        verdict = self.judge(result)
+        attempt.confidence, attempt.action, attempt.rule = verdict.confidence, verdict.action, verdict.rule
 
     def _rank(self, attempt: Attempt) -> float:
         if self._rank_field == "confidence":

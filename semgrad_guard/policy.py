@@ -211,6 +211,50 @@ class Decision(BaseModel):
     """The rule's message, if any."""
 
 
+class Verdict(BaseModel):
+    """A judged answer: the calibrated confidence, the action and the rule that chose it.
+
+    What :func:`judge` (and :meth:`Guard.judge`) return, and what every adapter reports.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    """The action the policy takes."""
+    rule: str | None
+    """The rule that fired: a rule's name, ``"on_error"`` when scoring failed, None for the default action."""
+    confidence: float | None = None
+    """Calibrated confidence, when a calibrator was given and the answer was scored."""
+    decision: Decision | None = None
+    """The policy's decision in full (field, value, message); None when scoring failed."""
+
+    @property
+    def message(self) -> str | None:
+        """The rule's message, if any."""
+        return self.decision.message if self.decision is not None else None
+
+
+def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = None) -> Verdict:
+    """Calibrate (when a calibrator is given) and decide: the one place an answer is judged.
+
+    ``result=None`` means scoring failed: the verdict is the policy's ``on_error`` action.
+
+    Example:
+        >>> policy = GuardPolicy.from_dict({"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"},
+        ...                                          {"action": "abstain"}]})
+        >>> from semgrad_guard import MockScorer
+        >>> judge(policy, MockScorer(lambda m, a: 0.2).score("q", "a")).action.value
+        'accept'
+        >>> judge(policy, None).rule
+        'on_error'
+    """
+    if result is None:
+        return Verdict(action=policy.on_error, rule="on_error")
+    confidence = float(calibrator.confidence(result)) if calibrator is not None else None
+    decision = policy.decide(result, confidence)
+    return Verdict(action=decision.action, rule=decision.rule, confidence=confidence, decision=decision)
+
+
 class GuardPolicy(TypedConfig):
     """Ordered rules from confidence (or raw score) bands to actions, plus retry, review and error settings.
 

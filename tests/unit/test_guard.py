@@ -491,3 +491,29 @@ async def test_arun_widen_retrieval_async_hook() -> None:
 def test_check_result_type() -> None:
     r = Guard(scorer(), raw_policy()).check("q", "Paris")
     assert isinstance(r.result, ScoreResult)
+
+
+def test_judge_is_the_one_decision_every_path_uses() -> None:
+    from semgrad_guard import Calibrator, MockScorer, Verdict, judge
+
+    scorer = MockScorer(lambda m, a: 0.1 if a == "right" else 0.9)
+    results = [scorer.score("q", a) for a in ["right", "wrong"] * 10]
+    cal = Calibrator.fit(results, [True, False] * 10, method="isotonic", features=["semgrad"])
+    policy = GuardPolicy.from_dict(
+        {
+            "rules": [{"name": "ok", "min": 0.5, "action": "accept"}, {"name": "no", "action": "abstain"}],
+            "on_error": "review",
+        }
+    )
+    guard = Guard(scorer, policy, calibrator=cal)
+    good, bad = scorer.score("q", "right"), scorer.score("q", "wrong")
+    assert (
+        guard.judge(good)
+        == judge(policy, good, cal)
+        == Verdict(action="accept", rule="ok", confidence=1.0, decision=policy.decide(good, 1.0))
+    )
+    assert guard.judge(bad).action.value == "abstain" and guard.judge(bad).confidence == 0.0
+    assert guard.judge(None) == Verdict(action="review", rule="on_error")
+    # check() reports exactly the verdict
+    r = guard.check("q", "right")
+    assert (r.action, r.rule, r.confidence) == (Action.ACCEPT, "ok", 1.0)

@@ -1,10 +1,11 @@
-"""The one place the adapters ask the core for a decision (no policy logic here)."""
+"""How the callbacks report the core's verdict (the decision itself is ``semgrad_guard.judge``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from semgrad_guard.policy import judge
 from semgrad_guard.results import ScoreResult
 
 
@@ -27,8 +28,6 @@ def _name(value: Any) -> str | None:
 
 
 def apply_policy(policy: Any, calibrator: Any, result: ScoreResult) -> PolicyOutcome:
-    """Calibrate (if a calibrator is given) and let ``policy.decide`` choose the action."""
-    confidence = float(calibrator.confidence(result)) if calibrator is not None else None
-    decision = policy.decide(result, confidence)
-    action = getattr(decision.action, "value", decision.action)
-    return PolicyOutcome(str(action), _name(getattr(decision, "rule", None)), confidence, decision)
+    """The core's :func:`semgrad_guard.judge` (calibrate, then decide), flattened for metadata."""
+    verdict = judge(policy, result, calibrator)
+    return PolicyOutcome(verdict.action.value, _name(verdict.rule), verdict.confidence, verdict.decision)

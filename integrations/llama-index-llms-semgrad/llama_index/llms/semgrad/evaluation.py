@@ -10,7 +10,7 @@ from llama_index.core.evaluation.base import BaseEvaluator, EvaluationResult
 from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
 from llama_index.core.prompts.mixin import PromptDictType
 
-from semgrad_guard import ScoreResult, ScoringError
+from semgrad_guard import ScoreResult, ScoringError, judge
 
 from ._convert import to_chat
 
@@ -109,23 +109,23 @@ class SemGradEvaluator(BaseEvaluator):
         error: Exception | None,
         source: str,
     ) -> EvaluationResult:
+        verdict = judge(self.policy, result, self.calibrator)  # the core decides; this only reports
+        action = verdict.action.value
         if result is None:
-            action = self.policy.on_error
-            if action.value == "raise" and error is not None:
+            if action == "raise" and error is not None:
                 raise error
-            feedback = f"SemGrad could not score the answer ({error}); policy on_error -> {action.value}."
             return EvaluationResult(
                 query=query,
                 response=response,
                 contexts=contexts,
-                passing=action.value in _PASSING,
+                passing=action in _PASSING,
                 score=None,
-                feedback=feedback,
+                feedback=f"SemGrad could not score the answer ({error}); policy on_error -> {action}.",
                 invalid_result=True,
                 invalid_reason=str(error),
             )
-        confidence = self.calibrator.confidence(result) if self.calibrator is not None else None
-        decision = self.policy.decide(result, confidence)
+        decision = verdict.decision
+        assert decision is not None
         scores = ", ".join(f"{k}={v:.4g}" for k, v in result.scores().items())
         if decision.rule is None:
             why = "no rule matched (default action)"
@@ -133,16 +133,16 @@ class SemGradEvaluator(BaseEvaluator):
             why = f"rule {decision.rule!r} (catch-all)"
         else:
             why = f"rule {decision.rule!r} ({decision.field}={decision.value:.4g})"
-        conf = f"confidence {confidence:.3f}; " if confidence is not None else ""
-        feedback = f"SemGrad: {decision.action.value} by {why}; {conf}{scores}; prompt: {source}."
+        conf = f"confidence {verdict.confidence:.3f}; " if verdict.confidence is not None else ""
+        feedback = f"SemGrad: {action} by {why}; {conf}{scores}; prompt: {source}."
         if decision.message:
             feedback += f" {decision.message}"
         return EvaluationResult(
             query=query,
             response=response,
             contexts=contexts,
-            passing=decision.action.value in _PASSING,
-            score=confidence,
+            passing=action in _PASSING,
+            score=verdict.confidence,
             feedback=feedback,
         )
 

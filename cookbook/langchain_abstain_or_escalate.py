@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semgrad_guard.calibration import Calibrator
-from semgrad_guard.guard import GuardResult
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 

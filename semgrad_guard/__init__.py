@@ -35,7 +35,8 @@ from .errors import (
     SemGradGuardError,
     UnknownRoleError,
 )
-from .guard import Attempt, Guard, GuardResult
+from .guard import Guard
+from .outcomes import Attempt, GuardResult
 from .policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .profile import ModelProfile
 from .results import SCORE_FIELDS, ScoreResult

@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from .calibration import Calibrator
 from .errors import (
     AnswerRejectedError,
@@ -25,6 +23,7 @@ from .errors import (
     ReviewTimeoutError,
 )
 from .messages import Message, Messages, normalize_messages
+from .outcomes import Attempt, GuardResult
 from .policy import Action, GuardPolicy, Verdict, judge
 from .results import ScoreResult
 from .scorer import Scorer
@@ -35,7 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GenerateOutput = "str | tuple[str, ScoreResult]"
+__all__ = ["Attempt", "Guard", "GuardResult", "GenerateFn", "is_stop_exception"]
+# Attempt and GuardResult live in semgrad_guard.outcomes; re-exported here for one release.
+
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult)``, or a coroutine function returning that."""
 
@@ -55,91 +56,6 @@ def is_stop_exception(exc: BaseException) -> bool:
     if not isinstance(exc, Exception):
         return True
     return any(cls.__name__ in STOP_EXCEPTION_NAMES for cls in type(exc).__mro__)
-
-
-class Attempt(BaseModel):
-    """One attempt of a guard run: the answer, its scores (or the error), and what the policy said."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    number: int
-    """1 for the first attempt, 2 for the first retry, ..."""
-    answer: str | None = None
-    """The answer produced (None when generation failed)."""
-    result: ScoreResult | None = None
-    """Its scores (None when generation or scoring failed)."""
-    error: str | None = None
-    """'ExceptionType: message' when generation or scoring failed."""
-    error_stage: str | None = None
-    """'generate' or 'score'."""
-    confidence: float | None = None
-    """Calibrated confidence (None without a calibrator)."""
-    action: Action | None = None
-    """What the policy said about this attempt."""
-    rule: str | None = None
-    """Rule that fired."""
-    strategy: str | None = None
-    """Retry strategy that prepared this attempt (None for the first)."""
-    changes: dict[str, Any] = Field(default_factory=dict)
-    """What the strategy changed (temperature, seed, reconsider, widened, ...)."""
-    timings: dict[str, float] = Field(default_factory=dict)
-    """Seconds spent: generate_s, score_s."""
-
-
-class GuardResult(BaseModel):
-    """What the guard did with an answer. JSON-serialisable (``model_dump_json``).
-
-    Example:
-        >>> from semgrad_guard import MockScorer
-        >>> policy = GuardPolicy.from_dict({"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"},
-        ...                                           {"action": "abstain"}]})
-        >>> guard = Guard(MockScorer(lambda m, a: 0.1), policy)
-        >>> r = guard.check("Capital of France?", "Paris")
-        >>> r.action, r.answer, r.accepted
-        (<Action.ACCEPT: 'accept'>, 'Paris', True)
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    action: Action
-    """Final action: accept, annotate, abstain, review, raise (retry only from check(): the caller should regenerate)."""
-    answer: str
-    """Final answer text: the original, a retried one, a reviewer's, the abstention or the pending-review message."""
-    original_answer: str | None
-    """The first attempt's answer."""
-    attempts: list[Attempt]
-    """Every attempt, in order."""
-    rule: str | None = None
-    """Rule (or 'on_error' / 'retry.on_exhausted' / default) that decided."""
-    confidence: float | None = None
-    """Confidence of the answer the decision is about."""
-    result: ScoreResult | None = None
-    """Scores of the answer the decision is about."""
-    annotation: str | None = None
-    """Note attached by an 'annotate' decision."""
-    review_id: int | None = None
-    """Review item id when the answer went to human review."""
-    review_status: str | None = None
-    """pending, approved, rejected or edited (when it went to review)."""
-    error: str | None = None
-    """Scoring error that triggered on_error, if any."""
-    timings: dict[str, float] = Field(default_factory=dict)
-    """Seconds: total_s, generate_s, score_s, review_s."""
-
-    @property
-    def accepted(self) -> bool:
-        """True when the answer can be shown as is: accepted, annotated, or approved/edited by a reviewer."""
-        if self.action in (Action.ACCEPT, Action.ANNOTATE):
-            return True
-        return self.action is Action.REVIEW and self.review_status in ("approved", "edited")
-
-    @property
-    def best_attempt(self) -> Attempt | None:
-        """The attempt whose answer the decision is about."""
-        for a in reversed(self.attempts):
-            if a.result is not None and a.result == self.result:
-                return a
-        return self.attempts[-1] if self.attempts else None
 
 
 class _Exhausted:

@@ -41,8 +41,6 @@ from .results import ScoreResult
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
 
 class SemGradScorer:
     """Scores (messages, answer) pairs of a local Hugging Face chat model with SemGrad.

@@ -51,10 +51,6 @@ class Action(str, Enum):
         return self.value
 
 
-FINAL_ACTIONS = frozenset({Action.ACCEPT, Action.ANNOTATE, Action.ABSTAIN, Action.REVIEW, Action.RAISE})
-"""Actions that end a guard run (everything but ``retry``)."""
-
-
 class PolicyOverlapWarning(UserWarning):
     """Two rules of a policy have partly overlapping bands: the earlier one wins where they overlap."""
 

@@ -19,7 +19,7 @@ from .errors import ConfigurationError
 from .messages import Message, Messages, normalize_messages
 
 if TYPE_CHECKING:
-    from .guard import Attempt
+    from .outcomes import Attempt
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,6 @@ class AttemptContext:
     strategy: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
     previous: tuple[Attempt, ...] = ()
-
-    @property
-    def is_retry(self) -> bool:
-        """True from the second attempt on."""
-        return self.number > 1
 
 
 @runtime_checkable
@@ -127,7 +122,7 @@ class ReconsiderStrategy:
     confidence is comparable with the first attempt's and with the calibration data.
 
     Example:
-        >>> from semgrad_guard.guard import Attempt
+        >>> from semgrad_guard.outcomes import Attempt
         >>> chat = [{"role": "user", "content": "Capital of Australia?"}]
         >>> prev = Attempt(number=1, answer="Sydney")
         >>> ctx = AttemptContext(number=2, messages=chat, original_messages=chat, score_messages=chat, previous=(prev,))

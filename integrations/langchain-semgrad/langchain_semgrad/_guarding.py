@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from semgrad_guard.errors import ScoringError
-from semgrad_guard.guard import Guard, GuardResult
+from semgrad_guard.guard import Guard
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import Action
 
 from .errors import LowConfidenceError

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from semgrad_guard.errors import ConfigurationError, MissingDependencyError
-from semgrad_guard.guard import Guard, GuardResult
+from semgrad_guard.guard import Guard
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import Action
 from semgrad_guard.strategies import AttemptContext
 

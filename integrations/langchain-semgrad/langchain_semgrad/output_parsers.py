@@ -14,7 +14,8 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, PrivateAttr
 
 from semgrad_guard.errors import AnswerRejectedError
-from semgrad_guard.guard import Guard, GuardResult
+from semgrad_guard.guard import Guard
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import Action
 
 from ._guarding import ReadsScoresOnly, make_guard, retry_error

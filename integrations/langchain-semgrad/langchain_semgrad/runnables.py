@@ -20,7 +20,8 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import patch_config
 
 from semgrad_guard.errors import ConfigurationError
-from semgrad_guard.guard import Guard, GuardResult
+from semgrad_guard.guard import Guard
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import Action
 from semgrad_guard.results import ScoreResult
 from semgrad_guard.strategies import AttemptContext

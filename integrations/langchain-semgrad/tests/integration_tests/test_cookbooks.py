@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semgrad_guard.guard import GuardResult
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 

@@ -12,7 +12,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_semgrad import ChatSemGrad, LowConfidenceError, SemGradCallbackHandler, SemGradOutputParser
 
 from semgrad_guard import MockScorer
-from semgrad_guard.guard import GuardResult
+from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import GuardPolicy
 from semgrad_guard.review import SQLiteReviewQueue
 

@@ -572,14 +572,9 @@ class Guard:
         item: ReviewItem | None,
         review_s: float,
     ) -> GuardResult:
-        settings = self.policy.review
         status = "pending" if item is None else item.status.value
-        if item is not None and status in ("approved", "edited"):
-            answer = item.final_answer if item.final_answer is not None else attempt.answer or ""
-        elif status == "rejected":
-            answer = self.policy.abstain_message
-        else:
-            answer = (attempt.answer or "") if settings.show_answer else settings.pending_message
+        final = item.final_answer if item is not None else None
+        answer = self.policy.answer_after_review(status, final, attempt.answer or "")
         result = self._result(Action.REVIEW, attempt, attempts, t0, answer=answer, rule=attempt.rule)
         result.review_id = item_id
         result.review_status = status

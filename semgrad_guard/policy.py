@@ -333,6 +333,19 @@ class GuardPolicy(TypedConfig):
             out.add(self.retry.on_exhausted)
         return out
 
+    def answer_after_review(self, status: str, final_answer: str | None, model_answer: str) -> str:
+        """The text a user gets for an answer sent to review, by the review's status.
+
+        Approved or edited: the reviewer's final answer (the model's when approving); rejected: the
+        abstention message; pending: the pending message, or the unreviewed answer if
+        ``review.show_answer`` (fail open, off by default).
+        """
+        if status in ("approved", "edited"):
+            return final_answer if final_answer is not None else model_answer
+        if status == "rejected":
+            return self.abstain_message
+        return model_answer if self.review.show_answer else self.review.pending_message
+
     def decide(self, result: ScoreResult | None, confidence: float | None = None) -> Decision:
         """The action for one scored answer: the first rule whose band holds its value.
 

@@ -220,6 +220,34 @@ CREATE INDEX audit_item ON audit(item_id);
 """
 
 
+def apply_review_decision(
+    queue: ReviewQueue,
+    item_id: int,
+    action: str,
+    *,
+    answer: str | None = None,
+    reviewer: str | None = None,
+    note: str | None = None,
+) -> ReviewItem:
+    """Record a person's decision on a review item: the one way every adapter does it.
+
+    ``action`` is ``"approve"``, ``"reject"`` or ``"edit"`` (which needs ``answer``, the corrected
+    text). Decisions are final: a second decision raises :class:`AlreadyDecidedError`.
+
+    Raises:
+        ConfigurationError: unknown action, or an edit without the corrected answer.
+    """
+    if action == "approve":
+        return queue.approve(item_id, reviewer=reviewer, note=note)
+    if action == "reject":
+        return queue.reject(item_id, reviewer=reviewer, note=note)
+    if action == "edit":
+        if not isinstance(answer, str) or not answer:
+            raise ConfigurationError("an 'edit' review decision needs the corrected answer text")
+        return queue.edit(item_id, answer=answer, reviewer=reviewer, note=note)
+    raise ConfigurationError(f"a review decision is 'approve', 'reject' or 'edit', got {action!r}")
+
+
 class SQLiteReviewQueue:
     """The review queue in one SQLite file: WAL, one transaction per change, owner-only permissions.
 

@@ -476,3 +476,24 @@ def test_enqueue_rejects_a_non_string_answer(q) -> None:
 def test_a_directory_as_database_is_a_typed_error(tmp_path) -> None:
     with pytest.raises(ReviewQueueError, match="is a directory; give a file path"):
         SQLiteReviewQueue(tmp_path)
+
+
+def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
+    from semgrad_guard import ConfigurationError, GuardPolicy
+    from semgrad_guard.review import apply_review_decision
+
+    policy = GuardPolicy.from_dict({"rules": [{"action": "review"}], "abstain_message": "Sorry."})
+    ids = [q.enqueue("Capital of France?", "Paris.") for _ in range(3)]
+    approved = apply_review_decision(q, ids[0], "approve", reviewer="ana")
+    edited = apply_review_decision(q, ids[1], "edit", answer="Paris, France.", reviewer="ana")
+    rejected = apply_review_decision(q, ids[2], "reject", reviewer="ana")
+    texts = [
+        policy.answer_after_review(i.status.value, i.final_answer, i.answer)
+        for i in (approved, edited, rejected)
+    ]
+    assert texts == ["Paris.", "Paris, France.", "Sorry."]
+    assert policy.answer_after_review("pending", None, "Paris.") == policy.review.pending_message
+    with pytest.raises(ConfigurationError, match="'approve', 'reject' or 'edit'"):
+        apply_review_decision(q, q.enqueue("q", "a"), "maybe")
+    with pytest.raises(ConfigurationError, match="corrected answer"):
+        apply_review_decision(q, q.enqueue("q", "a"), "edit")

@@ -12,6 +12,7 @@ from semgrad_guard.errors import ConfigurationError, MissingDependencyError
 from semgrad_guard.guard import Guard
 from semgrad_guard.outcomes import GuardResult
 from semgrad_guard.policy import Action
+from semgrad_guard.review import apply_review_decision
 from semgrad_guard.strategies import AttemptContext
 
 from ._guarding import make_guard
@@ -266,25 +267,21 @@ class SemGradMiddleware(AgentMiddleware):
             )
         action = decision["action"]
         reviewer, note = decision.get("reviewer"), decision.get("note")
-        original = payload.get("answer") or ""
-        queue = self.guard.review_queue
+        edited = decision.get("answer")
+        if action == "edit" and not isinstance(edited, str):
+            raise ConfigurationError(
+                "an 'edit' review decision needs the new text: {'action': 'edit', 'answer': '...'}"
+            )
         item_id = payload.get("review_id")
-        if action == "approve":
-            text, status = original, "approved"
-            if item_id is not None:
-                queue.approve(item_id, reviewer=reviewer, note=note)
-        elif action == "edit":
-            if not isinstance(decision.get("answer"), str):
-                raise ConfigurationError(
-                    "an 'edit' review decision needs the new text: {'action': 'edit', 'answer': '...'}"
-                )
-            text, status = decision["answer"], "edited"
-            if item_id is not None:
-                queue.edit(item_id, answer=text, reviewer=reviewer, note=note)
-        else:
-            text, status = self.guard.policy.abstain_message, "rejected"
-            if item_id is not None:
-                queue.reject(item_id, reviewer=reviewer, note=note)
+        status = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
+        if item_id is not None:  # the core records it (decisions are final) ...
+            status = apply_review_decision(
+                self.guard.review_queue, item_id, action, answer=edited, reviewer=reviewer, note=note
+            ).status.value
+        # ... and says what the user gets for it.
+        text = self.guard.policy.answer_after_review(
+            status, edited if action == "edit" else None, payload.get("answer") or ""
+        )
         new_payload = {**payload, "review_status": status, "interrupt": False, "reviewer": reviewer}
         return last.model_copy(
             update={

@@ -17,6 +17,7 @@ from llama_index.core.workflow import (
 )
 
 from semgrad_guard import Action, ConfigurationError
+from semgrad_guard.review import apply_review_decision
 
 from .query_engine import RESULT_KEY, STATUS_KEY, SemGradQueryEngine, _mark, guard_result_from_response
 
@@ -130,28 +131,26 @@ class SemGradReviewWorkflow(Workflow):
             pending = self._pending.pop(review_id, None) if review_id is not None else None
         if pending is None:
             raise ConfigurationError(f"no answer of this workflow is waiting for review id {review_id!r}")
-        queue = self.engine.guard.review_queue
-        if ev.decision == "approve":
-            item = queue.approve(review_id, reviewer=ev.reviewer, note=ev.note)
-        elif ev.decision == "reject":
-            item = queue.reject(review_id, reviewer=ev.reviewer, note=ev.note)
-        else:
-            if not ev.answer:
-                raise ConfigurationError(
-                    "an 'edit' decision needs the corrected answer in ReviewDecision.answer"
-                )
-            item = queue.edit(review_id, answer=ev.answer, reviewer=ev.reviewer, note=ev.note)
+        if ev.decision == "edit" and not ev.answer:
+            raise ConfigurationError("an 'edit' decision needs the corrected answer in ReviewDecision.answer")
+        # The core records the decision (final) and says what the user gets for it.
+        item = apply_review_decision(
+            self.engine.guard.review_queue,
+            review_id,
+            ev.decision,
+            answer=ev.answer,
+            reviewer=ev.reviewer,
+            note=ev.note,
+        )
         metadata = dict(pending.metadata or {})
         guard = dict(metadata.get(RESULT_KEY) or {})
-        guard.update(review_status=item.status.value)
-        if item.final_answer is not None:
-            text = item.final_answer
-            guard["answer"] = text
-            nodes = [_unmark(n) for n in pending.source_nodes]
-        else:
-            text = self.engine.policy.abstain_message
-            guard["answer"] = text
+        status = item.status.value
+        text = self.engine.policy.answer_after_review(status, item.final_answer, item.answer)
+        guard.update(review_status=status, answer=text)
+        if status == "rejected":
             nodes = [_mark(_unmark(n), "rejected_by_reviewer") for n in pending.source_nodes]
+        else:
+            nodes = [_unmark(n) for n in pending.source_nodes]
         metadata[RESULT_KEY] = guard
         return StopEvent(result=Response(response=text, source_nodes=nodes, metadata=metadata))
 

@@ -74,3 +74,10 @@ def test_no_import_cycle_among_core_modules():
     for n in graph:
         if n not in seen:
             visit(n, [])
+
+
+def test_deciding_modules_import_no_torch():
+    deciding = ["policy", "calibration", "risk", "guard", "outcomes", "review", "strategies"]
+    for name in deciding:
+        mods = _imports(CORE / f"{name}.py")
+        assert not any(m.split(".")[0] in ("torch", "transformers") for m in mods), name

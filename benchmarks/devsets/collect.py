@@ -17,7 +17,7 @@ Data sets (development only; see benchmarks/devsets/README.md):
 
 Resumable: rows already in the output are skipped. Writes ``benchmarks/results/devsets/<name>.jsonl``.
 
-Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 240]
+Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 200] [--threads 1]
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def label(name: str, row: dict[str, Any], answer: str) -> tuple[bool, dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="+", choices=["sciq", "truthfulqa", "rag"])
-    parser.add_argument("--limit", type=int, default=240)
+    parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 

@@ -17,11 +17,11 @@ the risk-controlled thresholds for ``--alphas``; writes the calibrator JSON the 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import CalibrationError, ConfigurationError
+from ._rows import read_jsonl_rows, row_chat
 
 ANSWER_KEYS = ("references", "truthful answer", "answers")
 
@@ -54,34 +54,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_calibrate)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise ConfigurationError(f"--data {path} does not exist")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigurationError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise ConfigurationError(f"{path}:{lineno}: expected a JSON object")
-        row["_line"] = lineno
-        rows.append(row)
-    if not rows:
-        raise ConfigurationError(f"--data {path} holds no rows")
-    return rows
-
-
 def _messages(row: dict[str, Any], args: argparse.Namespace) -> Any:
-    if "messages" in row:
-        return row["messages"]
-    q = row.get("question", row.get("query"))
-    if not isinstance(q, str):
+    chat = row_chat(row, args.system_prompt, args.user_template)
+    if chat is None:
         raise ConfigurationError(f"--data line {row['_line']}: no 'messages' or 'question'")
-    chat = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
-    chat.append({"role": "user", "content": args.user_template.replace("{question}", q)})
     return chat
 
 
@@ -153,7 +129,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     from ..risk import select_threshold
 
-    rows = _rows(args.data)
+    rows = read_jsonl_rows(args.data, "--data")
     results, correct = _labelled_results(rows, args)
     groups = [str(r.get("group", r.get("dataset", ""))) for r in rows]
     groups_arg = groups if len(set(groups)) >= 2 else None

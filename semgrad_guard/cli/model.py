@@ -208,24 +208,15 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _load_labelled(path: Path, system_prompt: str | None, user_template: str) -> list[tuple[Any, str, bool]]:
     """Rows of a labelled-answers JSONL file as (messages, answer, correct)."""
-    if not path.is_file():
-        raise ConfigurationError(f"--labels {path} does not exist")
+    from ._rows import read_jsonl_rows, row_chat
+
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigurationError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if messages is None and isinstance(row, dict) and isinstance(row.get("question"), str):
-            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-            messages.append({"role": "user", "content": user_template.replace("{question}", row["question"])})
-        answer, correct = (row.get("answer"), row.get("correct")) if isinstance(row, dict) else (None, None)
+    for row in read_jsonl_rows(path, "--labels"):
+        messages = row_chat(row, system_prompt, user_template)
+        answer, correct = row.get("answer"), row.get("correct")
         if messages is None or not isinstance(answer, str) or not isinstance(correct, bool):
             raise ConfigurationError(
-                f"{path}:{lineno}: expected 'messages' (or 'question'), 'answer' (str) and 'correct' (true/false)"
+                f"{path}:{row['_line']}: expected 'messages' (or 'question'), 'answer' (str) and 'correct' (true/false)"
             )
         out.append((messages, answer, correct))
     return out

@@ -136,11 +136,10 @@ def calibration_part(data: DevSet, results, splits: int, seed: int) -> dict:
         lodo[held] = row
     # Random halves stratified by data set and label.
     rng = np.random.default_rng(seed)
-    strata = np.asarray([f"{g}|{c}" for g, c in zip(data.groups, data.correct, strict=True)])
     acc = {"confidence": [], "ece": [], "ece_before": [], **{f: [] for f in SCORE_FIELDS}}
     per_set = {n: {"confidence": [], "ece": [], **{f: [] for f in SCORE_FIELDS}} for n in NAMES}
     for _ in range(splits):
-        a, b = _halves(strata, rng)
+        a, b = data.halves(rng)
         cal = _fit([results[i] for i in a], data.correct[a], data.groups[a])
         conf = cal.predict([results[i] for i in b], check=False)
         y, g = data.correct[b], data.groups[b]
@@ -166,18 +165,8 @@ def calibration_part(data: DevSet, results, splits: int, seed: int) -> dict:
     }
 
 
-def _halves(strata: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    a, b = [], []
-    for s in np.unique(strata):
-        idx = rng.permutation(np.flatnonzero(strata == s))
-        a += list(idx[: len(idx) // 2])
-        b += list(idx[len(idx) // 2 :])
-    return np.asarray(a), np.asarray(b)
-
-
 def policy_part(data: DevSet, results, policy: GuardPolicy, splits: int, seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
-    strata = np.asarray([f"{g}|{c}" for g, c in zip(data.groups, data.correct, strict=True)])
     actions: dict[str, list[float]] = {}
     cov, err_acc, err_all, per_set = (
         [],
@@ -187,7 +176,7 @@ def policy_part(data: DevSet, results, policy: GuardPolicy, splits: int, seed: i
     )
     risk = {a: {"feasible": 0, "exceed": 0, "coverage": [], "error": []} for a in ALPHAS}
     for _ in range(splits):
-        a, b = _halves(strata, rng)
+        a, b = data.halves(rng)
         cal = _fit([results[i] for i in a], data.correct[a], data.groups[a])
         conf = cal.predict([results[i] for i in b], check=False)
         y, g = data.correct[b], data.groups[b]
@@ -252,9 +241,8 @@ def derived_thresholds(data: DevSet, results) -> dict[str, float | None]:
     """
     from sklearn.model_selection import StratifiedKFold
 
-    strata = np.asarray([f"{g}|{c}" for g, c in zip(data.groups, data.correct, strict=True)])
     conf = np.zeros(len(data))
-    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(data)), strata):
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(data)), data.strata):
         cal = _fit([results[i] for i in tr], data.correct[tr], data.groups[tr])
         conf[te] = cal.predict([results[i] for i in te], check=False)
     out: dict[str, float | None] = {}

@@ -38,6 +38,22 @@ class DevSet:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def strata(self) -> np.ndarray:
+        """Data set and label of each answer ("rag|True"): what splits are stratified by."""
+        return np.asarray([f"{g}|{c}" for g, c in zip(self.groups, self.correct, strict=True)])
+
+    def halves(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Two random halves (indices), each holding half of every data set's right and wrong answers."""
+        strata = self.strata
+        a: list[int] = []
+        b: list[int] = []
+        for s in np.unique(strata):
+            idx = rng.permutation(np.flatnonzero(strata == s))
+            a += list(idx[: len(idx) // 2])
+            b += list(idx[len(idx) // 2 :])
+        return np.asarray(a), np.asarray(b)
+
     def subset(self, idx: np.ndarray) -> DevSet:
         return DevSet([self.rows[i] for i in idx], self.window[idx], self.correct[idx], self.groups[idx])
 

@@ -48,16 +48,6 @@ def profile():
     return ModelProfile.load(SHIPPED_PROFILE)
 
 
-def _halves(data, rng):
-    strata = np.asarray([f"{g}|{c}" for g, c in zip(data.groups, data.correct, strict=True)])
-    a, b = [], []
-    for s in np.unique(strata):
-        idx = rng.permutation(np.flatnonzero(strata == s))
-        a += list(idx[: len(idx) // 2])
-        b += list(idx[len(idx) // 2 :])
-    return np.asarray(a), np.asarray(b)
-
-
 def test_every_example_policy_is_listed():
     assert sorted(p.name for p in POLICIES.glob("*.yaml")) == sorted(PROMISED_ACCEPT_SHARE)
 
@@ -71,7 +61,7 @@ def test_policy_accepts_its_share_with_fewer_errors_on_held_out_answers(name, da
     cov, err_acc, err_all = [], [], []
     per_set: dict[str, list[tuple[float, float]]] = {n: [] for n in devdata.NAMES}
     for _ in range(SPLITS):
-        a, b = _halves(data, rng)
+        a, b = data.halves(rng)
         cal = Calibrator.fit([results[i] for i in a], data.correct[a], groups=list(data.groups[a]))
         conf = cal.predict([results[i] for i in b])
         accepted = np.asarray(

@@ -10,6 +10,16 @@ from __future__ import annotations
 import torch
 
 
+def _entropy_and_nll(model, logits: torch.Tensor, y: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per answer step: the entropy (detached, a weight) and the nll, after Gemma 2's soft-capping."""
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logp = torch.log_softmax(logits, -1)
+    ent = -(logp.exp() * logp).sum(-1).detach()
+    return ent, -logp[torch.arange(len(y)), torch.tensor(y)]
+
+
 def reference_scores(
     model, x: list[int], y: list[int], anchor_offset: int, layers: list[int]
 ) -> dict[str, float]:
@@ -22,14 +32,7 @@ def reference_scores(
         W = model.get_output_embeddings().weight.detach().clone().requires_grad_(True)
         T = len(y)
         pred = final[0, len(x) - 1 : len(x) - 1 + T]
-        logits = torch.nn.functional.linear(pred, W).float()
-        cfg = model.config
-        if getattr(cfg, "final_logit_softcapping", None):
-            c = cfg.final_logit_softcapping
-            logits = torch.tanh(logits / c) * c
-        logp = torch.log_softmax(logits, -1)
-        ent = -(logp.exp() * logp).sum(-1).detach()
-        nll = -logp[torch.arange(T), torch.tensor(y)]
+        ent, nll = _entropy_and_nll(model, torch.nn.functional.linear(pred, W).float(), y)
         loss = (ent * nll).mean()
         grads = torch.autograd.grad(loss, [hs[layer] for layer in layers] + [W])
     a = len(x) + anchor_offset
@@ -65,13 +68,8 @@ def reference_exgrad_weight(model, x: list[int], y: list[int]) -> float:
             embeds = model.get_input_embeddings()(ids).detach()
         final = base(inputs_embeds=embeds, use_cache=False).last_hidden_state
         T = len(y)
-        logits = torch.nn.functional.linear(final[0, len(x) - 1 : len(x) - 1 + T], W).float()
-        cfg = model.config
-        if getattr(cfg, "final_logit_softcapping", None):
-            c = cfg.final_logit_softcapping
-            logits = torch.tanh(logits / c) * c
-        logp = torch.log_softmax(logits, -1)
-        ent = -(logp.exp() * logp).sum(-1).detach()
-        nll = -logp[torch.arange(T), torch.tensor(y)]
+        ent, nll = _entropy_and_nll(
+            model, torch.nn.functional.linear(final[0, len(x) - 1 : len(x) - 1 + T], W).float(), y
+        )
         (grad,) = torch.autograd.grad((ent * nll).mean(), [W])
     return float(grad.double().abs().sum() / grad.numel())

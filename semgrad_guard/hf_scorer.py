@@ -303,8 +303,11 @@ class SemGradScorer:
         x = prompt_ids if prompt_ids is not None else self.prompt_ids(chat)
         return self._answer_ids(chat, answer, x)
 
-    def _answer_ids(self, chat: list[dict[str, Any]], answer: str, x: list[int]) -> list[int]:
-        prompt_text = self._render(chat, add_generation_prompt=True)
+    def _answer_ids(
+        self, chat: list[dict[str, Any]], answer: str, x: list[int], prompt_text: str | None = None
+    ) -> list[int]:
+        if prompt_text is None:
+            prompt_text = self._render(chat, add_generation_prompt=True)
         full = self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
         if full.startswith(prompt_text):
             rest = full[len(prompt_text) :]
@@ -329,12 +332,16 @@ class SemGradScorer:
         """True if ``text`` holds one of the tokenizer's control-token strings (``<|im_end|>``, ...)."""
         return any(t in text for t in self._control_strings)
 
-    def _prepare(self, messages: Messages, answer: str) -> tuple[list[Message], str, int, list[str]]:
-        """Normalise the chat; cut an echoed prompt off the answer. Returns (chat, text, start, flags)."""
+    def _prepare(self, messages: Messages, answer: str) -> tuple[list[Message], str, str, int, list[str]]:
+        """Normalise the chat, render its prompt, cut an echoed prompt off the answer.
+
+        Returns (chat, prompt text, answer text to score, characters cut, flags).
+        """
         chat = normalize_messages(messages)
         flags: list[str] = []
         start = 0
-        echoes = [self._render(chat, add_generation_prompt=True)]
+        prompt_text = self._render(chat, add_generation_prompt=True)
+        echoes = [prompt_text]
         if len(chat) == 1 and chat[0]["role"] == "user":
             # A text-completion pipeline (HuggingFacePipeline with return_full_text=True) returns its
             # raw prompt + completion; LangChain hands the prompt over as one user message.
@@ -363,7 +370,7 @@ class SemGradScorer:
                     "(control_tokens='refuse'); with control_tokens='score' it is scored as literal text"
                 )
             flags.append("control_tokens")
-        return chat, text, start, flags
+        return chat, prompt_text, text, start, flags
 
     def _check_lengths(self, x: list[int], y: list[int]) -> None:
         if len(x) + len(y) > self.context_window:
@@ -385,9 +392,9 @@ class SemGradScorer:
         pairs = _check_pairs(pairs)
         examples, notes = [], []
         for messages, answer in pairs:
-            chat, text, start, flags = self._prepare(messages, answer)
-            x = self._encode(self._render(chat, add_generation_prompt=True))
-            y = self._answer_ids(chat, text, x)
+            chat, prompt_text, text, start, flags = self._prepare(messages, answer)
+            x = self._encode(prompt_text)
+            y = self._answer_ids(chat, text, x, prompt_text)
             self._check_lengths(x, y)
             examples.append(ScoringInput(x, y))
             notes.append((start, flags))

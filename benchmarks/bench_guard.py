@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.devsets.devdata import MODEL_ID, NAMES, OFFSETS, DevSet, load  # noqa: E402
 from semgrad_guard import Calibrator, GuardPolicy, ModelProfile, select_threshold  # noqa: E402
-from semgrad_guard.calibration import expected_calibration_error  # noqa: E402
 from semgrad_guard.eval.metrics import auroc  # noqa: E402
-from semgrad_guard.profile_search import layer_bands, select_from_window  # noqa: E402
+from semgrad_guard.eval.profile_search import layer_bands, select_from_window  # noqa: E402
+from semgrad_guard.guard.calibration import expected_calibration_error  # noqa: E402
 from semgrad_guard.results import SCORE_FIELDS  # noqa: E402
 
 OUT_MD = ROOT / "benchmarks" / "results" / "guard_quality.md"
@@ -257,7 +257,7 @@ def write_shipped(
     data: DevSet, offset: int, layers: list[int], band: str, mode: str, prof_part: dict
 ) -> None:
     from semgrad_guard import SemGradScorer
-    from semgrad_guard.identity import weights_fingerprint
+    from semgrad_guard.scoring.identity import weights_fingerprint
 
     old = json.loads(PROFILE_PATH.read_text())
     scorer = SemGradScorer.from_pretrained("default")

@@ -207,7 +207,7 @@ def main() -> None:
         f"# SemGrad scoring cost: {name}",
         "",
         f"Machine: {machine}; torch {torch.__version__}; {platform.platform()}; run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}..{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer._adapter.num_layers}).",
+        f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}..{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer.adapter.num_layers}).",
         f"Median of {args.repeats} interleaved rounds after a warm-up. Peak memory: rise of peak RSS above the loaded model (CPU) or peak CUDA allocation (GPU).",
         "",
         "`forward` computes logits at every position, as a plain `model(ids)` call does; `forward(ans)` only at the",

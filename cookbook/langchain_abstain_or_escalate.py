@@ -28,10 +28,10 @@ from langchain_semgrad import ChatSemGrad, guard_runnable
 from rich.console import Console
 from rich.table import Table
 
-from semgrad_guard.calibration import Calibrator
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.calibration import Calibrator
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 GUIDE = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
 SYSTEM = (

@@ -37,9 +37,9 @@ from pydantic import ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from semgrad_guard.calibration import Calibrator
-from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.calibration import Calibrator
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 DOCS = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
 

@@ -37,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 
 from semgrad_guard.errors import SemGradGuardError
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 DOCS = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
 
@@ -94,7 +94,7 @@ def build_chain(chat: ChatSemGrad, k: int = 2) -> Runnable[str, str]:
 def shipped_calibrator(scorer: Any) -> tuple[Any, str]:
     """The calibrator shipped for the scorer's model and profile, or (None, why not)."""
     try:
-        from semgrad_guard.calibration import Calibrator
+        from semgrad_guard.guard.calibration import Calibrator
 
         calibrator = Calibrator.default_for(scorer.model_id)
         calibrator.check_compatible(scorer.model_id, scorer.profile)

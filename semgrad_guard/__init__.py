@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .calibration import Calibrator
+from . import _moved
 from .errors import (
     AlreadyDecidedError,
     AnswerRejectedError,
@@ -35,33 +35,34 @@ from .errors import (
     SemGradGuardError,
     UnknownRoleError,
 )
-from .guard import Guard
-from .outcomes import Attempt, GuardResult
-from .policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
-from .profile import ModelProfile
-from .results import SCORE_FIELDS, ScoreResult
-from .review import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
-from .risk import ThresholdSelection, select_threshold
-from .scorer import GeneratingScorer, MockScorer, Scorer
-from .strategies import (
+from .guard.calibration import Calibrator
+from .guard.guard import Guard
+from .guard.outcomes import Attempt, GuardResult
+from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
+from .guard.risk import ThresholdSelection, select_threshold
+from .guard.strategies import (
     AttemptContext,
     ReconsiderStrategy,
     ResampleStrategy,
     RetryStrategy,
     WidenRetrievalStrategy,
 )
+from .results import SCORE_FIELDS, ScoreResult
+from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
+from .scorer import GeneratingScorer, MockScorer, Scorer
+from .scoring.profile import ModelProfile
 
 if TYPE_CHECKING:
-    from .default_model import fetch_default_model
-    from .hf_scorer import SemGradScorer
-    from .profile_search import select_profile
-    from .sps import compute_sps
+    from .eval.profile_search import select_profile
+    from .scoring.default_model import fetch_default_model
+    from .scoring.hf_scorer import SemGradScorer
+    from .scoring.sps import compute_sps
 
 _LAZY = {
-    "SemGradScorer": "hf_scorer",
-    "compute_sps": "sps",
-    "select_profile": "profile_search",
-    "fetch_default_model": "default_model",
+    "SemGradScorer": "scoring.hf_scorer",
+    "compute_sps": "scoring.sps",
+    "select_profile": "eval.profile_search",
+    "fetch_default_model": "scoring.default_model",
 }
 
 __version__ = "0.1.0"
@@ -124,6 +125,9 @@ __all__ = [
     "select_profile",
     "select_threshold",
 ]
+
+
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from semgrad_guard import SemGradScorer
-    from semgrad_guard.fastpath import ScoringInput, exgrad_weight, score_ids
+    from semgrad_guard.scoring.fastpath import ScoringInput, exgrad_weight, score_ids
 
     if args.threads:
         torch.set_num_threads(args.threads)
     scorer = SemGradScorer.from_pretrained("default")
-    layers = list(range(scorer._adapter.num_layers))
+    layers = list(range(scorer.adapter.num_layers))
     eos = scorer.eos_token_ids
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     # Round-robin over the data sets, so that a run stopped early still has some of each.
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             y = y or [eos[0]]
             answer = scorer.tokenizer.decode([t for t in y if t not in eos], skip_special_tokens=True)
             example = ScoringInput(x, y)
-            raw = score_ids(scorer._adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
-            ex_w = exgrad_weight(scorer._adapter, example)
+            raw = score_ids(scorer.adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
+            ex_w = exgrad_weight(scorer.adapter, example)
             correct, values = label(name, row, answer)
             record = {
                 "id": row["id"],

@@ -94,7 +94,7 @@ def _labelled_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> t
         from rich.progress import Progress
 
         from ..eval.correctness import check_rule, is_correct, rule_values
-        from ..hf_scorer import SemGradScorer
+        from ..scoring.hf_scorer import SemGradScorer
 
         threshold = check_rule(args.rule, args.threshold) if to_answer else 0.0
         scorer = SemGradScorer.from_pretrained(args.model, profile=args.profile)
@@ -121,13 +121,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..calibration import (
+    from ..guard.calibration import (
         Calibrator,
         cross_validated_confidence,
         expected_calibration_error,
         reliability_table,
     )
-    from ..risk import select_threshold
+    from ..guard.risk import select_threshold
 
     rows = read_jsonl_rows(args.data, "--data")
     results, correct = _labelled_results(rows, args)

@@ -155,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..hf_scorer import SemGradScorer
-    from ..profile import ModelProfile, default_layers
+    from ..scoring.hf_scorer import SemGradScorer
+    from ..scoring.profile import ModelProfile, default_layers
 
     if args.threads:
         torch.set_num_threads(args.threads)

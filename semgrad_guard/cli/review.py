@@ -69,14 +69,14 @@ def register(subparsers: Any) -> None:
 
 
 def _path(args: argparse.Namespace) -> Path:
-    from ..review import default_review_db_path
+    from ..review.queue import default_review_db_path
 
     return Path(args.db).expanduser() if args.db else default_review_db_path()
 
 
 def _queue(args: argparse.Namespace) -> Any:
     from ..errors import ReviewItemNotFoundError
-    from ..review import SQLiteReviewQueue
+    from ..review.queue import SQLiteReviewQueue
 
     path = _path(args)
     if not path.exists() and getattr(args, "id", None) is not None:
@@ -111,7 +111,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..review import ReviewStatus
+    from ..review.queue import ReviewStatus
 
     empty = _missing(args)
     if empty is not None:

@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigurationError, MetricError
+from ..progress import progress_display
 from ..results import SCORE_FIELDS
 from .baselines import DEFAULT_CLUSTER_THRESHOLD, SAMPLING_METHODS, SampleSet, sampling_scores
 from .cache import JsonlCache, settings_key
@@ -102,13 +103,6 @@ class EvalConfig(BaseModel):
         return v
 
 
-def _progress(enabled: bool) -> Any:
-    """Bars on a terminal, periodic lines in a redirected log (see :mod:`semgrad_guard.progress`)."""
-    from ..progress import progress_display
-
-    return progress_display(enabled)
-
-
 def _model_settings(scorer: Any, config: EvalConfig) -> dict[str, Any]:
     """What determines a greedy answer: model, prompt, token limit (not the profile, which only scores)."""
     return {
@@ -131,7 +125,7 @@ def scoring_inputs(scorer: Any, chats: Sequence[Any], records: Sequence[dict[str
     An answer cut by ``max_new_tokens`` (its record's ``answer_tokens`` is one short of the
     re-tokenised answer with its end-of-turn token) is scored without the end-of-turn token.
     """
-    from ..fastpath import ScoringInput
+    from ..scoring.fastpath import ScoringInput
 
     examples = []
     for chat, rec in zip(chats, records, strict=True):
@@ -171,7 +165,7 @@ def generate_answers(
         for q in questions
         if q.id in cached and (cached[q.id]["anchor_offset"], cached[q.id]["layers"]) != (offset, layers)
     ]
-    with _progress(progress) as bar:
+    with progress_display(progress) as bar:
         if stale:
             task = bar.add_task(f"re-score under anchor {offset}, layers {layers}", total=len(stale))
             for start in range(0, len(stale), 8):
@@ -244,7 +238,7 @@ def draw_samples(
     }
     cache = JsonlCache(out_dir / "samples.jsonl", settings_key(settings))
     todo = [q for q in random_order(questions, config.seed) if q.id not in cache]
-    with _progress(progress) as bar:
+    with progress_display(progress) as bar:
         task = bar.add_task(
             f"sample K={config.samples} ({len(questions) - len(todo)} cached)", total=len(todo)
         )

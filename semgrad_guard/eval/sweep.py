@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, MetricError
-from ..profile import ModelProfile
+from ..progress import progress_display
+from ..scoring.profile import ModelProfile
 from .correctness import normalize
 from .data import PromptTemplate, Question
 from .metrics import auroc
-from .runner import _progress, scoring_inputs
+from .runner import scoring_inputs
 
 
 def layer_bands(num_layers: int) -> dict[str, list[int]]:
@@ -86,7 +87,7 @@ def sweep_anchor(
     progress: bool = False,
 ) -> dict[str, Any]:
     """SPS table on held-out paraphrases and semgrad AUROC per (offset, band) on ``questions``."""
-    from ..sps import compute_sps
+    from ..scoring.sps import compute_sps
 
     if not MIN_SPS_GROUPS <= sps_groups <= MAX_SPS_GROUPS:
         raise ConfigurationError(
@@ -94,7 +95,7 @@ def sweep_anchor(
             f"SPS settles with a few dozen groups (default {DEFAULT_SPS_GROUPS})"
         )
     groups = held_out_groups(sps_data, questions, limit=sps_groups, per_group=per_group)
-    with _progress(progress) as sps_bar:
+    with progress_display(progress) as sps_bar:
         sps_task = sps_bar.add_task(
             f"SPS on {len(groups)} held-out paraphrase groups", total=sum(len(g) for g in groups)
         )
@@ -117,7 +118,7 @@ def sweep_anchor(
     )
     errors = [not correct[q.id] for q in questions]
     offsets = sorted(sps.table, reverse=True)
-    bar = _progress(progress)
+    bar = progress_display(progress)
     task = bar.add_task(
         f"sweep {len(offsets)} anchors x {len(examples)} answers", total=len(offsets) * len(examples)
     )

@@ -18,7 +18,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..hf_scorer import SemGradScorer
+    from ..scoring.hf_scorer import SemGradScorer
 
 ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "phi3")
 
@@ -137,7 +137,7 @@ def tiny_scorer(
     arch: str = "llama", *, tie_word_embeddings: bool = True, seed: int = 0, **scorer_kwargs: Any
 ) -> SemGradScorer:
     """A :class:`~semgrad_guard.SemGradScorer` over :func:`tiny_chat_model` (no download)."""
-    from ..hf_scorer import SemGradScorer
+    from ..scoring.hf_scorer import SemGradScorer
 
     model, tok = tiny_chat_model(arch, tie_word_embeddings=tie_word_embeddings, seed=seed)
     scorer_kwargs.setdefault("model_id", f"tiny-random-{arch}")

@@ -6,7 +6,7 @@ in that format, then a final answer) through the real ``generate``, so the KV ca
 and the score are the real ones.
 
 Example:
-    >>> from semgrad_guard.tool_calls import generate_tool_turn
+    >>> from semgrad_guard.scoring.tool_calls import generate_tool_turn
     >>> scorer = tiny_tool_scorer("hermes")
     >>> tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
     >>> with ScriptedGeneration(scorer, ['<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>']):
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..hf_scorer import SemGradScorer
+    from ..scoring.hf_scorer import SemGradScorer
 
 TOOL_FORMATS: tuple[str, ...] = ("hermes", "llama3", "mistral")
 
@@ -93,8 +93,8 @@ def tiny_tool_scorer(fmt: str = "hermes", *, seed: int = 0, **scorer_kwargs: Any
     ``fmt`` is the tool-call format of the family: ``"hermes"`` (a Qwen2 model), ``"llama3"`` or
     ``"mistral"``. The model is random: script what it writes with :class:`ScriptedGeneration`.
     """
-    from ..hf_scorer import SemGradScorer
-    from ..profile import ModelProfile
+    from ..scoring.hf_scorer import SemGradScorer
+    from ..scoring.profile import ModelProfile
     from . import tiny_chat_model
 
     if fmt not in _TOOL_FAMILIES:

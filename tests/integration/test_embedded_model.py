@@ -8,7 +8,7 @@ import pytest
 
 from semgrad_guard import fetch_default_model
 from semgrad_guard.cli import main
-from semgrad_guard.default_model import cache_is_valid
+from semgrad_guard.scoring.default_model import cache_is_valid
 
 pytestmark = pytest.mark.integration
 

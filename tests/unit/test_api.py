@@ -26,7 +26,7 @@ def test_core_never_imports_a_framework():
 
 def test_light_modules_import_without_torch():
     code = (
-        "import sys, semgrad_guard, semgrad_guard.profile, semgrad_guard.results, semgrad_guard.scorer;"
+        "import sys, semgrad_guard, semgrad_guard.scoring.profile, semgrad_guard.results, semgrad_guard.scorer;"
         "import semgrad_guard.cli;"
         "assert 'torch' not in sys.modules, 'torch imported';"
         "assert 'transformers' not in sys.modules"
@@ -47,7 +47,7 @@ def test_errors_inherit_from_builtins_callers_catch():
 def test_missing_dependency_names_the_extra(monkeypatch):
     import importlib.util
 
-    from semgrad_guard.loading import load_model_and_tokenizer
+    from semgrad_guard.scoring.loading import load_model_and_tokenizer
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -62,7 +62,7 @@ def test_missing_dependency_names_the_extra(monkeypatch):
 
 
 def test_missing_model_directory_is_a_model_error(tmp_path):
-    from semgrad_guard.loading import load_model_and_tokenizer
+    from semgrad_guard.scoring.loading import load_model_and_tokenizer
 
     try:
         load_model_and_tokenizer(tmp_path / "missing")

@@ -16,7 +16,7 @@ from semgrad_guard import (
     ModelProfile,
     ScoreResult,
 )
-from semgrad_guard.calibration import AUTO_FEATURE_SETS, expected_calibration_error
+from semgrad_guard.guard.calibration import AUTO_FEATURE_SETS, expected_calibration_error
 
 MODEL = "org/tiny-model"
 
@@ -229,7 +229,7 @@ def test_drift_monitor_warns_once_on_unlike_scores(caplog) -> None:
 
 
 def test_cross_validated_confidence_is_out_of_fold() -> None:
-    from semgrad_guard.calibration import cross_validated_confidence, reliability_table
+    from semgrad_guard.guard.calibration import cross_validated_confidence, reliability_table
 
     results, correct, p_true = _synthetic(seed=5)
     oof = cross_validated_confidence(results, correct, method="platt", features=["mean_nll"])

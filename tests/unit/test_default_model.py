@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from semgrad_guard import ModelError, default_model
-from semgrad_guard.default_model import GGUF_MEMBER, MANIFEST, cache_is_valid, fetch_default_model
+from semgrad_guard.scoring.default_model import GGUF_MEMBER, MANIFEST, cache_is_valid, fetch_default_model
 
 
 def fake_build(calls):

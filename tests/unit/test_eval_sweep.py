@@ -86,7 +86,7 @@ def test_sweep_anchor_on_tiny_model(tmp_path: Path) -> None:
 
 def test_a_bands_semgrad_from_one_pass_equals_scoring_the_band_alone() -> None:
     from semgrad_guard import ModelProfile
-    from semgrad_guard.fastpath import ScoringInput
+    from semgrad_guard.scoring.fastpath import ScoringInput
     from semgrad_guard.testing import tiny_scorer
 
     scorer = tiny_scorer("llama")

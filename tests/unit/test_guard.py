@@ -313,7 +313,7 @@ def test_stop_exceptions_are_never_retried(exc_type: type[BaseException]) -> Non
 
 
 def test_subclass_of_langgraph_interrupt_by_name_is_a_stop_exception() -> None:
-    from semgrad_guard.guard import is_stop_exception
+    from semgrad_guard.guard.guard import is_stop_exception
 
     class NodeInterrupt(GraphInterrupt):
         pass

@@ -9,14 +9,14 @@ import pytest
 
 from semgrad_guard import ConfigurationError, ModelProfile, SemGradScorer
 from semgrad_guard.cli import main
-from semgrad_guard.fastpath import ScoringInput
-from semgrad_guard.profile_search import (
+from semgrad_guard.eval.profile_search import (
     Candidate,
     candidate_values,
     layer_bands,
     select_from_window,
     select_profile,
 )
+from semgrad_guard.scoring.fastpath import ScoringInput
 from semgrad_guard.testing import tiny_chat_model
 
 

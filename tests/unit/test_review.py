@@ -265,7 +265,7 @@ def test_callback_errors_do_not_break_the_queue(q) -> None:
 
 _WRITER = r"""
 import sys
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.review.queue import SQLiteReviewQueue
 path, tag, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 q = SQLiteReviewQueue(path)
 print("ready", flush=True)
@@ -480,7 +480,7 @@ def test_a_directory_as_database_is_a_typed_error(tmp_path) -> None:
 
 def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
     from semgrad_guard import ConfigurationError, GuardPolicy
-    from semgrad_guard.review import apply_review_decision
+    from semgrad_guard.review.queue import apply_review_decision
 
     policy = GuardPolicy.from_dict({"rules": [{"action": "review"}], "abstain_message": "Sorry."})
     ids = [q.enqueue("Capital of France?", "Paris.") for _ in range(3)]

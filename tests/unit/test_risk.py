@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semgrad_guard import ConfigurationError, RiskControlError, select_threshold
-from semgrad_guard.risk import clopper_pearson_upper, min_accepted_for
+from semgrad_guard.guard.risk import clopper_pearson_upper, min_accepted_for
 
 
 def test_simple_separable_data_accepts_the_confident_block() -> None:

@@ -61,7 +61,7 @@ def test_seeded_sampling_is_reproducible_across_threads(tiny) -> None:
 
 
 def test_scorers_on_one_model_share_one_set_of_hooks(tiny) -> None:
-    from semgrad_guard.adapters import holders
+    from semgrad_guard.scoring.adapters import holders
 
     model, tok = tiny
     gc.collect()

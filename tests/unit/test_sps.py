@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semgrad_guard import ConfigurationError, SemGradScorer, compute_sps
-from semgrad_guard.sps import load_paraphrase_groups
+from semgrad_guard.scoring.sps import load_paraphrase_groups
 from semgrad_guard.testing import tiny_chat_model
 
 

@@ -19,7 +19,7 @@ from semgrad_guard import (
     RetryStrategy,
     WidenRetrievalStrategy,
 )
-from semgrad_guard.strategies import resolve_strategies
+from semgrad_guard.guard.strategies import resolve_strategies
 
 CHAT = [{"role": "user", "content": "Capital of Australia?"}]
 

@@ -12,9 +12,9 @@ from semgrad_guard.errors import (
     ToolCallingUnsupportedError,
     ToolCallParseError,
 )
+from semgrad_guard.scoring.tool_calls import generate_tool_turn, parse_tool_calls, template_uses_tools
 from semgrad_guard.testing import tiny_scorer
 from semgrad_guard.testing.tools import TOOL_FORMATS, ScriptedGeneration, tiny_tool_scorer
-from semgrad_guard.tool_calls import generate_tool_turn, parse_tool_calls, template_uses_tools
 
 ADD = {
     "type": "function",

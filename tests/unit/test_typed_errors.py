@@ -254,7 +254,7 @@ def test_rule_covered_by_earlier_rules_is_refused() -> None:
 
 
 def test_partly_overlapping_bands_warn_naming_the_rules() -> None:
-    from semgrad_guard.policy import PolicyOverlapWarning
+    from semgrad_guard.guard.policy import PolicyOverlapWarning
 
     with pytest.warns(
         PolicyOverlapWarning, match=r"rules 'a' .* and 'b' .* overlap on \[0.3, 0.5\); the earlier 'a'"

@@ -1,4 +1,4 @@
-"""Building a core :class:`~semgrad_guard.guard.Guard` from adapter arguments (no policy logic here)."""
+"""Building a core :class:`~semgrad_guard.guard.guard.Guard` from adapter arguments (no policy logic here)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from semgrad_guard.errors import ScoringError
-from semgrad_guard.guard import Guard
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import Action
+from semgrad_guard.guard.guard import Guard
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import Action
 
 from .errors import LowConfidenceError
 

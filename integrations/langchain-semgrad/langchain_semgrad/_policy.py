@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from semgrad_guard.policy import judge
+from semgrad_guard.guard.policy import judge
 from semgrad_guard.results import ScoreResult
 
 

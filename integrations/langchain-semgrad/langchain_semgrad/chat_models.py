@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from semgrad_guard.errors import ConfigurationError
 from semgrad_guard.results import ScoreResult
-from semgrad_guard.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
+from semgrad_guard.scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
 
 from .messages import to_chat
 from .metadata import METADATA_KEY, score_payload
@@ -42,7 +42,7 @@ def _load_scorer(model: str, device: str) -> Any:
     with _SCORER_CACHE_LOCK:
         key = (model, device)
         if key not in _SCORER_CACHE:
-            from semgrad_guard.hf_scorer import SemGradScorer
+            from semgrad_guard.scoring.hf_scorer import SemGradScorer
 
             _SCORER_CACHE[key] = SemGradScorer.from_pretrained(model, device=device)
         return _SCORER_CACHE[key]
@@ -59,7 +59,7 @@ class ChatSemGrad(BaseChatModel):
     Tool calling (:meth:`bind_tools`, hence ``create_agent`` and ``with_structured_output``): the
     tools are rendered through the model's chat template (``tools=``) and the calls are read from the
     generated text (the tokenizer's ``response_template`` where it has one, else Hermes
-    ``<tool_call>``, Llama 3.1 JSON or Mistral ``[TOOL_CALLS]``; see :mod:`semgrad_guard.tool_calls`).
+    ``<tool_call>``, Llama 3.1 JSON or Mistral ``[TOOL_CALLS]``; see :mod:`semgrad_guard.scoring.tool_calls`).
     A turn that calls tools is an intermediate step, not an answer: its payload says
     ``"turn": "tool_call"`` and guards skip it; the final answer is scored as usual.
 

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from semgrad_guard.errors import ConfigurationError, MissingDependencyError
-from semgrad_guard.guard import Guard
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import Action
-from semgrad_guard.review import apply_review_decision
-from semgrad_guard.strategies import AttemptContext
+from semgrad_guard.guard.guard import Guard
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import Action
+from semgrad_guard.guard.strategies import AttemptContext
+from semgrad_guard.review.queue import apply_review_decision
 
 from ._guarding import make_guard
 from .chat_models import generation_overrides
@@ -80,7 +80,7 @@ class SemGradMiddleware(AgentMiddleware):
 
     In ``wrap_model_call``: a model response that only calls tools passes through unscored. A
     final answer is scored (``ChatSemGrad``'s own score is reused), then the core
-    :class:`~semgrad_guard.guard.Guard` decides: accept / annotate keep it; retry calls the model
+    :class:`~semgrad_guard.guard.guard.Guard` decides: accept / annotate keep it; retry calls the model
     again with the policy's strategies (resample settings reach ``ChatSemGrad``; reconsider adds
     the turns to the request); abstain replaces the text with the abstention message; review
     enqueues it in the review queue and, with a checkpointer (``review="auto"`` or

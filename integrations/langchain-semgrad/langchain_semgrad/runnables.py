@@ -20,11 +20,11 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import patch_config
 
 from semgrad_guard.errors import ConfigurationError
-from semgrad_guard.guard import Guard
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import Action
+from semgrad_guard.guard.guard import Guard
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import Action
+from semgrad_guard.guard.strategies import AttemptContext
 from semgrad_guard.results import ScoreResult
-from semgrad_guard.strategies import AttemptContext
 
 from ._guarding import make_guard, retry_error
 from .chat_models import generation_overrides
@@ -88,7 +88,7 @@ def _answer_text(output: Any) -> str:
 
 
 class GuardedRunnable(Runnable[Any, Any]):
-    """A Runnable that runs another one under a :class:`~semgrad_guard.guard.Guard`. See :func:`guard_runnable`."""
+    """A Runnable that runs another one under a :class:`~semgrad_guard.guard.guard.Guard`. See :func:`guard_runnable`."""
 
     def __init__(
         self,
@@ -271,7 +271,7 @@ def guard_runnable(
     Example:
         >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.policy import GuardPolicy
+        >>> from semgrad_guard.guard.policy import GuardPolicy
         >>> scorer = MockScorer(lambda m, a: 0.1 if a == "Canberra" else 0.9, answers=["Sydney", "Canberra"])
         >>> policy = GuardPolicy.from_dict({"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"},
         ...     {"field": "semgrad", "action": "retry"}], "retry": {"max_attempts": 2}})

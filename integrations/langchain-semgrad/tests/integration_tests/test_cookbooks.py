@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 QUESTIONS = [
     ("Who founded the Orbitra Science Museum?", True),

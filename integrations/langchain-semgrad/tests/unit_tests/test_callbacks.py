@@ -22,7 +22,7 @@ from langchain_semgrad import (
 )
 
 from semgrad_guard import MockScorer
-from semgrad_guard.policy import GuardPolicy
+from semgrad_guard.guard.policy import GuardPolicy
 
 
 def length_score(messages: list[dict[str, Any]], answer: str) -> float:

@@ -17,8 +17,8 @@ from langgraph.types import Command
 
 from semgrad_guard import MockScorer
 from semgrad_guard.errors import ConfigurationError
-from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 POLICY = GuardPolicy.from_dict(
     {

@@ -12,9 +12,9 @@ from langchain_core.runnables import RunnableLambda
 from langchain_semgrad import ChatSemGrad, LowConfidenceError, SemGradCallbackHandler, SemGradOutputParser
 
 from semgrad_guard import MockScorer
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 # semgrad < 0.2 accept, < 0.4 annotate, < 0.6 retry, < 0.8 review, else abstain; exactly 0.99 raises
 POLICY = GuardPolicy.from_dict(

@@ -16,9 +16,9 @@ from langchain_semgrad import ChatSemGrad, guard_runnable, read_payload, read_sc
 
 from semgrad_guard import MockScorer
 from semgrad_guard.errors import ConfigurationError
-from semgrad_guard.outcomes import GuardResult
-from semgrad_guard.policy import Action, GuardPolicy
-from semgrad_guard.review import SQLiteReviewQueue
+from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.policy import Action, GuardPolicy
+from semgrad_guard.review.queue import SQLiteReviewQueue
 
 
 def band_policy(**retry: Any) -> GuardPolicy:

@@ -22,9 +22,9 @@ from pydantic import BaseModel
 
 from semgrad_guard import MockScorer
 from semgrad_guard.errors import ConfigurationError, ToolCallingUnsupportedError, ToolCallParseError
-from semgrad_guard.policy import GuardPolicy
+from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.scoring.tool_calls import generate_tool_turn
 from semgrad_guard.testing.tools import TOOL_FORMATS, ScriptedGeneration
-from semgrad_guard.tool_calls import generate_tool_turn
 from tests._shared import tiny_scorer_once, tiny_tool_scorer_once
 
 

@@ -24,7 +24,7 @@ from semgrad_guard import (
     ScoringError,
     WidenRetrievalStrategy,
 )
-from semgrad_guard.strategies import AttemptContext
+from semgrad_guard.guard.strategies import AttemptContext
 
 from .base import generation_overrides
 from .evaluation import default_qa_messages

@@ -17,7 +17,7 @@ from llama_index.core.workflow import (
 )
 
 from semgrad_guard import Action, ConfigurationError
-from semgrad_guard.review import apply_review_decision
+from semgrad_guard.review.queue import apply_review_decision
 
 from .query_engine import RESULT_KEY, STATUS_KEY, SemGradQueryEngine, _mark, guard_result_from_response
 

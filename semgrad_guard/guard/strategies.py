@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from .errors import ConfigurationError
-from .messages import Message, Messages, normalize_messages
+from ..errors import ConfigurationError
+from ..messages import Message, Messages, normalize_messages
 
 if TYPE_CHECKING:
     from .outcomes import Attempt
@@ -122,7 +122,7 @@ class ReconsiderStrategy:
     confidence is comparable with the first attempt's and with the calibration data.
 
     Example:
-        >>> from semgrad_guard.outcomes import Attempt
+        >>> from semgrad_guard.guard.outcomes import Attempt
         >>> chat = [{"role": "user", "content": "Capital of Australia?"}]
         >>> prev = Attempt(number=1, answer="Sydney")
         >>> ctx = AttemptContext(number=2, messages=chat, original_messages=chat, score_messages=chat, previous=(prev,))

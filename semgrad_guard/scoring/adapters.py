@@ -1,4 +1,4 @@
-"""One :class:`~semgrad_guard.fastpath.ModelAdapter` per model, shared by every scorer on it.
+"""One :class:`~semgrad_guard.scoring.fastpath.ModelAdapter` per model, shared by every scorer on it.
 
 A ``ModelAdapter`` installs one forward pre-hook per decoder layer. Scorers on the same model (several
 profiles, ``with_profile`` copies, a scorer per request) share one adapter, so the model carries one

@@ -15,27 +15,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .calibration import Calibrator
-from .errors import (
+from ..errors import (
     AnswerRejectedError,
     ConfigurationError,
     RetriesExhaustedError,
     ReviewTimeoutError,
 )
-from .messages import Message, Messages, normalize_messages
+from ..messages import Message, Messages, normalize_messages
+from ..results import ScoreResult
+from ..scorer import Scorer
+from .calibration import Calibrator
 from .outcomes import Attempt, GuardResult
 from .policy import Action, GuardPolicy, Verdict, judge
-from .results import ScoreResult
-from .scorer import Scorer
 from .strategies import AttemptContext, RetryStrategy, resolve_strategies
 
 if TYPE_CHECKING:
-    from .review import ReviewItem, ReviewQueue
+    from ..review.queue import ReviewItem, ReviewQueue
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Attempt", "Guard", "GuardResult", "GenerateFn", "is_stop_exception"]
-# Attempt and GuardResult live in semgrad_guard.outcomes; re-exported here for one release.
+# Attempt and GuardResult live in semgrad_guard.guard.outcomes; re-exported here for one release.
 
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult)``, or a coroutine function returning that."""
@@ -125,7 +125,7 @@ class Guard:
     def review_queue(self) -> ReviewQueue:
         """The review queue (opened on first use)."""
         if self._queue is None:
-            from .review import SQLiteReviewQueue, default_review_db_path
+            from ..review.queue import SQLiteReviewQueue, default_review_db_path
 
             self._queue = SQLiteReviewQueue(self.policy.review.path or default_review_db_path())
         return self._queue

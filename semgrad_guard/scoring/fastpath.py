@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError, NonFiniteGradientError
+from ..errors import ModelError, NonFiniteGradientError
 
 
 @dataclass

@@ -39,15 +39,15 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import (
+from ..errors import (
     AlreadyDecidedError,
     ConfigurationError,
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
     ReviewQueueError,
 )
-from .messages import Messages, normalize_messages
-from .results import ScoreResult
+from ..messages import Messages, normalize_messages
+from ..results import ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ class SQLiteReviewQueue:
             ReviewTimeoutError: ``timeout`` seconds passed and the item is still pending.
             ReviewItemNotFoundError: No such item.
         """
-        from .errors import ReviewTimeoutError
+        from ..errors import ReviewTimeoutError
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -626,7 +626,7 @@ class SQLiteReviewQueue:
         self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
     ) -> ReviewItem:
         """Async :meth:`wait`: polls without blocking the event loop."""
-        from .errors import ReviewTimeoutError
+        from ..errors import ReviewTimeoutError
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -709,7 +709,7 @@ class SQLiteReviewQueue:
             text = "".join(item.model_dump_json() + "\n" for item in items)
         else:
             buf = io.StringIO()
-            from .results import SCORE_FIELDS
+            from ..results import SCORE_FIELDS
 
             cols = [
                 "id",

@@ -1,7 +1,7 @@
 """Model profiles: where SemGrad looks (anchor offset and layers). A profile is data.
 
 Profiles are stored as JSON, found by model id and chat-template hash (see :func:`find_profile`).
-The SPS computation that produces them lives in :mod:`semgrad_guard.sps` (it needs torch).
+The SPS computation that produces them lives in :mod:`semgrad_guard.scoring.sps` (it needs torch).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from .config import TypedConfig
-from .errors import ConfigurationError, ProfileError
+from ..config import TypedConfig
+from ..errors import ConfigurationError, ProfileError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ModelProfile(TypedConfig):
     model_id: str | None = Field(default=None, description="Model the profile was computed for.")
     weights_sha256: str | None = Field(
         default=None,
-        description="Fingerprint of the model's weights (semgrad_guard.identity): a shipped profile "
+        description="Fingerprint of the model's weights (semgrad_guard.scoring.identity): a shipped profile "
         "is found by it whatever path or name the model was loaded under.",
     )
     chat_template_hash: str | None = Field(default=None, description="sha256 of the chat template used.")
@@ -63,7 +63,7 @@ class ModelProfile(TypedConfig):
     selection: dict[str, Any] | None = Field(
         default=None,
         description="How a supervised profile was chosen: candidates, cross-validated AUROC and its "
-        "interval, the SPS choice beside it (semgrad_guard.profile_search).",
+        "interval, the SPS choice beside it (semgrad_guard.eval.profile_search).",
     )
 
     @field_validator("layers")
@@ -136,7 +136,7 @@ def find_profile(
 
     Matching on the template hash matters because the anchor is a position in the rendered prompt:
     the same weights under another template need another profile. The weights fingerprint
-    (:func:`semgrad_guard.identity.weights_fingerprint`) finds the profile whatever path or name the
+    (:func:`semgrad_guard.scoring.identity.weights_fingerprint`) finds the profile whatever path or name the
     model was loaded under.
     """
     stored = _stored_profiles()

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .errors import CalibrationError, CalibratorMismatchError, ConfigurationError
-from .profile import ModelProfile
-from .results import SCORE_FIELDS, ScoreResult
+from ..errors import CalibrationError, CalibratorMismatchError, ConfigurationError
+from ..results import SCORE_FIELDS, ScoreResult
+from ..scoring.profile import ModelProfile
 
 logger = logging.getLogger(__name__)
 

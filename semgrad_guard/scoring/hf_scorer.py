@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from .adapters import acquire_adapter
-from .errors import (
+from ..errors import (
     ChatTemplateError,
     ConfigurationError,
     ContextLengthError,
@@ -24,8 +23,12 @@ from .errors import (
     PromptEchoError,
     ScoringError,
 )
+from ..messages import Message, Messages, check_text, normalize_messages
+from ..results import ScoreResult
+from .adapters import acquire_adapter
 from .fastpath import (
     EXGRAD_MODES,
+    ModelAdapter,
     RawScores,
     ScoringInput,
     crop_cache,
@@ -35,9 +38,7 @@ from .fastpath import (
 )
 from .identity import weights_fingerprint
 from .loading import check_causal
-from .messages import Message, Messages, check_text, normalize_messages
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
-from .results import ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,11 @@ class SemGradScorer:
         if model_id is None and not scorer._recognised:
             scorer.model_id = resolved_id  # the name it was loaded by, unless its weights said otherwise
         return scorer
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The model's parts and hooks as the fast path sees them (for SPS, profile search, benchmarks)."""
+        return self._adapter
 
     @property
     def exgrad_mode(self) -> str:

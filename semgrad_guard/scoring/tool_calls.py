@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ToolCallingUnsupportedError, ToolCallParseError
+from ..errors import ToolCallingUnsupportedError, ToolCallParseError
 
 __all__ = [
     "ToolCall",

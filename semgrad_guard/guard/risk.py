@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .errors import ConfigurationError, RiskControlError
+from ..errors import ConfigurationError, RiskControlError
 
 
 class ThresholdSelection(BaseModel):

@@ -1,7 +1,7 @@
 """Guard policies: ordered rules that map a confidence (or a raw score) band to an action.
 
 Plain configuration, no torch: load from YAML, JSON or a dict, validate, save back. The
-:class:`~semgrad_guard.guard.Guard` carries the actions out.
+:class:`~semgrad_guard.guard.guard.Guard` carries the actions out.
 
 Bands are half-open: a rule matches when ``min <= value < max``; a missing ``min`` or ``max``
 is unbounded on that side. Rules are tried in order and the first match wins; when none
@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import TypedConfig, format_validation_error
-from .errors import ConfigurationError
-from .results import SCORE_FIELDS, ScoreResult
+from ..config import TypedConfig, format_validation_error
+from ..errors import ConfigurationError
+from ..results import SCORE_FIELDS, ScoreResult
 
 RULE_FIELDS: tuple[str, ...] = ("confidence", *SCORE_FIELDS)
 """What a rule's band can be over: the calibrated ``confidence`` or a raw score field."""

@@ -1,6 +1,6 @@
 """What a guard run produced: each :class:`Attempt` and the final :class:`GuardResult`. Plain data.
 
-Kept apart from :mod:`semgrad_guard.guard` so that retry strategies (which read earlier attempts)
+Kept apart from :mod:`semgrad_guard.guard.guard` so that retry strategies (which read earlier attempts)
 and adapters can import the records without the Guard, and no import cycle remains.
 """
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..results import ScoreResult
 from .policy import Action
-from .results import ScoreResult
 
 
 class Attempt(BaseModel):

@@ -1,6 +1,6 @@
 """Choosing a profile by what it is for: cross-validated error-detection AUROC on labelled answers.
 
-SPS (:mod:`semgrad_guard.sps`) picks the anchor whose hidden states best keep a question's meaning
+SPS (:mod:`semgrad_guard.scoring.sps`) picks the anchor whose hidden states best keep a question's meaning
 across paraphrases: label-free, but on the embedded model it picked the worst anchor for detection
 (docs/method.md). When labelled answers exist, choose where SemGrad looks by what it must do:
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigurationError, MetricError
-from .eval.metrics import auroc, bootstrap
-from .messages import Messages
-from .profile import ModelProfile, chat_template_hash
+from ..errors import ConfigurationError, MetricError
+from ..messages import Messages
+from ..scoring.profile import ModelProfile, chat_template_hash
+from .metrics import auroc, bootstrap
 
 DEFAULT_WINDOW = 8
 
@@ -173,7 +173,7 @@ def select_profile(
     Label the answers as they will be judged in deployment, rendered with the deployment prompt.
     The anchor offsets tried are -1..-window (capped by the shortest prompt).
     """
-    from .fastpath import ScoringInput, score_ids
+    from ..scoring.fastpath import ScoringInput, score_ids
 
     if len(labelled) < 10:
         raise ConfigurationError(
@@ -191,14 +191,14 @@ def select_profile(
         x = scorer.prompt_ids(messages)
         examples.append(ScoringInput(x, scorer.answer_ids(messages, answer, prompt_ids=x)))
         errors.append(not correct)
-    num_layers = scorer._adapter.num_layers
+    num_layers = scorer.adapter.num_layers
     w = min(window, min(len(e.prompt_ids) for e in examples))
     offsets = list(range(-w, 0))
     all_layers = list(range(num_layers))
     rows: list[list[list[float]]] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        raws = score_ids(scorer._adapter, chunk, anchor_offset=-w, layers=all_layers, window=True)
+        raws = score_ids(scorer.adapter, chunk, anchor_offset=-w, layers=all_layers, window=True)
         rows += [r.window_semgrad for r in raws]
         if progress is not None:
             progress(len(chunk))

@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _convert(gguf_path: Path, out: Path) -> None:
 
     for pkg in ("gguf", "accelerate"):
         if importlib.util.find_spec(pkg) is None:
-            from .errors import MissingDependencyError
+            from ..errors import MissingDependencyError
 
             raise MissingDependencyError(pkg, "gguf", "building the default model from its GGUF file")
     import torch

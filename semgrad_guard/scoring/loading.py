@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import ConfigurationError, MissingDependencyError, ModelError
+from ..errors import ConfigurationError, MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 from .profile import ModelProfile, chat_template_hash, default_layers
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def compute_sps(
             chat.append({"role": "user", "content": user_template.format(question=q)})
             prompts.append(scorer.prompt_ids(chat))
             group_of.append(gi)
-    num_layers = scorer._adapter.num_layers
+    num_layers = scorer.adapter.num_layers
     shortest = min(len(p) for p in prompts)
     window = min(window, shortest)
     # vectors[o][l]: (N, d) hidden states at offset o, hidden-state index l
@@ -125,7 +125,7 @@ def compute_sps(
             ids[i, n - len(p) :] = torch.tensor(p)
             mask[i, n - len(p) :] = 1
             pos[i, n - len(p) :] = torch.arange(len(p))
-        out = scorer._adapter.base(
+        out = scorer.adapter.base(
             input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=False
         )
         hs = out.hidden_states

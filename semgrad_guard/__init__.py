@@ -47,6 +47,7 @@ from .guard.strategies import (
     RetryStrategy,
     WidenRetrievalStrategy,
 )
+from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
 from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
 from .scorer import GeneratingScorer, MockScorer, Scorer
@@ -93,6 +94,7 @@ __all__ = [
     "NonFiniteGradientError",
     "ProfileError",
     "PromptEchoError",
+    "PAYLOAD_KEY",
     "ReconsiderStrategy",
     "ResampleStrategy",
     "RetriesExhaustedError",
@@ -110,6 +112,7 @@ __all__ = [
     "Rule",
     "SCORE_FIELDS",
     "SQLiteReviewQueue",
+    "ScorePayload",
     "ScoreResult",
     "Scorer",
     "ScoringError",

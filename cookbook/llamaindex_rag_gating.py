@@ -51,8 +51,9 @@ def main(
 ) -> list[dict[str, Any]]:
     """Answer every question through the guarded engine; returns one row per question."""
     from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
-    from llama_index.llms.semgrad import SemGradLLM, SemGradQueryEngine, guard_result_from_response
+    from llama_index.llms.semgrad import SemGradLLM
     from llama_index.llms.semgrad.embeddings import LocalSentenceTransformerEmbedding
+    from llama_index.llms.semgrad.query_engine import SemGradQueryEngine, guard_result_from_response
     from rich.console import Console
     from rich.table import Table
 

@@ -40,7 +40,7 @@ POLICY = GuardPolicy.from_yaml(Path(__file__).parent / "policies" / "accept_or_r
 
 def reviewer(event: Any) -> Any:
     """A scripted librarian: approve answers that state the expected fact, otherwise correct them."""
-    from llama_index.llms.semgrad import ReviewDecision
+    from llama_index.llms.semgrad.workflow import ReviewDecision
 
     fact, correct = QUESTIONS[event.query]
     if fact.lower() in event.answer.lower():
@@ -52,7 +52,7 @@ def reviewer(event: Any) -> Any:
 
 async def ask(workflow: Any, question: str) -> tuple[Any, list[Any]]:
     """Run one question; answer every review request; return the final response and the requests."""
-    from llama_index.llms.semgrad import ReviewRequired
+    from llama_index.llms.semgrad.workflow import ReviewRequired
 
     handler = workflow.run(query=question)
     requests = []
@@ -75,13 +75,10 @@ def main(
 ) -> list[dict[str, Any]]:
     """Ask every question through the review workflow; returns one row per question."""
     from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
-    from llama_index.llms.semgrad import (
-        SemGradLLM,
-        SemGradQueryEngine,
-        SemGradReviewWorkflow,
-        guard_result_from_response,
-    )
+    from llama_index.llms.semgrad import SemGradLLM
     from llama_index.llms.semgrad.embeddings import LocalSentenceTransformerEmbedding
+    from llama_index.llms.semgrad.query_engine import SemGradQueryEngine, guard_result_from_response
+    from llama_index.llms.semgrad.workflow import SemGradReviewWorkflow
 
     from semgrad_guard import SemGradScorer, SQLiteReviewQueue
 

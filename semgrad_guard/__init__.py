@@ -35,9 +35,10 @@ from .errors import (
     SemGradGuardError,
     UnknownRoleError,
 )
+from .generation import generation_overrides
 from .guard.calibration import Calibrator
 from .guard.guard import Guard
-from .guard.outcomes import Attempt, GuardResult
+from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.risk import ThresholdSelection, select_threshold
 from .guard.strategies import (
@@ -82,6 +83,7 @@ __all__ = [
     "ContextLengthError",
     "ControlTokenError",
     "Decision",
+    "Generated",
     "GeneratingScorer",
     "Guard",
     "GuardPolicy",
@@ -92,9 +94,9 @@ __all__ = [
     "ModelError",
     "ModelProfile",
     "NonFiniteGradientError",
+    "PAYLOAD_KEY",
     "ProfileError",
     "PromptEchoError",
-    "PAYLOAD_KEY",
     "ReconsiderStrategy",
     "ResampleStrategy",
     "RetriesExhaustedError",
@@ -124,6 +126,7 @@ __all__ = [
     "WidenRetrievalStrategy",
     "compute_sps",
     "fetch_default_model",
+    "generation_overrides",
     "judge",
     "select_profile",
     "select_threshold",

@@ -8,7 +8,11 @@ Plain data, JSON round-trips, no torch::
 
     {"version": 1, "result": {...ScoreResult...}, "scores": {...six scores...},
      "confidence": 0.41 | null, "action": "accept" | ... | null, "rule": "..." | null,
-     "review_id": 12 | null, "attempts": 1 | null, "source": "callback" | ..., "run_id": "..." | null}
+     "review_id": 12 | null, "review_status": "pending" | ... | null, "attempts": 1 | null,
+     "answer": "..." | null, "annotation": "..." | null, "turn": "answer" | "tool_call" | null,
+     "source": "callback" | ..., "run_id": "..." | null}
+
+Adapters may add keys of their own (LangGraph's ``interrupt`` flag, say); readers keep them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class ScorePayload(BaseModel):
         True
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     version: int = Field(default=PAYLOAD_VERSION, description="Schema version of this payload.")
     result: ScoreResult | None = Field(description="The score; None when scoring failed (see action/rule).")
@@ -52,7 +56,19 @@ class ScorePayload(BaseModel):
     action: str | None = Field(default=None, description="The policy's action, when a policy judged it.")
     rule: str | None = Field(default=None, description="The rule that chose the action ('on_error', ...).")
     review_id: int | None = Field(default=None, description="The review item's id, when sent to review.")
+    review_status: str | None = Field(
+        default=None, description="pending, approved, rejected or edited, when sent to review."
+    )
     attempts: int | None = Field(default=None, description="How many answers were generated (with retries).")
+    answer: str | None = Field(
+        default=None,
+        description="The answer that was scored, when the text delivered differs from it (abstained, in "
+        "review, or replaced by a reviewer).",
+    )
+    annotation: str | None = Field(default=None, description="The note of an 'annotate' decision.")
+    turn: str | None = Field(
+        default=None, description="'tool_call' when the scored message is a tool call, not an answer."
+    )
     source: str | None = Field(default=None, description="Which component wrote it (see Source).")
     run_id: str | None = Field(default=None, description="The framework's run id, when it has one.")
 
@@ -64,12 +80,18 @@ class ScorePayload(BaseModel):
 
     @classmethod
     def of(cls, result: ScoreResult | None, verdict: Any = None, **fields: Any) -> ScorePayload:
-        """A payload from a result and (optionally) a :class:`~semgrad_guard.Verdict`."""
+        """A payload from a result and (optionally) a :class:`~semgrad_guard.Verdict` or
+        :class:`~semgrad_guard.GuardResult` (its action, rule, confidence, review and attempts)."""
         if verdict is not None:
             action = verdict.action
             fields.setdefault("action", getattr(action, "value", action))
             fields.setdefault("rule", verdict.rule)
             fields.setdefault("confidence", verdict.confidence)
+            for name in ("review_id", "review_status", "annotation"):
+                if getattr(verdict, name, None) is not None:
+                    fields.setdefault(name, getattr(verdict, name))
+            if getattr(verdict, "attempts", None) is not None:
+                fields.setdefault("attempts", len(verdict.attempts))
         if fields.get("run_id") is not None:
             fields["run_id"] = str(fields["run_id"])
         return cls(result=result, **fields)

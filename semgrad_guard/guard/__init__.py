@@ -6,7 +6,15 @@ return) and ``guard`` (:class:`~semgrad_guard.Guard`). Nothing here imports torc
 """
 
 from .guard import STOP_EXCEPTION_NAMES, Guard, is_stop_exception
-from .outcomes import Attempt, GuardResult
+from .outcomes import Attempt, Generated, GuardResult
 from .strategies import AttemptContext
 
-__all__ = ["STOP_EXCEPTION_NAMES", "Attempt", "AttemptContext", "Guard", "GuardResult", "is_stop_exception"]
+__all__ = [
+    "STOP_EXCEPTION_NAMES",
+    "Attempt",
+    "AttemptContext",
+    "Generated",
+    "Guard",
+    "GuardResult",
+    "is_stop_exception",
+]

@@ -11,7 +11,9 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import warnings
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ from ..messages import Message, Messages, normalize_messages
 from ..results import ScoreResult
 from ..scorer import Scorer
 from .calibration import Calibrator
-from .outcomes import Attempt, GuardResult
+from .outcomes import Attempt, Generated, GuardResult
 from .policy import Action, GuardPolicy, Verdict, judge
 from .strategies import AttemptContext, RetryStrategy, resolve_strategies
 
@@ -34,11 +36,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Attempt", "Guard", "GuardResult", "GenerateFn", "is_stop_exception"]
+__all__ = ["Attempt", "GenerateFn", "Generated", "Guard", "GuardResult", "is_stop_exception"]
 # Attempt and GuardResult live in semgrad_guard.guard.outcomes; re-exported here for one release.
 
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
-"""``generate_fn(messages, context) -> str | (str, ScoreResult)``, or a coroutine function returning that."""
+"""``generate_fn(messages, context) -> str | (str, ScoreResult) | Generated``, or a coroutine function returning that."""
 
 STOP_EXCEPTION_NAMES = frozenset(
     {"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand", "Interrupt"}
@@ -63,16 +65,66 @@ class _Exhausted:
         self.exc = exc
 
 
+# Effects: the only places where the guard waits on something. The guard's logic is written once, as
+# generators that yield these; Guard._sync and Guard._async carry them out (as httpx's BaseClient does for
+# its two clients), so check/acheck and run/arun differ only in the one line that drives them.
+@dataclass
+class _Score:
+    messages: list[Message]
+    answer: str
+
+
+@dataclass
+class _Generate:
+    fn: Any
+    messages: list[Message]
+    ctx: AttemptContext
+
+
+@dataclass
+class _Prepare:
+    strategy: RetryStrategy
+    ctx: AttemptContext
+
+
+@dataclass
+class _Enqueue:
+    messages: list[Message]
+    answer: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class _Wait:
+    item_id: int
+
+
+_Steps = Generator[Any, Any, Any]
+
+
+@dataclass
+class _Run:
+    """One run's state, shared by its attempts."""
+
+    chat: list[Message]
+    t0: float = field(default_factory=time.perf_counter)
+    attempts: list[Attempt] = field(default_factory=list)
+    contexts: list[AttemptContext] = field(default_factory=list)
+
+
 class Guard:
     """Scores answers, applies a :class:`GuardPolicy`, retries with strategies, abstains or escalates to review.
 
     Args:
-        scorer: Any :class:`Scorer` (``SemGradScorer``, ``MockScorer``, ...).
         policy: A :class:`GuardPolicy`, a dict, YAML text, or a YAML/JSON file path (see :meth:`GuardPolicy.coerce`).
+        scorer: Any :class:`Scorer` (``SemGradScorer``, ``RemoteScorer``, ``MockScorer``, ...). Optional: a guard
+            that is always handed scores (``check(..., result=...)``, or a ``generate_fn`` returning them) needs none.
         calibrator: Maps scores to confidence; required when a rule is over ``confidence``.
         review_queue: Where 'review' items go (default: a :class:`SQLiteReviewQueue` at
             ``policy.review.path`` or the default path, opened on first use).
         strategies: Retry strategies by name, added to (or overriding) the built-in ones.
+
+    ``Guard(scorer, policy, ...)`` (the order before 0.2) still works for one release, with a DeprecationWarning.
 
     Example:
         >>> from semgrad_guard import MockScorer
@@ -81,26 +133,42 @@ class Guard:
         ...     "rules": [{"field": "semgrad", "max": 0.5, "action": "accept"}, {"action": "retry"}],
         ...     "retry": {"max_attempts": 2, "strategy": "reconsider", "on_exhausted": "abstain"}})
         >>> answers = iter(["Sydney", "Canberra"])
-        >>> r = Guard(scorer, policy).run("Capital of Australia?", lambda messages, ctx: next(answers))
+        >>> r = Guard(policy, scorer=scorer).run("Capital of Australia?", lambda messages, ctx: next(answers))
         >>> r.answer, [a.answer for a in r.attempts], r.attempts[1].strategy
         ('Canberra', ['Sydney', 'Canberra'], 'reconsider')
     """
 
     def __init__(
         self,
-        scorer: Scorer,
-        policy: GuardPolicy | Mapping[str, Any] | str | Path,
+        policy: GuardPolicy | Mapping[str, Any] | str | Path | Scorer,
+        *legacy: Any,
+        scorer: Scorer | None = None,
         calibrator: Calibrator | None = None,
         review_queue: ReviewQueue | None = None,
         strategies: Mapping[str, RetryStrategy] | None = None,
     ) -> None:
-        self.policy = GuardPolicy.coerce(policy)
+        if legacy:  # Guard(scorer, policy, calibrator=None, review_queue=None, strategies=None)
+            if len(legacy) > 4 or scorer is not None:
+                raise ConfigurationError(
+                    "use Guard(policy, scorer=..., calibrator=..., review_queue=..., strategies=...)"
+                )
+            warnings.warn(
+                "Guard(scorer, policy, ...) is deprecated: use Guard(policy, scorer=scorer, ...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            scorer, policy = policy, legacy[0]  # type: ignore[assignment]
+            rest = dict(zip(("calibrator", "review_queue", "strategies"), legacy[1:], strict=False))
+            calibrator = rest.get("calibrator", calibrator)
+            review_queue = rest.get("review_queue", review_queue)
+            strategies = rest.get("strategies", strategies)
+        self.policy = GuardPolicy.coerce(policy)  # type: ignore[arg-type]
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "
                 "calibrator=Calibrator.load(...) (or Calibrator.default_for(model_id)), or write the rules over a raw score"
             )
-        if calibrator is not None:
+        if calibrator is not None and scorer is not None:
             calibrator.check_compatible(getattr(scorer, "model_id", None), getattr(scorer, "profile", None))
         self.scorer = scorer
         self.calibrator = calibrator
@@ -146,26 +214,8 @@ class Guard:
             result: Scores already computed for this exact pair (skips scoring).
             metadata: Stored with a review item.
         """
-        t0 = time.perf_counter()
-        chat = normalize_messages(messages)
-        ctx = AttemptContext(number=1, messages=chat, original_messages=chat, score_messages=chat)
-        attempt = Attempt(number=1, answer=answer)
-        t1 = time.perf_counter()
-        if result is None:
-            try:
-                result = self.scorer.score(chat, answer)
-            except Exception as e:
-                if is_stop_exception(e):
-                    raise
-                self._score_failed(attempt, e)
-        attempt.timings["score_s"] = time.perf_counter() - t1
-        if result is not None:
-            self._judge(attempt, result)
-        if attempt.action is Action.RETRY:
-            return self._result(
-                Action.RETRY, attempt, [attempt], t0, answer=attempt.answer or "", rule=attempt.rule
-            )
-        return self._finish_sync(attempt, [attempt], ctx, t0, metadata)
+        out: GuardResult = self._sync(self._check(messages, answer, result, metadata))
+        return out
 
     async def acheck(
         self,
@@ -176,26 +226,8 @@ class Guard:
         metadata: Mapping[str, Any] | None = None,
     ) -> GuardResult:
         """Async :meth:`check`: scoring via ``scorer.ascore``, the review queue in a thread."""
-        t0 = time.perf_counter()
-        chat = normalize_messages(messages)
-        ctx = AttemptContext(number=1, messages=chat, original_messages=chat, score_messages=chat)
-        attempt = Attempt(number=1, answer=answer)
-        t1 = time.perf_counter()
-        if result is None:
-            try:
-                result = await self.scorer.ascore(chat, answer)
-            except Exception as e:
-                if is_stop_exception(e):
-                    raise
-                self._score_failed(attempt, e)
-        attempt.timings["score_s"] = time.perf_counter() - t1
-        if result is not None:
-            self._judge(attempt, result)
-        if attempt.action is Action.RETRY:
-            return self._result(
-                Action.RETRY, attempt, [attempt], t0, answer=attempt.answer or "", rule=attempt.rule
-            )
-        return await self._finish_async(attempt, [attempt], ctx, t0, metadata)
+        out: GuardResult = await self._async(self._check(messages, answer, result, metadata))
+        return out
 
     def run(
         self,
@@ -208,9 +240,11 @@ class Guard:
 
         Args:
             messages: The chat.
-            generate_fn: ``generate_fn(messages, context) -> str | (str, ScoreResult)``; it must honour
-                ``context.generate_kwargs`` (temperature, seed, ...). Default: the scorer's own
-                ``generate`` (a :class:`GeneratingScorer`), whose scores are reused.
+            generate_fn: ``generate_fn(messages, context) -> str | (str, ScoreResult) | Generated``; it must
+                honour ``context.generate_kwargs`` (temperature, seed, ...). Return a :class:`Generated` with
+                ``error=`` when it scored the answer itself and scoring failed (the policy's ``on_error``
+                applies; the guard does not score again). Default: the scorer's own ``generate``
+                (a :class:`GeneratingScorer`), whose scores are reused.
             metadata: Stored with a review item.
 
         Raises:
@@ -220,41 +254,10 @@ class Guard:
                 CancelledError, LangGraph interrupts).
         """
         gen = self._generate_fn(generate_fn, asynchronous=False)
-        t0 = time.perf_counter()
-        chat = normalize_messages(messages)
-        attempts: list[Attempt] = []
-        contexts: list[AttemptContext] = []
-
-        def one() -> Attempt:
-            ctx = self._prepare_sync(len(attempts) + 1, chat, attempts)
-            contexts.append(ctx)
-            attempt = Attempt(number=ctx.number, strategy=ctx.strategy, changes=dict(ctx.changes))
-            attempts.append(attempt)
-            t1 = time.perf_counter()
-            try:
-                out = gen(ctx.messages, ctx)
-            except BaseException as e:
-                attempt.error, attempt.error_stage = f"{type(e).__name__}: {e}", "generate"
-                raise
-            finally:
-                attempt.timings["generate_s"] = time.perf_counter() - t1
-            answer, given = self._unpack(out, attempt)
-            t2 = time.perf_counter()
-            result = given if given is not None and ctx.score_messages == ctx.messages else None
-            if result is None:
-                try:
-                    result = self.scorer.score(ctx.score_messages, answer)
-                except Exception as e:
-                    if is_stop_exception(e):
-                        raise
-                    self._score_failed(attempt, e)
-            attempt.timings["score_s"] = time.perf_counter() - t2
-            if result is not None:
-                self._judge(attempt, result)
-            return attempt
-
-        outcome = self._retrying(asynchronous=False)(one)
-        return self._after_run(outcome, attempts, contexts, t0, metadata, sync=True)  # type: ignore[return-value]
+        run = _Run(normalize_messages(messages))
+        outcome = self._retrying(asynchronous=False)(lambda: self._sync(self._attempt(run, gen)))
+        out: GuardResult = self._sync(self._after_run(outcome, run, metadata))
+        return out
 
     async def arun(
         self,
@@ -265,45 +268,196 @@ class Guard:
     ) -> GuardResult:
         """Async :meth:`run`. ``generate_fn`` may be a coroutine function; a sync one runs in a thread."""
         gen = self._generate_fn(generate_fn, asynchronous=True)
-        t0 = time.perf_counter()
-        chat = normalize_messages(messages)
-        attempts: list[Attempt] = []
-        contexts: list[AttemptContext] = []
+        run = _Run(normalize_messages(messages))
 
-        async def one() -> Attempt:
-            ctx = await self._prepare_async(len(attempts) + 1, chat, attempts)
-            contexts.append(ctx)
-            attempt = Attempt(number=ctx.number, strategy=ctx.strategy, changes=dict(ctx.changes))
-            attempts.append(attempt)
-            t1 = time.perf_counter()
+        async def attempt() -> Attempt:  # a coroutine function: tenacity awaits it only if it is one
+            out: Attempt = await self._async(self._attempt(run, gen))
+            return out
+
+        outcome = await self._retrying(asynchronous=True)(attempt)
+        out: GuardResult = await self._async(self._after_run(outcome, run, metadata))
+        return out
+
+    # ------------------------------------------------------------------ internals: the two drivers
+    def _sync(self, steps: _Steps) -> Any:
+        """Carry out a generator's effects synchronously; its return value is the result."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
             try:
-                out = await gen(ctx.messages, ctx)
+                effect = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                if isinstance(effect, _Score):
+                    value = self._need_scorer().score(effect.messages, effect.answer)
+                elif isinstance(effect, _Generate):
+                    value = effect.fn(effect.messages, effect.ctx)
+                elif isinstance(effect, _Prepare):
+                    value = effect.strategy.prepare(effect.ctx)
+                elif isinstance(effect, _Enqueue):
+                    value = self.review_queue.enqueue(effect.messages, effect.answer, **effect.fields)
+                else:
+                    review = self.policy.review
+                    value = self.review_queue.wait(
+                        effect.item_id, timeout=review.wait, poll_interval=review.poll_interval
+                    )
             except BaseException as e:
-                attempt.error, attempt.error_stage = f"{type(e).__name__}: {e}", "generate"
-                raise
-            finally:
-                attempt.timings["generate_s"] = time.perf_counter() - t1
-            answer, given = self._unpack(out, attempt)
-            t2 = time.perf_counter()
-            result = given if given is not None and ctx.score_messages == ctx.messages else None
-            if result is None:
-                try:
-                    result = await self.scorer.ascore(ctx.score_messages, answer)
-                except Exception as e:
-                    if is_stop_exception(e):
-                        raise
-                    self._score_failed(attempt, e)
-            attempt.timings["score_s"] = time.perf_counter() - t2
-            if result is not None:
-                self._judge(attempt, result)
+                error = e
+
+    async def _async(self, steps: _Steps) -> Any:
+        """Carry out a generator's effects asynchronously (blocking queue calls in a thread)."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                if isinstance(effect, _Score):
+                    value = await self._need_scorer().ascore(effect.messages, effect.answer)
+                elif isinstance(effect, _Generate):
+                    value = await effect.fn(effect.messages, effect.ctx)
+                elif isinstance(effect, _Prepare):
+                    aprepare = getattr(effect.strategy, "aprepare", None)
+                    value = await aprepare(effect.ctx) if aprepare else effect.strategy.prepare(effect.ctx)
+                elif isinstance(effect, _Enqueue):
+                    value = await asyncio.to_thread(
+                        self.review_queue.enqueue, effect.messages, effect.answer, **effect.fields
+                    )
+                else:
+                    review = self.policy.review
+                    value = await self.review_queue.await_decision(
+                        effect.item_id, timeout=review.wait, poll_interval=review.poll_interval
+                    )
+            except BaseException as e:
+                error = e
+
+    def _need_scorer(self) -> Scorer:
+        if self.scorer is None:
+            raise ConfigurationError(
+                "this guard has no scorer and was asked to score: pass Guard(policy, scorer=...), or give it the "
+                "scores (check(..., result=...); a generate_fn returning (answer, ScoreResult) or Generated)"
+            )
+        return self.scorer
+
+    # ------------------------------------------------------------------ internals: the logic, written once
+    def _check(
+        self, messages: Messages, answer: str, result: ScoreResult | None, metadata: Mapping[str, Any] | None
+    ) -> _Steps:
+        run = _Run(normalize_messages(messages))
+        ctx = self._base_context(1, run.chat, [])
+        attempt = Attempt(number=1, answer=answer)
+        run.attempts.append(attempt)
+        run.contexts.append(ctx)
+        if result is None:
+            self._need_scorer()  # a wiring error, not a scoring failure: never on_error
+        yield from self._score(attempt, ctx, answer, result)
+        if attempt.action is Action.RETRY:
+            return self._result(
+                Action.RETRY, attempt, run.attempts, run.t0, answer=attempt.answer or "", rule=attempt.rule
+            )
+        return (yield from self._finish(attempt, run, ctx, metadata))
+
+    def _attempt(self, run: _Run, gen: Any) -> _Steps:
+        number = len(run.attempts) + 1
+        ctx = self._base_context(number, run.chat, run.attempts)
+        strategy = self._strategy_for(number)
+        if strategy is not None:
+            ctx = yield _Prepare(strategy, ctx)
+        run.contexts.append(ctx)
+        attempt = Attempt(number=ctx.number, strategy=ctx.strategy, changes=dict(ctx.changes))
+        run.attempts.append(attempt)
+        t1 = time.perf_counter()
+        try:
+            out = yield _Generate(gen, ctx.messages, ctx)
+        except BaseException as e:
+            attempt.error, attempt.error_stage = f"{type(e).__name__}: {e}", "generate"
+            raise
+        finally:
+            attempt.timings["generate_s"] = time.perf_counter() - t1
+        generated = self._unpack(out)
+        attempt.answer = generated.answer
+        if ctx.score_messages != ctx.messages:
+            generated = Generated(generated.answer)  # scored against other messages: the guard scores it
+        elif generated.error is not None:
+            self._score_failed(attempt, generated.error)  # the generate_fn's own scoring failed: on_error
             return attempt
+        given = generated.result
+        yield from self._score(attempt, ctx, generated.answer, given)
+        return attempt
 
-        outcome = await self._retrying(asynchronous=True)(one)
-        final = self._after_run(outcome, attempts, contexts, t0, metadata, sync=False)
-        assert inspect.isawaitable(final)
-        return await final
+    def _score(self, attempt: Attempt, ctx: AttemptContext, answer: str, given: ScoreResult | None) -> _Steps:
+        t = time.perf_counter()
+        result = given
+        if result is None:
+            try:
+                result = yield _Score(ctx.score_messages, answer)
+            except Exception as e:
+                if is_stop_exception(e) or (isinstance(e, ConfigurationError) and self.scorer is None):
+                    raise
+                self._score_failed(attempt, e)
+        attempt.timings["score_s"] = time.perf_counter() - t
+        if result is not None:
+            self._judge(attempt, result)
 
-    # ------------------------------------------------------------------ internals: steps
+    def _finish(
+        self, attempt: Attempt, run: _Run, ctx: AttemptContext, metadata: Mapping[str, Any] | None
+    ) -> _Steps:
+        if attempt.action is not Action.REVIEW:
+            return self._final(attempt, run.attempts, run.t0)
+        t1 = time.perf_counter()
+        fields = {
+            "result": attempt.result,
+            "confidence": attempt.confidence,
+            "rule": attempt.rule,
+            "metadata": self._review_metadata(attempt, run.attempts, metadata),
+        }
+        item_id = yield _Enqueue(ctx.score_messages, attempt.answer or "", fields)
+        item = None
+        if self.policy.review.wait is not None:
+            try:
+                item = yield _Wait(item_id)
+            except ReviewTimeoutError:
+                item = None
+        return self._review_result(attempt, run.attempts, run.t0, item_id, item, time.perf_counter() - t1)
+
+    def _after_run(
+        self, outcome: Attempt | _Exhausted, run: _Run, metadata: Mapping[str, Any] | None
+    ) -> _Steps:
+        attempts = run.attempts
+        if isinstance(outcome, Attempt) and outcome.action is not Action.RETRY:
+            return (yield from self._finish(outcome, run, run.contexts[outcome.number - 1], metadata))
+        # Retries ran out: the best-scoring attempt, then the policy's on_exhausted action.
+        scored = [a for a in attempts if a.result is not None]
+        if not scored:
+            exc = outcome.exc if isinstance(outcome, _Exhausted) else None
+            if exc is not None:
+                raise exc
+            raise RetriesExhaustedError(
+                f"no attempt out of {len(attempts)} produced a scored answer", attempts=attempts
+            )
+        best = max(scored, key=self._rank)
+        action = self.policy.retry.on_exhausted
+        if action is Action.RAISE:
+            result = self._result(
+                Action.RAISE, best, attempts, run.t0, answer=best.answer or "", rule="retry.on_exhausted"
+            )
+            err = RetriesExhaustedError(
+                f"all {len(attempts)} attempts stayed below the policy's bar (best {self._rank_field}: "
+                f"{self._rank(best):.4g})",
+                attempts=attempts,
+                last_result=attempts[-1].result,
+            )
+            err.guard_result = result  # type: ignore[attr-defined]
+            raise err
+        decision = best.model_copy(update={"action": action, "rule": "retry.on_exhausted"})
+        return (yield from self._finish(decision, run, run.contexts[best.number - 1], metadata))
+
+    # ------------------------------------------------------------------ internals: pieces
     def _generate_fn(self, generate_fn: GenerateFn | None, *, asynchronous: bool) -> Any:
         if generate_fn is None:
             scorer: Any = self.scorer
@@ -336,16 +490,18 @@ class Guard:
         return wrapped
 
     @staticmethod
-    def _unpack(out: Any, attempt: Attempt) -> tuple[str, ScoreResult | None]:
-        given: ScoreResult | None = None
+    def _unpack(out: Any) -> Generated:
+        if isinstance(out, Generated):
+            return out
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], ScoreResult):
             out, given = out
+        else:
+            given = None
         if not isinstance(out, str):
             raise ConfigurationError(
-                f"generate_fn must return str or (str, ScoreResult), got {type(out).__name__}"
+                f"generate_fn must return str, (str, ScoreResult) or Generated, got {type(out).__name__}"
             )
-        attempt.answer = out
-        return out, given
+        return Generated(out, result=given)
 
     def _strategy_for(self, number: int) -> RetryStrategy | None:
         if number <= 1 or not self._strategies:
@@ -361,24 +517,6 @@ class Guard:
             score_messages=chat,
             previous=tuple(attempts),
         )
-
-    def _prepare_sync(self, number: int, chat: list[Message], attempts: list[Attempt]) -> AttemptContext:
-        ctx = self._base_context(number, chat, attempts)
-        strategy = self._strategy_for(number)
-        return strategy.prepare(ctx) if strategy is not None else ctx
-
-    async def _prepare_async(
-        self, number: int, chat: list[Message], attempts: list[Attempt]
-    ) -> AttemptContext:
-        ctx = self._base_context(number, chat, attempts)
-        strategy = self._strategy_for(number)
-        if strategy is None:
-            return ctx
-        aprepare = getattr(strategy, "aprepare", None)
-        if aprepare is not None:
-            out: AttemptContext = await aprepare(ctx)
-            return out
-        return strategy.prepare(ctx)
 
     def _score_failed(self, attempt: Attempt, exc: Exception) -> None:
         logger.warning(
@@ -449,108 +587,6 @@ class Guard:
             retry_error_callback=exhausted,
             reraise=True,
         )
-
-    def _after_run(
-        self,
-        outcome: Attempt | _Exhausted,
-        attempts: list[Attempt],
-        contexts: list[AttemptContext],
-        t0: float,
-        metadata: Mapping[str, Any] | None,
-        *,
-        sync: bool,
-    ) -> GuardResult | Awaitable[GuardResult]:
-        if isinstance(outcome, Attempt) and outcome.action is not Action.RETRY:
-            ctx = contexts[outcome.number - 1]
-            return (self._finish_sync if sync else self._finish_async)(outcome, attempts, ctx, t0, metadata)
-        # Retries ran out: the best-scoring attempt, then the policy's on_exhausted action.
-        scored = [a for a in attempts if a.result is not None]
-        if not scored:
-            exc = outcome.exc if isinstance(outcome, _Exhausted) else None
-            if exc is not None:
-                raise exc
-            raise RetriesExhaustedError(
-                f"no attempt out of {len(attempts)} produced a scored answer", attempts=attempts
-            )
-        best = max(scored, key=self._rank)
-        ctx = contexts[best.number - 1]
-        action = self.policy.retry.on_exhausted
-        if action is Action.RAISE:
-            result = self._result(
-                Action.RAISE, best, attempts, t0, answer=best.answer or "", rule="retry.on_exhausted"
-            )
-            err = RetriesExhaustedError(
-                f"all {len(attempts)} attempts stayed below the policy's bar (best {self._rank_field}: "
-                f"{self._rank(best):.4g})",
-                attempts=attempts,
-                last_result=attempts[-1].result,
-            )
-            err.guard_result = result  # type: ignore[attr-defined]
-            raise err
-        decision = best.model_copy(update={"action": action, "rule": "retry.on_exhausted"})
-        return (self._finish_sync if sync else self._finish_async)(decision, attempts, ctx, t0, metadata)
-
-    # ------------------------------------------------------------------ internals: final actions
-    def _finish_sync(
-        self,
-        attempt: Attempt,
-        attempts: list[Attempt],
-        ctx: AttemptContext,
-        t0: float,
-        metadata: Mapping[str, Any] | None,
-    ) -> GuardResult:
-        if attempt.action is not Action.REVIEW:
-            return self._final(attempt, attempts, t0)
-        t1 = time.perf_counter()
-        queue = self.review_queue
-        item_id = queue.enqueue(
-            ctx.score_messages,
-            attempt.answer or "",
-            result=attempt.result,
-            confidence=attempt.confidence,
-            rule=attempt.rule,
-            metadata=self._review_metadata(attempt, attempts, metadata),
-        )
-        item = None
-        if self.policy.review.wait is not None:
-            try:
-                item = queue.wait(
-                    item_id, timeout=self.policy.review.wait, poll_interval=self.policy.review.poll_interval
-                )
-            except ReviewTimeoutError:
-                item = None
-        return self._review_result(attempt, attempts, t0, item_id, item, time.perf_counter() - t1)
-
-    async def _finish_async(
-        self,
-        attempt: Attempt,
-        attempts: list[Attempt],
-        ctx: AttemptContext,
-        t0: float,
-        metadata: Mapping[str, Any] | None,
-    ) -> GuardResult:
-        if attempt.action is not Action.REVIEW:
-            return self._final(attempt, attempts, t0)
-        t1 = time.perf_counter()
-        queue = self.review_queue
-        item_id = await asyncio.to_thread(
-            queue.enqueue,
-            ctx.score_messages,
-            attempt.answer or "",
-            result=attempt.result,
-            confidence=attempt.confidence,
-            rule=attempt.rule,
-            metadata=self._review_metadata(attempt, attempts, metadata),
-        )
-        item = None
-        if self.policy.review.wait is not None:
-            try:
-                item = await queue.await_decision(
-                    item_id, timeout=self.policy.review.wait, poll_interval=self.policy.review.poll_interval
-                )
-            except ReviewTimeoutError:
-                item = None
-        return self._review_result(attempt, attempts, t0, item_id, item, time.perf_counter() - t1)
 
     @staticmethod
     def _review_metadata(

@@ -6,12 +6,31 @@ and adapters can import the records without the Guard, and no import cycle remai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..results import ScoreResult
 from .policy import Action
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What a ``generate_fn`` may return when it scored the answer itself: the score, or why scoring failed.
+
+    ``Generated(answer, result=r)`` is the same as returning ``(answer, r)``; ``Generated(answer, error=e)``
+    makes the guard apply the policy's ``on_error`` to this answer instead of scoring it again (e.g. the
+    prompt the model saw was too long to score: a shorter re-score would not be about the same answer).
+    """
+
+    answer: str
+    result: ScoreResult | None = None
+    error: Exception | None = None
+
+    def __post_init__(self) -> None:
+        if self.result is not None and self.error is not None:
+            raise ValueError("Generated carries a result or an error, not both")
 
 
 class Attempt(BaseModel):
@@ -50,7 +69,7 @@ class GuardResult(BaseModel):
         >>> from semgrad_guard import Guard, GuardPolicy, MockScorer
         >>> policy = GuardPolicy.from_dict({"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"},
         ...                                           {"action": "abstain"}]})
-        >>> guard = Guard(MockScorer(lambda m, a: 0.1), policy)
+        >>> guard = Guard(policy, scorer=MockScorer(lambda m, a: 0.1))
         >>> r = guard.check("Capital of France?", "Paris")
         >>> r.action, r.answer, r.accepted
         (<Action.ACCEPT: 'accept'>, 'Paris', True)

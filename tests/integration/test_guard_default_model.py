@@ -30,7 +30,7 @@ def test_shipped_calibrator_fits_the_default_scorer_and_gives_a_confidence(
     # Guard() checks model id and profile: a profile change without refitting the calibrator fails here.
     policy = GuardPolicy.from_yaml(COOKBOOK / "policies" / "default.yaml")
     with SQLiteReviewQueue(tmp_path / "r.db") as queue:
-        guard = Guard(default_scorer, policy, calibrator=calibrator, review_queue=queue)
+        guard = Guard(policy, scorer=default_scorer, calibrator=calibrator, review_queue=queue)
         r = guard.check(chat("Who proposed the theory of evolution by natural selection?"), "Charles Darwin.")
         assert r.result is not None and r.result.model_id == default_scorer.model_id
         assert r.confidence == pytest.approx(calibrator.confidence(r.result))
@@ -64,7 +64,7 @@ def test_retries_change_the_generation_and_reuse_generation_scores(default_score
         return default_scorer.generate(messages, max_new_tokens=12, **ctx.generate_kwargs)
 
     with SQLiteReviewQueue(tmp_path / "r.db") as queue:
-        guard = Guard(default_scorer, policy, review_queue=queue)
+        guard = Guard(policy, scorer=default_scorer, review_queue=queue)
         question = chat("What is the chemical symbol of gold?")
         r = guard.run(question, generate)
         assert [a.strategy for a in r.attempts] == [None, "resample", "reconsider"]

@@ -86,7 +86,7 @@ def test_an_echo_can_be_refused(parts):
 
 def test_guard_returns_exactly_the_scored_text(scorer):
     policy = GuardPolicy.model_validate({"rules": [{"name": "all", "action": "accept"}]})
-    guard = Guard(scorer, policy)
+    guard = Guard(policy, scorer=scorer)
     smuggled = guard.check(Q, SMUGGLED)
     assert smuggled.answer == SMUGGLED and smuggled.result.answer_tokens > 10
     echoed = guard.check(Q, scorer.render_prompt(Q) + "Paris.")

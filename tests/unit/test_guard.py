@@ -58,7 +58,7 @@ def queue(tmp_path):
 
 
 def test_check_accept_annotate_abstain(queue) -> None:
-    guard = Guard(scorer(), raw_policy(), review_queue=queue)
+    guard = Guard(raw_policy(), scorer=scorer(), review_queue=queue)
     r = guard.check("Capital of France?", "Paris")
     assert (r.action, r.answer, r.rule, r.accepted, r.annotation) == (
         Action.ACCEPT,
@@ -77,7 +77,7 @@ def test_check_accept_annotate_abstain(queue) -> None:
 
 
 def test_check_review_enqueues_with_scores_and_rule(queue) -> None:
-    guard = Guard(scorer(), raw_policy(), review_queue=queue)
+    guard = Guard(raw_policy(), scorer=scorer(), review_queue=queue)
     r = guard.check([{"role": "user", "content": "Capital of France?"}], "Nice", metadata={"run": "r1"})
     assert r.action is Action.REVIEW and r.review_status == "pending" and not r.accepted
     assert r.answer == guard.policy.review.pending_message  # fail closed: the unreviewed answer is not shown
@@ -88,7 +88,7 @@ def test_check_review_enqueues_with_scores_and_rule(queue) -> None:
 
 
 def test_check_raise_carries_the_result() -> None:
-    guard = Guard(scorer(), raw_policy())
+    guard = Guard(raw_policy(), scorer=scorer())
     with pytest.raises(AnswerRejectedError, match="rule 'never'") as info:
         guard.check("q", "something unknown")
     assert isinstance(info.value.guard_result, GuardResult)
@@ -96,7 +96,7 @@ def test_check_raise_carries_the_result() -> None:
 
 
 def test_check_retry_is_reported_to_the_caller() -> None:
-    r = Guard(scorer(), raw_policy()).check("q", "Marseille")
+    r = Guard(raw_policy(), scorer=scorer()).check("q", "Marseille")
     assert (r.action, r.answer, r.rule, r.accepted) == (Action.RETRY, "Marseille", "unsure", False)
 
 
@@ -104,7 +104,7 @@ def test_check_reuses_given_scores() -> None:
     s = scorer()
     given = s.score("q", "Paris")
     s.calls.clear()
-    r = Guard(s, raw_policy()).check("q", "Brest", result=given)
+    r = Guard(raw_policy(), scorer=s).check("q", "Brest", result=given)
     assert r.action is Action.ACCEPT and s.calls == []
 
 
@@ -120,7 +120,9 @@ def failing_scorer(exc: BaseException) -> MockScorer:
 
 
 def test_scoring_failure_goes_to_review_by_default(queue) -> None:
-    r = Guard(failing_scorer(Boom("gradient is NaN")), raw_policy(), review_queue=queue).check("q", "Paris")
+    r = Guard(raw_policy(), scorer=failing_scorer(Boom("gradient is NaN")), review_queue=queue).check(
+        "q", "Paris"
+    )
     assert (r.action, r.rule, r.result) == (Action.REVIEW, "on_error", None)
     assert r.error == "Boom: gradient is NaN"
     item = queue.get(r.review_id)
@@ -129,13 +131,13 @@ def test_scoring_failure_goes_to_review_by_default(queue) -> None:
 
 @pytest.mark.parametrize("on_error", ["abstain", "accept"])
 def test_on_error_setting(on_error: str) -> None:
-    r = Guard(failing_scorer(Boom("x")), raw_policy(on_error=on_error)).check("q", "Paris")
+    r = Guard(raw_policy(on_error=on_error), scorer=failing_scorer(Boom("x"))).check("q", "Paris")
     assert r.action is Action(on_error) and r.rule == "on_error"
 
 
 def test_on_error_raise() -> None:
     with pytest.raises(AnswerRejectedError, match="Boom: x"):
-        Guard(failing_scorer(Boom("x")), raw_policy(on_error="raise")).check("q", "Paris")
+        Guard(raw_policy(on_error="raise"), scorer=failing_scorer(Boom("x"))).check("q", "Paris")
 
 
 class GraphInterrupt(Exception):
@@ -145,7 +147,7 @@ class GraphInterrupt(Exception):
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), GraphInterrupt("pause"), asyncio.CancelledError()])
 def test_stop_exceptions_from_the_scorer_propagate(exc: BaseException) -> None:
     with pytest.raises(type(exc)):
-        Guard(failing_scorer(exc), raw_policy()).check("q", "Paris")
+        Guard(raw_policy(), scorer=failing_scorer(exc)).check("q", "Paris")
 
 
 def test_run_retries_until_accepted_with_resample_settings() -> None:
@@ -156,7 +158,7 @@ def test_run_retries_until_accepted_with_resample_settings() -> None:
         seen.append((ctx.number, ctx.strategy, dict(ctx.generate_kwargs)))
         return next(answers)
 
-    r = Guard(scorer(), raw_policy(retry={"max_attempts": 4, "strategy": "resample"})).run("q", gen)
+    r = Guard(raw_policy(retry={"max_attempts": 4, "strategy": "resample"}), scorer=scorer()).run("q", gen)
     assert (r.action, r.answer, r.original_answer) == (Action.ACCEPT, "Paris", "Marseille")
     assert [a.answer for a in r.attempts] == ["Marseille", "Marseille", "Paris"]
     assert [a.action for a in r.attempts] == [Action.RETRY, Action.RETRY, Action.ACCEPT]
@@ -173,7 +175,7 @@ def test_run_exhausted_best_attempt_wins_then_on_exhausted(queue) -> None:
     SCORES["Marseille-ish"] = 0.45
     try:
         policy = raw_policy(retry={"max_attempts": 3, "on_exhausted": "annotate"})
-        r = Guard(scorer(), policy).run("q", lambda m, c: next(answers))
+        r = Guard(policy, scorer=scorer()).run("q", lambda m, c: next(answers))
     finally:
         del SCORES["Marseille-ish"]
     assert len(r.attempts) == 3
@@ -183,7 +185,7 @@ def test_run_exhausted_best_attempt_wins_then_on_exhausted(queue) -> None:
 
 
 def test_run_exhausted_defaults_to_review_of_best(queue) -> None:
-    r = Guard(scorer(), raw_policy(retry={"max_attempts": 2}), review_queue=queue).run(
+    r = Guard(raw_policy(retry={"max_attempts": 2}), scorer=scorer(), review_queue=queue).run(
         "q", lambda m, c: "Marseille"
     )
     assert r.action is Action.REVIEW and r.rule == "retry.on_exhausted"
@@ -193,7 +195,7 @@ def test_run_exhausted_defaults_to_review_of_best(queue) -> None:
 def test_run_exhausted_raise() -> None:
     policy = raw_policy(retry={"max_attempts": 2, "on_exhausted": "raise"})
     with pytest.raises(RetriesExhaustedError, match="all 2 attempts") as info:
-        Guard(scorer(), policy).run("q", lambda m, c: "Marseille")
+        Guard(policy, scorer=scorer()).run("q", lambda m, c: "Marseille")
     assert len(info.value.attempts) == 2 and info.value.last_result.semgrad == 0.5
 
 
@@ -206,7 +208,7 @@ def test_run_reconsider_sends_previous_answer_and_scores_against_the_original_ch
         sent.append(messages)
         return next(answers)
 
-    r = Guard(s, raw_policy(retry={"strategy": "reconsider"})).run("Capital of France?", gen)
+    r = Guard(raw_policy(retry={"strategy": "reconsider"}), scorer=s).run("Capital of France?", gen)
     assert r.answer == "Paris" and r.attempts[1].strategy == "reconsider"
     assert [m["role"] for m in sent[1]] == ["user", "assistant", "user"]
     assert sent[1][1]["content"] == "Marseille"
@@ -225,7 +227,7 @@ def test_run_widen_retrieval_hook_and_strategy_cycle() -> None:
     s = scorer()
     answers = iter(["Marseille", "Marseille", "Paris"])
     policy = raw_policy(retry={"max_attempts": 3, "strategy": ["widen_retrieval", "resample"]})
-    guard = Guard(s, policy, strategies={"widen_retrieval": WidenRetrievalStrategy(widen)})
+    guard = Guard(policy, scorer=s, strategies={"widen_retrieval": WidenRetrievalStrategy(widen)})
     r = guard.run("q", lambda m, c: next(answers))
     assert [a.strategy for a in r.attempts] == [None, "widen_retrieval", "resample"]
     assert calls == [2]
@@ -234,16 +236,16 @@ def test_run_widen_retrieval_hook_and_strategy_cycle() -> None:
 
 def test_widen_retrieval_without_a_hook_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="needs a hook"):
-        Guard(scorer(), raw_policy(retry={"strategy": "widen_retrieval"}))
+        Guard(raw_policy(retry={"strategy": "widen_retrieval"}), scorer=scorer())
     with pytest.raises(ConfigurationError, match="unknown"):
-        Guard(scorer(), raw_policy(retry={"strategy": "pray"}))
+        Guard(raw_policy(retry={"strategy": "pray"}), scorer=scorer())
 
 
 def test_generate_fn_returning_scores_is_not_rescored() -> None:
     s = scorer()
     pre = s.score("q", "Paris")
     s.calls.clear()
-    r = Guard(s, raw_policy()).run("q", lambda m, c: ("whatever", pre))
+    r = Guard(raw_policy(), scorer=s).run("q", lambda m, c: ("whatever", pre))
     assert r.action is Action.ACCEPT and r.answer == "whatever" and s.calls == []
 
 
@@ -255,7 +257,7 @@ def test_run_without_generate_fn_uses_the_generating_scorer_with_strategy_kwargs
         return "Marseille" if len(got) == 1 else "Paris"
 
     s = MockScorer(lambda m, a: SCORES[a], answers=answers)
-    r = Guard(s, raw_policy()).run("q")
+    r = Guard(raw_policy(), scorer=s).run("q")
     assert r.answer == "Paris" and got[0] == {} and got[1]["do_sample"] is True
 
 
@@ -267,12 +269,12 @@ def test_run_without_generate_fn_needs_a_generating_scorer() -> None:
         async def ascore_batch(self, p): ...
 
     with pytest.raises(ConfigurationError, match="GeneratingScorer"):
-        Guard(ScoreOnly(), raw_policy()).run("q")
+        Guard(raw_policy(), scorer=ScoreOnly()).run("q")
 
 
 def test_generate_fn_bad_return_type() -> None:
     with pytest.raises(ConfigurationError, match="must return str"):
-        Guard(scorer(), raw_policy()).run("q", lambda m, c: 42)
+        Guard(raw_policy(), scorer=scorer()).run("q", lambda m, c: 42)
 
 
 def test_transient_generation_errors_are_retried_and_recorded() -> None:
@@ -284,7 +286,7 @@ def test_transient_generation_errors_are_retried_and_recorded() -> None:
             raise ConnectionError("backend hiccup")
         return "Paris"
 
-    r = Guard(scorer(), raw_policy()).run("q", flaky)
+    r = Guard(raw_policy(), scorer=scorer()).run("q", flaky)
     assert r.answer == "Paris" and len(r.attempts) == 2
     assert (
         r.attempts[0].error == "ConnectionError: backend hiccup" and r.attempts[0].error_stage == "generate"
@@ -296,7 +298,7 @@ def test_generation_failing_every_time_reraises_the_error() -> None:
         raise ConnectionError("down")
 
     with pytest.raises(ConnectionError, match="down"):
-        Guard(scorer(), raw_policy(retry={"max_attempts": 3})).run("q", broken)
+        Guard(raw_policy(retry={"max_attempts": 3}), scorer=scorer()).run("q", broken)
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, GraphInterrupt, GeneratorExit])
@@ -308,7 +310,7 @@ def test_stop_exceptions_are_never_retried(exc_type: type[BaseException]) -> Non
         raise exc_type()
 
     with pytest.raises(exc_type):
-        Guard(scorer(), raw_policy(retry={"max_attempts": 5})).run("q", gen)
+        Guard(raw_policy(retry={"max_attempts": 5}), scorer=scorer()).run("q", gen)
     assert calls == [1]
 
 
@@ -326,31 +328,31 @@ def test_users_own_tenacity_retrying_sets_stop_and_wait() -> None:
     policy = raw_policy(
         retry={"retrying": tenacity.Retrying(stop=tenacity.stop_after_attempt(2)), "on_exhausted": "abstain"}
     )
-    r = Guard(scorer(), policy).run("q", lambda m, c: "Marseille")
+    r = Guard(policy, scorer=scorer()).run("q", lambda m, c: "Marseille")
     assert len(r.attempts) == 2 and r.action is Action.ABSTAIN
 
 
 def test_wait_between_attempts() -> None:
     policy = raw_policy(retry={"max_attempts": 2, "wait": 0.2, "on_exhausted": "abstain"})
     t0 = time.perf_counter()
-    Guard(scorer(), policy).run("q", lambda m, c: "Marseille")
+    Guard(policy, scorer=scorer()).run("q", lambda m, c: "Marseille")
     assert time.perf_counter() - t0 >= 0.2
 
 
 def test_confidence_rules_need_a_compatible_calibrator() -> None:
     policy = GuardPolicy.from_dict({"rules": [{"min": 0.7, "action": "accept"}, {"action": "abstain"}]})
     with pytest.raises(ConfigurationError, match="no calibrator"):
-        Guard(scorer(), policy)
+        Guard(policy, scorer=scorer())
     s = scorer()
     results = [s.score("q", a) for a in ["Paris", "Toulouse"] * 10]
     cal = Calibrator.fit(results, [True, False] * 10, method="isotonic", features=["semgrad"])
-    guard = Guard(s, policy, calibrator=cal)
+    guard = Guard(policy, scorer=s, calibrator=cal)
     ok = guard.check("q", "Paris")
     assert ok.action is Action.ACCEPT and ok.confidence == pytest.approx(1.0)
     assert guard.check("q", "Toulouse").action is Action.ABSTAIN
     other = MockScorer(lambda m, a: 0.1, model_id="another-model")
     with pytest.raises(CalibratorMismatchError):
-        Guard(other, policy, calibrator=cal)
+        Guard(policy, scorer=other, calibrator=cal)
 
 
 def test_best_attempt_by_confidence_with_a_calibrator() -> None:
@@ -365,14 +367,14 @@ def test_best_attempt_by_confidence_with_a_calibrator() -> None:
         }
     )
     answers = iter(["Nice", "Lyon", "Toulouse"])
-    r = Guard(s, policy, calibrator=cal).run("q", lambda m, c: next(answers))
+    r = Guard(policy, scorer=s, calibrator=cal).run("q", lambda m, c: next(answers))
     assert r.answer == "Lyon" and r.action is Action.ANNOTATE
     assert r.confidence == max(a.confidence for a in r.attempts)
 
 
 def test_review_wait_picks_up_the_human_decision(queue) -> None:
     policy = raw_policy(review={"wait": 10, "poll_interval": 0.05})
-    guard = Guard(scorer(), policy, review_queue=queue)
+    guard = Guard(policy, scorer=scorer(), review_queue=queue)
 
     def reviewer():
         deadline = time.monotonic() + 10
@@ -392,11 +394,11 @@ def test_review_wait_picks_up_the_human_decision(queue) -> None:
 
 def test_review_wait_timeout_and_rejection(queue) -> None:
     policy = raw_policy(review={"wait": 0.1, "poll_interval": 0.02, "show_answer": True})
-    guard = Guard(scorer(), policy, review_queue=queue)
+    guard = Guard(policy, scorer=scorer(), review_queue=queue)
     r = guard.check("q", "Nice")
     assert r.review_status == "pending" and r.answer == "Nice"  # show_answer: fail open on request
     queue.reject(r.review_id, reviewer="bo")
-    r2 = Guard(scorer(), policy, review_queue=queue).check("q", "Nice")
+    r2 = Guard(policy, scorer=scorer(), review_queue=queue).check("q", "Nice")
     queue.reject(r2.review_id)
     assert queue.get(r2.review_id).status.value == "rejected"
 
@@ -404,30 +406,32 @@ def test_review_wait_timeout_and_rejection(queue) -> None:
 def test_default_review_queue_path_from_env(tmp_path, monkeypatch) -> None:
     db = tmp_path / "env-review.db"
     monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(db))
-    guard = Guard(scorer(), raw_policy())
+    guard = Guard(raw_policy(), scorer=scorer())
     r = guard.check("q", "Nice")
     assert db.exists() and guard.review_queue.get(r.review_id).answer == "Nice"
     guard.review_queue.close()  # type: ignore[attr-defined]
 
 
 def test_guard_result_is_json_serialisable(queue) -> None:
-    r = Guard(scorer(), raw_policy(), review_queue=queue).run("q", lambda m, c: "Paris")
+    r = Guard(raw_policy(), scorer=scorer(), review_queue=queue).run("q", lambda m, c: "Paris")
     again = GuardResult.model_validate_json(r.model_dump_json())
     assert again == r and json.loads(r.model_dump_json())["action"] == "accept"
 
 
 def test_policy_from_yaml_text_and_dict() -> None:
-    g = Guard(scorer(), "rules:\n  - {field: semgrad, max: 0.2, action: accept}\n  - {action: abstain}\n")
+    g = Guard(
+        "rules:\n  - {field: semgrad, max: 0.2, action: accept}\n  - {action: abstain}\n", scorer=scorer()
+    )
     assert g.check("q", "Paris").accepted
-    g = Guard(scorer(), {"rules": [{"action": "abstain"}]})
+    g = Guard({"rules": [{"action": "abstain"}]}, scorer=scorer())
     assert g.check("q", "Paris").action is Action.ABSTAIN
     with pytest.raises(ConfigurationError):
-        Guard(scorer(), 42)  # type: ignore[arg-type]
+        Guard(42, scorer=scorer())  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- async
 async def test_acheck_and_arun_with_async_generate_fn(queue) -> None:
-    guard = Guard(scorer(), raw_policy(retry={"strategy": "reconsider"}), review_queue=queue)
+    guard = Guard(raw_policy(retry={"strategy": "reconsider"}), scorer=scorer(), review_queue=queue)
     r = await guard.acheck("q", "Lyon")
     assert r.action is Action.ANNOTATE
     answers = iter(["Marseille", "Paris"])
@@ -450,7 +454,7 @@ async def test_arun_sync_generate_fn_runs_off_the_loop() -> None:
         threads.append(threading.get_ident())
         return "Paris"
 
-    r = await Guard(scorer(), raw_policy()).arun("q", gen)
+    r = await Guard(raw_policy(), scorer=scorer()).arun("q", gen)
     assert r.accepted and threads and threads[0] != loop_thread
 
 
@@ -462,13 +466,13 @@ async def test_arun_never_retries_cancellation() -> None:
         raise asyncio.CancelledError()
 
     with pytest.raises(asyncio.CancelledError):
-        await Guard(scorer(), raw_policy(retry={"max_attempts": 4})).arun("q", gen)
+        await Guard(raw_policy(retry={"max_attempts": 4}), scorer=scorer()).arun("q", gen)
     assert calls == [1]
 
 
 async def test_arun_exhausted_and_scorer_generate() -> None:
     s = MockScorer(lambda m, a: SCORES[a], answers=["Marseille", "Marseille"])
-    r = await Guard(s, raw_policy(retry={"max_attempts": 2, "on_exhausted": "abstain"})).arun("q")
+    r = await Guard(raw_policy(retry={"max_attempts": 2, "on_exhausted": "abstain"}), scorer=s).arun("q")
     assert r.action is Action.ABSTAIN and len(r.attempts) == 2
 
 
@@ -480,8 +484,8 @@ async def test_arun_widen_retrieval_async_hook() -> None:
 
     answers = iter(["Marseille", "Paris"])
     guard = Guard(
-        scorer(),
         raw_policy(retry={"strategy": "widen_retrieval"}),
+        scorer=scorer(),
         strategies={"widen_retrieval": WidenRetrievalStrategy(widen)},
     )
     r = await guard.arun("q", lambda m, c: next(answers))
@@ -489,7 +493,7 @@ async def test_arun_widen_retrieval_async_hook() -> None:
 
 
 def test_check_result_type() -> None:
-    r = Guard(scorer(), raw_policy()).check("q", "Paris")
+    r = Guard(raw_policy(), scorer=scorer()).check("q", "Paris")
     assert isinstance(r.result, ScoreResult)
 
 
@@ -505,7 +509,7 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
             "on_error": "review",
         }
     )
-    guard = Guard(scorer, policy, calibrator=cal)
+    guard = Guard(policy, scorer=scorer, calibrator=cal)
     good, bad = scorer.score("q", "right"), scorer.score("q", "wrong")
     assert (
         guard.judge(good)
@@ -517,3 +521,87 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
     # check() reports exactly the verdict
     r = guard.check("q", "right")
     assert (r.action, r.rule, r.confidence) == (Action.ACCEPT, "ok", 1.0)
+
+
+# -- Guard(policy, scorer=None), Generated outcomes, one implementation for sync and async ---------------
+
+
+def _given(answer: str) -> ScoreResult:
+    return scorer().score([{"role": "user", "content": "q"}], answer)
+
+
+def test_a_guard_without_scorer_judges_given_scores() -> None:
+    guard = Guard(raw_policy())
+    assert guard.scorer is None
+    assert guard.check("q", "Paris", result=_given("Paris")).action is Action.ACCEPT
+    answers = iter(["Marseille", "Paris"])
+    r = guard.run("q", lambda m, c: (a := next(answers), _given(a)))
+    assert [a.answer for a in r.attempts] == ["Marseille", "Paris"] and r.action is Action.ACCEPT
+
+
+def test_a_guard_without_scorer_asked_to_score_is_a_wiring_error_not_on_error() -> None:
+    guard = Guard(raw_policy(on_error="accept"))
+    with pytest.raises(ConfigurationError, match="no scorer.*Guard\\(policy, scorer=...\\)"):
+        guard.check("q", "Paris")
+    with pytest.raises(ConfigurationError, match="no scorer"):
+        guard.run("q", lambda m, c: "Paris")
+
+
+async def test_a_guard_without_scorer_async() -> None:
+    guard = Guard(raw_policy(on_error="accept"))
+    r = await guard.acheck("q", "Lyon", result=_given("Lyon"))
+    assert (r.action, r.annotation) == (Action.ANNOTATE, "check me")
+    with pytest.raises(ConfigurationError, match="no scorer"):
+        await guard.arun("q", lambda m, c: "Paris")
+
+
+def test_generated_with_an_error_applies_on_error_without_scoring_again() -> None:
+    from semgrad_guard import Generated
+
+    calls = []
+    s = MockScorer(lambda m, a: calls.append(a) or 0.05)
+    r = Guard(raw_policy(on_error="abstain"), scorer=s).run(
+        "q", lambda m, c: Generated("Paris", error=ScoringError("prompt too long to score"))
+    )
+    assert calls == []  # the answer was not re-scored against a chat it was not generated from
+    assert (r.action, r.rule, r.error) == (
+        Action.ABSTAIN,
+        "on_error",
+        "ScoringError: prompt too long to score",
+    )
+    with pytest.raises(ValueError, match="not both"):
+        Generated("x", result=_given("Paris"), error=ScoringError("x"))
+
+
+def test_generated_with_a_result_is_a_scored_answer() -> None:
+    from semgrad_guard import Generated
+
+    r = Guard(raw_policy()).run("q", lambda m, c: Generated("Lyon", result=_given("Lyon")))
+    assert (r.action, r.rule, r.answer) == (Action.ANNOTATE, "fair", "Lyon")
+
+
+def test_the_old_argument_order_still_works_with_a_warning(queue) -> None:
+    with pytest.warns(DeprecationWarning, match="Guard\\(policy, scorer=scorer"):
+        guard = Guard(scorer(), raw_policy(), None, queue)
+    assert isinstance(guard.scorer, MockScorer) and guard.review_queue is queue
+    assert guard.check("q", "Nice").review_id is not None
+
+
+@pytest.mark.parametrize(
+    "answers", [["Marseille", "Paris"], ["Marseille", "Nice"], ["Marseille", "Marseille"]]
+)
+async def test_sync_and_async_give_the_same_result(tmp_path, answers) -> None:
+    policy = raw_policy(retry={"max_attempts": 2, "strategy": "reconsider", "on_exhausted": "review"})
+
+    def run(asynchronous: bool) -> GuardResult:
+        q = SQLiteReviewQueue(tmp_path / f"{asynchronous}-{'-'.join(answers)}.db")
+        it = iter(answers)
+        guard = Guard(policy, scorer=scorer(), review_queue=q)
+        if asynchronous:
+            return asyncio.run(guard.arun("q", lambda m, c: next(it)))
+        return guard.run("q", lambda m, c: next(it))
+
+    sync = run(False)
+    asyn = await asyncio.to_thread(run, True)
+    strip = {"timings": True, "attempts": {"__all__": {"timings"}}}
+    assert sync.model_dump(exclude=strip) == asyn.model_dump(exclude=strip)

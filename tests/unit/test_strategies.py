@@ -100,7 +100,7 @@ def test_user_strategy_plugs_in_by_name() -> None:
             "retry": {"strategy": "longer"},
         }
     )
-    r = Guard(scorer, policy, strategies={"longer": LongerAnswers()}).run("q", gen)
+    r = Guard(policy, scorer=scorer, strategies={"longer": LongerAnswers()}).run("q", gen)
     assert r.action is Action.ACCEPT and seen == [{}, {"max_new_tokens": 128}]
     assert r.attempts[1].strategy == "longer"
 

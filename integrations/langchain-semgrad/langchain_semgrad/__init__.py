@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from semgrad_guard.generation import generation_overrides
+
 from .callbacks import SCORE_EVENT, AsyncSemGradCallbackHandler, SemGradCallbackHandler
-from .chat_models import ChatSemGrad, generation_overrides
+from .chat_models import ChatSemGrad
 from .errors import LowConfidenceError
 from .messages import to_chat
 from .metadata import METADATA_KEY, read_payload, read_score

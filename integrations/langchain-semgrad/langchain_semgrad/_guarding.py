@@ -5,37 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from semgrad_guard.errors import ScoringError
 from semgrad_guard.guard.guard import Guard
 from semgrad_guard.guard.outcomes import GuardResult
 from semgrad_guard.guard.policy import Action
 
 from .errors import LowConfidenceError
-
-
-class ReadsScoresOnly:
-    """The scorer of a guard that only ever receives scores (an output parser cannot see prompts).
-
-    ``Guard.check(..., result=...)`` never calls it; anything else is a wiring error, said clearly.
-    """
-
-    model_id: str | None = None
-    profile: Any = None
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise ScoringError(
-            "this guard reads scores from message metadata and cannot score: attach a "
-            "SemGradCallbackHandler to the model or use ChatSemGrad, so that answers carry "
-            "response_metadata['semgrad']"
-        )
-
-    score = score_batch = _refuse
-
-    async def ascore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._refuse()
-
-    async def ascore_batch(self, *args: Any, **kwargs: Any) -> Any:
-        return self._refuse()
 
 
 def make_guard(
@@ -46,14 +20,16 @@ def make_guard(
     review_queue: Any,
     strategies: Mapping[str, Any] | None,
 ) -> Guard:
-    """``guard`` itself, or a new ``Guard(scorer, policy, calibrator, review_queue, strategies)``."""
+    """``guard`` itself, or a new ``Guard(policy, scorer=..., calibrator=..., review_queue=..., strategies=...)``."""
     if guard is not None:
         if policy is not None:
             raise ValueError("pass either guard= or policy= (with scorer/calibrator/review_queue), not both")
         return guard
     if policy is None:
         raise ValueError("a policy is needed: pass policy=GuardPolicy(...) (or a ready guard=Guard(...))")
-    return Guard(scorer, policy, calibrator=calibrator, review_queue=review_queue, strategies=strategies)
+    return Guard(
+        policy, scorer=scorer, calibrator=calibrator, review_queue=review_queue, strategies=strategies
+    )
 
 
 def retry_error(result: GuardResult, answer: str) -> LowConfidenceError:

@@ -21,10 +21,10 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 
 from semgrad_guard.errors import ToolCallingUnsupportedError
+from semgrad_guard.guard.policy import Verdict, judge
 from semgrad_guard.results import ScoreResult
 from semgrad_guard.scorer import Scorer
 
-from ._policy import PolicyOutcome, apply_policy
 from .errors import LowConfidenceError
 from .messages import is_tool_call_turn, to_chat
 from .metadata import attach_payload, score_payload
@@ -65,8 +65,8 @@ class _ScoreRecorder:
         """Source of truth: ``run_id -> ScoreResult`` of the first generation of each run."""
         self.all_results: dict[UUID, list[ScoreResult | None]] = {}
         """``run_id -> one ScoreResult (or None if skipped) per generation`` (several with ``n > 1``)."""
-        self.outcomes: dict[UUID, PolicyOutcome] = {}
-        """``run_id -> policy decision`` when a policy was given."""
+        self.outcomes: dict[UUID, Verdict] = {}
+        """``run_id -> the core's verdict`` (:func:`semgrad_guard.judge`) when a policy was given."""
         self.skipped: dict[UUID, str] = {}
         """``run_id -> why nothing was scored`` (tool-call message, unknown prompt, ...)."""
         self.errors: dict[UUID, BaseException] = {}
@@ -166,21 +166,14 @@ class _ScoreRecorder:
             outcome = None
             if self.policy is not None:
                 try:
-                    outcome = apply_policy(self.policy, self.calibrator, result)
+                    outcome = judge(self.policy, result, self.calibrator)
                 except Exception as e:  # e.g. a rule over confidence without a calibrator
                     with self._lock:
                         self.errors[run_id] = e
                     if self.raise_error:
                         raise
                     logger.warning("SemGrad policy failed for run %s: %s", run_id, e)
-            payload = score_payload(
-                result,
-                source="callback",
-                run_id=run_id,
-                action=outcome.action if outcome else None,
-                rule=outcome.rule if outcome else None,
-                confidence=outcome.confidence if outcome else None,
-            )
+            payload = score_payload(result, outcome, source="callback", run_id=run_id)
             attach_payload(generation, payload)
             payloads.append(payload)
             with self._lock:
@@ -197,12 +190,12 @@ class _ScoreRecorder:
         with self._lock:
             outcome = self.outcomes.get(run_id)
             result = self.results.get(run_id)
-        if self.raise_error and outcome is not None and outcome.action in self.raise_on:
+        if self.raise_error and outcome is not None and outcome.action.value in self.raise_on:
             raise LowConfidenceError(
-                f"SemGrad policy decided {outcome.action!r} (rule {outcome.rule!r}) for run {run_id}",
+                f"SemGrad policy decided {outcome.action.value!r} (rule {outcome.rule!r}) for run {run_id}",
                 answer=generations[0].text if generations else "",
                 result=result,
-                action=outcome.action,
+                action=outcome.action.value,
                 rule=outcome.rule,
                 confidence=outcome.confidence,
             )

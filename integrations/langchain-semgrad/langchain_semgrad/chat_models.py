@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -20,18 +19,12 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, model_validator
 
 from semgrad_guard.errors import ConfigurationError
+from semgrad_guard.generation import resolve_generation
 from semgrad_guard.results import ScoreResult
 from semgrad_guard.scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
 
 from .messages import to_chat
 from .metadata import METADATA_KEY, score_payload
-
-generation_overrides: ContextVar[dict[str, Any] | None] = ContextVar(
-    "semgrad_generation_overrides", default=None
-)
-"""Generation settings a guard's retry strategy sets for the current attempt (``do_sample``,
-``temperature``, ``top_p``, ``seed``, ...): every :class:`ChatSemGrad` call inside the attempt uses them,
-also deep inside a chain, since context variables follow LangChain's steps and threads."""
 
 _SCORER_CACHE: dict[tuple[str, str], Any] = {}
 _SCORER_CACHE_LOCK = threading.Lock()
@@ -241,31 +234,25 @@ class ChatSemGrad(BaseChatModel):
         kwargs.pop("model", None)  # one local model: a per-call name only labels traces
         for key in ("tools", "tool_choice", "ls_structured_output_format", "structured_output_format"):
             kwargs.pop(key, None)  # tools are rendered by the template, not passed to generate()
-        temperature = kwargs.pop("temperature", self.temperature)
-        out: dict[str, Any] = {"max_new_tokens": kwargs.pop("max_tokens", self.max_tokens) or 256}
-        if temperature:
-            out.update(do_sample=True, temperature=float(temperature))
-            top_p = kwargs.pop("top_p", self.top_p)
-            if top_p is not None:
-                out["top_p"] = top_p
-        else:
-            kwargs.pop("top_p", None)
-            out["do_sample"] = False
-        seed = kwargs.pop("seed", self.seed)
-        if seed is not None:
-            out["seed"] = seed
+        # Model fields < per-call arguments < the guard's attempt overrides (semgrad_guard.generation).
+        defaults = {
+            "max_new_tokens": self.max_tokens or 256,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+        per_call: dict[str, Any] = {
+            k: kwargs.pop(k) for k in ("temperature", "top_p", "seed", "do_sample") if k in kwargs
+        }
+        if "max_tokens" in kwargs:
+            per_call["max_new_tokens"] = kwargs.pop("max_tokens")
+        out: dict[str, Any] = dict(kwargs)  # other generate() arguments pass through
+        out.update(resolve_generation(defaults, per_call))
         if self._is_hf():
             if stop:
                 out.update(stop_strings=list(stop), tokenizer=self.scorer.tokenizer)
             if self.timeout is not None:
                 out["max_time"] = float(self.timeout)
-        out.update(kwargs)
-        overrides = generation_overrides.get()
-        if overrides:
-            out.update(overrides)
-            if not out.get("do_sample"):
-                for key in ("temperature", "top_p"):
-                    out.pop(key, None)
         return out
 
     @staticmethod

@@ -1,10 +1,7 @@
 """Where scores live on LangChain objects: ``response_metadata["semgrad"]`` / ``generation_info["semgrad"]``.
 
-The payload is plain JSON-able data, so it survives serialisation and tracing::
-
-    {"result": ScoreResult.model_dump(), "scores": {...six scores...},
-     "action": "accept" | ... | None, "rule": str | None, "confidence": float | None,
-     "source": "callback" | "chat_semgrad" | "guard", "run_id": str | None}
+The payload is the core's :class:`~semgrad_guard.payload.ScorePayload` as JSON (versioned; the same shape
+the LlamaIndex adapter and the scoring service write), so it survives serialisation and tracing.
 """
 
 from __future__ import annotations
@@ -15,31 +12,16 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
+from semgrad_guard.payload import PAYLOAD_KEY, ScorePayload
 from semgrad_guard.results import ScoreResult
 
-METADATA_KEY = "semgrad"
+METADATA_KEY = PAYLOAD_KEY
 """Key under ``response_metadata`` / ``generation_info`` holding the score payload."""
 
 
-def score_payload(
-    result: ScoreResult,
-    *,
-    source: str,
-    run_id: Any = None,
-    action: str | None = None,
-    rule: str | None = None,
-    confidence: float | None = None,
-) -> dict[str, Any]:
-    """The JSON-able payload stored under :data:`METADATA_KEY`."""
-    return {
-        "result": result.model_dump(mode="json"),
-        "scores": result.scores(),
-        "action": action,
-        "rule": rule,
-        "confidence": confidence,
-        "source": source,
-        "run_id": str(run_id) if run_id is not None else None,
-    }
+def score_payload(result: ScoreResult | None, verdict: Any = None, **fields: Any) -> dict[str, Any]:
+    """The JSON-able payload stored under :data:`METADATA_KEY` (see :meth:`ScorePayload.of`)."""
+    return ScorePayload.of(result, verdict, **fields).to_json()
 
 
 def attach_payload(generation: Generation, payload: Mapping[str, Any]) -> None:
@@ -62,8 +44,9 @@ def read_payload(obj: BaseMessage | Generation | Mapping[str, Any]) -> dict[str,
     elif isinstance(obj, BaseMessage):
         found = obj.response_metadata.get(METADATA_KEY)
     else:
-        found = obj.get(METADATA_KEY, obj if "result" in obj else None)
-    return dict(found) if isinstance(found, Mapping) else None
+        found = obj
+    payload = ScorePayload.read(found) if isinstance(found, Mapping) else None
+    return payload.to_json() if payload is not None else None
 
 
 def read_score(obj: BaseMessage | Generation | Mapping[str, Any]) -> ScoreResult | None:
@@ -74,7 +57,6 @@ def read_score(obj: BaseMessage | Generation | Mapping[str, Any]) -> ScoreResult
         >>> read_score(AIMessage("hi")) is None
         True
     """
-    payload = read_payload(obj)
-    if payload is None or payload.get("result") is None:
-        return None
-    return ScoreResult.model_validate(payload["result"])
+    found = read_payload(obj)
+    payload = ScorePayload.read(found) if found is not None else None
+    return payload.result if payload is not None else None

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from semgrad_guard.errors import ConfigurationError, MissingDependencyError
+from semgrad_guard.generation import generation_overrides
 from semgrad_guard.guard.guard import Guard
 from semgrad_guard.guard.outcomes import GuardResult
 from semgrad_guard.guard.policy import Action
@@ -16,7 +17,6 @@ from semgrad_guard.guard.strategies import AttemptContext
 from semgrad_guard.review.queue import apply_review_decision
 
 from ._guarding import make_guard
-from .chat_models import generation_overrides
 from .messages import is_tool_call_turn, message_text, to_chat
 from .metadata import METADATA_KEY, read_payload, read_score, score_payload
 
@@ -149,18 +149,12 @@ class SemGradMiddleware(AgentMiddleware):
         self.results.append(result)
         ai = _final_ai(response)
         assert ai is not None
-        payload = dict(read_payload(ai) or {})
-        if result.result is not None:
-            payload.update(score_payload(result.result, source="middleware"))
-        payload.update(
-            action=result.action.value,
-            rule=result.rule,
-            confidence=result.confidence,
+        payload = score_payload(
+            result.result,
+            result,
+            source="middleware",
+            run_id=(read_payload(ai) or {}).get("run_id"),
             answer=(result.best_attempt.answer if result.best_attempt else None),
-            attempts=len(result.attempts),
-            annotation=result.annotation,
-            review_id=result.review_id,
-            review_status=result.review_status,
             interrupt=mode == "interrupt"
             and result.action is Action.REVIEW
             and result.review_status == "pending",
@@ -185,11 +179,8 @@ class SemGradMiddleware(AgentMiddleware):
             if ctx.number == 1:
                 response = first
             else:
-                token = generation_overrides.set(dict(ctx.generate_kwargs) or None)
-                try:
+                with generation_overrides(**ctx.generate_kwargs):
                     response = handler(self._retry_request(request, ctx))
-                finally:
-                    generation_overrides.reset(token)
             responses[ctx.number] = response
             return self._answer(response, ctx)
 
@@ -214,11 +205,8 @@ class SemGradMiddleware(AgentMiddleware):
             if ctx.number == 1:
                 response = first
             else:
-                token = generation_overrides.set(dict(ctx.generate_kwargs) or None)
-                try:
+                with generation_overrides(**ctx.generate_kwargs):
                     response = await handler(self._retry_request(request, ctx))
-                finally:
-                    generation_overrides.reset(token)
             responses[ctx.number] = response
             return self._answer(response, ctx)
 

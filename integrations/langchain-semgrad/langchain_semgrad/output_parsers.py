@@ -18,7 +18,7 @@ from semgrad_guard.guard.guard import Guard
 from semgrad_guard.guard.outcomes import GuardResult
 from semgrad_guard.guard.policy import Action
 
-from ._guarding import ReadsScoresOnly, make_guard, retry_error
+from ._guarding import make_guard, retry_error
 from .metadata import read_payload, read_score
 
 _NO_PROMPT = [{"role": "user", "content": "(prompt not available to the output parser; pass handler=...)"}]
@@ -74,9 +74,7 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
     _guard: Guard = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        self._guard = make_guard(
-            self.guard, ReadsScoresOnly(), self.policy, self.calibrator, self.review_queue, None
-        )
+        self._guard = make_guard(self.guard, None, self.policy, self.calibrator, self.review_queue, None)
 
     @property
     def _type(self) -> str:

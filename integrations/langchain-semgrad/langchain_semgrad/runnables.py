@@ -19,15 +19,15 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import patch_config
 
-from semgrad_guard.errors import ConfigurationError
+from semgrad_guard.errors import ConfigurationError, ScoringError
+from semgrad_guard.generation import generation_overrides
 from semgrad_guard.guard.guard import Guard
-from semgrad_guard.guard.outcomes import GuardResult
+from semgrad_guard.guard.outcomes import Generated, GuardResult
 from semgrad_guard.guard.policy import Action
 from semgrad_guard.guard.strategies import AttemptContext
 from semgrad_guard.results import ScoreResult
 
 from ._guarding import make_guard, retry_error
-from .chat_models import generation_overrides
 from .messages import input_to_chat, message_text, to_chat
 from .metadata import METADATA_KEY, read_score, score_payload
 
@@ -119,24 +119,38 @@ class GuardedRunnable(Runnable[Any, Any]):
             return convert_to_messages(ctx.messages)
         return original  # a chain with its own prompt: same input, other generation settings
 
-    def _after(self, out: Any, capture: _LastModelCall, ctx: AttemptContext) -> tuple[str, ScoreResult] | str:
+    def _seen(self, out: Any, capture: _LastModelCall) -> tuple[str, Generated | None]:
+        """The answer, and what is already known of its score (None: the guard scores ctx.score_messages)."""
         answer = _answer_text(out)
-        if capture.chat is None:
-            return answer  # no model call seen (e.g. a remote Runnable): the guard scores ctx.score_messages
-        if capture.result is not None and capture.text == answer:
-            return answer, capture.result  # the model already scored this answer against this prompt
-        # Score against the prompt the model really saw (a RAG chain's retrieved context included).
-        return answer, self.guard.scorer.score(capture.chat, answer)
+        if capture.chat is not None and capture.result is not None and capture.text == answer:
+            return answer, Generated(answer, result=capture.result)  # scored against the prompt it saw
+        return answer, None
 
-    async def _aafter(
-        self, out: Any, capture: _LastModelCall, ctx: AttemptContext
-    ) -> tuple[str, ScoreResult] | str:
-        answer = _answer_text(out)
-        if capture.chat is None:
-            return answer
-        if capture.result is not None and capture.text == answer:
-            return answer, capture.result
-        return answer, await self.guard.scorer.ascore(capture.chat, answer)
+    def _scorer(self) -> Any:
+        if self.guard.scorer is None:
+            raise ConfigurationError(
+                "guard_runnable needs a scorer: guard_runnable(runnable, scorer, policy)"
+            )
+        return self.guard.scorer
+
+    def _after(self, out: Any, capture: _LastModelCall, ctx: AttemptContext) -> str | Generated:
+        answer, known = self._seen(out, capture)
+        if known is not None or capture.chat is None:  # no model call seen: the guard scores it
+            return known or answer
+        # Score against the prompt the model really saw (a RAG chain's retrieved context included).
+        try:
+            return Generated(answer, result=self._scorer().score(capture.chat, answer))
+        except ScoringError as e:
+            return Generated(answer, error=e)  # on_error, not a shorter re-score
+
+    async def _aafter(self, out: Any, capture: _LastModelCall, ctx: AttemptContext) -> str | Generated:
+        answer, known = self._seen(out, capture)
+        if known is not None or capture.chat is None:
+            return known or answer
+        try:
+            return Generated(answer, result=await self._scorer().ascore(capture.chat, answer))
+        except ScoringError as e:
+            return Generated(answer, error=e)
 
     def _attempt_config(
         self, config: RunnableConfig, capture: _LastModelCall, ctx: AttemptContext
@@ -160,19 +174,7 @@ class GuardedRunnable(Runnable[Any, Any]):
         if self.output == "guard_result":
             return result
         if self.output == "message":
-            payload = (
-                score_payload(
-                    result.result,
-                    source="guard",
-                    action=result.action.value,
-                    rule=result.rule,
-                    confidence=result.confidence,
-                )
-                if result.result is not None
-                else {"action": result.action.value, "rule": result.rule}
-            )
-            payload["review_id"] = result.review_id
-            payload["attempts"] = len(result.attempts)
+            payload = score_payload(result.result, result, source="guard")
             return AIMessage(content=result.answer, response_metadata={METADATA_KEY: payload})
         return {"answer": result.answer, "guard_result": result}
 
@@ -185,13 +187,10 @@ class GuardedRunnable(Runnable[Any, Any]):
 
         def generate(messages: list[dict[str, Any]], ctx: AttemptContext) -> Any:
             capture = _LastModelCall()
-            token = generation_overrides.set(dict(ctx.generate_kwargs) or None)
-            try:
+            with generation_overrides(**ctx.generate_kwargs):
                 out = self.runnable.invoke(
                     self._input_for(input, ctx), self._attempt_config(child, capture, ctx)
                 )
-            finally:
-                generation_overrides.reset(token)
             return self._after(out, capture, ctx)
 
         result = self.guard.run(
@@ -209,13 +208,10 @@ class GuardedRunnable(Runnable[Any, Any]):
 
         async def generate(messages: list[dict[str, Any]], ctx: AttemptContext) -> Any:
             capture = _LastModelCall()
-            token = generation_overrides.set(dict(ctx.generate_kwargs) or None)
-            try:
+            with generation_overrides(**ctx.generate_kwargs):
                 out = await self.runnable.ainvoke(
                     self._input_for(input, ctx), self._attempt_config(child, capture, ctx)
                 )
-            finally:
-                generation_overrides.reset(token)
             return await self._aafter(out, capture, ctx)
 
         result = await self.guard.arun(

@@ -123,3 +123,23 @@ async def test_eight_parallel_ainvokes_match_sequential_and_do_not_block(tiny: A
     assert [m.content for m in par] == [m.content for m in seq]
     assert [read_score(m) for m in par] == [read_score(m) for m in seq]
     assert len(ticks) > 3  # the loop kept running while the eight generations ran in threads
+
+
+def test_generation_precedence_is_defaults_then_call_then_guard_overrides() -> None:
+    # The same order as SemGradLLM's (semgrad_guard.generation): a retry can resample a chain bound to greedy.
+    from semgrad_guard import generation_overrides
+
+    seen: list[dict[str, Any]] = []
+
+    def answer(messages: Any, **kwargs: Any) -> str:
+        seen.append(kwargs)
+        return "ok"
+
+    chat = ChatSemGrad(scorer=MockScorer(answers=answer), temperature=0.2, max_tokens=5, seed=3)
+    chat.invoke("q", temperature=0, seed=4)  # the call beats the model's fields
+    with generation_overrides(do_sample=True, temperature=0.9, seed=7):
+        chat.invoke("q", temperature=0, seed=4)  # the guard's attempt beats the call
+    assert seen == [
+        {"max_new_tokens": 5, "do_sample": False, "seed": 4},
+        {"max_new_tokens": 5, "do_sample": True, "temperature": 0.9, "seed": 7},
+    ]

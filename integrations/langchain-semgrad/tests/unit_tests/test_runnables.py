@@ -14,7 +14,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_semgrad import ChatSemGrad, guard_runnable, read_payload, read_score
 
-from semgrad_guard import MockScorer
+from semgrad_guard import MockScorer, ScorePayload
 from semgrad_guard.errors import ConfigurationError
 from semgrad_guard.guard.outcomes import GuardResult
 from semgrad_guard.guard.policy import Action, GuardPolicy
@@ -114,6 +114,8 @@ def test_rag_chain_is_scored_against_the_prompt_the_model_saw() -> None:
     ]
     payload = read_payload(out)
     assert payload["action"] == "accept" and payload["rule"] == "ok" and read_score(out).semgrad == 0.1
+    typed = ScorePayload.read(out.response_metadata)  # the one schema every adapter writes
+    assert typed is not None and (typed.version, typed.source, typed.attempts) == (1, "guard", 1)
 
 
 def test_chain_with_chat_semgrad_gets_resample_settings_through_context() -> None:

@@ -115,7 +115,7 @@ def test_tool_results_render_through_the_template_and_the_answer_is_scored(fmt: 
         msg = chat.invoke(history)
     assert msg.content == ANSWER and not msg.tool_calls
     payload = read_payload(msg)
-    assert payload is not None and "turn" not in payload
+    assert payload is not None and payload["turn"] is None
     # The score is that of this answer after this history with the tools rendered.
     bound = scorer.with_tools(chat.kwargs["tools"])  # type: ignore[attr-defined]
     prompt = bound.render_prompt(to_chat(history))

@@ -7,12 +7,8 @@ from typing import Any
 import pytest
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.callbacks import CallbackManager
-from llama_index.llms.semgrad import (
-    SemGradCallbackHandler,
-    SemGradEventHandler,
-    SemGradLLM,
-    score_from_response,
-)
+from llama_index.llms.semgrad import SemGradLLM, score_from_response
+from llama_index.llms.semgrad.handlers import SemGradCallbackHandler, SemGradEventHandler
 
 pytestmark = pytest.mark.integration
 

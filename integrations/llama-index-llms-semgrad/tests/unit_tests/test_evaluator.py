@@ -8,7 +8,8 @@ import pytest
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetryQueryEngine
-from llama_index.llms.semgrad import SemGradCallbackHandler, SemGradEvaluator, default_qa_messages
+from llama_index.llms.semgrad.evaluation import SemGradEvaluator, default_qa_messages
+from llama_index.llms.semgrad.handlers import SemGradCallbackHandler
 
 from semgrad_guard import Calibrator, ConfigurationError, ContextLengthError, GuardPolicy, MockScorer
 

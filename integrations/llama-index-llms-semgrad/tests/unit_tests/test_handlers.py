@@ -13,12 +13,8 @@ from llama_index.core.base.llms.types import ChatMessage, CompletionResponse, LL
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms import CustomLLM, MockLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
-from llama_index.llms.semgrad import (
-    SemGradCallbackHandler,
-    SemGradEventHandler,
-    SemGradLLM,
-    capture_scores,
-)
+from llama_index.llms.semgrad import SemGradLLM
+from llama_index.llms.semgrad.handlers import SemGradCallbackHandler, SemGradEventHandler, capture_scores
 
 from semgrad_guard import ContextLengthError, MockScorer, ScoreResult
 

@@ -11,7 +11,7 @@ import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.llms.semgrad import SCORE_KEY, SemGradLLM, score_from_response
 
-from semgrad_guard import ConfigurationError, MockScorer, ScoreResult
+from semgrad_guard import ConfigurationError, MockScorer, ScorePayload, ScoreResult
 
 QUESTION = [
     ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
@@ -28,6 +28,8 @@ def test_chat_scores_exactly_what_the_scorer_generates(tiny: Any) -> None:
     assert response.message.role == MessageRole.ASSISTANT
     got = score_from_response(response)
     assert isinstance(response.additional_kwargs[SCORE_KEY], dict)  # JSON-safe, Cleanlab's convention
+    payload = ScorePayload.read(response.additional_kwargs)  # the one schema every adapter writes
+    assert payload is not None and (payload.version, payload.source, payload.result) == (1, "llm", expected)
     assert got == expected
     assert got.answer_tokens <= 6
 
@@ -195,3 +197,30 @@ async def test_parallel_async_calls_give_the_sequential_answers_and_scores(tiny:
         ra, rb = score_from_response(a), score_from_response(b)
         assert ra is not None and rb is not None
         assert ra.scores() == pytest.approx(rb.scores(), rel=1e-6)
+
+
+def test_generation_precedence_is_defaults_then_call_then_guard_overrides() -> None:
+    # The same order as ChatSemGrad's (semgrad_guard.generation): a retry can resample a greedy call.
+    from semgrad_guard import generation_overrides
+
+    seen: list[dict[str, Any]] = []
+
+    def answer(messages: Any, **kwargs: Any) -> str:
+        seen.append(kwargs)
+        return "ok"
+
+    llm = SemGradLLM(MockScorer(lambda m, a: 0.1, answers=answer), temperature=0.2, seed=3, max_new_tokens=5)
+    llm.complete("hi", temperature=0.0, seed=4)
+    with generation_overrides(do_sample=True, temperature=0.9, seed=7):
+        llm.complete("hi", temperature=0.0, seed=4)
+    assert seen == [
+        {"max_new_tokens": 5, "do_sample": False, "seed": 4},
+        {"max_new_tokens": 5, "do_sample": True, "temperature": 0.9, "seed": 7},
+    ]
+
+
+def test_unknown_override_settings_are_refused() -> None:
+    from semgrad_guard import generation_overrides
+
+    with pytest.raises(ConfigurationError, match="unknown generation settings \\['beam_width'\\]"):
+        generation_overrides(beam_width=4).__enter__()

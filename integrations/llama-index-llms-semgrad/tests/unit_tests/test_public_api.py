@@ -29,3 +29,12 @@ def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(f"llama_index.llms.semgrad.{name}")
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failed == 0
+
+
+def test_names_moved_to_their_modules_still_import_with_a_warning() -> None:
+    for name, module in pkg._MOVED.items():
+        with pytest.warns(DeprecationWarning, match=f"llama_index.llms.semgrad.{module}"):
+            old = getattr(pkg, name)
+        assert old is getattr(importlib.import_module(f"llama_index.llms.semgrad.{module}"), name)
+    with pytest.raises(AttributeError):
+        pkg.NoSuchThing  # noqa: B018

@@ -11,13 +11,10 @@ from typing import Any
 import pytest
 from llama_index.core.base.response.schema import Response
 from llama_index.core.embeddings import MockEmbedding
-from llama_index.llms.semgrad import (
-    SemGradEventHandler,
-    SemGradLLM,
-    SemGradQueryEngine,
-    default_qa_messages,
-    guard_result_from_response,
-)
+from llama_index.llms.semgrad import SemGradLLM
+from llama_index.llms.semgrad.evaluation import default_qa_messages
+from llama_index.llms.semgrad.handlers import SemGradEventHandler
+from llama_index.llms.semgrad.query_engine import SemGradQueryEngine, guard_result_from_response
 
 from semgrad_guard import (
     AnswerRejectedError,

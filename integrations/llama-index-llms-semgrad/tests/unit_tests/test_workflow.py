@@ -6,13 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llama_index.llms.semgrad import (
-    ReviewDecision,
-    ReviewRequired,
-    SemGradQueryEngine,
-    SemGradReviewWorkflow,
-    guard_result_from_response,
-)
+from llama_index.llms.semgrad.query_engine import SemGradQueryEngine, guard_result_from_response
+from llama_index.llms.semgrad.workflow import ReviewDecision, ReviewRequired, SemGradReviewWorkflow
 
 from semgrad_guard import ConfigurationError, MockScorer, SQLiteReviewQueue
 

@@ -8,9 +8,10 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage
 
 from semgrad_guard import ScoreResult
+from semgrad_guard.payload import PAYLOAD_KEY, ScorePayload
 
-SCORE_KEY = "semgrad"
-"""Key of the score in ``response.additional_kwargs`` (Cleanlab's convention for LlamaIndex LLMs)."""
+SCORE_KEY = PAYLOAD_KEY
+"""Key of the score payload in ``response.additional_kwargs`` (Cleanlab's convention for LlamaIndex LLMs)."""
 
 # LlamaIndex has roles that chat templates do not know; map them to the template's names.
 _ROLE_ALIASES = {"model": "assistant", "chatbot": "assistant", "function": "tool"}
@@ -30,10 +31,12 @@ def prompt_as_chat(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
-def score_payload(result: ScoreResult) -> dict[str, Any]:
-    """The JSON-safe dict stored under ``additional_kwargs["semgrad"]``."""
-    payload: dict[str, Any] = result.model_dump(mode="json")
-    return payload
+def score_payload(result: ScoreResult | None, verdict: Any = None, **fields: Any) -> dict[str, Any]:
+    """The JSON-safe :class:`~semgrad_guard.ScorePayload` stored under ``additional_kwargs["semgrad"]``
+    (and a query engine response's ``metadata["semgrad"]``): the same shape LangChain's adapter and the
+    scoring service write."""
+    out: dict[str, Any] = ScorePayload.of(result, verdict, **fields).to_json()
+    return out
 
 
 def score_from_response(response: Any) -> ScoreResult | None:
@@ -49,8 +52,8 @@ def score_from_response(response: Any) -> ScoreResult | None:
     for holder in (response, getattr(response, "message", None)):
         kwargs = getattr(holder, "additional_kwargs", None)
         if isinstance(kwargs, Mapping) and SCORE_KEY in kwargs:
-            value = kwargs[SCORE_KEY]
-            return value if isinstance(value, ScoreResult) else ScoreResult.model_validate(value)
+            payload = ScorePayload.read(kwargs)
+            return payload.result if payload is not None else None
     return None
 
 

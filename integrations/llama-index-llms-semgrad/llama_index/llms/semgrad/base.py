@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar, copy_context
+from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +27,13 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from semgrad_guard import ConfigurationError, ScoreResult
+from semgrad_guard.generation import resolve_generation
 
 from ._convert import SCORE_KEY, prompt_as_chat, score_payload, to_chat
 
 # Per-call keyword arguments that reach the scorer's ``generate``; LlamaIndex passes others
 # (``formatted``, tool settings) that a local model has no use for.
 _GENERATE_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
-
-_OVERRIDES: ContextVar[dict[str, Any] | None] = ContextVar("semgrad_llm_generation_overrides", default=None)
-
-
-@contextmanager
-def generation_overrides(**settings: Any) -> Iterator[None]:
-    """Generation settings for every :class:`SemGradLLM` call made inside the block (this task/thread).
-
-    Takes ``max_new_tokens``, ``temperature``, ``top_p``, ``seed`` and ``do_sample`` (``False``
-    means greedy). This is how a retry strategy's settings (e.g. resampling at a higher temperature)
-    reach an LLM that a query engine calls on its own; concurrent queries do not see each other's.
-
-    Example:
-        >>> from semgrad_guard import MockScorer
-        >>> seen = []
-        >>> llm = SemGradLLM(MockScorer(answers=lambda m, **kw: seen.append(kw) or "ok"))
-        >>> with generation_overrides(do_sample=True, temperature=0.9, seed=7):
-        ...     _ = llm.complete("hi")
-        >>> seen[0]["temperature"], seen[0]["seed"]
-        (0.9, 7)
-    """
-    known = {*_GENERATE_KEYS, "do_sample"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigurationError(f"unknown generation settings {unknown}; use {sorted(known)}")
-    token = _OVERRIDES.set({**(_OVERRIDES.get() or {}), **settings})
-    try:
-        yield
-    finally:
-        _OVERRIDES.reset(token)
 
 
 class SemGradLLM(CustomLLM):
@@ -90,7 +60,7 @@ class SemGradLLM(CustomLLM):
         >>> from semgrad_guard import MockScorer
         >>> llm = SemGradLLM(MockScorer(lambda m, a: 0.25, answers=["Paris."]))
         >>> r = llm.complete("Capital of France?")
-        >>> r.text, r.additional_kwargs["semgrad"]["semgrad"]
+        >>> r.text, r.additional_kwargs["semgrad"]["scores"]["semgrad"]
         ('Paris.', 0.25)
     """
 
@@ -170,23 +140,17 @@ class SemGradLLM(CustomLLM):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _generate_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        settings = {k: getattr(self, k) for k in _GENERATE_KEYS}
-        overrides = dict(_OVERRIDES.get() or {})
-        if overrides.pop("do_sample", None) is False:
-            overrides["temperature"] = 0.0
-        settings.update({k: v for k, v in overrides.items() if k in _GENERATE_KEYS})
-        settings.update({k: kwargs[k] for k in _GENERATE_KEYS if k in kwargs})
-        # Extra generate() settings first; a per-call value of the same name wins, and the dedicated
-        # fields above (sampling, length, seed) always decide those settings.
+        # Extra generate() settings first (a per-call value of the same name wins); then the dedicated fields <
+        # per-call arguments < the guard's attempt overrides decide sampling, length and seed
+        # (semgrad_guard.generation: the same precedence as the LangChain adapter).
         out: dict[str, Any] = dict(self.generate_kwargs)
         out.update({k: kwargs[k] for k in self.generate_kwargs if k in kwargs})
-        out.update(max_new_tokens=settings["max_new_tokens"], do_sample=settings["temperature"] > 0)
-        if out["do_sample"]:
-            out["temperature"] = settings["temperature"]
-            if settings["top_p"] is not None:
-                out["top_p"] = settings["top_p"]
-        if settings["seed"] is not None:
-            out["seed"] = settings["seed"]
+        defaults = {k: getattr(self, k) for k in _GENERATE_KEYS}
+        out.update(
+            resolve_generation(
+                defaults, {k: kwargs[k] for k in (*_GENERATE_KEYS, "do_sample") if k in kwargs}
+            )
+        )
         return out
 
     @staticmethod
@@ -194,7 +158,7 @@ class SemGradLLM(CustomLLM):
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
             delta=delta,
-            additional_kwargs={SCORE_KEY: score_payload(result)},
+            additional_kwargs={SCORE_KEY: score_payload(result, source="llm")},
         )
 
     @staticmethod
@@ -202,7 +166,7 @@ class SemGradLLM(CustomLLM):
         answer: str, result: ScoreResult, delta: str | None = None
     ) -> CompletionResponse:
         return CompletionResponse(
-            text=answer, delta=delta, additional_kwargs={SCORE_KEY: score_payload(result)}
+            text=answer, delta=delta, additional_kwargs={SCORE_KEY: score_payload(result, source="llm")}
         )
 
     def _stream(

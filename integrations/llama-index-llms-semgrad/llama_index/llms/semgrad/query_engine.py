@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +15,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from semgrad_guard import (
     Action,
     ConfigurationError,
+    Generated,
     Guard,
     GuardPolicy,
     GuardResult,
@@ -24,16 +23,20 @@ from semgrad_guard import (
     ScoringError,
     WidenRetrievalStrategy,
 )
+from semgrad_guard.generation import generation_overrides
 from semgrad_guard.guard.strategies import AttemptContext
 
-from .base import generation_overrides
+from ._convert import SCORE_KEY, score_payload
 from .evaluation import default_qa_messages
 from .handlers import SemGradEventHandler, capture_scores
 
 STATUS_KEY = "semgrad_status"
 """Metadata key set on the source nodes of an answer that was not accepted (``abstained``, ``pending_review``, ...)."""
 
-RESULT_KEY = "semgrad"
+RESULT_KEY = SCORE_KEY
+GUARD_RESULT_KEY = "semgrad_guard_result"
+"""Metadata key of the whole :class:`~semgrad_guard.GuardResult` (every attempt); ``metadata["semgrad"]`` holds
+the score payload every adapter writes."""
 """Key of the guard's result (a JSON dict) in ``response.metadata``."""
 
 ATTEMPTS_KEY = "semgrad_attempts"
@@ -67,54 +70,8 @@ def widen_similarity_top_k(engine: BaseQueryEngine, top_k: int) -> BaseQueryEngi
 def guard_result_from_response(response: Any) -> GuardResult | None:
     """The :class:`~semgrad_guard.GuardResult` a :class:`SemGradQueryEngine` response carries, or ``None``."""
     metadata = getattr(response, "metadata", None) or {}
-    raw = metadata.get(RESULT_KEY)
+    raw = metadata.get(GUARD_RESULT_KEY)
     return GuardResult.model_validate(raw) if raw is not None else None
-
-
-class _ReplayScorer:
-    """The guard's scorer: the real one, except for answers whose scoring already failed during the query.
-
-    The handler scores the answer against the exact prompt the LLM saw; if that failed (prompt
-    too long, non-finite gradient), the guard must see the same error and apply ``on_error``,
-    not rescore a shorter chat successfully.
-    """
-
-    def __init__(self, scorer: Any) -> None:
-        self._scorer = scorer
-        self._failures: dict[tuple[str, str], Exception] = {}
-        self._lock = threading.Lock()
-        self.model_id = getattr(scorer, "model_id", None)
-        self.profile = getattr(scorer, "profile", None)
-
-    @staticmethod
-    def _key(messages: Any, answer: str) -> tuple[str, str]:
-        return json.dumps(messages, sort_keys=True, default=str), answer
-
-    def fail_next(self, messages: Any, answer: str, error: Exception) -> None:
-        with self._lock:
-            self._failures[self._key(messages, answer)] = error
-
-    def _replay(self, messages: Any, answer: str) -> None:
-        with self._lock:
-            error = self._failures.pop(self._key(messages, answer), None)
-        if error is not None:
-            raise error
-
-    def score(self, messages: Any, answer: str) -> ScoreResult:
-        self._replay(messages, answer)
-        result: ScoreResult = self._scorer.score(messages, answer)
-        return result
-
-    async def ascore(self, messages: Any, answer: str) -> ScoreResult:
-        self._replay(messages, answer)
-        result: ScoreResult = await self._scorer.ascore(messages, answer)
-        return result
-
-    def score_batch(self, pairs: Any) -> list[ScoreResult]:
-        return [self.score(m, a) for m, a in pairs]
-
-    async def ascore_batch(self, pairs: Any) -> list[ScoreResult]:
-        return [await self.ascore(m, a) for m, a in pairs]
 
 
 class SemGradQueryEngine(BaseQueryEngine):
@@ -179,7 +136,6 @@ class SemGradQueryEngine(BaseQueryEngine):
             raise ConfigurationError(f"top_k_growth must be >= 1, got {top_k_growth}")
         self._engine = query_engine
         self._scorer = scorer
-        self._replay = _ReplayScorer(scorer)
         self.top_k_growth = top_k_growth
         self._widen_fn = widen_fn
         self._reformulate = reformulate
@@ -187,7 +143,7 @@ class SemGradQueryEngine(BaseQueryEngine):
         given.setdefault(WidenRetrievalStrategy.name, WidenRetrievalStrategy(self._widen_hook))
         given.setdefault("reconsider", _ReconsiderAsQuery())
         self.guard = Guard(
-            self._replay, policy, calibrator=calibrator, review_queue=review_queue, strategies=given
+            policy, scorer=scorer, calibrator=calibrator, review_queue=review_queue, strategies=given
         )
         self._own_handler = handler is None
         self._handler = handler or SemGradEventHandler(scorer, only_captured=True).register()
@@ -246,7 +202,7 @@ class SemGradQueryEngine(BaseQueryEngine):
         ctx: AttemptContext,
         responses: dict[int, Any],
         info: dict[str, Any],
-    ) -> str | tuple[str, ScoreResult]:
+    ) -> tuple[str, ScoreResult] | Generated:
         if not isinstance(response, Response):
             raise ConfigurationError(
                 f"SemGradQueryEngine needs a complete Response to gate, got {type(response).__name__}; "
@@ -259,11 +215,8 @@ class SemGradQueryEngine(BaseQueryEngine):
             info["scored_prompt"] = "observed"
             if captured.result is not None:
                 return answer, captured.result
-            # Scoring the real prompt failed: make the guard see that failure (policy on_error).
-            self._replay.fail_next(
-                ctx.score_messages, answer, captured.error or ScoringError("scoring failed")
-            )
-            return answer
+            # Scoring the real prompt failed: the guard applies on_error (no re-score of a shorter chat).
+            return Generated(answer, error=captured.error or ScoringError("scoring failed"))
         # The LLM call was not observed (another LLM class, or a refine step rewrote the answer):
         # score against LlamaIndex's default QA prompt over the retrieved context.
         info["scored_prompt"] = "rebuilt"
@@ -273,18 +226,19 @@ class SemGradQueryEngine(BaseQueryEngine):
                 default_qa_messages(ctx.messages[-1]["content"], contexts), answer
             )
         except ScoringError as e:
-            self._replay.fail_next(ctx.score_messages, answer, e)
-            return answer
+            return Generated(answer, error=e)
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         responses: dict[int, Any] = {}
         # Filled in per attempt; the guard copies it into a review item after the attempts ran.
         meta: dict[str, Any] = {"query": query_bundle.query_str, ATTEMPTS_KEY: {}}
 
-        def generate(messages: list[dict[str, Any]], ctx: AttemptContext) -> str | tuple[str, ScoreResult]:
+        def generate(
+            messages: list[dict[str, Any]], ctx: AttemptContext
+        ) -> tuple[str, ScoreResult] | Generated:
             info = meta[ATTEMPTS_KEY].setdefault(str(ctx.number), {})
             engine, bundle = self._plan(query_bundle, ctx, info)
-            with capture_scores(self._handler) as cap, generation_overrides(**_llm_settings(ctx)):
+            with capture_scores(self._handler) as cap, generation_overrides(**ctx.generate_kwargs):
                 response = engine.query(bundle)
             return self._scored(response, cap.last(), ctx, responses, info)
 
@@ -297,10 +251,10 @@ class SemGradQueryEngine(BaseQueryEngine):
 
         async def generate(
             messages: list[dict[str, Any]], ctx: AttemptContext
-        ) -> str | tuple[str, ScoreResult]:
+        ) -> tuple[str, ScoreResult] | Generated:
             info = meta[ATTEMPTS_KEY].setdefault(str(ctx.number), {})
             engine, bundle = self._plan(query_bundle, ctx, info)
-            with capture_scores(self._handler) as cap, generation_overrides(**_llm_settings(ctx)):
+            with capture_scores(self._handler) as cap, generation_overrides(**ctx.generate_kwargs):
                 response = await engine.aquery(bundle)
                 captured = await cap.alast()
             return self._scored(response, captured, ctx, responses, info)
@@ -316,14 +270,21 @@ class SemGradQueryEngine(BaseQueryEngine):
             inner = responses[max(responses)]
         nodes: list[NodeWithScore] = list(inner.source_nodes) if inner is not None else []
         metadata = dict(inner.metadata or {}) if inner is not None else {}
-        metadata[RESULT_KEY] = result.model_dump(mode="json")
+        metadata[RESULT_KEY] = _payload(result)
+        metadata[GUARD_RESULT_KEY] = result.model_dump(mode="json")
         metadata[ATTEMPTS_KEY] = meta[ATTEMPTS_KEY]
         if result.accepted and result.answer == (inner.response if inner is not None else None):
             return Response(response=result.answer, source_nodes=nodes, metadata=metadata)
         status = _status(result)
         if status is not None:
-            nodes = [_mark(n, status) for n in nodes]
+            nodes = [mark_status(n, status) for n in nodes]
         return Response(response=result.answer, source_nodes=nodes, metadata=metadata)
+
+
+def _payload(result: GuardResult) -> dict[str, Any]:
+    best = result.best_attempt
+    scored = best.answer if best is not None and best.answer != result.answer else None
+    return score_payload(result.result, result, source="query_engine", answer=scored)
 
 
 class _ReconsiderAsQuery:
@@ -364,11 +325,6 @@ def _question(bundle: QueryBundle) -> list[dict[str, Any]]:
     return [{"role": "user", "content": bundle.query_str}]
 
 
-def _llm_settings(ctx: AttemptContext) -> dict[str, Any]:
-    keys = ("max_new_tokens", "temperature", "top_p", "seed", "do_sample")
-    return {k: v for k, v in ctx.generate_kwargs.items() if k in keys}
-
-
 def _status(result: GuardResult) -> str | None:
     if result.action is Action.ABSTAIN:
         return "abstained"
@@ -379,7 +335,8 @@ def _status(result: GuardResult) -> str | None:
     return None
 
 
-def _mark(node: NodeWithScore, status: str) -> NodeWithScore:
+def mark_status(node: NodeWithScore, status: str) -> NodeWithScore:
+    """A copy of ``node`` whose metadata says why the answer was not accepted (hidden from the LLM and embeddings)."""
     # Copy: the node objects belong to the index's docstore and other queries.
     inner = node.node.model_copy(update={"metadata": {**node.node.metadata, STATUS_KEY: status}})
     inner.excluded_llm_metadata_keys = [*node.node.excluded_llm_metadata_keys, STATUS_KEY]

@@ -19,7 +19,14 @@ from llama_index.core.workflow import (
 from semgrad_guard import Action, ConfigurationError
 from semgrad_guard.review.queue import apply_review_decision
 
-from .query_engine import RESULT_KEY, STATUS_KEY, SemGradQueryEngine, _mark, guard_result_from_response
+from .query_engine import (
+    GUARD_RESULT_KEY,
+    RESULT_KEY,
+    STATUS_KEY,
+    SemGradQueryEngine,
+    guard_result_from_response,
+    mark_status,
+)
 
 
 class ReviewRequired(InputRequiredEvent):
@@ -143,15 +150,18 @@ class SemGradReviewWorkflow(Workflow):
             note=ev.note,
         )
         metadata = dict(pending.metadata or {})
-        guard = dict(metadata.get(RESULT_KEY) or {})
+        guard = dict(metadata.get(GUARD_RESULT_KEY) or {})
+        payload = dict(metadata.get(RESULT_KEY) or {})
         status = item.status.value
         text = self.engine.policy.answer_after_review(status, item.final_answer, item.answer)
         guard.update(review_status=status, answer=text)
+        payload.update(review_status=status, answer=item.answer, reviewer=ev.reviewer)
         if status == "rejected":
-            nodes = [_mark(_unmark(n), "rejected_by_reviewer") for n in pending.source_nodes]
+            nodes = [mark_status(_unmark(n), "rejected_by_reviewer") for n in pending.source_nodes]
         else:
             nodes = [_unmark(n) for n in pending.source_nodes]
-        metadata[RESULT_KEY] = guard
+        metadata[GUARD_RESULT_KEY] = guard
+        metadata[RESULT_KEY] = payload
         return StopEvent(result=Response(response=text, source_nodes=nodes, metadata=metadata))
 
 

@@ -156,7 +156,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..scoring.hf_scorer import SemGradScorer
-    from ..scoring.profile import ModelProfile, default_layers
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,14 +163,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype
     )
     if args.profile == "default":
-        scorer = scorer.with_profile(
-            ModelProfile(
-                anchor_offset=scorer.default_anchor_offset(),
-                layers=default_layers(scorer.model.config.get_text_config().num_hidden_layers),
-                model_id=scorer.model_id,
-                source="default",
-            )
-        )
+        scorer = scorer.with_profile(scorer.default_profile())
     elif args.profile != "auto":
         scorer = scorer.with_profile(args.profile)
 

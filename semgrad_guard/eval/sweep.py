@@ -7,13 +7,13 @@ data. The cached greedy answers are re-scored (teacher-forced) under each candid
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, MetricError
 from ..progress import progress_display
+from ..scoring.paraphrases import read_paraphrase_groups
 from ..scoring.profile import ModelProfile
 from .correctness import normalize
 from .data import PromptTemplate, Question
@@ -43,27 +43,10 @@ def held_out_groups(
 ) -> list[list[str]]:
     """Paraphrase groups from ``path`` whose original question is not among ``evaluated``."""
     seen = {normalize(q.question) for q in evaluated}
-    groups: list[list[str]] = []
+    groups = read_paraphrase_groups(
+        path, limit=limit, per_group=per_group, exclude=lambda q: normalize(q) in seen
+    )
     p = Path(path)
-    if not p.is_file():
-        raise ConfigurationError(f"paraphrase file {p} does not exist")
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        original = row.get("query", row.get("question"))
-        paraphrases = row.get("paraphrases") or []
-        if not isinstance(original, str) or normalize(original) in seen:
-            continue
-        if any(normalize(x) in seen for x in paraphrases):
-            continue
-        group = [original, *paraphrases]
-        if per_group is not None:
-            group = group[:per_group]
-        if len(group) >= 2:
-            groups.append(group)
-        if len(groups) >= limit:
-            break
     if len(groups) < 2:
         raise ConfigurationError(
             f"{p}: fewer than 2 paraphrase groups outside the evaluated questions; evaluate a part of the "

@@ -229,8 +229,12 @@ class SemGradScorer:
         )
         logger.warning(message)
         warnings.warn(ProfileNotice(message), stacklevel=3)
+        return self.default_profile()
+
+    def default_profile(self) -> ModelProfile:
+        """The profile used when none is shipped or given: the default anchor and the upper half of the layers."""
         return ModelProfile(
-            anchor_offset=offset,
+            anchor_offset=self.default_anchor_offset(),
             layers=default_layers(self._adapter.num_layers),
             model_id=self.model_id,
             chat_template_hash=chat_template_hash(self.chat_template),

@@ -8,7 +8,6 @@ groups. The profile's anchor is the offset whose mean SPS over the layer set is 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ConfigurationError
+from .paraphrases import read_paraphrase_groups
 from .profile import ModelProfile, chat_template_hash, default_layers
 
 if TYPE_CHECKING:
@@ -44,27 +44,7 @@ def load_paraphrase_groups(
     path: str | Path, *, limit: int | None = None, per_group: int | None = None, skip: int = 0
 ) -> list[list[str]]:
     """Read JSONL with ``query`` (or ``question``) and ``paraphrases``; one group = original + paraphrases."""
-    groups: list[list[str]] = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if lineno <= skip:
-                continue
-            row = json.loads(line)
-            original = row.get("query", row.get("question"))
-            paraphrases = row.get("paraphrases")
-            if not isinstance(original, str) or not isinstance(paraphrases, list):
-                raise ConfigurationError(
-                    f"{path}:{lineno}: expected 'query' (str) and 'paraphrases' (list of str)"
-                )
-            group = [original, *paraphrases]
-            if per_group is not None:
-                group = group[:per_group]
-            if len(group) >= 2:
-                groups.append(group)
-            if limit is not None and len(groups) >= limit:
-                break
+    groups = read_paraphrase_groups(path, limit=limit, per_group=per_group, skip=skip)
     if len(groups) < 2:
         raise ConfigurationError(f"{path}: SPS needs at least 2 groups of >= 2 equivalent questions")
     return groups

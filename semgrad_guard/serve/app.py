@@ -35,7 +35,7 @@ from ..guard.calibration import Calibrator
 from ..guard.guard import Guard
 from ..guard.outcomes import GuardResult
 from ..guard.policy import GuardPolicy, Verdict, judge
-from ..messages import Messages, normalize_messages
+from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
 from ..scorer import Scorer
@@ -668,6 +668,7 @@ def _pair(state: ServiceState, item: ScoreRequest, *, where: str) -> list[dict[s
             "score a shorter answer or raise max_answer_chars (--max-answer-chars)"
         )
     try:
+        check_text(item.answer, "answer")
         return normalize_messages(item.messages)
     except ScoringError as e:
         if not where:

@@ -62,9 +62,11 @@ if TYPE_CHECKING:
     from .eval.profile_search import select_profile
     from .scoring.default_model import fetch_default_model
     from .scoring.hf_scorer import SemGradScorer
+    from .scoring.remote import RemoteScorer
     from .scoring.sps import compute_sps
 
 _LAZY = {
+    "RemoteScorer": "scoring.remote",
     "SemGradScorer": "scoring.hf_scorer",
     "compute_sps": "scoring.sps",
     "select_profile": "eval.profile_search",
@@ -101,6 +103,7 @@ __all__ = [
     "PromptEchoError",
     "PAYLOAD_KEY",
     "ReconsiderStrategy",
+    "RemoteScorer",
     "RequestTooLargeError",
     "ResampleStrategy",
     "RetriesExhaustedError",

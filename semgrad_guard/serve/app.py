@@ -578,7 +578,12 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         _check_model(state, request.model)
         _check_can_generate(state)
         chat = normalize_messages(request.messages)
-        kwargs: dict[str, Any] = {"max_new_tokens": _new_tokens(state, request.max_new_tokens)}
+        # Unset: the scorer's own default, as an in-process generate() would use (RemoteScorer parity).
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": _new_tokens(
+                state, request.max_new_tokens, default=_scorer_default_new_tokens(state)
+            )
+        }
         if request.do_sample:
             kwargs.update(do_sample=True, temperature=request.temperature)
             if request.top_p is not None:
@@ -689,14 +694,25 @@ def _prefixed(e: ScoringError, pairs: list[Any], state: ServiceState) -> Scoring
     return e
 
 
-def _new_tokens(state: ServiceState, asked: int | None) -> int:
+def _new_tokens(state: ServiceState, asked: int | None, *, default: int | None = None) -> int:
     limit = state.settings.max_new_tokens
     if asked is not None and asked > limit:
         raise RequestTooLargeError(
             f"max_tokens={asked} is over the service's limit of {limit} new tokens; ask for fewer or raise "
             "max_new_tokens (--max-new-tokens)"
         )
-    return asked if asked is not None else min(state.settings.default_new_tokens, limit)
+    return asked if asked is not None else min(default or state.settings.default_new_tokens, limit)
+
+
+def _scorer_default_new_tokens(state: ServiceState) -> int | None:
+    import inspect
+
+    try:
+        param = inspect.signature(state.scorer.generate).parameters.get("max_new_tokens")  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    default = param.default if param is not None else None
+    return default if isinstance(default, int) else None
 
 
 def _flatten_content(message: Mapping[str, Any], i: int) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def test_importing_the_core_does_not_import_the_service():
 
     code = (
         "import sys, semgrad_guard; from semgrad_guard import Guard, GuardPolicy, MockScorer, ScorePayload; "
-        "import semgrad_guard.cli; "
+        "import semgrad_guard.scoring.remote, semgrad_guard.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('fastapi', 'starlette', 'uvicorn', 'prometheus_client') or m.startswith('semgrad_guard.serve')))"
     )

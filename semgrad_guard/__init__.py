@@ -25,6 +25,7 @@ from .errors import (
     NonFiniteGradientError,
     ProfileError,
     PromptEchoError,
+    RequestTooLargeError,
     RetriesExhaustedError,
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
@@ -33,6 +34,10 @@ from .errors import (
     RiskControlError,
     ScoringError,
     SemGradGuardError,
+    ServedModelMismatchError,
+    ServiceAuthError,
+    ServiceError,
+    ServiceUnavailableError,
     UnknownRoleError,
 )
 from .generation import generation_overrides
@@ -58,9 +63,11 @@ if TYPE_CHECKING:
     from .eval.profile_search import select_profile
     from .scoring.default_model import fetch_default_model
     from .scoring.hf_scorer import SemGradScorer
+    from .scoring.remote import RemoteScorer
     from .scoring.sps import compute_sps
 
 _LAZY = {
+    "RemoteScorer": "scoring.remote",
     "SemGradScorer": "scoring.hf_scorer",
     "compute_sps": "scoring.sps",
     "select_profile": "eval.profile_search",
@@ -98,6 +105,8 @@ __all__ = [
     "ProfileError",
     "PromptEchoError",
     "ReconsiderStrategy",
+    "RemoteScorer",
+    "RequestTooLargeError",
     "ResampleStrategy",
     "RetriesExhaustedError",
     "RetrySettings",
@@ -120,6 +129,10 @@ __all__ = [
     "ScoringError",
     "SemGradGuardError",
     "SemGradScorer",
+    "ServedModelMismatchError",
+    "ServiceAuthError",
+    "ServiceError",
+    "ServiceUnavailableError",
     "ThresholdSelection",
     "UnknownRoleError",
     "Verdict",

@@ -172,3 +172,46 @@ class AlreadyDecidedError(ReviewQueueError):
             f"{decided_at or 'an unknown time'}; {tried}decisions are final. To decide again, re-open it "
             f"first (SQLiteReviewQueue.reopen({item_id}, reviewer=...) or `semgrad-guard review reopen {item_id}`)"
         )
+
+
+class RequestTooLargeError(ScoringError):
+    """A request to the scoring service is over its limits (body bytes, answer characters, batch items,
+    new tokens); the message names the limit and the setting that raises it."""
+
+
+class ServiceError(SemGradGuardError):
+    """The scoring service answered with an error no more specific class describes.
+
+    Carries the HTTP ``status`` and the service's error ``type`` name.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, error_type: str | None = None) -> None:
+        self.status = status
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class ServiceUnavailableError(ServiceError):
+    """The scoring service could not be reached, or stayed overloaded (503), through every retry.
+
+    ``retry_after`` is the service's last ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, error_type=error_type)
+
+
+class ServiceAuthError(ServiceError, PermissionError):
+    """The scoring service refused the bearer token (missing or wrong)."""
+
+
+class ServedModelMismatchError(ConfigurationError):
+    """The scoring service holds another model (id or weights) than the one the client named."""

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import SemGradGuardError
 
-_COMMAND_MODULES: tuple[str, ...] = ("model", "calibrate", "eval", "review")
+_COMMAND_MODULES: tuple[str, ...] = ("model", "calibrate", "eval", "review", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "semgrad_guard"
 FRAMEWORKS = ("langchain", "langchain_core", "langgraph", "llama_index", "fastapi", "ray")
+# Web frameworks only the service layer (semgrad_guard/serve/) may import.
+SERVICE_FRAMEWORKS = ("fastapi", "uvicorn", "starlette", "prometheus_client")
 
 
 def _imports(path: Path) -> set[str]:
@@ -27,11 +29,31 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_core_imports_no_framework():
+    def banned(p: Path) -> tuple[str, ...]:
+        in_service = p.relative_to(CORE).parts[0] == "serve"
+        if in_service:
+            return tuple(f for f in FRAMEWORKS if f not in SERVICE_FRAMEWORKS)
+        return FRAMEWORKS + SERVICE_FRAMEWORKS
+
     offenders = {
-        str(p.relative_to(CORE)): sorted(m for m in _imports(p) if m.split(".")[0] in FRAMEWORKS)
+        str(p.relative_to(CORE)): sorted(m for m in _imports(p) if m.split(".")[0] in banned(p))
         for p in CORE.rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_importing_the_core_does_not_import_the_service():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, semgrad_guard; from semgrad_guard import Guard, GuardPolicy, MockScorer, ScorePayload; "
+        "import semgrad_guard.scoring.remote, semgrad_guard.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fastapi', 'starlette', 'uvicorn', 'prometheus_client') or m.startswith('semgrad_guard.serve')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _module_level(tree: ast.Module) -> list[ast.stmt]:
@@ -83,7 +105,8 @@ ALLOWED = {
     "guard": {"guard", "review", "scoring.profile"},  # a profile is plain data; scoring's torch parts are not
     "review": {"review"},
     "eval": {"eval", "scoring", "guard"},
-    "cli": {"cli", "eval", "scoring", "guard", "review"},
+    "cli": {"cli", "eval", "scoring", "guard", "review", "serve"},
+    "serve": {"serve", "scoring", "guard", "review", "payload"},  # nothing but cli imports serve
     "testing": {"testing", "scoring", "guard", "review"},
 }
 FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer"}
@@ -111,7 +134,7 @@ def test_each_layer_imports_only_what_it_may():
 
 def test_the_tree_names_the_layers():
     folders = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert {"scoring", "guard", "review", "eval", "cli"} <= folders
+    assert {"scoring", "guard", "review", "eval", "cli", "serve"} <= folders
 
 
 def test_deciding_modules_import_no_torch():

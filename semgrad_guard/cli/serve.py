@@ -1,0 +1,144 @@
+"""``semgrad-guard serve``: the scoring service (FastAPI under uvicorn; needs the ``serve`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+
+TOKEN_ENV = "SEMGRAD_GUARD_TOKEN"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve scores and guarded, OpenAI-compatible chat completions over HTTP (extra: serve)",
+        description="Run the scoring service: POST /v1/score, /v1/score/batch, /v1/generate, "
+        "/v1/chat/completions (OpenAI-compatible), GET /v1/models, /healthz, /readyz, /metrics. "
+        f"A bearer token ({TOKEN_ENV} or --token-file) is required on every route but health when set.",
+    )
+    p.add_argument(
+        "--model", default="default", help="'default' (the embedded model), a local directory or a hub id"
+    )
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    p.add_argument(
+        "--profile", type=Path, default=None, help="a profile JSON file (default: the shipped one)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    p.add_argument(
+        "--token-file", type=Path, default=None, help=f"file holding the bearer token (else ${TOKEN_ENV})"
+    )
+    p.add_argument(
+        "--calibrator",
+        default=None,
+        help="a calibrator JSON file, or 'shipped' for the one shipped for the model (default: none)",
+    )
+    p.add_argument(
+        "--policy", type=Path, default=None, help="a guard policy (YAML or JSON) behind every verdict"
+    )
+    p.add_argument("--max-batch-size", type=int, default=8, help="pairs per scoring pass (default 8)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)"
+    )
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=1_048_576, help="largest request body (default 1 MiB)"
+    )
+    p.add_argument(
+        "--max-answer-chars", type=int, default=32_000, help="longest answer to score (default 32000)"
+    )
+    p.add_argument(
+        "--max-batch-items", type=int, default=64, help="most pairs per batch request (default 64)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_serve)
+
+
+def read_token(token_file: Path | None, environ: Any = os.environ) -> str | None:
+    """The bearer token: ``--token-file``'s first line, else ``$SEMGRAD_GUARD_TOKEN``; None when neither is set."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read --token-file {token_file}: {e}") from e
+        if not token:
+            raise ConfigurationError(f"--token-file {token_file} is empty; put the token on its first line")
+        return token
+    return environ.get(TOKEN_ENV) or None
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`ServeSettings` the arguments ask for, checked (a non-local host needs a token)."""
+    from ..serve.settings import ServeSettings, is_local_host
+
+    token = read_token(args.token_file)
+    if not is_local_host(args.host) and token is None:
+        raise ConfigurationError(
+            f"refusing to bind {args.host!r} without a bearer token: anyone who can reach it could use the model. "
+            f"Set {TOKEN_ENV} or pass --token-file, or bind 127.0.0.1"
+        )
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        max_answer_chars=args.max_answer_chars,
+        max_batch_items=args.max_batch_items,
+        max_new_tokens=args.max_new_tokens,
+        default_new_tokens=min(256, args.max_new_tokens),
+        model_aliases=[args.model] if args.model == "default" else [],
+    )
+    return settings, token
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """Load the model, calibrator and policy the arguments name, and build the app (no server started)."""
+    settings, token = settings_from_args(args)
+    from ..guard.calibration import Calibrator
+    from ..guard.policy import GuardPolicy
+    from ..serve import create_app  # a missing 'serve' extra is said before any weights load
+
+    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None  # before loading weights
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from ..scoring.hf_scorer import SemGradScorer
+
+    # Never trust_remote_code: a served checkpoint must not run its own code.
+    scorer = SemGradScorer.from_pretrained(
+        args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, profile=args.profile
+    )
+    calibrator = None
+    if args.calibrator == "shipped":
+        calibrator = Calibrator.default_for(scorer.model_id)
+    elif args.calibrator:
+        calibrator = Calibrator.load(args.calibrator)
+    return create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings), settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    app, settings = build_app(args)
+    from ..serve.server import run
+
+    state = app.state.semgrad
+    print(
+        f"semgrad-guard: serving {state.model_id} on http://{settings.host}:{settings.port} "
+        f"(token {'required' if state.token else 'not set'}; policy {'on' if state.policy else 'off'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    run(app, settings.host, settings.port)
+    return 0

@@ -1,0 +1,262 @@
+"""Micro-batching: concurrent requests are scored together, in one worker thread, not N threads.
+
+:class:`ScoringBackend` is what the app needs from whatever runs the model. :class:`MicroBatcher` is
+the single-process one: a bounded queue, a collector that waits at most ``max_wait_ms`` for a batch to
+fill up to ``max_batch_size``, and one worker thread that runs ``score_batch`` (and, one at a time,
+``generate``), so requests never fight over the cores. A Ray Serve deployment can supply its own
+backend (``@serve.batch`` around ``score_batch``) through ``create_app(backend_factory=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ..errors import ServiceUnavailableError
+from ..messages import Messages
+from ..results import ScoreResult
+from ..scorer import Scorer
+
+
+@runtime_checkable
+class ScoringBackend(Protocol):
+    """Runs the model for the app: scores (batched as it sees fit) and generations."""
+
+    async def score(self, messages: Messages, answer: str) -> ScoreResult:
+        """Score one pair."""
+        ...
+
+    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        """Score several pairs, admitted all together or refused all together (503)."""
+        ...
+
+    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        """Generate and score one answer."""
+        ...
+
+    def queue_depth(self) -> int:
+        """Requests waiting for the model."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop and release the worker."""
+        ...
+
+
+BatchObserver = Callable[[str, int], None]
+"""``observer(kind, size)``: called for every pass the worker runs (``"score"`` or ``"generate"``)."""
+
+
+@dataclass
+class _Job:
+    kind: Literal["score", "generate"]
+    future: asyncio.Future[Any]
+    pair: tuple[Messages, str] | None = None
+    messages: Messages | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class MicroBatcher:
+    """Groups concurrent score requests into ``score_batch`` calls on one worker thread.
+
+    Args:
+        scorer: The scorer (``SemGradScorer`` or any :class:`Scorer`; ``generate`` for generations).
+        max_batch_size: Most pairs per ``score_batch`` call.
+        max_wait_ms: How long the first pair of a batch waits for others (0: take what is queued).
+        max_queue: Most requests waiting; more raise :class:`ServiceUnavailableError` (the app's 503).
+        retry_after_s: What the 503 tells clients to wait.
+        observer: Called with ``(kind, size)`` for every pass (metrics).
+
+    Example:
+        >>> import asyncio
+        >>> from semgrad_guard import MockScorer
+        >>> batcher = MicroBatcher(MockScorer(lambda m, a: 0.25), max_batch_size=4)
+        >>> async def main():
+        ...     rs = await asyncio.gather(*(batcher.score("q", f"a{i}") for i in range(4)))
+        ...     await batcher.aclose()
+        ...     return [r.semgrad for r in rs]
+        >>> asyncio.run(main())
+        [0.25, 0.25, 0.25, 0.25]
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        retry_after_s: int = 1,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self._observer = observer
+        # One thread: the model runs one pass at a time, with all of torch's threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semgrad-worker")
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ public
+    async def score(self, messages: Messages, answer: str) -> ScoreResult:
+        (result,) = await self.score_many([(messages, answer)])
+        return result
+
+    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        loop = self._start()
+        jobs = [_Job("score", loop.create_future(), pair=(m, a)) for m, a in pairs]
+        return list(await self._submit(jobs))
+
+    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        loop = self._start()
+        job = _Job("generate", loop.create_future(), messages=messages, kwargs=dict(generate_kwargs))
+        (out,) = await self._submit([job])
+        return out  # type: ignore[no-any-return]
+
+    def queue_depth(self) -> int:
+        return len(self._jobs)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._task
+            self._task = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ internals
+    def _start(self) -> asyncio.AbstractEventLoop:
+        # Started lazily in the running loop: ASGI transports without lifespan events (httpx's) work too.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop = loop
+            self._arrived = asyncio.Event()
+            self._jobs.clear()
+            self._task = loop.create_task(self._run(), name="semgrad-micro-batcher")
+        return loop
+
+    async def _submit(self, jobs: list[_Job]) -> list[Any]:
+        if len(self._jobs) + len(jobs) > self.max_queue:
+            raise ServiceUnavailableError(
+                f"the scoring queue is full ({len(self._jobs)} waiting, limit {self.max_queue}); retry after "
+                f"{self.retry_after_s} s, or raise max_queue / add replicas",
+                status=503,
+                error_type="ServiceUnavailableError",
+                retry_after=float(self.retry_after_s),
+            )
+        self._jobs.extend(jobs)
+        assert self._arrived is not None
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(j.future for j in jobs)))
+        except asyncio.CancelledError:
+            for j in jobs:  # the client went away: do not score for nobody
+                j.future.cancel()
+            raise
+
+    async def _next(self, timeout: float | None) -> _Job | None:
+        assert self._arrived is not None
+        while not self._jobs:
+            self._arrived.clear()
+            if timeout is None:
+                await self._arrived.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout)
+                except TimeoutError:
+                    return None
+        return self._jobs.popleft()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        carry: _Job | None = None
+        while True:
+            job = carry or await self._next(None)
+            carry = None
+            assert job is not None
+            if job.future.done():
+                continue
+            if job.kind == "generate":
+                await self._run_generate(job)
+                continue
+            batch = [job]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                if self._jobs:
+                    nxt: _Job | None = self._jobs.popleft()
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    nxt = await self._next(remaining)
+                    if nxt is None:
+                        break
+                assert nxt is not None
+                if nxt.future.done():
+                    continue
+                if nxt.kind != "score":
+                    carry = nxt  # generations run alone, after this batch
+                    break
+                batch.append(nxt)
+            await self._run_scores(batch)
+
+    async def _run_scores(self, batch: list[_Job]) -> None:
+        live = [j for j in batch if not j.future.done()]
+        if not live:
+            return
+        if self._observer is not None:
+            self._observer("score", len(live))
+        pairs = [j.pair for j in live]
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(self._executor, self._score_batch, pairs)
+        for j, out in zip(live, outcomes, strict=True):
+            if j.future.done():
+                continue
+            if isinstance(out, BaseException):
+                j.future.set_exception(out)
+            else:
+                j.future.set_result(out)
+
+    def _score_batch(self, pairs: list[Any]) -> list[ScoreResult | Exception]:
+        try:
+            return list(self.scorer.score_batch(pairs))
+        except Exception as e:
+            if len(pairs) == 1:
+                return [e]
+        # One bad pair fails the whole batch: score one by one so only its own request gets the error.
+        out: list[ScoreResult | Exception] = []
+        for pair in pairs:
+            try:
+                out.append(self.scorer.score_batch([pair])[0])
+            except Exception as e:
+                out.append(e)
+        return out
+
+    async def _run_generate(self, job: _Job) -> None:
+        if self._observer is not None:
+            self._observer("generate", 1)
+        generate = getattr(self.scorer, "generate", None)
+        loop = asyncio.get_running_loop()
+        try:
+            if generate is None:
+                raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")
+            out = await loop.run_in_executor(
+                self._executor, functools.partial(generate, job.messages, **job.kwargs)
+            )
+        except Exception as e:
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if not job.future.done():
+            job.future.set_result(out)

@@ -41,6 +41,14 @@ class _ToolCallsInstead(BaseException):
         self.response = response
 
 
+_META = {"source": "SemGradMiddleware"}
+
+
+def _is_final_answer(response: Any) -> bool:
+    ai = _final_ai(response)
+    return ai is not None and not is_tool_call_turn(ai)
+
+
 def _final_ai(response: Any) -> AIMessage | None:
     if isinstance(response, AIMessage):
         return response
@@ -168,57 +176,53 @@ class SemGradMiddleware(AgentMiddleware):
             return self.review
         return "interrupt" if _has_checkpointer() else "queue"
 
+    # Both hooks: the first response is the model's own call; each retry re-asks the handler with the
+    # attempt's settings; _attempt and _finish are the shared logic, so the twins differ only in awaiting.
+    def _attempt(
+        self, ctx: AttemptContext, response: Any, responses: dict[int, Any]
+    ) -> tuple[str, Any] | str:
+        responses[ctx.number] = response
+        return self._answer(response, ctx)
+
+    def _finish(self, result: GuardResult, responses: dict[int, Any]) -> Any:
+        best = result.best_attempt
+        return self._rewrite(responses[best.number if best else len(responses)], result, self._mode())
+
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
         first = handler(request)
-        ai = _final_ai(first)
-        if ai is None or is_tool_call_turn(ai):
+        if not _is_final_answer(first):
             return first  # intermediate step: tools run next
         responses: dict[int, Any] = {}
 
         def generate(messages: list[dict[str, Any]], ctx: AttemptContext) -> Any:
-            if ctx.number == 1:
-                response = first
-            else:
-                with generation_overrides(**ctx.generate_kwargs):
-                    response = handler(self._retry_request(request, ctx))
-            responses[ctx.number] = response
-            return self._answer(response, ctx)
+            with generation_overrides(**ctx.generate_kwargs):
+                response = first if ctx.number == 1 else handler(self._retry_request(request, ctx))
+            return self._attempt(ctx, response, responses)
 
-        mode = self._mode()
         try:
-            result = self.guard.run(self._chat(request), generate, metadata={"source": "SemGradMiddleware"})
-        except _ToolCallsInstead as e:
+            result = self.guard.run(self._chat(request), generate, metadata=_META)
+        except _ToolCallsInstead as e:  # a retry answered with tool calls: let the agent run them
             return e.response
-        best = result.best_attempt
-        return self._rewrite(responses[best.number if best else len(responses)], result, mode)
+        return self._finish(result, responses)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]
     ) -> Any:
         first = await handler(request)
-        ai = _final_ai(first)
-        if ai is None or is_tool_call_turn(ai):
+        if not _is_final_answer(first):
             return first
         responses: dict[int, Any] = {}
 
         async def generate(messages: list[dict[str, Any]], ctx: AttemptContext) -> Any:
-            if ctx.number == 1:
-                response = first
-            else:
-                with generation_overrides(**ctx.generate_kwargs):
-                    response = await handler(self._retry_request(request, ctx))
-            responses[ctx.number] = response
-            return self._answer(response, ctx)
+            with generation_overrides(**ctx.generate_kwargs):
+                response = first if ctx.number == 1 else await handler(self._retry_request(request, ctx))
+            return self._attempt(ctx, response, responses)
 
-        mode = self._mode()
         try:
-            result = await self.guard.arun(
-                self._chat(request), generate, metadata={"source": "SemGradMiddleware"}
-            )
+            result = await self.guard.arun(self._chat(request), generate, metadata=_META)
         except _ToolCallsInstead as e:
             return e.response
-        best = result.best_attempt
-        return self._rewrite(responses[best.number if best else len(responses)], result, mode)
+        return self._finish(result, responses)
 
     # -- human review via interrupt ---------------------------------------------------------------
     def after_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:

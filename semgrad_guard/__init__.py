@@ -42,7 +42,7 @@ from .errors import (
 )
 from .generation import generation_overrides
 from .guard.calibration import Calibrator
-from .guard.guard import Guard
+from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.risk import ThresholdSelection, select_threshold
@@ -141,6 +141,7 @@ __all__ = [
     "fetch_default_model",
     "generation_overrides",
     "judge",
+    "register_stop_exception",
     "select_profile",
     "select_threshold",
 ]

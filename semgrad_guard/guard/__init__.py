@@ -5,16 +5,16 @@
 return) and ``guard`` (:class:`~semgrad_guard.Guard`). Nothing here imports torch or a framework.
 """
 
-from .guard import STOP_EXCEPTION_NAMES, Guard, is_stop_exception
+from .guard import Guard, is_stop_exception, register_stop_exception
 from .outcomes import Attempt, Generated, GuardResult
 from .strategies import AttemptContext
 
 __all__ = [
-    "STOP_EXCEPTION_NAMES",
     "Attempt",
     "AttemptContext",
     "Generated",
     "Guard",
     "GuardResult",
     "is_stop_exception",
+    "register_stop_exception",
 ]

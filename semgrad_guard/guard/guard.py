@@ -36,28 +36,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Attempt", "GenerateFn", "Generated", "Guard", "GuardResult", "is_stop_exception"]
+__all__ = [
+    "Attempt",
+    "GenerateFn",
+    "Generated",
+    "Guard",
+    "GuardResult",
+    "is_stop_exception",
+    "register_stop_exception",
+]
 # Attempt and GuardResult live in semgrad_guard.guard.outcomes; re-exported here for one release.
 
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult) | Generated``, or a coroutine function returning that."""
 
-STOP_EXCEPTION_NAMES = frozenset(
-    {"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand", "Interrupt"}
-)
-"""Exception class names (anywhere in the MRO) that mean "stop", never "retry" (LangGraph's, matched by name)."""
+_STOP_EXCEPTIONS: set[type[BaseException]] = set()
+
+
+def register_stop_exception(cls: type[BaseException]) -> None:
+    """Make a guard treat ``cls`` (and its subclasses) as "stop", never as a failed attempt to retry.
+
+    For a framework's control-flow exceptions: the LangChain adapter registers LangGraph's ``GraphBubbleUp``
+    (the base of ``GraphInterrupt`` and ``ParentCommand``) when it is imported. Register yours when you run a
+    Guard inside such a framework without its adapter.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        raise ConfigurationError(f"register_stop_exception needs an exception class, got {cls!r}")
+    _STOP_EXCEPTIONS.add(cls)
 
 
 def is_stop_exception(exc: BaseException) -> bool:
     """True for exceptions that must never be retried or swallowed.
 
-    KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError (any non-``Exception``),
-    and LangGraph's interrupts (``GraphInterrupt``, ``ParentCommand``: detected by class name, so
-    langgraph is not imported).
+    KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError (any non-``Exception``), and
+    the classes given to :func:`register_stop_exception` (LangGraph's interrupts, once the LangChain adapter
+    is imported).
     """
     if not isinstance(exc, Exception):
         return True
-    return any(cls.__name__ in STOP_EXCEPTION_NAMES for cls in type(exc).__mro__)
+    return isinstance(exc, tuple(_STOP_EXCEPTIONS))
 
 
 class _Exhausted:

@@ -24,6 +24,7 @@ from semgrad_guard import (
     ScoreResult,
     ScoringError,
     SQLiteReviewQueue,
+    register_stop_exception,
 )
 
 # semgrad of each answer: lower = more confident.
@@ -141,7 +142,10 @@ def test_on_error_raise() -> None:
 
 
 class GraphInterrupt(Exception):
-    """Stands in for langgraph.errors.GraphInterrupt (matched by class name)."""
+    """Stands in for langgraph.errors.GraphInterrupt (the LangChain adapter registers the real one)."""
+
+
+register_stop_exception(GraphInterrupt)
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), GraphInterrupt("pause"), asyncio.CancelledError()])
@@ -314,14 +318,19 @@ def test_stop_exceptions_are_never_retried(exc_type: type[BaseException]) -> Non
     assert calls == [1]
 
 
-def test_subclass_of_langgraph_interrupt_by_name_is_a_stop_exception() -> None:
+def test_subclasses_of_a_registered_stop_exception_stop_too() -> None:
     from semgrad_guard.guard.guard import is_stop_exception
 
     class NodeInterrupt(GraphInterrupt):
         pass
 
+    class Unregistered(Exception):
+        pass
+
     assert is_stop_exception(NodeInterrupt()) and is_stop_exception(asyncio.CancelledError())
-    assert not is_stop_exception(ValueError())
+    assert not is_stop_exception(ValueError()) and not is_stop_exception(Unregistered())
+    with pytest.raises(ConfigurationError, match="needs an exception class"):
+        register_stop_exception("GraphInterrupt")  # type: ignore[arg-type]
 
 
 def test_users_own_tenacity_retrying_sets_stop_and_wait() -> None:

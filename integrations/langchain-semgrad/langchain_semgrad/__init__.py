@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from semgrad_guard.generation import generation_overrides
 
+from . import _guarding  # noqa: F401  (registers LangGraph's control-flow exceptions with the core)
 from .callbacks import SCORE_EVENT, AsyncSemGradCallbackHandler, SemGradCallbackHandler
 from .chat_models import ChatSemGrad
 from .errors import LowConfidenceError

@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from semgrad_guard.guard.guard import Guard
+from semgrad_guard.guard.guard import Guard, register_stop_exception
 from semgrad_guard.guard.outcomes import GuardResult
 from semgrad_guard.guard.policy import Action
 
 from .errors import LowConfidenceError
+
+try:  # LangGraph's interrupts and Command(graph=PARENT) are control flow: a guard must never retry them
+    from langgraph.errors import GraphBubbleUp
+except ImportError:  # the agents extra is not installed: no LangGraph, nothing to register
+    pass
+else:
+    register_stop_exception(GraphBubbleUp)
 
 
 def make_guard(

@@ -162,3 +162,12 @@ async def test_async_agent(tmp_path: Path) -> None:
 def test_bad_review_mode() -> None:
     with pytest.raises(ConfigurationError, match="review must be"):
         SemGradMiddleware(scorer(), POLICY, review="sometimes")  # type: ignore[arg-type]
+
+
+def test_langgraph_control_flow_is_never_retried_by_a_guard() -> None:
+    # Importing the adapter registers LangGraph's GraphBubbleUp with the core (which imports no framework).
+    from langgraph.errors import GraphInterrupt, ParentCommand
+
+    from semgrad_guard.guard.guard import is_stop_exception
+
+    assert is_stop_exception(GraphInterrupt()) and is_stop_exception(ParentCommand(None))  # type: ignore[arg-type]

@@ -523,7 +523,13 @@ class SemGradScorer:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [*(kwargs.get("logits_processor") or []), _SeededSampler(seed)]
             )
-        with torch.no_grad():
+        a = len(x) + self.profile.anchor_offset
+        # Step 4: record the residual stream entering layer min(S) from the anchor on, so scoring
+        # starts there and the layers below it never run again (docs/method.md, "The fast path").
+        with (
+            torch.no_grad(),
+            self._adapter.recording(min(self.profile.layers), keep_from=a) as recorder,
+        ):
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
             )
@@ -539,13 +545,16 @@ class SemGradScorer:
         # Decoded as is: a control token the model produced stays in the text it was scored with.
         text = self.tokenizer.decode(body, skip_special_tokens=False)
         flags = ["control_tokens"] if any(t in self._special_ids for t in body) else []
-        a = len(x) + self.profile.anchor_offset
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; `past_key_values` before
         if cache is None:
             cache = getattr(out, "past_key_values", None)
         example = ScoringInput(x, y)
         self._check_lengths(x, y)
         if cache is not None and crop_cache(cache, a):
+            # Fed: the prompt, then every generated token but the last; used: the anchor's tail + y[:-1].
+            residuals = recorder.residuals(
+                fed=len(x) + len(generated) - 1, length=-self.profile.anchor_offset + len(y) - 1
+            )
             raw = score_ids(
                 self._adapter,
                 [example],
@@ -553,6 +562,7 @@ class SemGradScorer:
                 layers=self.profile.layers,
                 vocab_chunk=self.vocab_chunk,
                 prefix_cache=cache,
+                residuals=residuals,
             )[0]
             if self.exgrad_mode == "weight":
                 raw = self._with_weight_exgrad(raw, example)

@@ -58,12 +58,14 @@ if TYPE_CHECKING:
     from .scoring.default_model import fetch_default_model
     from .scoring.hf_scorer import SemGradScorer
     from .scoring.sps import compute_sps
+    from .scoring.streaming import StreamChunk
 
 _LAZY = {
     "SemGradScorer": "scoring.hf_scorer",
     "compute_sps": "scoring.sps",
     "select_profile": "eval.profile_search",
     "fetch_default_model": "scoring.default_model",
+    "StreamChunk": "scoring.streaming",
 }
 
 __version__ = "0.1.0"
@@ -118,6 +120,7 @@ __all__ = [
     "ScoringError",
     "SemGradGuardError",
     "SemGradScorer",
+    "StreamChunk",
     "ThresholdSelection",
     "UnknownRoleError",
     "Verdict",

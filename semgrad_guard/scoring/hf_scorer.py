@@ -8,9 +8,9 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -39,6 +39,9 @@ from .fastpath import (
 from .identity import weights_fingerprint
 from .loading import check_causal
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
+
+if TYPE_CHECKING:
+    from .streaming import StreamChunk
 
 logger = logging.getLogger(__name__)
 
@@ -572,6 +575,29 @@ class SemGradScorer:
     async def agenerate(self, messages: Messages, **kwargs: Any) -> tuple[str, ScoreResult]:
         """:meth:`generate` in a worker thread."""
         return await asyncio.to_thread(lambda: self.generate(messages, **kwargs))
+
+    def stream(self, messages: Messages, **generate_kwargs: Any) -> Iterator[StreamChunk]:
+        """:meth:`generate`, streamed: text chunks as they are generated, then one chunk with the score.
+
+        Scoring starts the moment the last token is sampled, from generation's own KV cache and
+        recorded residual states (no re-encoding); the last chunk's ``text`` is exactly what was
+        scored and its ``result`` equals :meth:`generate`'s. ``generate_kwargs`` as for :meth:`generate`.
+
+        Example:
+            >>> from semgrad_guard.testing import tiny_scorer
+            >>> chunks = list(tiny_scorer("qwen2").stream("Say hi.", max_new_tokens=4))
+            >>> chunks[-1].result is not None and all(c.result is None for c in chunks[:-1])
+            True
+        """
+        from .streaming import stream
+
+        return stream(self, messages, **generate_kwargs)
+
+    def astream(self, messages: Messages, **generate_kwargs: Any) -> AsyncIterator[StreamChunk]:
+        """:meth:`stream` for async code (``async for chunk in scorer.astream(...)``); never blocks the loop."""
+        from .streaming import astream
+
+        return astream(self, messages, **generate_kwargs)
 
     def __repr__(self) -> str:
         return (

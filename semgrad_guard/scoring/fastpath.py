@@ -318,6 +318,11 @@ def score_ids(
     the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
     gives every candidate anchor of a profile search."""
     device = adapter.output_weight.device
+    if device.type == "meta":
+        raise ModelError(
+            "the output projection (lm_head) is offloaded: its weight is on the meta device, and the fast "
+            "path reads it directly; keep it on a device, e.g. device_map={..., 'lm_head': 'cpu'}"
+        )
     grad_start = min(layers)
     k = -anchor_offset  # prompt tokens inside the suffix
     anchors = [len(e.prompt_ids) + anchor_offset for e in examples]

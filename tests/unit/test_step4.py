@@ -122,3 +122,15 @@ def test_closing_the_last_scorer_restores_the_layers_forward():
     scorer.close()
     assert not any("forward" in vars(layer) for layer in layers)
     assert model(torch.tensor([[1, 2, 3]])).logits.shape[1] == 3
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_exgrad_chunks_that_do_not_divide_the_vocabulary_match_the_reference(chunk):
+    model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False)
+    profile = ModelProfile(anchor_offset=-2, layers=[2, 3])
+    scorer = SemGradScorer(model, tok, profile=profile, vocab_chunk=chunk)
+    assert model.config.vocab_size % chunk != 0
+    pairs = [(CHAT, "Carbon dioxide."), ("Why?", "Because the leaves need it to make sugar.")]
+    for (chat, answer), r in zip(pairs, scorer.score_batch(pairs), strict=True):
+        x, y = scorer.prompt_ids(chat), scorer.answer_ids(chat, answer)
+        assert_close(r, reference_scores(model, x, y, -2, [2, 3]))

@@ -412,10 +412,10 @@ def score_ids(
     buf = torch.empty(B, min(vocab_chunk, V), Hf.shape[-1], dtype=torch.float32, device=device)
     for v0 in range(0, V, vocab_chunk):
         g = Gt[:, v0 : v0 + vocab_chunk]
-        out = buf if g.shape[1] == buf.shape[1] else torch.empty_like(buf[:, : g.shape[1]])
+        block = buf if g.shape[1] == buf.shape[1] else torch.empty_like(buf[:, : g.shape[1]])
         # (B, chunk, T) @ (B, T, d): one chunk of dL/dW_out per example.
-        torch.bmm(g, Hf, out=out)
-        ex += out.abs_().sum((1, 2))
+        torch.bmm(g, Hf, out=block)
+        ex += block.abs_().sum((1, 2))
     ex /= V * Hf.shape[-1]
 
     mean_entropy = entropy.sum(-1) / T

@@ -7,11 +7,14 @@ Measures, in one process on one machine, for prompts of about 100 and 1,000 toke
   reference       full-sequence forward with all hidden states + autograd (tests/reference_semgrad.py)
   forward         one plain forward pass without gradients over prompt + answer, logits for every position
   forward(ans)    the same, logits only where the answer needs them (`logits_to_keep`): the fair floor
+  stream          `scorer.stream` (what ChatSemGrad / SemGradLLM stream through); its `delay` is the time
+                  from the last text chunk to the scored final chunk
 Times are medians over --repeats interleaved rounds; peak memory is the rise of the process's peak RSS
 (VmHWM, reset before each path) above the loaded model, on CPU, or torch's peak allocation on CUDA.
 
     python benchmarks/bench_scoring.py                  # CPU, embedded model
-    python benchmarks/bench_scoring.py --device cuda --random-llama-8b   # GPU mode (bf16)
+    python benchmarks/bench_scoring.py --device cuda --random-llama-8b   # GPU mode: bf16, prompts 256 and
+                                                                         # 2,048, answers of 64 tokens
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from reference_semgrad import reference_scores  # noqa: E402
 from semgrad_guard import SemGradScorer  # noqa: E402
 
 SCIQ = ROOT.parent / "shared" / "data" / "sciq" / "test.jsonl"
-ANSWER_TOKENS = 40
+ANSWER_TOKENS = 40  # CPU; --answer-tokens (64 on GPU)
 
 
 def rss_kib(field: str) -> int:
@@ -96,6 +99,17 @@ def bench_prompt(
 ) -> tuple[int, int, dict[str, float], dict[str, int]]:
     """Time every path for one prompt length; interleaved rounds after a warm-up."""
     model = scorer.model
+    delays: list[float] = []
+
+    def stream() -> None:
+        last_text = time.perf_counter()
+        for chunk in scorer.stream(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS):
+            now = time.perf_counter()
+            if chunk.result is None:
+                last_text = now
+            else:
+                delays.append(now - last_text)
+
     chat = make_prompt(scorer, target)
     x = scorer.prompt_ids(chat)
     ids = torch.tensor([x], device=device)
@@ -129,9 +143,11 @@ def bench_prompt(
         "forward(ans)": lambda: torch.no_grad()(
             lambda: model(input_ids=full, use_cache=False, logits_to_keep=len(y) + 1)
         )(),
+        "stream": stream,
     }
     for fn in paths.values():  # warm-up
         fn()
+    delays.clear()
     times: dict[str, list[float]] = {k: [] for k in paths}
     peaks: dict[str, int] = {k: 0 for k in paths}
     for _ in range(repeats):
@@ -141,6 +157,7 @@ def bench_prompt(
             times[k].append(p.seconds)
             peaks[k] = max(peaks[k], p.peak)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med["delay"] = statistics.median(delays)
     print(
         f"prompt {len(x)} tokens, answer {len(y)} tokens: "
         + ", ".join(f"{k} {v:.3f}s" for k, v in med.items())
@@ -154,10 +171,15 @@ def main() -> None:
     ap.add_argument(
         "--random-llama-8b", action="store_true", help="random weights with Llama-3.1-8B's shape, bf16"
     )
-    ap.add_argument("--prompts", default="100,1000")
+    ap.add_argument("--prompts", default=None, help="default 100,1000 on CPU, 256,2048 on GPU")
+    ap.add_argument("--answer-tokens", type=int, default=None, help="default 40 on CPU, 64 on GPU")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    args.prompts = args.prompts or ("256,2048" if gpu else "100,1000")
+    global ANSWER_TOKENS
+    ANSWER_TOKENS = args.answer_tokens or (64 if gpu else 40)
 
     if args.random_llama_8b:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -214,8 +236,11 @@ def main() -> None:
         "positions that predict the answer (`logits_to_keep`), the least any scorer of text must do. `score / floor`",
         "divides by `forward(ans)`.",
         "",
-        "| prompt tok | answer tok | generate (s) | generate+score (s) | score(text) (s) | reference (s) | forward (s) | forward(ans) (s) | gen+score / gen | score / floor | reference / score | peak MiB gen / gen+score / score / reference / forward / forward(ans) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "`stream` is `scorer.stream` end to end; `delay` the median time from its last text chunk to the",
+        "scored final chunk (scoring starts when the last token is sampled).",
+        "",
+        "| prompt tok | answer tok | generate (s) | generate+score (s) | score(text) (s) | reference (s) | forward (s) | forward(ans) (s) | stream (s) | stream delay (s) | gen+score / gen | score / floor | reference / score | peak MiB gen / gen+score / score / reference / forward / forward(ans) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for nx, ny, med, peaks in rows:
         mib = " / ".join(
@@ -224,7 +249,8 @@ def main() -> None:
         )
         lines.append(
             f"| {nx} | {ny} | {med['generate']:.3f} | {med['generate+score']:.3f} | {med['score(text)']:.3f} | {med['reference']:.3f} | "
-            f"{med['forward']:.3f} | {med['forward(ans)']:.3f} | {med['generate+score'] / med['generate']:.3f} | "
+            f"{med['forward']:.3f} | {med['forward(ans)']:.3f} | {med['stream']:.3f} | {med['delay']:.3f} | "
+            f"{med['generate+score'] / med['generate']:.3f} | "
             f"{med['score(text)'] / med['forward(ans)']:.3f} | "
             f"{med['reference'] / med['score(text)']:.2f} | {mib} |"
         )

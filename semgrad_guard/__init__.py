@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from .scoring.hf_scorer import SemGradScorer
     from .scoring.remote import RemoteScorer
     from .scoring.sps import compute_sps
+    from .scoring.streaming import StreamChunk
 
 _LAZY = {
     "RemoteScorer": "scoring.remote",
@@ -72,6 +73,7 @@ _LAZY = {
     "compute_sps": "scoring.sps",
     "select_profile": "eval.profile_search",
     "fetch_default_model": "scoring.default_model",
+    "StreamChunk": "scoring.streaming",
 }
 
 __version__ = "0.1.0"
@@ -133,6 +135,7 @@ __all__ = [
     "ServiceAuthError",
     "ServiceError",
     "ServiceUnavailableError",
+    "StreamChunk",
     "ThresholdSelection",
     "UnknownRoleError",
     "Verdict",

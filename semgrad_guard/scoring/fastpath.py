@@ -20,9 +20,11 @@ right-padded; explicit position ids keep each row's positions as if it ran alone
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +64,45 @@ class _Capture:
     grad_start: int
     layers: frozenset[int]
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
-    skip_below: bool = False
+    # Step 4: the residual stream entering layer ``grad_start`` at the suffix positions, captured during
+    # generation. When set, the layers below ``grad_start`` do not run; the hook substitutes these states.
+    residuals: torch.Tensor | None = None
+    substituted: bool = False
+
+
+@dataclass
+class ResidualRecorder:
+    """Records, during ``generate``, the residual stream entering layer ``layer`` from position ``keep_from`` on.
+
+    The prompt's positions come from the prefill step, each answer token's from its decode step. Any
+    other feeding pattern (beams, assisted decoding re-running positions) marks the record unusable,
+    and the scorer falls back to running the suffix through every layer.
+    """
+
+    layer: int
+    keep_from: int
+    steps: list[torch.Tensor] = field(default_factory=list)
+    seen: int = 0
+    usable: bool = True
+
+    def add(self, hidden: torch.Tensor) -> None:
+        if hidden.shape[0] != 1:
+            self.usable = False
+            return
+        start, n = self.seen, hidden.shape[1]
+        self.seen += n
+        if start + n <= self.keep_from:
+            return
+        cut = max(0, self.keep_from - start)
+        # Only the anchor's tail of a long prefill is kept (a copy, so the prefill's tensor can be freed).
+        self.steps.append(hidden[:, cut:].detach().clone() if cut or n > 1 else hidden.detach())
+
+    def residuals(self, fed: int, length: int) -> torch.Tensor | None:
+        """The first ``length`` recorded suffix positions, if exactly ``fed`` positions went through."""
+        if not self.usable or self.seen != fed or not self.steps:
+            return None
+        states = torch.cat(self.steps, dim=1)
+        return states[:, :length] if states.shape[1] >= length else None
 
 
 class ModelAdapter:
@@ -96,10 +136,32 @@ class ModelAdapter:
             layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
             for i, layer in enumerate(self.layers)
         ]
+        # Step 4 skips the layers below min(S): each layer's forward is wrapped (on the instance, so
+        # the state dict and the class are untouched); the wrapper is inert outside a step-4 pass.
+        self._wrapped: list[tuple[nn.Module, Any, Any]] = []
+        for i, layer in enumerate(self.layers):
+            had_own = "forward" in vars(layer)
+            original = layer.forward
+            wrapper = self._make_skipper(i, original)
+            layer.forward = wrapper
+            self._wrapped.append((layer, wrapper, original if had_own else None))
 
     # -- hooks -------------------------------------------------------------------------------------
+    def _make_skipper(self, index: int, original: Any) -> Any:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            cap: _Capture | None = getattr(self._tls, "capture", None)
+            if cap is not None and cap.residuals is not None and index < cap.grad_start:
+                # Below min(S) with captured residuals: this layer's output is replaced anyway.
+                return args[0] if args else kwargs["hidden_states"]
+            return original(*args, **kwargs)
+
+        return forward
+
     def _make_hook(self, index: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            rec: ResidualRecorder | None = getattr(self._tls, "record", None)
+            if rec is not None and index == rec.layer:
+                rec.add(args[0] if args else kwargs["hidden_states"])
             cap: _Capture | None = getattr(self._tls, "capture", None)
             if cap is None:
                 return None
@@ -107,6 +169,14 @@ class ModelAdapter:
             if index == cap.grad_start:
                 # From here on the pass records a graph; everything below stayed under no_grad.
                 torch.set_grad_enabled(True)
+                if cap.residuals is not None:
+                    if cap.residuals.shape != hidden.shape:
+                        raise ModelError(
+                            f"captured residual states {tuple(cap.residuals.shape)} do not fit the suffix "
+                            f"{tuple(hidden.shape)}; this is a bug in semgrad-guard's step-4 path"
+                        )
+                    hidden = cap.residuals.to(hidden.device)
+                    cap.substituted = True
                 hidden = hidden.detach().requires_grad_(True)
                 if args:
                     args = (hidden, *args[1:])
@@ -122,6 +192,23 @@ class ModelAdapter:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for layer, wrapper, original in self._wrapped:
+            if vars(layer).get("forward") is wrapper:  # not re-wrapped by someone else since
+                if original is None:
+                    del layer.forward
+                else:
+                    layer.forward = original
+        self._wrapped = []
+
+    @contextlib.contextmanager
+    def recording(self, layer: int, keep_from: int) -> Iterator[ResidualRecorder]:
+        """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread."""
+        rec = ResidualRecorder(layer=layer, keep_from=keep_from)
+        self._tls.record = rec
+        try:
+            yield rec
+        finally:
+            self._tls.record = None
 
     # -- passes ------------------------------------------------------------------------------------
     def run(
@@ -191,12 +278,21 @@ def crop_cache(cache: Any, length: int) -> bool:
     if layers is None:
         return False
     for layer in layers:
-        if type(layer).__name__ != "DynamicLayer":
-            return False  # sliding-window or quantized layers drop or transform old positions
+        kind = type(layer).__name__
+        if kind == "DynamicSlidingWindowLayer":
+            # Safe while the window has dropped nothing (every position since the start is still held).
+            keys = getattr(layer, "keys", None)
+            held = 0 if keys is None or not getattr(layer, "is_initialized", True) else keys.shape[-2]
+            if held != getattr(layer, "cumulative_length", -1):
+                return False
+        elif kind != "DynamicLayer":
+            return False  # quantized or static layers transform or pre-allocate positions
     for layer in layers:
         if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
             layer.keys = layer.keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length = layer.keys.shape[-2]
     return bool(cache.get_seq_length() == length)
 
 
@@ -209,14 +305,24 @@ def score_ids(
     vocab_chunk: int = 8192,
     prefix_cache: Any = None,
     window: bool = False,
+    residuals: torch.Tensor | None = None,
 ) -> list[RawScores]:
     """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
     that already holds exactly the prefix ``x[:a]`` (from generation).
+
+    ``residuals`` (step 4; with ``prefix_cache``, batch of one) are the residual states entering layer
+    ``min(layers)`` at the suffix positions, shape ``(1, |offset| + T - 1, d)``, recorded during
+    generation (:meth:`ModelAdapter.recording`): the layers below ``min(layers)`` then do not run again.
 
     ``window=True`` also returns the SemGrad of every prompt position from the anchor to the end of
     the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
     gives every candidate anchor of a profile search."""
     device = adapter.output_weight.device
+    if device.type == "meta":
+        raise ModelError(
+            "the output projection (lm_head) is offloaded: its weight is on the meta device, and the fast "
+            "path reads it directly; keep it on a device, e.g. device_map={..., 'lm_head': 'cpu'}"
+        )
     grad_start = min(layers)
     k = -anchor_offset  # prompt tokens inside the suffix
     anchors = [len(e.prompt_ids) + anchor_offset for e in examples]
@@ -251,8 +357,15 @@ def score_ids(
     for i, (s, a) in enumerate(zip(suffixes, anchors, strict=True)):
         ids[i, : len(s)] = torch.tensor(s, device=device)
         pos[i] = torch.arange(a, a + S, device=device)
-    capture = _Capture(grad_start=grad_start, layers=frozenset(layers))
+    if residuals is not None and (prefix_cache is None or B != 1 or residuals.shape[:2] != (1, S)):
+        raise ModelError(
+            f"residuals of shape {tuple(residuals.shape)} need a prefix cache and one example whose "
+            f"suffix has {S} positions"
+        )
+    capture = _Capture(grad_start=grad_start, layers=frozenset(layers), residuals=residuals)
     hidden, _ = adapter.run(ids, attention_mask=mask, position_ids=pos, cache=cache, capture=capture)
+    if residuals is not None and not capture.substituted:
+        raise ModelError("the captured residual states were not used: the decoder layers' hooks did not run")
 
     if not hidden.requires_grad:
         raise ModelError("the gradient pass did not record a graph: the decoder layers' hooks did not run")
@@ -293,9 +406,16 @@ def score_ids(
     Hf = H.detach().float()
     V = G.shape[-1]
     ex = torch.zeros(B, dtype=torch.float32, device=device)
+    Gt = G.transpose(1, 2)
+    # One buffer for every chunk, |.| in place: an allocation and a copy per chunk cost as much as the
+    # matrix product itself at short answers (measured on CPU; same float32 sums as before).
+    buf = torch.empty(B, min(vocab_chunk, V), Hf.shape[-1], dtype=torch.float32, device=device)
     for v0 in range(0, V, vocab_chunk):
+        g = Gt[:, v0 : v0 + vocab_chunk]
+        block = buf if g.shape[1] == buf.shape[1] else torch.empty_like(buf[:, : g.shape[1]])
         # (B, chunk, T) @ (B, T, d): one chunk of dL/dW_out per example.
-        ex += torch.bmm(G[:, :, v0 : v0 + vocab_chunk].transpose(1, 2), Hf).abs().sum((1, 2))
+        torch.bmm(g, Hf, out=block)
+        ex += block.abs_().sum((1, 2))
     ex /= V * Hf.shape[-1]
 
     mean_entropy = entropy.sum(-1) / T

@@ -8,9 +8,9 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -39,6 +39,9 @@ from .fastpath import (
 from .identity import weights_fingerprint
 from .loading import check_causal
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
+
+if TYPE_CHECKING:
+    from .streaming import StreamChunk
 
 logger = logging.getLogger(__name__)
 
@@ -527,7 +530,13 @@ class SemGradScorer:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [*(kwargs.get("logits_processor") or []), _SeededSampler(seed)]
             )
-        with torch.no_grad():
+        a = len(x) + self.profile.anchor_offset
+        # Step 4: record the residual stream entering layer min(S) from the anchor on, so scoring
+        # starts there and the layers below it never run again (docs/method.md, "The fast path").
+        with (
+            torch.no_grad(),
+            self._adapter.recording(min(self.profile.layers), keep_from=a) as recorder,
+        ):
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
             )
@@ -543,13 +552,16 @@ class SemGradScorer:
         # Decoded as is: a control token the model produced stays in the text it was scored with.
         text = self.tokenizer.decode(body, skip_special_tokens=False)
         flags = ["control_tokens"] if any(t in self._special_ids for t in body) else []
-        a = len(x) + self.profile.anchor_offset
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; `past_key_values` before
         if cache is None:
             cache = getattr(out, "past_key_values", None)
         example = ScoringInput(x, y)
         self._check_lengths(x, y)
         if cache is not None and crop_cache(cache, a):
+            # Fed: the prompt, then every generated token but the last; used: the anchor's tail + y[:-1].
+            residuals = recorder.residuals(
+                fed=len(x) + len(generated) - 1, length=-self.profile.anchor_offset + len(y) - 1
+            )
             raw = score_ids(
                 self._adapter,
                 [example],
@@ -557,6 +569,7 @@ class SemGradScorer:
                 layers=self.profile.layers,
                 vocab_chunk=self.vocab_chunk,
                 prefix_cache=cache,
+                residuals=residuals,
             )[0]
             if self.exgrad_mode == "weight":
                 raw = self._with_weight_exgrad(raw, example)
@@ -566,6 +579,29 @@ class SemGradScorer:
     async def agenerate(self, messages: Messages, **kwargs: Any) -> tuple[str, ScoreResult]:
         """:meth:`generate` in a worker thread."""
         return await asyncio.to_thread(lambda: self.generate(messages, **kwargs))
+
+    def stream(self, messages: Messages, **generate_kwargs: Any) -> Iterator[StreamChunk]:
+        """:meth:`generate`, streamed: text chunks as they are generated, then one chunk with the score.
+
+        Scoring starts the moment the last token is sampled, from generation's own KV cache and
+        recorded residual states (no re-encoding); the last chunk's ``text`` is exactly what was
+        scored and its ``result`` equals :meth:`generate`'s. ``generate_kwargs`` as for :meth:`generate`.
+
+        Example:
+            >>> from semgrad_guard.testing import tiny_scorer
+            >>> chunks = list(tiny_scorer("qwen2").stream("Say hi.", max_new_tokens=4))
+            >>> chunks[-1].result is not None and all(c.result is None for c in chunks[:-1])
+            True
+        """
+        from .streaming import stream
+
+        return stream(self, messages, **generate_kwargs)
+
+    def astream(self, messages: Messages, **generate_kwargs: Any) -> AsyncIterator[StreamChunk]:
+        """:meth:`stream` for async code (``async for chunk in scorer.astream(...)``); never blocks the loop."""
+        from .streaming import astream
+
+        return astream(self, messages, **generate_kwargs)
 
     def __repr__(self) -> str:
         return (

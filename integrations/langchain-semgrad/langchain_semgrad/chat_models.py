@@ -410,34 +410,15 @@ class ChatSemGrad(BaseChatModel):
             yield self._last_chunk("", result)
             return
 
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.scorer.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["out"] = self.scorer.generate(chat, streamer=streamer, **gen_kwargs)
-            except BaseException as e:  # re-raised in the consumer thread
-                box["error"] = e
-                streamer.end()  # type: ignore[no-untyped-call]
-
-        thread = threading.Thread(target=work, name="ChatSemGrad-generate", daemon=True)
-        thread.start()
-        streamed: list[str] = []
-        for piece in streamer:
-            if not piece:
-                continue
-            streamed.append(piece)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        # The core streams the text, then scores from generation's own state the moment it ends.
+        for piece in self.scorer.stream(chat, **gen_kwargs):
+            if piece.result is not None:
+                yield self._last_chunk(piece.delta, piece.result)
+                return
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
             if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
+                run_manager.on_llm_new_token(piece.delta, chunk=chunk)
             yield chunk
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        text, result = box["out"]
-        yield self._last_chunk(_remainder(text, "".join(streamed)), result)
 
     async def _astream(
         self,
@@ -475,39 +456,14 @@ class ChatSemGrad(BaseChatModel):
             yield self._last_chunk("", result)
             return
 
-        from transformers import AsyncTextIteratorStreamer
-
-        streamer = AsyncTextIteratorStreamer(
-            self.scorer.tokenizer, skip_prompt=True, skip_special_tokens=True
-        )
-
-        def work() -> tuple[str, ScoreResult]:
-            try:
-                out: tuple[str, ScoreResult] = self.scorer.generate(chat, streamer=streamer, **gen_kwargs)
-                return out
-            except BaseException:
-                streamer.end()  # type: ignore[no-untyped-call]
-                raise
-
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-        streamed: list[str] = []
-        try:
-            async for piece in streamer:
-                if not piece:
-                    continue
-                streamed.append(piece)
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                if run_manager:
-                    await run_manager.on_llm_new_token(piece, chunk=chunk)
-                yield chunk
-        finally:
-            text, result = await task
-        yield self._last_chunk(_remainder(text, "".join(streamed)), result)
-
-
-def _remainder(text: str, streamed: str) -> str:
-    """What the final decode has beyond what was streamed (usually nothing)."""
-    return text[len(streamed) :] if text.startswith(streamed) else ""
+        async for piece in self.scorer.astream(chat, **gen_kwargs):
+            if piece.result is not None:
+                yield self._last_chunk(piece.delta, piece.result)
+                return
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
+            if run_manager:
+                await run_manager.on_llm_new_token(piece.delta, chunk=chunk)
+            yield chunk
 
 
 _ALL_TOOLS = ("auto", "any", "required")

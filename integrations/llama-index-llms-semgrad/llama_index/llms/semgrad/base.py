@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
@@ -173,41 +171,21 @@ class SemGradLLM(CustomLLM):
         self, chat: list[dict[str, Any]], gen: dict[str, Any]
     ) -> Iterator[tuple[str, str, ScoreResult | None]]:
         """Yield ``(text so far, delta, score or None)``; only the last item carries the score."""
-        tokenizer = getattr(self._scorer, "tokenizer", None)
-        if tokenizer is None:
+        if getattr(self._scorer, "tokenizer", None) is None or not hasattr(self._scorer, "stream"):
             # A scorer without a tokenizer (MockScorer) cannot stream tokens: one chunk, scored.
             answer, result = self._scorer.generate(chat, **gen)
             yield answer, answer, result
             return
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["out"] = self._scorer.generate(chat, streamer=streamer, **gen)
-            except BaseException as e:  # re-raised in the consumer below
-                box["err"] = e
-                streamer.end()  # type: ignore[no-untyped-call]
-
-        ctx = copy_context()
-        thread = threading.Thread(target=ctx.run, args=(work,), daemon=True, name="semgrad-stream")
-        thread.start()
-        text, pending = "", ""
-        for delta in streamer:
-            if not delta:
-                continue
+        # The core streams the text, then scores from generation's own state the moment it ends.
+        pending = ""
+        for piece in self._scorer.stream(chat, **gen):
+            if piece.result is not None:
+                yield piece.text, pending + piece.delta, piece.result
+                return
             if pending:
-                text += pending
-                yield text, pending, None
+                yield piece.text[: -len(piece.delta)], pending, None
             # Hold one chunk back: the last chunk must carry the score, which exists only after scoring.
-            pending = delta
-        thread.join()
-        if "err" in box:
-            raise box["err"]
-        answer, result = box["out"]
-        yield answer, pending, result
+            pending = piece.delta
 
     # -- sync -------------------------------------------------------------------------------------
     @llm_chat_callback()

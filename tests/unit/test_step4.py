@@ -1,0 +1,136 @@
+"""Step 4 of the fast path: scoring after ``generate`` starts at layer min(S) from the residual states
+captured during generation; the layers below it never run again, and the numbers are the reference's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_semgrad import reference_scores
+from test_parity import assert_close
+
+from semgrad_guard import ModelProfile, SemGradScorer
+from semgrad_guard.errors import ModelError
+from semgrad_guard.scoring.fastpath import ResidualRecorder, ScoringInput, crop_cache, score_ids
+from semgrad_guard.testing import tiny_chat_model
+
+ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "phi3"]
+CHAT = [{"role": "user", "content": "Which gas do plants take in during photosynthesis?"}]
+
+
+def _greedy_ids(scorer: SemGradScorer, x: list[int], max_new_tokens: int) -> tuple[list[int], int]:
+    """The answer ids greedy generation produces (cut after the first end-of-turn) and how many it made."""
+    with torch.no_grad():
+        out = scorer.model.generate(
+            input_ids=torch.tensor([x]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=scorer.eos_token_ids,
+            pad_token_id=scorer.eos_token_ids[0],
+        )
+    generated = out[0, len(x) :].tolist()
+    eos = [i for i, t in enumerate(generated) if t in scorer.eos_token_ids]
+    return (generated[: eos[0] + 1] if eos else generated), len(generated)
+
+
+def _count_calls(module: torch.nn.Module) -> dict[str, int]:
+    calls = {"n": 0}
+
+    def hook(*_: object) -> None:
+        calls["n"] += 1
+
+    module.register_forward_hook(hook)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "arch,tie", [(a, False) for a in ARCHS] + [("llama", True), ("qwen3", True), ("gemma3", True)]
+)
+def test_generate_scores_from_captured_residuals_and_matches_reference(arch, tie):
+    model, tok = tiny_chat_model(arch, tie_word_embeddings=tie, num_hidden_layers=6)
+    profile = ModelProfile(anchor_offset=-2, layers=[3, 4, 5])
+    scorer = SemGradScorer(model, tok, profile=profile, model_id=arch)
+    x = scorer.prompt_ids(CHAT)
+    y, made = _greedy_ids(scorer, x, 10)
+    below = _count_calls(scorer.adapter.layers[2].mlp)  # the last layer below min(S)
+    first = _count_calls(scorer.adapter.layers[3].mlp)  # min(S) itself
+    _, r = scorer.generate(CHAT, max_new_tokens=10)
+    # Generation runs every layer once per step (the prefill, then each token but the last); scoring
+    # adds one pass from min(S) up and none below it.
+    assert below["n"] == made
+    assert first["n"] == made + 1
+    assert r.answer_tokens == len(y)
+    assert_close(r, reference_scores(model, x, y, profile.anchor_offset, profile.layers))
+
+
+@pytest.mark.parametrize("offset,layers", [(-1, [0, 1, 2, 3]), (-6, [1, 3]), (-3, [3])])
+def test_step4_with_other_anchors_and_layer_sets(offset, layers):
+    model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False, seed=5)
+    scorer = SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=offset, layers=layers))
+    x = scorer.prompt_ids(CHAT)
+    y, _ = _greedy_ids(scorer, x, 8)
+    _, r = scorer.generate(CHAT, max_new_tokens=8)
+    assert_close(r, reference_scores(model, x, y, offset, layers))
+
+
+def test_step4_equals_the_suffix_pass_through_every_layer():
+    model, tok = tiny_chat_model("llama", tie_word_embeddings=False, num_hidden_layers=6, seed=2)
+    profile = ModelProfile(anchor_offset=-4, layers=[3, 5])
+    scorer = SemGradScorer(model, tok, profile=profile)
+    x = scorer.prompt_ids(CHAT)
+    y, _ = _greedy_ids(scorer, x, 9)
+    _, step4 = scorer.generate(CHAT, max_new_tokens=9)
+    full = score_ids(scorer.adapter, [ScoringInput(x, y)], anchor_offset=-4, layers=[3, 5])[0]
+    for name in ("semgrad", "exgrad", "nll", "mean_entropy"):
+        assert getattr(step4, name) == pytest.approx(getattr(full, name), rel=1e-5), name
+
+
+def test_recorder_refuses_what_is_not_one_prompt_then_one_token_per_step():
+    rec = ResidualRecorder(layer=1, keep_from=3)
+    rec.add(torch.zeros(1, 5, 4))  # prefill of 5: keeps positions 3, 4
+    rec.add(torch.ones(1, 1, 4))
+    assert rec.residuals(fed=6, length=3) is not None
+    assert rec.residuals(fed=6, length=3).shape == (1, 3, 4)  # type: ignore[union-attr]
+    assert rec.residuals(fed=7, length=3) is None  # a position it did not see (assisted decoding)
+    assert rec.residuals(fed=6, length=4) is None  # asks for more than was recorded
+    beams = ResidualRecorder(layer=1, keep_from=0)
+    beams.add(torch.zeros(2, 5, 4))
+    assert beams.residuals(fed=5, length=1) is None
+
+
+def test_residuals_that_do_not_fit_the_suffix_are_refused():
+    model, tok = tiny_chat_model("llama", tie_word_embeddings=False)
+    scorer = SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=-2, layers=[2, 3]))
+    x = scorer.prompt_ids(CHAT)
+    example = ScoringInput(x, [5, 6, scorer.eos_token_ids[0]])
+    with torch.no_grad():
+        cache = model(torch.tensor([x]), use_cache=True).past_key_values
+    assert crop_cache(cache, len(x) - 2)
+    wrong = torch.zeros(1, 3, model.config.hidden_size)  # the suffix has 2 + 3 - 1 = 4 positions
+    with pytest.raises(ModelError, match="suffix has 4 positions"):
+        score_ids(
+            scorer.adapter, [example], anchor_offset=-2, layers=[2, 3], prefix_cache=cache, residuals=wrong
+        )
+    with pytest.raises(ModelError, match="need a prefix cache"):
+        score_ids(scorer.adapter, [example], anchor_offset=-2, layers=[2, 3], residuals=wrong)
+
+
+def test_closing_the_last_scorer_restores_the_layers_forward():
+    model, tok = tiny_chat_model("qwen2")
+    scorer = SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=-2, layers=[2, 3]))
+    assert all("forward" in vars(layer) for layer in scorer.adapter.layers)
+    layers = scorer.adapter.layers
+    scorer.close()
+    assert not any("forward" in vars(layer) for layer in layers)
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape[1] == 3
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_exgrad_chunks_that_do_not_divide_the_vocabulary_match_the_reference(chunk):
+    model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False)
+    profile = ModelProfile(anchor_offset=-2, layers=[2, 3])
+    scorer = SemGradScorer(model, tok, profile=profile, vocab_chunk=chunk)
+    assert model.config.vocab_size % chunk != 0
+    pairs = [(CHAT, "Carbon dioxide."), ("Why?", "Because the leaves need it to make sugar.")]
+    for (chat, answer), r in zip(pairs, scorer.score_batch(pairs), strict=True):
+        x, y = scorer.prompt_ids(chat), scorer.answer_ids(chat, answer)
+        assert_close(r, reference_scores(model, x, y, -2, [2, 3]))

@@ -204,7 +204,7 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
 
 def _serve_ray(args: argparse.Namespace) -> int:
     application, settings, token = ray_application_from_args(args)
-    from ..serve.ray_app import run_on_ray, shutdown_ray
+    from ..serve.ray_app import run_on_ray, shutdown_ray, start_ray
 
     scale = (
         f"{args.replicas}..{args.max_replicas} replicas (autoscaling)"
@@ -217,13 +217,28 @@ def _serve_ray(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    import signal
+    import time
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (process managers, Popen.terminate) and SIGINT stop Ray Serve and the local Ray cleanly,
+    # even where SIGINT was ignored when the process started (a background job of a shell).
     try:
-        run_on_ray(
-            application, host=settings.host, port=settings.port, address=args.ray_address, blocking=True
-        )
+        start_ray(args.ray_address)
+        # After ray.init, which installs its own SIGTERM handler (it aborts a driver inside serve.run).
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        url = run_on_ray(application, host=settings.host, port=settings.port, address=args.ray_address)
+        print(f"semgrad-guard: Ray Serve is ready on {url}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutdown_ray()
     return 0
 

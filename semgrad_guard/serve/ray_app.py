@@ -214,6 +214,19 @@ def ray_application(
     )
 
 
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start a local Ray (``num_cpus``: its size; default all cores) or join ``address``; no-op if started."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+
+
 def run_on_ray(
     application: Any,
     *,
@@ -223,23 +236,15 @@ def run_on_ray(
     num_cpus: int | None = None,
     blocking: bool = False,
 ) -> str:
-    """Start Ray (or join ``address``) and Ray Serve's HTTP proxy on ``host:port``, and deploy ``application``.
+    """Start Ray (see :func:`start_ray`) and Ray Serve's HTTP proxy on ``host:port``, and deploy ``application``.
 
     Returns the service's URL once every replica is up. ``blocking=True`` serves until interrupted.
     Stop it with :func:`shutdown_ray`.
     """
-    import ray
-
     from .server import free_port
 
     port = port or free_port(host)
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            num_cpus=num_cpus if address is None else None,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+    start_ray(address, num_cpus)
     serve.start(http_options={"host": host, "port": port})
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{host}:{port}"

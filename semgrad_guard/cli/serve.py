@@ -239,7 +239,7 @@ def _serve_ray(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        shutdown_ray()
+        shutdown_ray(joined=args.ray_address is not None)
     return 0
 
 

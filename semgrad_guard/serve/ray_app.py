@@ -250,9 +250,12 @@ def run_on_ray(
     return f"http://{host}:{port}"
 
 
-def shutdown_ray() -> None:
-    """Stop Ray Serve and the Ray runtime this process started."""
+def shutdown_ray(*, joined: bool = False) -> None:
+    """Stop Ray Serve and the local Ray this process started; ``joined``: only delete the app and disconnect."""
     import ray
 
-    serve.shutdown()  # type: ignore[no-untyped-call]
+    if joined:
+        serve.delete(APP_NAME)  # the cluster and its other applications are someone else's
+    else:
+        serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()

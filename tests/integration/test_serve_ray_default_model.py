@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def test_serve_ray_scores_like_in_process_and_stops_cleanly(default_scorer):
+def test_serve_ray_scores_like_in_process_and_stops_cleanly(default_scorer, one_thread):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEMGRAD_GUARD_TOKEN": "ray-cli-token"}
     cmd = [sys.executable, "-m", "semgrad_guard", "serve", "--ray", "--replicas", "1", "--port", str(port)]

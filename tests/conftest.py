@@ -16,3 +16,15 @@ def default_scorer():
     from semgrad_guard import SemGradScorer
 
     return SemGradScorer.from_pretrained("default")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, like the servers the parity tests start (``--threads 1``):
+    float32 sums then run in the same order on both sides (2 threads vs 1 differ by ~1e-6 relative)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -60,7 +60,29 @@ def register(sub: Any) -> None:
         "--max-batch-items", type=int, default=64, help="most pairs per batch request (default 64)"
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
+    )
+    ray = p.add_argument_group("Ray Serve (extra: ray)")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve on Ray Serve: replicas behind Ray's HTTP proxy, @serve.batch",
+    )
+    ray.add_argument(
+        "--replicas", type=int, default=1, help="replicas, each with its own weights (default 1)"
+    )
+    ray.add_argument(
+        "--max-replicas",
+        type=int,
+        default=None,
+        help="autoscale between --replicas and this many (Ray Serve autoscaling; default: fixed --replicas)",
+    )
+    ray.add_argument("--num-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (default 1)")
+    ray.add_argument(
+        "--num-gpus", type=float, default=0.0, help="GPUs per replica (default 0; >0 loads on cuda)"
+    )
+    ray.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
     p.set_defaults(func=_serve)
 
 
@@ -129,7 +151,101 @@ def build_app(args: argparse.Namespace) -> Any:
     return create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings), settings
 
 
+def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
+    """The Ray Serve application the arguments ask for (no weights loaded here: each replica loads them)."""
+    settings, token = settings_from_args(args)
+    if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
+        raise ConfigurationError(
+            f"--replicas must be at least 1 and --max-replicas at least --replicas (got {args.replicas}, "
+            f"{args.max_replicas})"
+        )
+    import functools
+
+    from ..guard.calibration import Calibrator
+    from ..guard.policy import GuardPolicy
+    from ..scoring.hf_scorer import SemGradScorer
+    from ..serve.ray_app import ray_application  # a missing 'ray' extra is said before anything starts
+
+    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None
+    calibrator: Any = args.calibrator
+    if args.calibrator and args.calibrator != "shipped":
+        calibrator = Calibrator.load(args.calibrator)
+    device = "cuda" if args.num_gpus > 0 and args.device == "cpu" else args.device
+    # Never trust_remote_code: a served checkpoint must not run its own code.
+    loader = functools.partial(
+        SemGradScorer.from_pretrained,
+        args.model,
+        gguf_file=args.gguf_file,
+        device=device,
+        dtype=args.dtype,
+        profile=args.profile,
+    )
+    autoscaling = None
+    if args.max_replicas is not None and args.max_replicas > args.replicas:
+        autoscaling = {
+            "min_replicas": args.replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.max_batch_size,
+        }
+    application = ray_application(
+        loader,
+        calibrator=calibrator,
+        policy=policy,
+        token=token,
+        settings=settings,
+        replicas=args.replicas,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        threads=args.threads or (None if args.num_gpus > 0 else 1),
+        autoscaling_config=autoscaling,
+    )
+    return application, settings, token
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    application, settings, token = ray_application_from_args(args)
+    from ..serve.ray_app import run_on_ray, shutdown_ray, start_ray
+
+    scale = (
+        f"{args.replicas}..{args.max_replicas} replicas (autoscaling)"
+        if args.max_replicas is not None and args.max_replicas > args.replicas
+        else f"{args.replicas} replica(s)"
+    )
+    print(
+        f"semgrad-guard: starting Ray Serve with {scale} of {args.model} on http://{settings.host}:{settings.port} "
+        f"(token {'required' if token else 'not set'}; policy {'on' if args.policy else 'off'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    import signal
+    import time
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (process managers, Popen.terminate) and SIGINT stop Ray Serve and the local Ray cleanly,
+    # even where SIGINT was ignored when the process started (a background job of a shell).
+    try:
+        start_ray(args.ray_address)
+        # After ray.init, which installs its own SIGTERM handler (it aborts a driver inside serve.run).
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        url = run_on_ray(application, host=settings.host, port=settings.port, address=args.ray_address)
+        print(f"semgrad-guard: Ray Serve is ready on {url}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        shutdown_ray(joined=args.ray_address is not None)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        return _serve_ray(args)
     app, settings = build_app(args)
     from ..serve.server import run
 

@@ -49,6 +49,41 @@ class ScoringBackend(Protocol):
         ...
 
 
+def queue_full(waiting: int, limit: int, retry_after_s: int) -> ServiceUnavailableError:
+    """The error (the app's 503 with Retry-After) for a request that finds the queue full."""
+    return ServiceUnavailableError(
+        f"the scoring queue is full ({waiting} waiting, limit {limit}); retry after "
+        f"{retry_after_s} s, or raise max_queue / add replicas",
+        status=503,
+        error_type="ServiceUnavailableError",
+        retry_after=float(retry_after_s),
+    )
+
+
+def score_batch_isolating(
+    scorer: Scorer, pairs: Sequence[tuple[Messages, str]]
+) -> list[ScoreResult | Exception]:
+    """``scorer.score_batch(pairs)``; when the batch fails, each pair alone, so only a bad pair gets its error.
+
+    Example:
+        >>> from semgrad_guard import MockScorer
+        >>> [r.semgrad for r in score_batch_isolating(MockScorer(lambda m, a: 0.5), [("q", "a"), ("q", "b")])]
+        [0.5, 0.5]
+    """
+    try:
+        return list(scorer.score_batch(pairs))
+    except Exception as e:
+        if len(pairs) == 1:
+            return [e]
+    out: list[ScoreResult | Exception] = []
+    for pair in pairs:
+        try:
+            out.append(scorer.score_batch([pair])[0])
+        except Exception as e:
+            out.append(e)
+    return out
+
+
 BatchObserver = Callable[[str, int], None]
 """``observer(kind, size)``: called for every pass the worker runs (``"score"`` or ``"generate"``)."""
 
@@ -148,13 +183,7 @@ class MicroBatcher:
 
     async def _submit(self, jobs: list[_Job]) -> list[Any]:
         if len(self._jobs) + len(jobs) > self.max_queue:
-            raise ServiceUnavailableError(
-                f"the scoring queue is full ({len(self._jobs)} waiting, limit {self.max_queue}); retry after "
-                f"{self.retry_after_s} s, or raise max_queue / add replicas",
-                status=503,
-                error_type="ServiceUnavailableError",
-                retry_after=float(self.retry_after_s),
-            )
+            raise queue_full(len(self._jobs), self.max_queue, self.retry_after_s)
         self._jobs.extend(jobs)
         assert self._arrived is not None
         self._arrived.set()
@@ -229,19 +258,7 @@ class MicroBatcher:
                 j.future.set_result(out)
 
     def _score_batch(self, pairs: list[Any]) -> list[ScoreResult | Exception]:
-        try:
-            return list(self.scorer.score_batch(pairs))
-        except Exception as e:
-            if len(pairs) == 1:
-                return [e]
-        # One bad pair fails the whole batch: score one by one so only its own request gets the error.
-        out: list[ScoreResult | Exception] = []
-        for pair in pairs:
-            try:
-                out.append(self.scorer.score_batch([pair])[0])
-            except Exception as e:
-                out.append(e)
-        return out
+        return score_batch_isolating(self.scorer, pairs)
 
     async def _run_generate(self, job: _Job) -> None:
         if self._observer is not None:

@@ -57,7 +57,7 @@ def served(tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def test_served_scores_equal_in_process_scores(served, default_scorer):
+def test_served_scores_equal_in_process_scores(served, default_scorer, one_thread):
     url, auth = served
     answers = ["Paris.", "The capital of France is Lyon."]
     one = httpx.post(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "semgrad_guard"
 FRAMEWORKS = ("langchain", "langchain_core", "langgraph", "llama_index", "fastapi", "ray")
-# Web frameworks only the service layer (semgrad_guard/serve/) may import.
-SERVICE_FRAMEWORKS = ("fastapi", "uvicorn", "starlette", "prometheus_client")
+# Web frameworks only the service layer (semgrad_guard/serve/) may import (ray: only serve/ray_app.py).
+SERVICE_FRAMEWORKS = ("fastapi", "uvicorn", "starlette", "prometheus_client", "ray")
 
 
 def _imports(path: Path) -> set[str]:
@@ -50,10 +50,20 @@ def test_importing_the_core_does_not_import_the_service():
         "import sys, semgrad_guard; from semgrad_guard import Guard, GuardPolicy, MockScorer, ScorePayload; "
         "import semgrad_guard.scoring.remote, semgrad_guard.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('fastapi', 'starlette', 'uvicorn', 'prometheus_client') or m.startswith('semgrad_guard.serve')))"
+        "('fastapi', 'starlette', 'uvicorn', 'prometheus_client', 'ray') or m.startswith('semgrad_guard.serve')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_the_ray_module_imports_ray():
+    # `semgrad-guard serve` without --ray never needs Ray: it stays out of the service's other modules.
+    importers = sorted(
+        str(p.relative_to(CORE))
+        for p in CORE.rglob("*.py")
+        if any(m.split(".")[0] == "ray" for m in _imports(p))
+    )
+    assert importers == ["serve/ray_app.py"]
 
 
 def _module_level(tree: ast.Module) -> list[ast.stmt]:

@@ -106,3 +106,30 @@ def test_abstain_or_escalate_review_flow(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert all(i.status.value != "pending" for i in items)  # every escalation got a human decision
     assert any(i.status.value == "edited" and i.reviewer == "desk" for i in items)
     assert any(i.status.value == "rejected" and i.reviewer == "night-shift" for i in items)
+
+
+def test_service_rag_decides_the_same_remotely_and_on_the_guard_endpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Two `semgrad-guard serve` subprocesses (generation, guard), started and stopped by the script.
+    summary = tmp_path / "service.jsonl"
+    run_main(
+        "langchain_service_rag.py", monkeypatch, "--review-dir", str(tmp_path), "--summary", str(summary)
+    )
+    rows = [json.loads(line) for line in summary.read_text().splitlines()]
+    assert len(rows) == 6
+    policy = GuardPolicy.from_yaml(COOKBOOK / "policies" / "default.yaml")
+    remote, guarded = rows[0::2], rows[1::2]
+    for r, g in zip(remote, guarded, strict=True):
+        assert r["question"] == g["question"]
+        # The same weights generate greedily in both pipelines and score the same answer: one score,
+        # one confidence, one decision, whether the app scores remotely or the guard endpoint does.
+        assert abs(r["semgrad"] - g["semgrad"]) <= 1e-5 * r["semgrad"], (r, g)
+        assert r["confidence"] is not None and abs(r["confidence"] - g["confidence"]) <= 1e-5
+        assert r["action"] == g["action"] == policy.decide(None, r["confidence"]).action.value
+        if g["action"] == "accept":
+            assert g["answer"] == r["answer"]
+        else:  # abstain and review replace the answer on the guard's endpoint, as the Guard does
+            assert g["answer"] != r["answer"]
+    queue = SQLiteReviewQueue(tmp_path / "review.db") if (tmp_path / "review.db").exists() else None
+    assert (len(queue) if queue else 0) == sum(g["action"] == "review" for g in guarded)

@@ -1,0 +1,261 @@
+"""Scale-out on Ray Serve: the same FastAPI app, one copy per replica, batched by ``@serve.batch``.
+
+Needs the ``ray`` extra (``pip install 'semgrad-guard[ray]'``). Each replica loads the weights itself
+(:class:`SemGradReplica` gets a zero-argument loader, so nothing heavy is pickled), builds the app with
+:func:`~semgrad_guard.serve.create_app`, and scores through :class:`RayBatchBackend`: Ray Serve's
+``@serve.batch(max_batch_size, batch_wait_timeout_s)`` groups a replica's concurrent requests, and one
+worker thread runs each batch (and each generation), as :class:`~semgrad_guard.serve.MicroBatcher` does
+in the single-process server. Routes, errors, token and limits are the app's own; Ray Serve's HTTP
+proxy spreads requests over the replicas.
+
+``semgrad-guard serve --ray --replicas N [--num-gpus G]`` runs it; :func:`ray_application` and
+:func:`run_on_ray` are the same from Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+try:
+    from ray import serve
+except ImportError as e:  # pragma: no cover - depends on the environment
+    from ..errors import MissingDependencyError
+
+    raise MissingDependencyError(e.name or "ray", "ray", "semgrad-guard serve --ray") from e
+
+from ..guard.calibration import Calibrator
+from ..guard.policy import GuardPolicy
+from ..messages import Messages
+from ..results import ScoreResult
+from ..scorer import Scorer
+from .app import create_app
+from .batching import queue_full, score_batch_isolating
+from .metrics import ServiceMetrics
+from .settings import ServeSettings
+
+APP_NAME = "semgrad-guard"
+"""The Ray Serve application's name (``serve.status()``, ``serve.delete``)."""
+
+
+class RayBatchBackend:
+    """A :class:`~semgrad_guard.serve.ScoringBackend` whose batching is Ray Serve's ``@serve.batch``.
+
+    Score requests wait in Ray's batch queue for at most ``max_wait_ms`` for up to ``max_batch_size``
+    pairs; each batch runs ``score_batch`` on one worker thread (a pair that fails its batch is
+    rescored alone). Generations run on the same thread, between batches. More than ``max_queue``
+    requests in flight on this replica get the app's 503 with Retry-After.
+    """
+
+    def __init__(
+        self, scorer: Scorer, settings: ServeSettings, metrics: ServiceMetrics | None = None
+    ) -> None:
+        self.scorer = scorer
+        self.max_queue = settings.max_queue
+        self.retry_after_s = settings.retry_after_s
+        self._observe = metrics.observe_pass if metrics is not None else None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semgrad-ray-worker")
+        self._in_flight = 0
+
+        async def score_list(pairs: list[tuple[Messages, str]]) -> list[ScoreResult | Exception]:
+            if self._observe is not None:
+                self._observe("score", len(pairs))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, score_batch_isolating, self.scorer, pairs)
+
+        # A closure, not a method: Ray's batch queue is per decorated function, so per backend here.
+        self._batched = serve.batch(
+            max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.max_wait_ms / 1000.0
+        )(score_list)
+
+    async def score(self, messages: Messages, answer: str) -> ScoreResult:
+        (result,) = await self.score_many([(messages, answer)])
+        return result
+
+    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        self._admit(len(pairs))
+        try:
+            outs = await asyncio.gather(*(self._batched(pair) for pair in pairs))
+        finally:
+            self._in_flight -= len(pairs)
+        results: list[ScoreResult] = []
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+            results.append(out)
+        return results
+
+    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        generate = getattr(self.scorer, "generate", None)
+        if generate is None:
+            raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")
+        self._admit(1)
+        try:
+            if self._observe is not None:
+                self._observe("generate", 1)
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(
+                self._executor, functools.partial(generate, messages, **generate_kwargs)
+            )
+        finally:
+            self._in_flight -= 1
+        return out  # type: ignore[no-any-return]
+
+    def queue_depth(self) -> int:
+        return self._in_flight
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _admit(self, n: int) -> None:
+        if self._in_flight + n > self.max_queue:
+            raise queue_full(self._in_flight, self.max_queue, self.retry_after_s)
+        self._in_flight += n
+
+
+@serve.ingress()
+class SemGradReplica:
+    """One Ray Serve replica: loads the scorer, then serves :func:`create_app` over it.
+
+    Args:
+        loader: Zero-argument function returning the scorer (called once, in the replica).
+        calibrator: A :class:`Calibrator`, ``"shipped"`` (the one shipped for the loaded model) or None.
+        policy: A guard policy (or its dict), or None.
+        token: Bearer token every route but health needs (None: open).
+        settings: The app's :class:`ServeSettings` as a dict (batching: ``max_batch_size``, ``max_wait_ms``).
+        threads: torch threads in this replica (None: leave torch's choice).
+    """
+
+    def __init__(
+        self,
+        loader: Callable[[], Scorer],
+        calibrator: Calibrator | str | None = None,
+        policy: Mapping[str, Any] | None = None,
+        token: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self._scorer = loader()  # before the replica reports ready: no request waits for the weights
+        self._calibrator = (
+            Calibrator.default_for(str(getattr(self._scorer, "model_id", "")))
+            if calibrator == "shipped"
+            else calibrator
+        )
+        self._policy = GuardPolicy.coerce(dict(policy)) if policy is not None else None
+        self._token = token
+        self._settings = ServeSettings(**dict(settings or {}))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(
+            self._scorer,
+            calibrator=self._calibrator if isinstance(self._calibrator, Calibrator) else None,
+            policy=self._policy,
+            token=self._token,
+            settings=self._settings,
+            backend_factory=RayBatchBackend,
+        )
+
+
+def ray_application(
+    loader: Callable[[], Scorer],
+    *,
+    calibrator: Calibrator | str | None = None,
+    policy: GuardPolicy | Mapping[str, Any] | None = None,
+    token: str | None = None,
+    settings: ServeSettings | None = None,
+    replicas: int = 1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    threads: int | None = 1,
+    autoscaling_config: Mapping[str, Any] | None = None,
+) -> Any:
+    """The Ray Serve application (``Deployment.bind(...)``): ``replicas`` copies of the service.
+
+    Args:
+        loader: Zero-argument function returning the scorer; each replica calls it once (pickled by
+            Ray, so a ``functools.partial(SemGradScorer.from_pretrained, ...)`` or a module function).
+        calibrator, policy, token, settings: As for :func:`~semgrad_guard.serve.create_app`
+            (``calibrator="shipped"``: the one shipped for the loaded model).
+        replicas: Fixed number of replicas (ignored when ``autoscaling_config`` is given).
+        num_cpus, num_gpus: Ray resources each replica reserves (``num_gpus=1``: one GPU per replica;
+            the loader must then put the model on ``cuda``).
+        threads: torch threads per replica (1 on a small CPU box: replicas, not threads, share the cores).
+        autoscaling_config: Ray Serve's autoscaling config (``min_replicas``, ``max_replicas``,
+            ``target_ongoing_requests``, ...), see docs/serve.md.
+    """
+    settings = settings or ServeSettings()
+    the_policy = GuardPolicy.coerce(policy) if policy is not None else None
+    options: dict[str, Any] = {
+        "name": "SemGradReplica",
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        # Enough requests per replica for a batch to fill; beyond max_queue the app answers 503.
+        "max_ongoing_requests": max(settings.max_queue, 2 * settings.max_batch_size),
+    }
+    if autoscaling_config is not None:
+        options["autoscaling_config"] = dict(autoscaling_config)
+    else:
+        options["num_replicas"] = replicas
+    deployment: Any = serve.deployment(SemGradReplica)
+    deployment = deployment.options(**options)
+    return deployment.bind(
+        loader,
+        calibrator,
+        the_policy.model_dump(mode="json") if the_policy is not None else None,
+        token,
+        settings.model_dump(mode="json"),
+        threads,
+    )
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start a local Ray (``num_cpus``: its size; default all cores) or join ``address``; no-op if started."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+
+
+def run_on_ray(
+    application: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    blocking: bool = False,
+) -> str:
+    """Start Ray (see :func:`start_ray`) and Ray Serve's HTTP proxy on ``host:port``, and deploy ``application``.
+
+    Returns the service's URL once every replica is up. ``blocking=True`` serves until interrupted.
+    Stop it with :func:`shutdown_ray`.
+    """
+    from .server import free_port
+
+    port = port or free_port(host)
+    start_ray(address, num_cpus)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
+    return f"http://{host}:{port}"
+
+
+def shutdown_ray(*, joined: bool = False) -> None:
+    """Stop Ray Serve and the local Ray this process started; ``joined``: only delete the app and disconnect."""
+    import ray
+
+    if joined:
+        serve.delete(APP_NAME)  # the cluster and its other applications are someone else's
+    else:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()

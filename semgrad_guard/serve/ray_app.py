@@ -257,5 +257,5 @@ def shutdown_ray(*, joined: bool = False) -> None:
     if joined:
         serve.delete(APP_NAME)  # the cluster and its other applications are someone else's
     else:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+        serve.shutdown()  # type: ignore[no-untyped-call,unused-ignore]  # typed only when ray is installed
     ray.shutdown()

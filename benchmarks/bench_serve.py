@@ -27,13 +27,14 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from semgrad_guard.serve import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "devsets"))
@@ -102,46 +103,6 @@ async def drive(url: str, pairs: list, concurrency: int, n: int) -> dict[str, An
         await run(concurrency, 1000)  # warm-up: every connection and (Ray) every replica once
         out, wall = await run(n, 0)
     return summary([t for t, ok in out if ok], sum(not ok for _, ok in out), wall, n)
-
-
-def start_server(args: list[str], port: int, threads: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env.pop("SEMGRAD_GUARD_TOKEN", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "semgrad_guard",
-        "serve",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        *args,
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{' '.join(cmd)} was not ready within 300 s")
-        time.sleep(1)
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()  # SIGTERM: uvicorn stops; --ray shuts Ray Serve and the local Ray down
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def in_process(pairs: list, n: int, threads: int) -> dict[str, Any]:
@@ -284,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-requests", type=int, default=12, help="fewest measured requests per level")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process / replica")
     parser.add_argument("--only", default="in-process,single,ray-1,ray-2")
-    parser.add_argument("--port", type=int, default=18731)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument(
         "--again",
@@ -322,17 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in servers.items():
         if name not in only:
             continue
-        proc = start_server(extra, args.port, args.threads)
-        try:
+        # SIGTERM at the end: uvicorn stops; --ray shuts Ray Serve and the local Ray down
+        with ServeProcess(*extra, threads=args.threads) as server:
             rows = {}
             for c in levels:
-                rows[str(c)] = asyncio.run(
-                    drive(f"http://127.0.0.1:{args.port}", pairs, c, max(args.min_requests, 2 * c))
-                )
+                rows[str(c)] = asyncio.run(drive(server.url, pairs, c, max(args.min_requests, 2 * c)))
                 print(name, c, json.dumps(rows[str(c)]), flush=True)
             report["configs"][name] = rows
-        finally:
-            stop_server(proc)
         time.sleep(3)
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

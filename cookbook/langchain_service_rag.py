@@ -26,17 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnablePassthrough
@@ -49,6 +44,7 @@ from rich.table import Table
 from semgrad_guard import RemoteScorer, ScorePayload
 from semgrad_guard.guard.calibration import Calibrator
 from semgrad_guard.guard.policy import GuardPolicy
+from semgrad_guard.serve import ServeProcess
 
 HERE = Path(__file__).parent
 DOCS = HERE / "data" / "orbitra_docs.jsonl"
@@ -66,56 +62,11 @@ PROMPT = ChatPromptTemplate.from_messages(
 )
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server(*args: str, token: str | None = None, threads: int = 1) -> Iterator[str]:
-    """``semgrad-guard serve ARGS`` on a free port, until the block ends; yields its URL."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env.pop("SEMGRAD_GUARD_TOKEN", None)
-    if token:
-        env["SEMGRAD_GUARD_TOKEN"] = token
-    cmd = [
-        sys.executable,
-        "-m",
-        "semgrad_guard",
-        "serve",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        *args,
-    ]
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"{' '.join(cmd)} exited:\n{log.read()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{' '.join(cmd)} was not ready within 300 s")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """``semgrad-guard serve ARGS`` in a child process on a free port, until the block ends; yields its URL."""
+    with ServeProcess(*args, token=token, threads=threads) as process:
+        yield process.url
 
 
 def rag_chain(llm: ChatOpenAI, k: int = 2) -> Runnable[str, Any]:

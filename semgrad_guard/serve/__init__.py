@@ -18,13 +18,14 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from .app import ServiceState, build_state, create_app, error_body, model_info, status_of
 from .batching import MicroBatcher, ScoringBackend
 from .metrics import ServiceMetrics
-from .server import BackgroundServer, free_port
+from .server import BackgroundServer, ServeProcess, free_port
 from .settings import ServeSettings, is_local_host
 
 __all__ = [
     "BackgroundServer",
     "MicroBatcher",
     "ScoringBackend",
+    "ServeProcess",
     "ServeSettings",
     "ServiceMetrics",
     "ServiceState",

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -64,3 +69,95 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServeProcess:
+    """``semgrad-guard serve ARGS`` in a child process on a free port, ready when the block starts.
+
+    For cookbooks, benchmarks and tests that want the real command (the model loads in the child).
+    The child's output goes to a temporary file, shown in the error when it exits or is not ready in time.
+
+    Args:
+        args: Arguments after ``serve`` (``--ray``, ``--calibrator shipped``, ...); ``--port`` is added.
+        token: Sets ``SEMGRAD_GUARD_TOKEN`` in the child (unset otherwise, whatever this process has).
+        threads: Torch threads of the child (``--threads``; one per replica under ``--ray``).
+        ready_timeout: Seconds to wait for ``/readyz``.
+
+    Example (not run here: it loads the embedded model)::
+
+        with ServeProcess("--calibrator", "shipped") as guard:
+            RemoteScorer(guard.url, model="default").score(chat, answer)
+    """
+
+    def __init__(
+        self, *args: str, token: str | None = None, threads: int = 1, ready_timeout: float = 300.0
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "semgrad_guard", "serve", *args, "--port", str(self.port)]
+        self.command += ["--threads", str(threads)]
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self.env.pop("SEMGRAD_GUARD_TOKEN", None)
+        if token is not None:
+            self.env["SEMGRAD_GUARD_TOKEN"] = token
+        self.ready_timeout = ready_timeout
+        self.returncode: int | None = None
+        self._log: Any = None
+        self._proc: subprocess.Popen[str] | None = None
+
+    def output(self) -> str:
+        """What the child wrote so far."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return str(self._log.read())
+
+    def start(self) -> ServeProcess:
+        import httpx
+
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (closed by close())
+        self._proc = subprocess.Popen(
+            self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self._proc.poll() is not None:
+                message = f"{' '.join(self.command)} exited with {self._proc.returncode}:\n{self.output()}"
+                self.close()
+                raise ServiceUnavailableError(message)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                message = f"{' '.join(self.command)} was not ready within {self.ready_timeout:.0f} s:\n{self.output()}"
+                self.close()
+                raise ServiceUnavailableError(message)
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 90.0) -> int | None:
+        """SIGTERM (uvicorn stops; ``--ray`` shuts Ray Serve down), SIGKILL after ``timeout``; the exit code
+        (None when it had to be killed)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self.returncode = self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+                self.returncode = None
+        elif self._proc is not None:
+            self.returncode = self._proc.returncode
+        return self.returncode
+
+    def close(self) -> None:
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

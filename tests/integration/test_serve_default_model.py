@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
 from semgrad_guard import ScorePayload
-from semgrad_guard.serve import free_port
+from semgrad_guard.serve import ServeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -22,39 +17,10 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 def served(tmp_path_factory):
     token_file = tmp_path_factory.mktemp("serve") / "token"
     token_file.write_text("integration-token\n")
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("SEMGRAD_GUARD_TOKEN", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "semgrad_guard",
-        "serve",
-        "--port",
-        str(port),
-        "--token-file",
-        str(token_file),
-    ]
-    cmd += ["--calibrator", "shipped", "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"semgrad-guard serve exited: {proc.stdout.read() if proc.stdout else ''}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("semgrad-guard serve did not get ready within 180 s")
-            time.sleep(0.5)
-        yield url, {"Authorization": "Bearer integration-token"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with ServeProcess(
+        "--token-file", str(token_file), "--calibrator", "shipped", ready_timeout=180
+    ) as server:
+        yield server.url, {"Authorization": "Bearer integration-token"}
 
 
 def test_served_scores_equal_in_process_scores(served, default_scorer, one_thread):

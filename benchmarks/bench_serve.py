@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     levels = [int(x) for x in args.levels.split(",")]
     only = args.only.split(",")
+    if "in-process" not in only:  # the report's baseline and the replica calculation are made from it
+        parser.error("--only must include in-process (the baseline every row is read against)")
     pairs = workload()
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()

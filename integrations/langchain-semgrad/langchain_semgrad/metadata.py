@@ -33,8 +33,9 @@ def attach_payload(generation: Generation, payload: Mapping[str, Any]) -> None:
         generation.message.response_metadata[METADATA_KEY] = dict(payload)
 
 
-def read_payload(obj: BaseMessage | Generation | Mapping[str, Any]) -> dict[str, Any] | None:
-    """The score payload on a message, a generation or a metadata mapping, or ``None``."""
+def _read(obj: BaseMessage | Generation | Mapping[str, Any]) -> ScorePayload | None:
+    """The typed payload on a message, a generation or a metadata mapping (validated once), or ``None``."""
+    found: Any
     if isinstance(obj, ChatGeneration):
         found = obj.message.response_metadata.get(METADATA_KEY)
         if found is None and obj.generation_info:
@@ -45,7 +46,12 @@ def read_payload(obj: BaseMessage | Generation | Mapping[str, Any]) -> dict[str,
         found = obj.response_metadata.get(METADATA_KEY)
     else:
         found = obj
-    payload = ScorePayload.read(found) if isinstance(found, Mapping) else None
+    return ScorePayload.read(found) if isinstance(found, Mapping) else None
+
+
+def read_payload(obj: BaseMessage | Generation | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The score payload (JSON) on a message, a generation or a metadata mapping, or ``None``."""
+    payload = _read(obj)
     return payload.to_json() if payload is not None else None
 
 
@@ -57,6 +63,5 @@ def read_score(obj: BaseMessage | Generation | Mapping[str, Any]) -> ScoreResult
         >>> read_score(AIMessage("hi")) is None
         True
     """
-    found = read_payload(obj)
-    payload = ScorePayload.read(found) if found is not None else None
+    payload = _read(obj)
     return payload.result if payload is not None else None

@@ -4,7 +4,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 
-.PHONY: install demo test test-unit lint bench clean-venv
+.PHONY: install sysdeps demo test test-unit lint bench clean-venv
+
+# Debian packages the tests drive: a browser for the review UI, a PostgreSQL server for the shared queue.
+BROWSER_PACKAGES :=
+POSTGRES_PACKAGES :=
+DEBIAN_PACKAGES := $(BROWSER_PACKAGES) $(POSTGRES_PACKAGES)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # torch==2.13.0 first: it is the CPU build on this disk; the package's own requirement stays a range.
 $(VENV)/.installed: pyproject.toml constraints.txt $(INTEGRATIONS)
@@ -17,11 +23,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(INTEGRATIONS)
 
 install: $(VENV)/.installed
 
+# Installs only what is missing; a machine that has them all runs no apt at all.
+sysdeps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+
 demo: install
 	$(PY) cookbook/langchain_rag_gating.py
 
 # Lint, format and types first (seconds), then every test, the doctests included.
-test: install lint
+test: install sysdeps lint
 	$(PY) -m pytest tests
 	$(PY) -m pytest --doctest-modules semgrad_guard -q
 	cd integrations/langchain-semgrad && ../../$(PY) -m pytest tests && ../../$(PY) -m pytest --doctest-modules langchain_semgrad -q

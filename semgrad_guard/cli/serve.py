@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
     p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body may take to arrive before 408 (default 30)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
     )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
@@ -86,17 +92,50 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_serve)
 
 
+MAX_TOKEN_FILE_BYTES = 4096
+"""Most bytes read from ``--token-file`` (a token is one short line; the bound keeps /dev/zero out)."""
+
+
 def read_token(token_file: Path | None, environ: Any = os.environ) -> str | None:
-    """The bearer token: ``--token-file``'s first line, else ``$SEMGRAD_GUARD_TOKEN``; None when neither is set."""
+    """The bearer token: ``--token-file``'s first line, else ``$SEMGRAD_GUARD_TOKEN``, stripped of surrounding
+    whitespace as the ``Authorization`` header is; None when neither is set.
+
+    Raises:
+        ConfigurationError: the file cannot be read, its first line is empty or too long, or the
+            variable is set to whitespace only.
+    """
     if token_file is not None:
         try:
-            token = token_file.read_text().strip()
+            with token_file.open("rb") as f:
+                head = f.read(MAX_TOKEN_FILE_BYTES + 1)
         except OSError as e:
             raise ConfigurationError(f"cannot read --token-file {token_file}: {e}") from e
+        first, newline, _ = head.partition(b"\n")
+        if not newline and len(head) > MAX_TOKEN_FILE_BYTES:
+            raise ConfigurationError(
+                f"--token-file {token_file} has no line break in its first {MAX_TOKEN_FILE_BYTES} bytes; "
+                "put the token (one short line) in the file"
+            )
+        try:
+            token = first.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ConfigurationError(
+                f"--token-file {token_file} is not UTF-8 text; put the token on its first line"
+            ) from e
         if not token:
-            raise ConfigurationError(f"--token-file {token_file} is empty; put the token on its first line")
+            raise ConfigurationError(
+                f"--token-file {token_file} is empty on its first line; put the token there"
+            )
         return token
-    return environ.get(TOKEN_ENV) or None
+    raw = environ.get(TOKEN_ENV)
+    if raw is None or raw == "":
+        return None
+    token = str(raw).strip()
+    if not token:
+        raise ConfigurationError(
+            f"{TOKEN_ENV} is set to whitespace only; set it to the token, or unset it to serve without one"
+        )
+    return token
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -119,6 +158,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         max_answer_chars=args.max_answer_chars,
         max_batch_items=args.max_batch_items,
         max_new_tokens=args.max_new_tokens,
+        body_timeout_s=args.body_timeout,
         default_new_tokens=min(256, args.max_new_tokens),
         model_aliases=[args.model] if args.model == "default" else [],
     )
@@ -246,15 +286,21 @@ def _serve_ray(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.ray:
         return _serve_ray(args)
-    app, settings = build_app(args)
-    from ..serve.server import run
+    settings_from_args(args)  # a bad token or host is said before the port is taken
+    from ..serve.server import address_of, bind, run
 
-    state = app.state.semgrad
-    print(
-        f"semgrad-guard: serving {state.model_id} on http://{settings.host}:{settings.port} "
-        f"(token {'required' if state.token else 'not set'}; policy {'on' if state.policy else 'off'})",
-        file=sys.stderr,
-        flush=True,
-    )
-    run(app, settings.host, settings.port)
+    # Bound before the model loads: a taken port is said at once, and --port 0 prints the port it got.
+    sock = bind(args.host, args.port)
+    try:
+        app, settings = build_app(args)
+        state = app.state.semgrad
+        print(
+            f"semgrad-guard: serving {state.model_id} on {address_of(sock)} "
+            f"(token {'required' if state.token else 'not set'}; policy {'on' if state.policy else 'off'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        run(app, settings.host, settings.port, sock=sock)
+    finally:
+        sock.close()
     return 0

@@ -390,6 +390,13 @@ class SemGradScorer:
             raise ContextLengthError(len(x), len(y), self.context_window)
         self.profile.check_fits(self._adapter.num_layers, prompt_tokens=len(x))
 
+    def check(self, messages: Messages, answer: str) -> None:
+        """Raise what :meth:`score` would raise on this pair's input (chat, control tokens, context
+        length), without running the model: tokenizing only, so a batch can be refused before any scoring."""
+        chat, prompt_text, text, _, _ = self._prepare(messages, answer)
+        x = self._encode(prompt_text)
+        self._check_lengths(x, self._answer_ids(chat, text, x, prompt_text))
+
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, messages: Messages, answer: str) -> ScoreResult:
         """SemGrad and companions for one answer. ``messages``: a string or a list of role/content dicts."""

@@ -34,7 +34,7 @@ from ..errors import (
 from ..guard.calibration import Calibrator
 from ..guard.guard import Guard
 from ..guard.outcomes import GuardResult
-from ..guard.policy import GuardPolicy, Verdict, judge
+from ..guard.policy import GuardPolicy, Verdict
 from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 """Routes answered without a bearer token (load balancers probe them)."""
+
+INTERNAL_ERROR = ErrorBody(
+    type="InternalServerError", message="internal error; the server log has the details"
+).model_dump(exclude_none=True)
 
 BackendFactory = Callable[[Scorer, ServeSettings, ServiceMetrics], ScoringBackend]
 
@@ -76,6 +80,18 @@ ERROR_STATUS: dict[type[BaseException], int] = {
 }
 
 
+def clean_token(token: str | None) -> str | None:
+    """The bearer token stripped as the header is (None: no token); whitespace only is refused."""
+    if token is None or token == "":
+        return None
+    stripped = token.strip()
+    if not stripped:
+        raise ConfigurationError(
+            "the bearer token is whitespace only; give a real token, or None to serve open"
+        )
+    return stripped
+
+
 def status_of(exc: BaseException) -> int:
     """HTTP status for a typed error: 4xx for what the request got wrong, 500 for the server's own faults."""
     for cls in type(exc).__mro__:
@@ -93,7 +109,7 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     }
     guard_result = getattr(exc, "guard_result", None)
     if isinstance(guard_result, GuardResult):
-        details["semgrad"] = _payload_of_guard(guard_result).to_json()
+        details["semgrad"] = _payload(guard_result.result, guard_result).to_json()
     return ErrorBody(type=type(exc).__name__, message=str(exc), details=details or None).model_dump(
         exclude_none=True
     )
@@ -183,9 +199,18 @@ def model_info(scorer: Scorer, calibrator: Calibrator | None, policy: GuardPolic
         "chat_template_hash": template_hash,
         "context_window": getattr(scorer, "context_window", None),
         "exgrad_mode": getattr(scorer, "exgrad_mode", None),
-        "policy": policy.model_dump(mode="json") if policy is not None else None,
+        "policy": _public_policy(policy) if policy is not None else None,
         "can_generate": callable(getattr(scorer, "generate", None)),
     }
+
+
+def _public_policy(policy: GuardPolicy) -> dict[str, Any]:
+    """The policy as ``/v1/models`` shows it: without the review database's path (a server-side detail)."""
+    out = policy.model_dump(mode="json")
+    review = out.get("review")
+    if isinstance(review, dict):
+        review.pop("path", None)
+    return out
 
 
 def build_state(
@@ -225,7 +250,7 @@ def build_state(
         calibrator=calibrator,
         policy=the_policy,
         guard=guard,
-        token=token or None,
+        token=clean_token(token),
         model_info=model_info(scorer, calibrator, the_policy),
     )
     metrics.queue_depth.set_function(backend.queue_depth)
@@ -290,9 +315,13 @@ def create_app(
 
 
 def _version() -> str:
-    from .. import __version__
+    # From the installed distribution, not the package face (the service never imports semgrad_guard).
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("semgrad-guard")
+    except PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, not installed
+        return "0+unknown"
 
 
 class _StateHolder:
@@ -302,7 +331,7 @@ class _StateHolder:
         self._scorer = scorer
         self._kwargs = kwargs
         self.settings: ServeSettings = kwargs["settings"]
-        self.token: str | None = kwargs["token"] or None
+        self.token: str | None = clean_token(kwargs["token"])
         self.state: ServiceState | None = None
         self.load_error: BaseException | None = None
         self._lock: asyncio.Lock | None = None
@@ -347,14 +376,24 @@ class _Gate:
             return
         t0 = time.perf_counter()
         status = [500]
+        started = [False]
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
+                started[0] = True
             await send(message)
 
         try:
             await self._handle(scope, receive, sending)
+        except Exception as e:
+            # Answered here rather than by Starlette's outermost handler, which re-raises to the server:
+            # uvicorn then closes the connection, and a keep-alive client's next requests fail.
+            logger.exception("internal error on %s", scope.get("path"), exc_info=e)
+            self._count_error("InternalServerError")
+            if not started[0]:
+                status[0] = 500
+                await _send_json(send, 500, INTERNAL_ERROR)
         finally:
             state = self.holder.state
             metrics = state.metrics if state is not None else self.metrics_fallback
@@ -387,8 +426,20 @@ class _Gate:
         chunks: list[bytes] = []
         size = 0
         more = True
+        body_timeout = self.holder.settings.body_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), body_timeout)
+            except TimeoutError:
+                slow = ErrorBody(
+                    type="RequestTimeoutError",
+                    message=f"the request body did not arrive within {body_timeout:g} s; send the whole "
+                    "body at once (or raise body_timeout_s, --body-timeout)",
+                )
+                # Connection: close, so a client that never finishes its body does not hold the connection.
+                await _send_json(send, 408, slow.model_dump(exclude_none=True), {"connection": "close"})
+                self._count_error("RequestTimeoutError")
+                return
             if message["type"] != "http.request":
                 return  # the client disconnected
             chunk = message.get("body", b"")
@@ -484,8 +535,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("internal error on %s", request.url.path, exc_info=exc)
         count(request, "InternalServerError")
-        body = ErrorBody(type="InternalServerError", message="internal error; the server log has the details")
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=500)
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
 
     app.add_exception_handler(SemGradGuardError, typed)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -565,10 +615,9 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         for i, item in enumerate(request.items):
             _check_model(state, item.model)
             pairs.append((_pair(state, item, where=f"items[{i}]: "), item.answer))
-        try:
-            results = await state.backend.score_many(pairs)
-        except ScoringError as e:
-            raise _prefixed(e, pairs, state) from e
+        # Every item is checked (template, control tokens, context) before any is scored, off the loop.
+        await _off_loop(state, _check_items, state.scorer, pairs)
+        results = await state.backend.score_many(pairs)
         return {"items": [_judged(state, r).to_json() for r in results]}
 
     @app.post("/v1/generate", tags=["score"])
@@ -681,17 +730,26 @@ def _pair(state: ServiceState, item: ScoreRequest, *, where: str) -> list[dict[s
         raise type(e)(f"{where}{e}") from e
 
 
-def _prefixed(e: ScoringError, pairs: list[Any], state: ServiceState) -> ScoringError:
-    """Name the failing item: score each alone (only on this error path) to find which one failed."""
-    for i, pair in enumerate(pairs):
+def _check_items(scorer: Scorer, pairs: Sequence[tuple[Messages, str]]) -> None:
+    """What scoring would refuse in any item, before the model runs (the scorer's ``check``, if it has one)."""
+    check = getattr(scorer, "check", None)
+    if not callable(check):
+        return
+    for i, (messages, answer) in enumerate(pairs):
         try:
-            state.scorer.score_batch([pair])
-        except ScoringError:
-            e.args = (f"items[{i}]: {e}",)
-            break
-        except Exception:
-            break
-    return e
+            check(messages, answer)
+        except ScoringError as e:
+            e.args = (f"items[{i}]: {e}", *e.args[1:])
+            raise
+
+
+async def _off_loop(state: ServiceState, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on the backend's worker thread when it has one (the tokenizer is not shared across
+    threads), else in a thread: never on the event loop."""
+    run = getattr(state.backend, "run", None)
+    if callable(run):
+        return await run(fn, *args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _new_tokens(state: ServiceState, asked: int | None, *, default: int | None = None) -> int:
@@ -737,29 +795,18 @@ def _flatten_content(message: Mapping[str, Any], i: int) -> dict[str, Any]:
 
 
 def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
-    verdict: Verdict | None = None
-    confidence = None
-    if state.policy is not None:
-        verdict = judge(state.policy, result, state.calibrator)
+    """The payload for a score: the Guard's verdict under a policy, else the calibrated confidence."""
+    if state.guard is not None:
+        verdict: Verdict = state.guard.judge(result)
         state.metrics.decisions.labels(action=verdict.action.value).inc()
-    elif state.calibrator is not None:
-        confidence = float(state.calibrator.confidence(result))
-    fields: dict[str, Any] = {"source": "service"}
-    if verdict is None and confidence is not None:
-        fields["confidence"] = confidence
-    return ScorePayload.of(result, verdict, **fields)
+        return _payload(result, verdict)
+    if state.calibrator is not None:
+        return _payload(result, confidence=float(state.calibrator.confidence(result)))
+    return _payload(result)
 
 
-def _payload_of_guard(result: GuardResult) -> ScorePayload:
-    return ScorePayload(
-        result=result.result,
-        confidence=result.confidence,
-        action=result.action.value,
-        rule=result.rule,
-        review_id=result.review_id,
-        attempts=len(result.attempts),
-        source="service",
-    )
+def _payload(result: ScoreResult | None, verdict: Any = None, **fields: Any) -> ScorePayload:
+    return ScorePayload.of(result, verdict, source="service", **fields)
 
 
 async def _complete(
@@ -775,7 +822,7 @@ async def _complete(
 
     guarded = await state.guard.arun(chat, generate, metadata={"source": "service"})
     state.metrics.decisions.labels(action=guarded.action.value).inc()
-    return guarded.answer, _payload_of_guard(guarded)
+    return guarded.answer, _payload(guarded.result, guarded)
 
 
 def _usage(payload: ScorePayload) -> dict[str, int]:

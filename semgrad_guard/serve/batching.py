@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..errors import ServiceUnavailableError
+from ..errors import SemGradGuardError, ServiceUnavailableError
 from ..messages import Messages
 from ..results import ScoreResult
 from ..scorer import Scorer
@@ -159,6 +159,10 @@ class MicroBatcher:
         (out,) = await self._submit([job])
         return out  # type: ignore[no-any-return]
 
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the worker thread (between passes): checks that tokenize, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
     def queue_depth(self) -> int:
         return len(self._jobs)
 
@@ -188,11 +192,17 @@ class MicroBatcher:
         assert self._arrived is not None
         self._arrived.set()
         try:
-            return list(await asyncio.gather(*(j.future for j in jobs)))
+            outs = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
         except asyncio.CancelledError:
             for j in jobs:  # the client went away: do not score for nobody
                 j.future.cancel()
             raise
+        for i, out in enumerate(outs):
+            if isinstance(out, BaseException):
+                if len(jobs) > 1 and isinstance(out, SemGradGuardError) and out.args:
+                    out.args = (f"items[{i}]: {out.args[0]}", *out.args[1:])  # say which pair failed
+                raise out
+        return outs
 
     async def _next(self, timeout: float | None) -> _Job | None:
         assert self._arrived is not None

@@ -559,6 +559,10 @@ class SemGradScorer:
         # Decoded as is: a control token the model produced stays in the text it was scored with.
         text = self.tokenizer.decode(body, skip_special_tokens=False)
         flags = ["control_tokens"] if any(t in self._special_ids for t in body) else []
+        if y[-1] not in self.eos_token_ids:
+            # Cut at max_new_tokens (or the context): scored as returned, without an end-of-turn, so
+            # rescoring the text (which appends one) gives a slightly different score.
+            flags.append("truncated")
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; `past_key_values` before
         if cache is None:
             cache = getattr(out, "past_key_values", None)

@@ -663,11 +663,15 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 kwargs["top_p"] = request.top_p
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        text, payload = await _complete(state, chat, kwargs)
+        text, payload, model_text = await _complete(state, chat, kwargs)
         result = payload.result
-        finish = "length" if result is not None and result.answer_tokens >= max_new else "stop"
+        returned_model_text = model_text is not None and text == model_text
+        # "length" only when the returned text is the model's and generation was cut (no end-of-turn).
+        finish = (
+            "length" if returned_model_text and result is not None and "truncated" in result.flags else "stop"
+        )
         headers = _score_headers(state, payload)
-        usage = _usage(payload)
+        usage = _usage(state, payload, None if returned_model_text else text)
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         if not request.stream:
@@ -811,10 +815,12 @@ def _payload(result: ScoreResult | None, verdict: Any = None, **fields: Any) -> 
 
 async def _complete(
     state: ServiceState, chat: list[dict[str, Any]], kwargs: dict[str, Any]
-) -> tuple[str, ScorePayload]:
+) -> tuple[str, ScorePayload, str | None]:
+    """``(text returned, payload, the model's text the payload scored)``: they differ when the guard
+    abstained or withheld the answer for review."""
     if state.guard is None:
         text, result = await state.backend.generate(chat, **kwargs)
-        return text, _judged(state, result)
+        return text, _judged(state, result), text
 
     async def generate(messages: list[dict[str, Any]], ctx: Any) -> tuple[str, ScoreResult]:
         # The request's settings, then what a retry strategy changes (temperature, seed, ...).
@@ -822,13 +828,21 @@ async def _complete(
 
     guarded = await state.guard.arun(chat, generate, metadata={"source": "service"})
     state.metrics.decisions.labels(action=guarded.action.value).inc()
-    return guarded.answer, _payload(guarded.result, guarded)
+    scored = next((a.answer for a in guarded.attempts if a.result is guarded.result), None)
+    return guarded.answer, _payload(guarded.result, guarded), scored
 
 
-def _usage(payload: ScorePayload) -> dict[str, int]:
+def _usage(state: ServiceState, payload: ScorePayload, replaced: str | None) -> dict[str, int]:
+    """OpenAI usage of what is returned: the scored answer's tokens, or, when the guard replaced the
+    answer (``replaced``: the abstention or pending message), that text's tokens."""
     r = payload.result
     prompt = r.prompt_tokens if r is not None else 0
     completion = r.answer_tokens if r is not None else 0
+    if replaced is not None:
+        tokenizer = getattr(state.scorer, "tokenizer", None)
+        encode = getattr(tokenizer, "encode", None)
+        # A short fixed message: tokenizing it on the loop costs microseconds.
+        completion = len(encode(replaced, add_special_tokens=False)) if callable(encode) else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

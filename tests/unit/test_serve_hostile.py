@@ -316,3 +316,55 @@ def test_serve_on_a_taken_port_is_a_one_line_error_before_serving():
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "already in use" in lines[0] and "--port 0" in lines[0], out.stderr
     assert "serving" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------ finish and usage
+class _EndsAtMax(MockScorer):
+    """Generates exactly max_new_tokens tokens, cut (flag 'truncated') or ending with end-of-turn."""
+
+    def __init__(self, cut: bool) -> None:
+        super().__init__(lambda m, a: 0.25, answers=["Carbon dioxide."], model_id="mock")
+        self.cut = cut
+
+    def generate(self, messages, **kwargs):
+        text, result = super().generate(messages, **kwargs)
+        flags = ["truncated"] if self.cut else []
+        return text, result.model_copy(update={"answer_tokens": kwargs["max_new_tokens"], "flags": flags})
+
+
+@pytest.mark.parametrize(("cut", "finish"), [(True, "length"), (False, "stop")])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_finish_reason_is_length_only_when_the_answer_was_cut(cut, finish, stream):
+    body = {"model": "mock", "messages": USER, "max_tokens": 4, "stream": stream}
+    async with client(create_app(_EndsAtMax(cut))) as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    if stream:
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        got = [
+            ch["choices"][0]["finish_reason"]
+            for ch in chunks
+            if ch["choices"] and ch["choices"][0]["finish_reason"]
+        ]
+        assert got == [finish]
+    else:
+        assert r.json()["choices"][0]["finish_reason"] == finish
+
+
+async def test_an_abstention_reports_the_usage_of_the_text_it_returns(tiny):
+    policy = GuardPolicy.from_dict({"rules": [{"name": "never", "action": "abstain"}]})
+    async with client(create_app(tiny, policy=policy)) as c:
+        r = await c.post(
+            "/v1/chat/completions", json={"model": tiny.model_id, "messages": USER, "max_tokens": 6}
+        )
+    assert r.status_code == 200, r.text
+    choice, usage = r.json()["choices"][0], r.json()["usage"]
+    text = choice["message"]["content"]
+    assert choice["semgrad"]["action"] == "abstain" and choice["finish_reason"] == "stop"
+    assert usage["completion_tokens"] == len(tiny.tokenizer.encode(text, add_special_tokens=False))
+    assert usage["completion_tokens"] != choice["semgrad"]["result"]["answer_tokens"]
+
+
+def test_generation_cut_at_max_new_tokens_is_flagged_truncated(tiny):
+    _, cut = tiny.generate(USER, max_new_tokens=3)
+    assert "truncated" in cut.flags and cut.answer_tokens == 3

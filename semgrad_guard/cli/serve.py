@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
     p.add_argument(
+        "--generate-unreviewed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let POST /v1/generate return unguarded answers (default: yes, unless the policy has review rules)",
+    )
+    p.add_argument(
         "--body-timeout",
         type=float,
         default=30.0,
@@ -159,6 +165,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         max_batch_items=args.max_batch_items,
         max_new_tokens=args.max_new_tokens,
         body_timeout_s=args.body_timeout,
+        generate_unreviewed=args.generate_unreviewed,
         default_new_tokens=min(256, args.max_new_tokens),
         model_aliases=[args.model] if args.model == "default" else [],
     )

@@ -34,7 +34,7 @@ from ..errors import (
 from ..guard.calibration import Calibrator
 from ..guard.guard import Guard
 from ..guard.outcomes import GuardResult
-from ..guard.policy import GuardPolicy, Verdict
+from ..guard.policy import Action, GuardPolicy, Verdict
 from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
@@ -626,6 +626,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         state = await state_of()
         _check_model(state, request.model)
         _check_can_generate(state)
+        _check_generate_unreviewed(state)
         chat = normalize_messages(request.messages)
         # Unset: the scorer's own default, as an in-process generate() would use (RemoteScorer parity).
         kwargs: dict[str, Any] = {
@@ -715,6 +716,18 @@ def _check_can_generate(state: ServiceState) -> None:
         raise ConfigurationError(
             f"the served scorer ({type(state.scorer).__name__}) cannot generate; this service only scores "
             "(POST /v1/score)"
+        )
+
+
+def _check_generate_unreviewed(state: ServiceState) -> None:
+    allowed = state.settings.generate_unreviewed
+    if allowed is None:
+        allowed = state.policy is None or not any(r.action == Action.REVIEW for r in state.policy.rules)
+    if not allowed:
+        raise ConfigurationError(
+            "this service's policy sends answers to human review, and /v1/generate would hand them out "
+            "unreviewed; use /v1/chat/completions (which withholds them), or start the service with "
+            "--generate-unreviewed"
         )
 
 

@@ -368,3 +368,38 @@ async def test_an_abstention_reports_the_usage_of_the_text_it_returns(tiny):
 def test_generation_cut_at_max_new_tokens_is_flagged_truncated(tiny):
     _, cut = tiny.generate(USER, max_new_tokens=3)
     assert "truncated" in cut.flags and cut.answer_tokens == 3
+
+
+# ------------------------------------------------------------------------------------------ unreviewed answers
+REVIEWING = {
+    "rules": [
+        {"name": "unsure", "field": "semgrad", "min": 0.5, "action": "review"},
+        {"name": "ok", "action": "accept"},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("policy", "switch", "status"),
+    [
+        (REVIEWING, None, 400),
+        (REVIEWING, True, 200),
+        ({"rules": [{"name": "ok", "action": "accept"}]}, None, 200),
+        (None, None, 200),
+        (None, False, 400),
+    ],
+)
+async def test_generate_withholds_unreviewed_answers_when_the_policy_reviews(policy, switch, status):
+    app = create_app(generating(), policy=policy, settings=ServeSettings(generate_unreviewed=switch))
+    async with client(app) as c:
+        r = await c.post("/v1/generate", json={"messages": "q"})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["type"] == "ConfigurationError" and "--generate-unreviewed" in r.json()["message"]
+
+
+def test_the_cli_switch_reaches_the_settings():
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["serve"]))[0].generate_unreviewed is None
+    assert settings_from_args(parse(["serve", "--generate-unreviewed"]))[0].generate_unreviewed is True
+    assert settings_from_args(parse(["serve", "--no-generate-unreviewed"]))[0].generate_unreviewed is False

@@ -1,19 +1,20 @@
 """The FastAPI app: score, batch score, generate, OpenAI-compatible chat completions, models, health, metrics.
 
 Build it with :func:`create_app`; ``semgrad-guard serve`` runs it under uvicorn. The service never
-decides by itself: verdicts come from :func:`semgrad_guard.judge` (``/v1/score``) and the
-:class:`~semgrad_guard.Guard` (``/v1/chat/completions``), exactly as the adapters get them.
+decides by itself: verdicts come from the :class:`~semgrad_guard.Guard` (``Guard.judge`` for
+``/v1/score``, ``Guard.arun`` for ``/v1/chat/completions``), exactly as the adapters get them.
+
+Here: the state, the app, its error handlers and routes; the auth and limits in front of them are in
+:mod:`.gate`, the OpenAI wire format of chat completions in :mod:`.openai_wire`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -22,7 +23,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import errors
 from ..errors import (
@@ -40,7 +40,9 @@ from ..payload import ScorePayload
 from ..results import ScoreResult
 from ..scorer import Scorer
 from .batching import MicroBatcher, ScoringBackend
+from .gate import INTERNAL_ERROR, Gate, clean_token
 from .metrics import ServiceMetrics
+from .openai_wire import flatten_content, score_headers, sse
 from .schemas import (
     BatchScoreRequest,
     ChatCompletionRequest,
@@ -51,13 +53,6 @@ from .schemas import (
 from .settings import ServeSettings
 
 logger = logging.getLogger(__name__)
-
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-"""Routes answered without a bearer token (load balancers probe them)."""
-
-INTERNAL_ERROR = ErrorBody(
-    type="InternalServerError", message="internal error; the server log has the details"
-).model_dump(exclude_none=True)
 
 BackendFactory = Callable[[Scorer, ServeSettings, ServiceMetrics], ScoringBackend]
 
@@ -78,18 +73,6 @@ ERROR_STATUS: dict[type[BaseException], int] = {
     errors.ConfigurationError: 400,
     errors.CalibrationError: 400,
 }
-
-
-def clean_token(token: str | None) -> str | None:
-    """The bearer token stripped as the header is (None: no token); whitespace only is refused."""
-    if token is None or token == "":
-        return None
-    stripped = token.strip()
-    if not stripped:
-        raise ConfigurationError(
-            "the bearer token is whitespace only; give a real token, or None to serve open"
-        )
-    return stripped
 
 
 def status_of(exc: BaseException) -> int:
@@ -310,7 +293,7 @@ def create_app(
         app.state.semgrad = holder.load_now()
     _install_error_handlers(app)
     _install_routes(app, holder)
-    app.add_middleware(_Gate, holder=holder)
+    app.add_middleware(Gate, holder=holder)
     return app
 
 
@@ -355,141 +338,6 @@ class _StateHolder:
                     raise
         assert self.state is not None
         return self.state
-
-
-# ---------------------------------------------------------------------------------------------- gate
-class _Gate:
-    """Pure ASGI middleware: metrics for every request, the bearer token, and the request-size bound.
-
-    The body is read here (at most ``max_body_bytes``, with or without Content-Length) and replayed to
-    the app, so an oversize body is refused before any JSON parsing.
-    """
-
-    def __init__(self, app: ASGIApp, holder: _StateHolder) -> None:
-        self.app = app
-        self.holder = holder
-        self.metrics_fallback = ServiceMetrics()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = [500]
-        started = [False]
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-                started[0] = True
-            await send(message)
-
-        try:
-            await self._handle(scope, receive, sending)
-        except Exception as e:
-            # Answered here rather than by Starlette's outermost handler, which re-raises to the server:
-            # uvicorn then closes the connection, and a keep-alive client's next requests fail.
-            logger.exception("internal error on %s", scope.get("path"), exc_info=e)
-            self._count_error("InternalServerError")
-            if not started[0]:
-                status[0] = 500
-                await _send_json(send, 500, INTERNAL_ERROR)
-        finally:
-            state = self.holder.state
-            metrics = state.metrics if state is not None else self.metrics_fallback
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            metrics.observe_request(path, scope.get("method", ""), status[0], time.perf_counter() - t0)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.holder.token
-        if token is not None and scope["path"] not in OPEN_PATHS and not _authorised(scope, token):
-            denied = ErrorBody(
-                type="ServiceAuthError",
-                message="missing or wrong bearer token: send 'Authorization: Bearer <token>' (the server's "
-                "SEMGRAD_GUARD_TOKEN or --token-file)",
-            )
-            await _send_json(send, 401, denied.model_dump(exclude_none=True), {"www-authenticate": "Bearer"})
-            self._count_error("ServiceAuthError")
-            return
-        limit = self.holder.settings.max_body_bytes
-        declared = _header(scope, b"content-length")
-        too_large = ErrorBody(
-            type="RequestTooLargeError",
-            message=f"the request body is over the service's limit of {limit} bytes; send less (fewer "
-            "items, shorter texts) or raise max_body_bytes (--max-body-bytes)",
-        ).model_dump(exclude_none=True)
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_json(send, 413, too_large)
-            self._count_error("RequestTooLargeError")
-            return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        body_timeout = self.holder.settings.body_timeout_s
-        while more:
-            try:
-                message = await asyncio.wait_for(receive(), body_timeout)
-            except TimeoutError:
-                slow = ErrorBody(
-                    type="RequestTimeoutError",
-                    message=f"the request body did not arrive within {body_timeout:g} s; send the whole "
-                    "body at once (or raise body_timeout_s, --body-timeout)",
-                )
-                # Connection: close, so a client that never finishes its body does not hold the connection.
-                await _send_json(send, 408, slow.model_dump(exclude_none=True), {"connection": "close"})
-                self._count_error("RequestTimeoutError")
-                return
-            if message["type"] != "http.request":
-                return  # the client disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send_json(send, 413, too_large)
-                self._count_error("RequestTooLargeError")
-                return
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _count_error(self, name: str) -> None:
-        state = self.holder.state
-        (state.metrics if state is not None else self.metrics_fallback).errors.labels(type=name).inc()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _authorised(scope: Scope, token: str) -> bool:
-    given = _header(scope, b"authorization") or ""
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())
-
-
-async def _send_json(
-    send: Send, status: int, body: Mapping[str, Any], headers: Mapping[str, str] = {}
-) -> None:
-    raw = json.dumps(body).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    head += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": raw})
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -655,7 +503,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 f"this service does not support {', '.join(unsupported)} in chat completions; leave "
                 f"{'it' if len(unsupported) == 1 else 'them'} out"
             )
-        chat = normalize_messages([_flatten_content(m, i) for i, m in enumerate(request.messages)])
+        chat = normalize_messages([flatten_content(m, i) for i, m in enumerate(request.messages)])
         max_new = _new_tokens(state, request.max_completion_tokens or request.max_tokens)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new}
         if request.temperature:  # None or 0: greedy
@@ -671,7 +519,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         finish = (
             "length" if returned_model_text and result is not None and "truncated" in result.flags else "stop"
         )
-        headers = _score_headers(state, payload)
+        headers = score_headers(state.model_id, payload)
         usage = _usage(state, payload, None if returned_model_text else text)
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -695,7 +543,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
             return JSONResponse(body, headers=headers)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return StreamingResponse(
-            _sse(cid, created, state.model_id, text, finish, payload, usage if include_usage else None),
+            sse(cid, created, state.model_id, text, finish, payload, usage if include_usage else None),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
@@ -790,27 +638,6 @@ def _scorer_default_new_tokens(state: ServiceState) -> int | None:
     return default if isinstance(default, int) else None
 
 
-def _flatten_content(message: Mapping[str, Any], i: int) -> dict[str, Any]:
-    """OpenAI content parts (``[{"type": "text", "text": ...}]``) as one string; other part types are refused."""
-    out = dict(message)
-    content = out.get("content")
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if (
-                not isinstance(part, Mapping)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-                raise ScoringError(
-                    f"messages[{i}].content[{j}] is a {kind!r} part; this service takes text only"
-                )
-            texts.append(part["text"])
-        out["content"] = "".join(texts)
-    return out
-
-
 def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
     """The payload for a score: the Guard's verdict under a policy, else the calibrated confidence."""
     if state.guard is not None:
@@ -857,73 +684,3 @@ def _usage(state: ServiceState, payload: ScorePayload, replaced: str | None) -> 
         # A short fixed message: tokenizing it on the loop costs microseconds.
         completion = len(encode(replaced, add_special_tokens=False)) if callable(encode) else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _ascii(value: Any) -> str:
-    return str(value).encode("ascii", "backslashreplace").decode("ascii")
-
-
-def _score_headers(state: ServiceState, payload: ScorePayload) -> dict[str, str]:
-    """The key numbers as headers (for clients that see headers but not extra JSON fields: ChatOpenAI)."""
-    headers = {"x-semgrad-model": _ascii(state.model_id)}
-    if payload.result is not None:
-        headers["x-semgrad-semgrad"] = repr(payload.result.semgrad)
-    if payload.confidence is not None:
-        headers["x-semgrad-confidence"] = repr(payload.confidence)
-    if payload.action is not None:
-        headers["x-semgrad-action"] = payload.action
-    if payload.rule is not None:
-        headers["x-semgrad-rule"] = _ascii(payload.rule)
-    if payload.review_id is not None:
-        headers["x-semgrad-review-id"] = str(payload.review_id)
-    headers["x-semgrad-payload"] = json.dumps(payload.to_json(), separators=(",", ":"), ensure_ascii=True)
-    return headers
-
-
-async def _sse(
-    cid: str,
-    created: int,
-    model: str,
-    text: str,
-    finish: str,
-    payload: ScorePayload,
-    usage: dict[str, int] | None,
-) -> AsyncIterator[bytes]:
-    """The answer as OpenAI chunks; the guard decided before the first byte, the score rides on the last chunk."""
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "delta": delta,
-            "finish_reason": finish_reason,
-            "logprobs": None,
-        }
-        choice.update(extra)
-        body: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-        }
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in _pieces(text):
-        yield chunk({"content": piece})
-    yield chunk({}, finish, semgrad=payload.to_json())
-    if usage is not None:
-        tail = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        yield b"data: " + json.dumps(tail).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
-
-
-def _pieces(text: str, size: int = 64) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]

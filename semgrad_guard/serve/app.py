@@ -39,7 +39,7 @@ from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
 from ..scorer import Scorer
-from .batching import MicroBatcher, ScoringBackend
+from .batching import MicroBatcher, ServiceBackend
 from .gate import INTERNAL_ERROR, Gate, clean_token
 from .metrics import ServiceMetrics
 from .openai_wire import flatten_content, score_headers, sse
@@ -54,7 +54,7 @@ from .settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
-BackendFactory = Callable[[Scorer, ServeSettings, ServiceMetrics], ScoringBackend]
+BackendFactory = Callable[[Scorer, ServeSettings, ServiceMetrics], ServiceBackend]
 
 # Status codes of the typed errors (most specific class first; the first match in the MRO wins).
 ERROR_STATUS: dict[type[BaseException], int] = {
@@ -105,7 +105,7 @@ class ServiceState:
 
     scorer: Scorer
     settings: ServeSettings
-    backend: ScoringBackend
+    backend: ServiceBackend
     metrics: ServiceMetrics
     calibrator: Calibrator | None = None
     policy: GuardPolicy | None = None
@@ -119,34 +119,6 @@ class ServiceState:
 
     def model_names(self) -> set[str]:
         return {self.model_id, *self.settings.model_aliases}
-
-
-class _BackendScorer:
-    """The Scorer the service's Guard uses: every pass goes through the backend's queue and worker."""
-
-    def __init__(self, scorer: Scorer, backend: ScoringBackend) -> None:
-        self._scorer = scorer
-        self._backend = backend
-        self.model_id = getattr(scorer, "model_id", None)
-        self.profile = getattr(scorer, "profile", None)
-
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
-        return self._scorer.score(messages, answer)
-
-    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        return self._scorer.score_batch(pairs)
-
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
-        return await self._backend.score(messages, answer)
-
-    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        return await self._backend.score_many(pairs)
-
-    def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        return self._scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
-
-    async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        return await self._backend.generate(messages, **generate_kwargs)
 
 
 def model_info(scorer: Scorer, calibrator: Calibrator | None, policy: GuardPolicy | None) -> dict[str, Any]:
@@ -224,7 +196,7 @@ def build_state(
         )
     guard = None
     if the_policy is not None:
-        guard = Guard(scorer=_BackendScorer(scorer, backend), policy=the_policy, calibrator=calibrator)
+        guard = Guard(scorer=backend, policy=the_policy, calibrator=calibrator)
     state = ServiceState(
         scorer=scorer,
         settings=settings,
@@ -260,7 +232,7 @@ def create_app(
             behind ``/v1/chat/completions``.
         token: Bearer token required on every route but ``/healthz`` and ``/readyz`` (None: open).
         settings: Limits and batching (:class:`ServeSettings`).
-        backend_factory: ``(scorer, settings, metrics) -> ScoringBackend`` replacing the
+        backend_factory: ``(scorer, settings, metrics) -> ServiceBackend`` replacing the
             :class:`MicroBatcher` (e.g. a Ray Serve ``@serve.batch`` backend).
 
     The state is at ``app.state.semgrad`` (a :class:`ServiceState`, once loaded).
@@ -446,7 +418,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         state = await state_of()
         _check_model(state, request.model)
         chat = _pair(state, request, where="")
-        result = await state.backend.score(chat, request.answer)
+        result = await state.backend.ascore(chat, request.answer)
         return _judged(state, result).to_json()
 
     @app.post("/v1/score/batch", tags=["score"])
@@ -465,7 +437,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
             pairs.append((_pair(state, item, where=f"items[{i}]: "), item.answer))
         # Every item is checked (template, control tokens, context) before any is scored, off the loop.
         await _off_loop(state, _check_items, state.scorer, pairs)
-        results = await state.backend.score_many(pairs)
+        results = await state.backend.ascore_batch(pairs)
         return {"items": [_judged(state, r).to_json() for r in results]}
 
     @app.post("/v1/generate", tags=["score"])
@@ -488,7 +460,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 kwargs["top_p"] = request.top_p
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        text, result = await state.backend.generate(chat, **kwargs)
+        text, result = await state.backend.agenerate(chat, **kwargs)
         return {"answer": text, "semgrad": _judged(state, result).to_json()}
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
@@ -659,12 +631,12 @@ async def _complete(
     """``(text returned, payload, the model's text the payload scored)``: they differ when the guard
     abstained or withheld the answer for review."""
     if state.guard is None:
-        text, result = await state.backend.generate(chat, **kwargs)
+        text, result = await state.backend.agenerate(chat, **kwargs)
         return text, _judged(state, result), text
 
     async def generate(messages: list[dict[str, Any]], ctx: Any) -> tuple[str, ScoreResult]:
         # The request's settings, then what a retry strategy changes (temperature, seed, ...).
-        return await state.backend.generate(messages, **{**kwargs, **ctx.generate_kwargs})
+        return await state.backend.agenerate(messages, **{**kwargs, **ctx.generate_kwargs})
 
     guarded = await state.guard.arun(chat, generate, metadata={"source": "service"})
     state.metrics.decisions.labels(action=guarded.action.value).inc()

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests are scored together, in one worker thread, not N threads.
 
-:class:`ScoringBackend` is what the app needs from whatever runs the model. :class:`MicroBatcher` is
-the single-process one: a bounded queue, a collector that waits at most ``max_wait_ms`` for a batch to
+A :class:`ServiceBackend` is what the app needs from whatever runs the model: the core
+:class:`~semgrad_guard.GeneratingScorer` protocol (its async methods go through the queue) plus the
+queue's depth and a close. :class:`MicroBatcher` is the single-process one: a bounded queue, a collector that waits at most ``max_wait_ms`` for a batch to
 fill up to ``max_batch_size``, and one worker thread that runs ``score_batch`` (and, one at a time,
 ``generate``), so requests never fight over the cores. A Ray Serve deployment can supply its own
 backend (``@serve.batch`` around ``score_batch``) through ``create_app(backend_factory=...)``.
@@ -21,24 +22,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from ..errors import SemGradGuardError, ServiceUnavailableError
 from ..messages import Messages
 from ..results import ScoreResult
-from ..scorer import Scorer
+from ..scorer import GeneratingScorer, Scorer
 
 
 @runtime_checkable
-class ScoringBackend(Protocol):
-    """Runs the model for the app: scores (batched as it sees fit) and generations."""
-
-    async def score(self, messages: Messages, answer: str) -> ScoreResult:
-        """Score one pair."""
-        ...
-
-    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        """Score several pairs, admitted all together or refused all together (503)."""
-        ...
-
-    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        """Generate and score one answer."""
-        ...
+class ServiceBackend(GeneratingScorer, Protocol):
+    """Runs the model for the app: the scorer protocol, whose async side is queued and batched as the
+    backend sees fit (``ascore_batch``: admitted all together or refused all together, 503), plus:"""
 
     def queue_depth(self) -> int:
         """Requests waiting for the model."""
@@ -113,7 +103,7 @@ class MicroBatcher:
         >>> from semgrad_guard import MockScorer
         >>> batcher = MicroBatcher(MockScorer(lambda m, a: 0.25), max_batch_size=4)
         >>> async def main():
-        ...     rs = await asyncio.gather(*(batcher.score("q", f"a{i}") for i in range(4)))
+        ...     rs = await asyncio.gather(*(batcher.ascore("q", f"a{i}") for i in range(4)))
         ...     await batcher.aclose()
         ...     return [r.semgrad for r in rs]
         >>> asyncio.run(main())
@@ -131,6 +121,8 @@ class MicroBatcher:
         observer: BatchObserver | None = None,
     ) -> None:
         self.scorer = scorer
+        self.model_id = getattr(scorer, "model_id", None)
+        self.profile = getattr(scorer, "profile", None)
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -143,17 +135,32 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    # ------------------------------------------------------------------ public
-    async def score(self, messages: Messages, answer: str) -> ScoreResult:
-        (result,) = await self.score_many([(messages, answer)])
+    # ------------------------------------------------------------------ Scorer
+    def score(self, messages: Messages, answer: str) -> ScoreResult:
+        """The scorer's own ``score`` (direct: the queue is the async side)."""
+        return self.scorer.score(messages, answer)
+
+    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        """The scorer's own ``score_batch`` (direct)."""
+        return self.scorer.score_batch(pairs)
+
+    def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        """The scorer's own ``generate`` (direct)."""
+        return self.scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
+
+    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
+        """Score one pair through the queue (batched with other requests' pairs)."""
+        (result,) = await self.ascore_batch([(messages, answer)])
         return result
 
-    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        """Score pairs through the queue, admitted all together or refused all together (503)."""
         loop = self._start()
         jobs = [_Job("score", loop.create_future(), pair=(m, a)) for m, a in pairs]
         return list(await self._submit(jobs))
 
-    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+    async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        """Generate and score one answer on the worker thread, between score batches."""
         loop = self._start()
         job = _Job("generate", loop.create_future(), messages=messages, kwargs=dict(generate_kwargs))
         (out,) = await self._submit([job])

@@ -74,6 +74,39 @@ def score_batch_isolating(
     return out
 
 
+RELEASE_AFTER_TOKENS = 256
+"""Answer tokens in one pass from which the worker hands freed memory back to the system afterwards."""
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def release_memory() -> bool:
+    """Give freed heap memory back to the system (glibc's ``malloc_trim``); False where there is none.
+
+    The vocabulary-sized tensors of a long answer are freed after the pass, but glibc keeps the pages
+    for reuse, so the server's resident memory stays at its peak; trimming returns them.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _tokens_of(outcomes: Sequence[Any]) -> int:
+    return sum(getattr(o, "answer_tokens", 0) for o in outcomes if not isinstance(o, BaseException))
+
+
 BatchObserver = Callable[[str, int], None]
 """``observer(kind, size)``: called for every pass the worker runs (``"score"`` or ``"generate"``)."""
 
@@ -275,7 +308,16 @@ class MicroBatcher:
                 j.future.set_result(out)
 
     def _score_batch(self, pairs: list[Any]) -> list[ScoreResult | Exception]:
-        return score_batch_isolating(self.scorer, pairs)
+        outcomes = score_batch_isolating(self.scorer, pairs)
+        if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
+            release_memory()
+        return outcomes
+
+    def _generate(self, generate: Callable[..., Any], messages: Any, kwargs: dict[str, Any]) -> Any:
+        out = generate(messages, **kwargs)
+        if _tokens_of([out[1]]) >= RELEASE_AFTER_TOKENS:
+            release_memory()
+        return out
 
     async def _run_generate(self, job: _Job) -> None:
         if self._observer is not None:
@@ -286,7 +328,7 @@ class MicroBatcher:
             if generate is None:
                 raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")
             out = await loop.run_in_executor(
-                self._executor, functools.partial(generate, job.messages, **job.kwargs)
+                self._executor, self._generate, generate, job.messages, job.kwargs
             )
         except Exception as e:
             if not job.future.done():

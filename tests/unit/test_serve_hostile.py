@@ -403,3 +403,38 @@ def test_the_cli_switch_reaches_the_settings():
     assert settings_from_args(parse(["serve"]))[0].generate_unreviewed is None
     assert settings_from_args(parse(["serve", "--generate-unreviewed"]))[0].generate_unreviewed is True
     assert settings_from_args(parse(["serve", "--no-generate-unreviewed"]))[0].generate_unreviewed is False
+
+
+# ------------------------------------------------------------------------------------------ memory
+async def test_the_worker_returns_memory_after_a_long_pass_only(tiny, monkeypatch):
+    import threading as _threading
+
+    from semgrad_guard.serve import batching
+
+    calls: list[str] = []
+    monkeypatch.setattr(
+        batching, "release_memory", lambda: calls.append(_threading.current_thread().name) or True
+    )
+    app = create_app(tiny, settings=ServeSettings(max_answer_chars=10**6))
+    async with client(app) as c:
+        assert (
+            await c.post("/v1/score", json={"messages": CHAT, "answer": "Carbon dioxide."})
+        ).status_code == 200
+        assert calls == []
+        long = "word " * (batching.RELEASE_AFTER_TOKENS + 10)
+        assert (await c.post("/v1/score", json={"messages": CHAT, "answer": long})).status_code == 200
+    assert len(calls) == 1 and calls[0].startswith("semgrad-worker")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_memory_hands_pages_back_on_glibc(tiny):
+    from semgrad_guard.serve.batching import release_memory
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    tiny.score(CHAT, "word " * 3500)  # vocabulary-sized tensors: tens of MB freed after the pass
+    before = rss_mb()
+    assert release_memory() is True
+    assert rss_mb() < before - 5  # measured: 497 -> 434 MB after a 3,500-word answer

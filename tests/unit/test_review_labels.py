@@ -205,3 +205,81 @@ def test_cli_cannot_tell_and_export_labels_feed_calibrate(tmp_path, capsys) -> N
     assert rows[0]["semgrad"] == pytest.approx(1e-2) and rows[0]["result"]["model_id"] == "m"
     assert main(["review", "export", "--labels", "--format", "csv", "--db", str(db)]) == 2
     assert "JSONL only" in capsys.readouterr().err
+
+
+# -- the Guard: audit sampling never changes the answer; items and results record what judged them ---------
+def _guard(tmp_path, rate: float | None, seed: int = 0, name: str = "review"):
+    from semgrad_guard import Calibrator, Guard, MockScorer
+
+    scorer = MockScorer(lambda m, a: 0.1 if a.startswith("right") else 0.9)
+    cal = Calibrator.fit(
+        [scorer.score("q", a) for a in ["right", "wrong"] * 10],
+        [True, False] * 10,
+        method="isotonic",
+        features=["semgrad"],
+    )
+    spec: dict = {
+        "rules": [
+            {"name": "sure", "min": 0.8, "action": "accept"},
+            {"name": "lost", "max": 0.2, "action": "abstain"},
+            {"name": "unsure", "action": "review"},
+        ]
+    }
+    if rate is not None:
+        spec["audit"] = {"rate": rate, "seed": seed}
+    queue = SQLiteReviewQueue(tmp_path / f"{name}-{rate}.db")
+    return Guard(GuardPolicy.from_dict(spec), scorer=scorer, calibrator=cal, review_queue=queue), queue, cal
+
+
+def test_audit_copies_a_seeded_share_and_never_changes_what_the_user_gets(tmp_path) -> None:
+    answers = [f"right {k}" if k % 3 else f"wrong {k}" for k in range(200)]
+    plain, _, _ = _guard(tmp_path, None)
+    audited, queue, cal = _guard(tmp_path, 0.25)
+    base = [plain.check("q", a) for a in answers]
+    got = [audited.check("q", a) for a in answers]
+    assert [(r.action, r.answer, r.rule) for r in got] == [(r.action, r.answer, r.rule) for r in base]
+    items = queue.list()
+    assert all(it.kind == "audit" and it.inclusion_probability == 0.25 for it in items)
+    assert {r.audit_id for r in got if r.audit_id is not None} == {it.id for it in items}
+    assert 30 <= len(items) <= 70  # 200 x 0.25, seeded
+    assert {it.metadata["served"] for it in items} == {"accept", "abstain"}
+    assert all(it.calibrator_version == cal.fingerprint for it in items)
+    assert all(it.policy_version == audited.policy.fingerprint for it in items)
+    again, queue2, _ = _guard(tmp_path, 0.25, name="again")
+    ids = [again.check("q", a).audit_id is not None for a in answers]
+    assert ids == [r.audit_id is not None for r in got]  # same seed, same sample
+    queue.close()
+    queue2.close()
+
+
+def test_a_failing_audit_write_is_logged_and_the_answer_served(tmp_path, caplog) -> None:
+    guard, queue, _ = _guard(tmp_path, 1.0)
+    queue.close()  # every write now fails
+    r = guard.check("q", "right")
+    assert (r.action.value, r.answer, r.audit_id) == ("accept", "right", None)
+    assert "audit sample not queued" in caplog.text
+
+
+def test_results_payloads_and_review_items_record_the_calibrator_version(tmp_path) -> None:
+    from semgrad_guard import Calibrator, ScorePayload
+
+    guard, queue, cal = _guard(tmp_path, None)
+    r = guard.check("q", "right")
+    assert r.calibrator_version == cal.fingerprint
+    payload = ScorePayload.of(r.result, r)
+    assert ScorePayload.read({"semgrad": payload.to_json()}).calibrator_version == cal.fingerprint
+    other = Calibrator.fit(
+        [guard.scorer.score("q", a) for a in ["right", "wrong"] * 10], [True, False] * 10, method="platt"
+    )
+    assert other.fingerprint != cal.fingerprint
+    assert guard.set_calibrator(other) is cal
+    middle = Calibrator.model_validate({**cal.model_dump(), "params": {"x": [0.1, 0.9], "y": [0.5, 0.5]}})
+    guard.set_calibrator(middle)
+    rv = guard.check("q", "right")
+    assert rv.action.value == "review"
+    item = queue.get(rv.review_id)
+    assert (item.calibrator_version, item.policy_version) == (middle.fingerprint, guard.policy.fingerprint)
+    assert (
+        Calibrator.from_json(cal.model_dump_json()).fingerprint == cal.fingerprint
+    )  # stable across save/load
+    queue.close()

@@ -464,6 +464,9 @@ class DriftMonitor:
         self.n = 0
         self.drifted = False
         self.warned = False
+        self.labels: Any = None
+        """Optional ``() -> (review db path, label count)``: the Guard sets it, so the advice says how
+        many labels the queue already holds."""
         self._window: list[float] = []
         self._lock = threading.Lock()
 
@@ -485,16 +488,35 @@ class DriftMonitor:
             n_eff = self.n * self.n_reference / (self.n + self.n_reference)
             self.p_value = float(kolmogorov(self.statistic * np.sqrt(n_eff)))
             self.drifted = self.p_value < DRIFT_P
-            if self.drifted and not self.warned:
+            warn = self.drifted and not self.warned
+            if warn:
                 self.warned = True
-                logger.warning(
-                    "%s: the last %d confidences are unlike those on its fitting data (KS %.2f, p=%.1e): its "
-                    "confidence may be off here; refit on your data (semgrad-guard calibrate)",
-                    self.label,
-                    self.n,
-                    self.statistic,
-                    self.p_value,
-                )
+        if warn:
+            logger.warning(
+                "%s: the last %d confidences are unlike those on its fitting data (KS %.2f, p=%.1e): its "
+                "confidence may be off here. %s",
+                self.label,
+                self.n,
+                self.statistic,
+                self.p_value,
+                self.advice,
+            )
+
+    @property
+    def advice(self) -> str:
+        """What fixes a drifted calibrator: the command, and how many labels the review queue holds."""
+        db, count = "REVIEW_DB", None
+        if self.labels is not None:
+            try:
+                db, count = self.labels()
+            except Exception:  # advice must never break scoring
+                logger.debug("drift advice: label count unavailable", exc_info=True)
+        held = f"the queue holds {count} labels; " if count is not None else ""
+        return (
+            f"Recalibrate on review labels ({held}review answers, or add 'audit: {{rate: 0.05}}' to the policy): "
+            f"semgrad-guard calibrate --from-reviews {db} --out calibrator.json, then reload it "
+            "(POST /admin/calibrator or kill -HUP the service)"
+        )
 
 
 def cross_validated_confidence(

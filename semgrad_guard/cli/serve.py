@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
         help="a calibrator JSON file, or 'shipped' for the one shipped for the model (default: none)",
     )
     p.add_argument(
-        "--policy", type=Path, default=None, help="a guard policy (YAML or JSON) behind every verdict"
+        "--policy",
+        type=Path,
+        default=None,
+        help="a guard policy (YAML or JSON) behind every verdict; 'first-day' for a model with no calibrator "
+        "yet (serve every answer with a note, audit 20%% into the review queue)",
     )
     p.add_argument("--max-batch-size", type=int, default=8, help="pairs per scoring pass (default 8)")
     p.add_argument(
@@ -132,7 +136,13 @@ def build_app(args: argparse.Namespace) -> Any:
     from ..guard.policy import GuardPolicy
     from ..serve import create_app  # a missing 'serve' extra is said before any weights load
 
-    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None  # before loading weights
+    policy = None
+    if (
+        args.policy is not None and str(args.policy) == "first-day"
+    ):  # a model with no calibrator yet: serve with a note, audit 20%
+        policy = GuardPolicy.first_day()
+    elif args.policy is not None:
+        policy = GuardPolicy.coerce(args.policy)  # before loading weights
     if args.threads:
         import torch
 

@@ -422,7 +422,9 @@ class Calibrator(BaseModel):
                 return cal
         known = sorted(c.model_id for c in found if c.model_id)
         raise ConfigurationError(
-            f"no calibrator is shipped for model {model_id!r} (shipped: {known}); fit one with Calibrator.fit"
+            f"no calibrator is shipped for model {model_id!r} (shipped: {known}); fit one with Calibrator.fit, or "
+            "start with GuardPolicy.first_day() (serve and audit) and 'semgrad-guard calibrate --from-reviews DB "
+            "--base none'"
         )
 
 

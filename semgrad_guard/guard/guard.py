@@ -185,7 +185,9 @@ class Guard:
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "
-                "calibrator=Calibrator.load(...) (or Calibrator.default_for(model_id)), or write the rules over a raw score"
+                "calibrator=Calibrator.load(...) (or Calibrator.default_for(model_id)), or write the rules over a raw score; "
+                "a model without a calibrator starts with GuardPolicy.first_day() (serve and audit), then "
+                "'semgrad-guard calibrate --from-reviews DB --base none' fits its first one"
             )
         if calibrator is not None and scorer is not None:
             calibrator.check_compatible(getattr(scorer, "model_id", None), getattr(scorer, "profile", None))

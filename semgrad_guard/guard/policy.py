@@ -487,6 +487,23 @@ class GuardPolicy(TypedConfig):
         return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()[:12]
 
     @classmethod
+    def first_day(cls, audit_rate: float = 0.2, *, seed: int | None = 0, **kwargs: Any) -> GuardPolicy:
+        """The policy of a model with no calibrator yet: serve every answer with a note, and audit a
+        random ``audit_rate`` share of them into the review queue (no calibrator needed).
+
+        Once the queue holds labels (:data:`~semgrad_guard.guard.recalibrate.MIN_LABELS` at the very
+        least; a few dozen do much better), ``semgrad-guard calibrate --from-reviews DB --base none``
+        fits the model's first calibrator, and a confidence policy takes over.
+        """
+        spec: dict[str, Any] = {
+            "rules": [{"name": "first-day", "action": "annotate"}],
+            "annotate_message": "Not yet verified: the guard is still learning this model (answers are being audited).",
+            "audit": {"rate": audit_rate, "seed": seed},
+        }
+        spec.update(kwargs)
+        return cls.from_dict(spec, source="first_day()")
+
+    @classmethod
     def from_threshold(
         cls,
         threshold: float,

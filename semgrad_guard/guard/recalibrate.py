@@ -4,7 +4,7 @@ Calibration does not travel across base rates (a calibrator fitted on one data s
 0.1-0.3 ECE on another), but the ranking does. So with few labels only the intercept on the logit
 of the current confidence is refitted; with more, slope and intercept; with many, the full recipe
 (:meth:`Calibrator.fit`). Which one is kept is chosen by weighted out-of-fold log-loss among those
-the label count allows, and the current calibrator unchanged is always a candidate. Labels are
+the label count allows (the current calibrator unchanged is reported next to them). Labels are
 weighted by their inverse inclusion probability (review-band labels 1, audit labels 1 / rate), so
 the fit stands for every answer served, not only the doubtful middle.
 
@@ -47,7 +47,7 @@ class Recalibration:
     calibrator: Calibrator
     """The calibrator to deploy."""
     chosen: str
-    """'unchanged', 'intercept', 'slope+intercept' or 'full'."""
+    """'intercept', 'slope+intercept' or 'full'."""
     cv_log_loss: dict[str, float]
     """Weighted out-of-fold log-loss of each candidate tried."""
     ece_before: float | None
@@ -80,10 +80,12 @@ def recalibrate(
     alphas: Sequence[float] = (0.1, 0.2, 0.3),
     delta: float = 0.1,
     source: str | None = None,
+    full_from: int = FULL_FROM,
 ) -> Recalibration:
     """Refit ``base`` on review labels (:class:`~semgrad_guard.review.labels.LabelledExample`).
 
     ``base=None`` (a model without a calibrator, its first day): the full recipe on the labels alone.
+    The full recipe is tried from ``full_from`` labels (its cross-validation is the slow part).
 
     Raises:
         CalibrationError: Fewer than ``min_labels`` labels, or fewer than 2 right or 2 wrong.
@@ -128,7 +130,7 @@ def recalibrate(
         tried["intercept"] = _oof(z, y, w, splits, slope=False)
         if len(labels) >= SLOPE_FROM:
             tried["slope+intercept"] = _oof(z, y, w, splits, slope=True)
-    if base is None or len(labels) >= FULL_FROM:
+    if base is None or len(labels) >= full_from:
         oof = np.zeros(len(y))
         for tr, te in splits:
             try:
@@ -140,7 +142,9 @@ def recalibrate(
                 oof[te] = np.average(y[tr], weights=w[tr])
         tried["full"] = oof
     losses = {k: _log_loss(p, y, w) for k, p in tried.items()}
-    chosen = min(losses, key=lambda k: losses[k])
+    # 'unchanged' is reported, not chosen: with few labels its out-of-fold edge is noise, and the
+    # base rate moving between data sets is the failure this exists to fix.
+    chosen = min((k for k in losses if k != "unchanged"), key=lambda k: losses[k])
 
     if chosen == "full":
         out = Calibrator.fit(results, list(y > 0), weights=list(w), seed=seed)
@@ -178,6 +182,14 @@ def recalibrate(
             "created": provenance["fitted"],
             "n_samples": len(labels),
             "n_correct": n_pos,
+        }
+    )
+    # The drift monitor's reference: what it says on the deployment's own (weighted) labels.
+    own = Calibrator.model_validate(out.model_dump()).predict(results, check=False)  # a throwaway monitor
+    out = out.model_copy(
+        update={
+            "reference": _weighted_quantiles(own, w),
+            "n_reference": int(round(w.sum() ** 2 / (w**2).sum())),
         }
     )
     out = Calibrator.model_validate(out.model_dump())  # fresh private state: fingerprint, drift monitor
@@ -239,6 +251,13 @@ def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> t
         if np.max(np.abs(step)) < 1e-8:
             break
     return float(theta[0]), float(theta[1])
+
+
+def _weighted_quantiles(values: np.ndarray, w: np.ndarray) -> list[float]:
+    order = np.argsort(values)
+    cum = np.cumsum(w[order]) / w.sum()
+    at = np.searchsorted(cum, np.linspace(0, 1, 101), side="left").clip(0, len(values) - 1)
+    return [round(float(values[order][i]), 6) for i in at]
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:

@@ -84,7 +84,8 @@ def test_the_ladder_grows_with_the_labels(base, tmp_path) -> None:
     with _queue(tmp_path, results, y) as q:
         rec = recalibrate(base, labelled(q))
     assert set(rec.cv_log_loss) == {"unchanged", "intercept", "slope+intercept", "full"}
-    assert rec.chosen == min(rec.cv_log_loss, key=rec.cv_log_loss.get)
+    refits = {k: v for k, v in rec.cv_log_loss.items() if k != "unchanged"}  # reported, never chosen
+    assert rec.chosen == min(refits, key=refits.get)
 
 
 def test_audit_weights_undo_the_review_band_bias(base, tmp_path) -> None:
@@ -189,3 +190,42 @@ def test_cli_from_reviews_writes_a_calibrator_that_says_what_it_was_fitted_on(ba
     # --base none: the first calibrator of a foreign model, from the labels alone.
     assert main(["calibrate", "--from-reviews", str(db), "--base", "none", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["provenance"]["step"] == "full"
+
+
+def test_a_foreign_models_first_day_serves_audits_then_gets_its_first_calibrator(tmp_path) -> None:
+    """No calibrator: a confidence policy is refused (naming the way out); first_day() serves every answer
+    with a note and audits a share; from those labels --base none fits the first calibrator."""
+    from semgrad_guard import ConfigurationError, Guard, GuardPolicy, MockScorer
+
+    scorer = MockScorer(lambda m, a: 0.05 if a.startswith("right") else 0.8, model_id="foreign/model")
+    confident = GuardPolicy.from_dict({"rules": [{"min": 0.5, "action": "accept"}, {"action": "abstain"}]})
+    with pytest.raises(ConfigurationError, match="first_day"):
+        Guard(confident, scorer=scorer)
+    queue = SQLiteReviewQueue(tmp_path / "review.db")
+    guard = Guard(GuardPolicy.first_day(audit_rate=0.5), scorer=scorer, review_queue=queue)
+    answers = [f"right {k}" if k % 2 else f"wrong {k}" for k in range(80)]
+    served = [guard.check("q", a) for a in answers]
+    assert [r.answer for r in served] == answers and {r.action.value for r in served} == {"annotate"}
+    for it in queue.list("pending"):
+        (queue.approve if it.answer.startswith("right") else queue.reject)(it.id)
+    labels = labelled(queue)
+    assert len(labels) >= 20 and all(lab.weight == 2.0 for lab in labels)
+    rec = recalibrate(None, labels)
+    assert rec.chosen == "full" and rec.ece_before is None and rec.calibrator.model_id == "foreign/model"
+    later = Guard(confident, scorer=scorer, calibrator=rec.calibrator)
+    assert later.check("q", "right again").action.value == "accept"
+    assert later.check("q", "wrong again").action.value == "abstain"
+    queue.close()
+
+
+def test_a_recalibrated_calibrator_watches_drift_against_the_deployment_not_home(base, tmp_path) -> None:
+    rng = np.random.default_rng(8)
+    z = rng.normal(-1.5, 1.0, size=400)  # the deployment's scores sit elsewhere than home's
+    results = [_result(float(np.exp(-v))) for v in z]
+    y = rng.random(400) < 1.0 / (1.0 + np.exp(-(2.0 * z)))
+    with _queue(tmp_path, results[:100], y[:100]) as q:
+        rec = recalibrate(base, labelled(q))
+    home = Calibrator.from_json(base.model_dump_json())
+    home.predict(results[100:])
+    rec.calibrator.predict(results[100:])
+    assert home.drift.drifted and not rec.calibrator.drift.drifted

@@ -289,7 +289,7 @@ def test_the_drift_warning_names_the_fix_and_the_labels_already_held(tmp_path, c
     import numpy as np
 
     guard, queue, cal = _guard(tmp_path, None)
-    for k in range(3):
+    for _ in range(3):
         queue.approve(queue.enqueue("q", "a", result=result(), kind="audit", inclusion_probability=0.5))
     assert cal.drift is not None
     cal.drift.update(np.full(200, 0.5))  # nothing like its fitting data (0 or 1)

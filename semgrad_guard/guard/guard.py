@@ -202,6 +202,12 @@ class Guard:
         self._audit_rng = random.Random(audit.seed if audit is not None else None)
         self._policy_version = self.policy.fingerprint
         self._watch_drift(calibrator)
+        self._listeners: list[Callable[[Calibrator], Any]] = []
+        self._refit_base = calibrator
+        self._refit_lock = threading.Lock()
+        self._new_labels = 0
+        if self.policy.review.refit_every is not None:
+            self.review_queue.on_resolved(self._on_decision)
         first = self.policy.rules[0].field
         self._rank_field = self.policy.rank_by or ("confidence" if calibrator is not None else first)
         if self._rank_field == "confidence" and calibrator is None:
@@ -245,7 +251,40 @@ class Guard:
             )
         self._watch_drift(calibrator)
         old, self.calibrator = self.calibrator, calibrator
+        for listener in list(self._listeners):
+            listener(calibrator)
         return old
+
+    def on_calibrator_change(self, listener: Callable[[Calibrator], Any]) -> None:
+        """Call ``listener(calibrator)`` after every swap (:meth:`set_calibrator`, automatic refits)."""
+        self._listeners.append(listener)
+
+    def _on_decision(self, item: ReviewItem) -> None:
+        """Count decisions; every ``review.refit_every`` of them, refit on all labels and swap it in."""
+        every = self.policy.review.refit_every
+        if every is None or item.status.value not in ("approved", "rejected", "edited"):
+            return
+        with self._refit_lock:
+            self._new_labels += 1
+            if self._new_labels < every:
+                return
+            self._new_labels = 0
+            from ..review.labels import labelled
+            from .recalibrate import recalibrate
+
+            try:
+                rec = recalibrate(self._refit_base, labelled(self.review_queue))
+                self.set_calibrator(rec.calibrator)
+            except Exception as e:  # keep the current calibrator; the next batch of labels tries again
+                logger.warning("automatic refit skipped (%s: %s)", type(e).__name__, e)
+                return
+        logger.info(
+            "automatic refit: %s on %d labels (%s); out-of-fold ECE %.3f",
+            rec.calibrator.fingerprint,
+            rec.n_labels,
+            rec.chosen,
+            rec.ece_after,
+        )
 
     @property
     def review_queue(self) -> ReviewQueue:

@@ -188,6 +188,9 @@ class ReviewSettings(TypedConfig):
     """Answer text returned while the item is pending (unless show_answer)."""
     show_answer: bool = False
     """Return the unreviewed answer instead of pending_message (fail open: off by default)."""
+    refit_every: int | None = Field(default=None, ge=1)
+    """Opt-in: recalibrate on the queue's labels after every this many new decisions, and swap the
+    result in (what ``calibrate --from-reviews`` does; logged; a refit that fails keeps the current one)."""
 
 
 class AuditSettings(TypedConfig):

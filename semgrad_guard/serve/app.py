@@ -229,6 +229,8 @@ def build_state(
         model_info=model_info(scorer, calibrator, the_policy),
     )
     metrics.queue_depth.set_function(backend.queue_depth)
+    if guard is not None:  # an automatic refit (review.refit_every) also reaches /v1/score
+        guard.on_calibrator_change(lambda cal: setattr(state, "calibrator", cal))
     return state
 
 

@@ -229,3 +229,29 @@ def test_a_recalibrated_calibrator_watches_drift_against_the_deployment_not_home
     home.predict(results[100:])
     rec.calibrator.predict(results[100:])
     assert home.drift.drifted and not rec.calibrator.drift.drifted
+
+
+def test_opt_in_automatic_refit_every_n_labels(base, tmp_path, caplog) -> None:
+    import logging
+
+    from semgrad_guard import Guard, GuardPolicy
+
+    caplog.set_level(logging.INFO)
+    policy = GuardPolicy.from_dict({"rules": [{"action": "review"}], "review": {"refit_every": 12}})
+    queue = SQLiteReviewQueue(tmp_path / "review.db")
+    guard = Guard(policy, calibrator=base, review_queue=queue)
+    seen: list[str] = []
+    guard.on_calibrator_change(lambda cal: seen.append(cal.fingerprint))
+    results, y = _world(24, -2.5, np.random.default_rng(10))
+    for k, (r, ok) in enumerate(zip(results, y, strict=True)):
+        item = guard.check("q", f"a{k}", result=r)
+        (queue.approve if ok else queue.reject)(item.review_id)
+        if k == 10:
+            assert guard.calibrator is base  # 11 labels: not yet
+    assert len(seen) == 2 and guard.calibrator.fingerprint == seen[-1] != base.fingerprint
+    assert (
+        guard.calibrator.provenance["labels"] == 24
+        and guard.calibrator.provenance["base"] == base.fingerprint
+    )
+    assert "automatic refit" in caplog.text
+    queue.close()

@@ -45,6 +45,7 @@ from .guard.calibration import Calibrator
 from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
+from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
 from .guard.strategies import (
     AttemptContext,
@@ -55,6 +56,7 @@ from .guard.strategies import (
 )
 from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
+from .review.labels import LabelledExample, labelled
 from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
@@ -97,6 +99,7 @@ __all__ = [
     "Guard",
     "GuardPolicy",
     "GuardResult",
+    "LabelledExample",
     "MetricError",
     "MissingDependencyError",
     "MockScorer",
@@ -106,6 +109,7 @@ __all__ = [
     "PAYLOAD_KEY",
     "ProfileError",
     "PromptEchoError",
+    "Recalibration",
     "ReconsiderStrategy",
     "RemoteScorer",
     "RequestTooLargeError",
@@ -144,6 +148,8 @@ __all__ = [
     "fetch_default_model",
     "generation_overrides",
     "judge",
+    "labelled",
+    "recalibrate",
     "register_stop_exception",
     "select_profile",
     "select_threshold",

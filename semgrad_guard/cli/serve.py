@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
         help="a calibrator JSON file, or 'shipped' for the one shipped for the model (default: none)",
     )
     p.add_argument(
-        "--policy", type=Path, default=None, help="a guard policy (YAML or JSON) behind every verdict"
+        "--policy",
+        type=Path,
+        default=None,
+        help="a guard policy (YAML or JSON) behind every verdict; 'first-day' for a model with no calibrator "
+        "yet (serve every answer with a note, audit 20%% into the review queue)",
     )
     p.add_argument("--max-batch-size", type=int, default=8, help="pairs per scoring pass (default 8)")
     p.add_argument(
@@ -179,7 +183,13 @@ def build_app(args: argparse.Namespace) -> Any:
     from ..guard.policy import GuardPolicy
     from ..serve import create_app  # a missing 'serve' extra is said before any weights load
 
-    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None  # before loading weights
+    policy = None
+    if (
+        args.policy is not None and str(args.policy) == "first-day"
+    ):  # a model with no calibrator yet: serve with a note, audit 20%
+        policy = GuardPolicy.first_day()
+    elif args.policy is not None:
+        policy = GuardPolicy.coerce(args.policy)  # before loading weights
     if args.threads:
         import torch
 
@@ -195,7 +205,11 @@ def build_app(args: argparse.Namespace) -> Any:
         calibrator = Calibrator.default_for(scorer.model_id)
     elif args.calibrator:
         calibrator = Calibrator.load(args.calibrator)
-    return create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings), settings
+    app = create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings)
+    if args.calibrator and args.calibrator != "shipped":
+        # POST /admin/calibrator {} and SIGHUP reload this file (calibrate --from-reviews --out it).
+        app.state.semgrad_calibrator_path = str(args.calibrator)
+    return app, settings
 
 
 def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
@@ -300,6 +314,11 @@ def _serve(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     try:
         app, settings = build_app(args)
+        path = getattr(app.state, "semgrad_calibrator_path", None)
+        if path is not None:
+            from ..serve.calibrator_state import install_sighup
+
+            install_sighup(app, path)  # kill -HUP <pid> reloads the calibrator file
         state = app.state.semgrad
         print(
             f"semgrad-guard: serving {state.model_id} on {address_of(sock)} "

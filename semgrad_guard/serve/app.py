@@ -209,6 +209,8 @@ def build_state(
         model_info=model_info(scorer, calibrator, the_policy),
     )
     metrics.queue_depth.set_function(backend.queue_depth)
+    if guard is not None:  # an automatic refit (review.refit_every) also reaches /v1/score
+        guard.on_calibrator_change(lambda cal: setattr(state, "calibrator", cal))
     return state
 
 
@@ -365,6 +367,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------------------------------------- routes
 def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
+    from .calibrator_state import install_admin_routes
+
+    install_admin_routes(app, holder)
+
     async def state_of() -> ServiceState:
         return await holder.get()
 
@@ -616,8 +622,13 @@ def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
         verdict: Verdict = state.guard.judge(result)
         state.metrics.decisions.labels(action=verdict.action.value).inc()
         return _payload(result, verdict)
-    if state.calibrator is not None:
-        return _payload(result, confidence=float(state.calibrator.confidence(result)))
+    calibrator = state.calibrator  # read once: a reload mid-request must not mix two calibrators
+    if calibrator is not None:
+        return _payload(
+            result,
+            confidence=float(calibrator.confidence(result)),
+            calibrator_version=calibrator.fingerprint,
+        )
     return _payload(result)
 
 

@@ -55,7 +55,8 @@ from .guard.strategies import (
 )
 from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
-from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
+from .review.postgres import PostgresReviewQueue
+from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue, open_review_queue
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 
@@ -138,6 +139,8 @@ __all__ = [
     "StreamChunk",
     "ThresholdSelection",
     "UnknownRoleError",
+    "PostgresReviewQueue",
+    "open_review_queue",
     "Verdict",
     "WidenRetrievalStrategy",
     "compute_sps",

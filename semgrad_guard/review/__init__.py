@@ -1,10 +1,12 @@
 """Human review: the durable queue abstained or uncertain answers wait in, and what a decision does.
 
 ``queue`` holds :class:`~semgrad_guard.ReviewQueue` (the protocol), :class:`~semgrad_guard.SQLiteReviewQueue`
-(the SQLite implementation: WAL, final decisions by compare-and-set, an audit trail) and
+(the SQLite implementation: WAL, final decisions by compare-and-set, an audit trail),
+``postgres`` :class:`~semgrad_guard.PostgresReviewQueue` (the same on a shared PostgreSQL server), and
 :func:`apply_review_decision` (a reviewer's decision -> the answer the user gets).
 """
 
+from .postgres import PostgresReviewQueue
 from .queue import (
     APPLICATION_ID,
     ENV_DB,
@@ -16,6 +18,9 @@ from .queue import (
     SQLiteReviewQueue,
     apply_review_decision,
     default_review_db_path,
+    open_review_queue,
+    review_db_name,
+    warn_if_password_in_url,
 )
 
 __all__ = [
@@ -29,4 +34,8 @@ __all__ = [
     "SQLiteReviewQueue",
     "apply_review_decision",
     "default_review_db_path",
+    "PostgresReviewQueue",
+    "open_review_queue",
+    "review_db_name",
+    "warn_if_password_in_url",
 ]

@@ -427,7 +427,11 @@ class ReviewQueueBase:
     def _decided(self, item_id: int, seq: int, conn: Any | None) -> None:
         """A decision was recorded: called inside the transaction (``conn``), then after commit (None)."""
 
-    def _wait_for_change(self, item_id: int, pause: float) -> None:
+    def _change_token(self) -> int | None:
+        """Taken before reading an item; :meth:`_wait_for_change` returns early once it is stale."""
+        return None
+
+    def _wait_for_change(self, item_id: int, pause: float, token: int | None = None) -> None:
         """Sleep up to ``pause`` s; a backend that hears of changes returns as soon as one arrives."""
         time.sleep(pause)
 
@@ -645,6 +649,7 @@ class ReviewQueueBase:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            token = self._change_token()
             item = self.get(item_id)
             if item.resolved:
                 return item
@@ -655,7 +660,7 @@ class ReviewQueueBase:
                 if deadline is None
                 else min(poll_interval, max(0.0, deadline - time.monotonic()))
             )
-            self._wait_for_change(item_id, pause)
+            self._wait_for_change(item_id, pause, token)
 
     async def await_decision(
         self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
@@ -666,6 +671,7 @@ class ReviewQueueBase:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
+            token = await asyncio.to_thread(self._change_token)
             item = await asyncio.to_thread(self.get, item_id)
             if item.resolved:
                 return item
@@ -674,7 +680,7 @@ class ReviewQueueBase:
             pause = (
                 poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - loop.time()))
             )
-            await asyncio.to_thread(self._wait_for_change, item_id, pause)
+            await asyncio.to_thread(self._wait_for_change, item_id, pause, token)
 
     def _fire(self, callbacks: Sequence[ResolvedCallback], item_ids: Sequence[int]) -> None:
         for item_id in item_ids:
@@ -977,3 +983,57 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
         )
     except (ValueError, TypeError) as e:
         raise ReviewQueueCorruptError(f"review item {item_id} is malformed: {e}") from e
+
+
+def review_db_name(spec: str | os.PathLike[str] | None = None) -> str:
+    """How a queue spec is shown to people: the path, or the URL with its password as ``***``."""
+    from .postgres import is_postgres_url, redact_url
+
+    value = os.fspath(spec) if spec is not None else os.environ.get(ENV_DB) or str(default_review_db_path())
+    return redact_url(value) if is_postgres_url(value) else str(Path(value).expanduser())
+
+
+def warn_if_password_in_url(spec: object, *, source: str = "--db") -> bool:
+    """Log a warning (and return True) when ``spec`` is a PostgreSQL URL with a password in it.
+
+    A password on a command line is visible to every user of the machine (``ps``) and lands in
+    shell history; the warning points to the ways libpq takes it instead.
+    """
+    from .postgres import is_postgres_url, url_password
+
+    if not (is_postgres_url(spec) and url_password(str(spec))):
+        return False
+    logger.warning(
+        "%s has a password in the PostgreSQL URL (visible in `ps` and shell history); leave it out and "
+        "set PGPASSWORD, a ~/.pgpass line, or ?service=NAME with a pg_service.conf entry instead",
+        source,
+    )
+    return True
+
+
+def open_review_queue(
+    spec: ReviewQueue | str | os.PathLike[str] | None = None, *, create: bool = True
+) -> ReviewQueue:
+    """The review queue ``spec`` names: the one way every entry point (Guard, adapters, CLI, service) opens one.
+
+    ``spec`` is a ready queue (returned as is), a ``postgresql://`` URL
+    (:class:`~semgrad_guard.review.postgres.PostgresReviewQueue`), a file path
+    (:class:`SQLiteReviewQueue`), or None: ``$SEMGRAD_GUARD_REVIEW_DB`` (a URL or a path), else
+    ``review.db`` in the user data dir. ``create=False`` refuses to create a queue that is not there.
+
+    Raises:
+        ReviewQueueError: the queue cannot be opened (the message names it without credentials).
+        MissingDependencyError: a URL was given and psycopg is not installed.
+    """
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        if isinstance(spec, ReviewQueue):
+            return spec
+        raise ConfigurationError(
+            f"a review queue is a path, a postgresql:// URL or a ReviewQueue, got {type(spec).__name__}"
+        )
+    from .postgres import PostgresReviewQueue, is_postgres_url
+
+    value = os.fspath(spec) if spec is not None else os.environ.get(ENV_DB) or str(default_review_db_path())
+    if is_postgres_url(value):
+        return PostgresReviewQueue(value, create=create)
+    return SQLiteReviewQueue(value, create=create)

@@ -141,7 +141,7 @@ class PostgresReviewQueue(ReviewQueueBase):
             import psycopg_pool
         except ImportError as e:
             raise MissingDependencyError(
-                "the PostgreSQL review queue needs psycopg 3: pip install 'semgrad-guard[postgres]'"
+                e.name or "psycopg", "postgres", "a postgresql:// review queue"
             ) from e
         self._psycopg = psycopg
         self._pool_timeout = psycopg_pool.PoolTimeout

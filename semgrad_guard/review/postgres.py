@@ -25,7 +25,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import MissingDependencyError, ReviewQueueCorruptError, ReviewQueueError
+from ..errors import (
+    MissingDependencyError,
+    ReviewQueueCorruptError,
+    ReviewQueueError,
+    ReviewQueueMissingError,
+)
 from .queue import SCHEMA_VERSION, ResolvedCallback, ReviewQueueBase
 
 logger = logging.getLogger(__name__)
@@ -212,7 +217,7 @@ class PostgresReviewQueue(ReviewQueueBase):
                 }
                 if not found:
                     if not create:
-                        raise ReviewQueueError(
+                        raise ReviewQueueMissingError(
                             f"{self._display} holds no review queue (no {p}_* tables): nothing was queued "
                             "there yet; check --db or $SEMGRAD_GUARD_REVIEW_DB"
                         )

@@ -45,6 +45,7 @@ from ..errors import (
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
     ReviewQueueError,
+    ReviewQueueMissingError,
 )
 from ..messages import Messages, normalize_messages
 from ..results import ScoreResult
@@ -757,7 +758,7 @@ class SQLiteReviewQueue(ReviewQueueBase):
         if existed:
             self._check_header()
         elif not create:
-            raise ReviewQueueError(f"review database {self.path} does not exist")
+            raise ReviewQueueMissingError(f"review database {self.path} does not exist")
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

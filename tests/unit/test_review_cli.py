@@ -161,7 +161,9 @@ def test_an_empty_postgres_database_is_an_empty_queue_and_is_not_written(postgre
 def test_a_password_in_the_db_url_warns_and_is_never_printed(postgres_url, capsys, caplog) -> None:
     with open_review_queue(postgres_url) as q:
         q.enqueue("q", "a")
-    with_pw = postgres_url.replace("semgrad@", "semgrad:topsecret@")  # the test server trusts; the password is unused
+    with_pw = postgres_url.replace(
+        "semgrad@", "semgrad:topsecret@"
+    )  # the test server trusts; the password is unused
     assert main(["review", "list", "--db", with_pw]) == 0
     out = capsys.readouterr()
     assert "topsecret" not in out.out + out.err + caplog.text

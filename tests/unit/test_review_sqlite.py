@@ -13,21 +13,8 @@ import pytest
 from semgrad_guard import (
     ReviewQueueCorruptError,
     ReviewQueueError,
-    ScoreResult,
+    ReviewQueueMissingError,
     SQLiteReviewQueue,
-)
-
-RESULT = ScoreResult(
-    semgrad=1e-3,
-    hybridgrad=2e-3,
-    exgrad=3e-3,
-    nll=4.0,
-    mean_nll=0.5,
-    mean_entropy=1.2,
-    answer_tokens=8,
-    anchor_offset=-4,
-    layers=[15, 16],
-    model_id="m",
 )
 
 
@@ -91,7 +78,7 @@ def test_corrupted_review_database_is_refused_and_left_untouched(tmp_path) -> No
 
 
 def test_missing_database_without_create(tmp_path) -> None:
-    with pytest.raises(ReviewQueueError, match="does not exist"):
+    with pytest.raises(ReviewQueueMissingError, match="does not exist"):
         SQLiteReviewQueue(tmp_path / "nope.db", create=False)
     assert not (tmp_path / "nope.db").exists()
 

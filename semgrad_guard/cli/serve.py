@@ -148,7 +148,11 @@ def build_app(args: argparse.Namespace) -> Any:
         calibrator = Calibrator.default_for(scorer.model_id)
     elif args.calibrator:
         calibrator = Calibrator.load(args.calibrator)
-    return create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings), settings
+    app = create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings)
+    if args.calibrator and args.calibrator != "shipped":
+        # POST /admin/calibrator {} and SIGHUP reload this file (calibrate --from-reviews --out it).
+        app.state.semgrad_calibrator_path = str(args.calibrator)
+    return app, settings
 
 
 def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
@@ -249,6 +253,11 @@ def _serve(args: argparse.Namespace) -> int:
     app, settings = build_app(args)
     from ..serve.server import run
 
+    path = getattr(app.state, "semgrad_calibrator_path", None)
+    if path is not None:
+        from ..serve.calibrator_state import install_sighup
+
+        install_sighup(app, path)  # kill -HUP <pid> reloads the calibrator file
     state = app.state.semgrad
     print(
         f"semgrad-guard: serving {state.model_id} on http://{settings.host}:{settings.port} "

@@ -39,8 +39,21 @@ _URL_SCHEMES = ("postgresql://", "postgres://")
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _APPLICATION = "semgrad-guard review queue"
 
-# Schema version -> the statements that bring a database from the previous version to it.
-_MIGRATIONS: dict[int, Sequence[str]] = {}
+# Schema version -> the statements that bring a database from the previous version to it. A new
+# database gets the version-1 tables and then every migration, so both paths build the same schema.
+_MIGRATIONS: dict[int, Sequence[str]] = {
+    2: [  # cannot_tell decisions; audit items with their inclusion probability; what judged an item
+        "ALTER TABLE {prefix}_items DROP CONSTRAINT {prefix}_items_status_check",
+        "ALTER TABLE {prefix}_items ADD CONSTRAINT {prefix}_items_status_check "
+        "CHECK (status IN ('pending', 'approved', 'rejected', 'edited', 'cannot_tell'))",
+        "ALTER TABLE {prefix}_items ADD COLUMN kind TEXT NOT NULL DEFAULT 'review' "
+        "CHECK (kind IN ('review', 'audit'))",
+        "ALTER TABLE {prefix}_items ADD COLUMN inclusion_probability DOUBLE PRECISION NOT NULL DEFAULT 1.0 "
+        "CHECK (inclusion_probability > 0 AND inclusion_probability <= 1)",
+        "ALTER TABLE {prefix}_items ADD COLUMN calibrator_version TEXT",
+        "ALTER TABLE {prefix}_items ADD COLUMN policy_version TEXT",
+    ],
+}
 
 
 def is_postgres_url(spec: object) -> bool:
@@ -74,7 +87,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _schema_sql(prefix: str) -> builtins.list[str]:
+def _schema_v1(prefix: str) -> builtins.list[str]:
     return [
         f"""CREATE TABLE {prefix}_items (
             id BIGSERIAL PRIMARY KEY,
@@ -85,6 +98,7 @@ def _schema_sql(prefix: str) -> builtins.list[str]:
             confidence DOUBLE PRECISION,
             rule TEXT,
             status TEXT NOT NULL DEFAULT 'pending'
+                CONSTRAINT {prefix}_items_status_check
                 CHECK (status IN ('pending', 'approved', 'rejected', 'edited')),
             reviewer TEXT,
             decided_at TEXT,
@@ -221,13 +235,14 @@ class PostgresReviewQueue(ReviewQueueBase):
                             f"{self._display} holds no review queue (no {p}_* tables): nothing was queued "
                             "there yet; check --db or $SEMGRAD_GUARD_REVIEW_DB"
                         )
-                    for statement in _schema_sql(p):
+                    for statement in _schema_v1(p):
                         conn.execute(statement)
                     conn.execute(f"CREATE TABLE {p}_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                     conn.execute(
-                        f"INSERT INTO {p}_meta (key, value) VALUES ('application', %s), ('schema_version', %s)",
-                        (_APPLICATION, str(SCHEMA_VERSION)),
+                        f"INSERT INTO {p}_meta (key, value) VALUES ('application', %s), ('schema_version', '1')",
+                        (_APPLICATION,),
                     )
+                    self._migrate(conn, 1)
                     return
                 if f"{p}_meta" not in found:
                     raise ReviewQueueCorruptError(
@@ -253,17 +268,23 @@ class PostgresReviewQueue(ReviewQueueBase):
                     raise ReviewQueueCorruptError(
                         f"{self._display} is missing review tables ({sorted(found)}); it was left untouched"
                     )
-                for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS.get(target, ()):
-                        conn.execute(statement.format(prefix=p))
-                    conn.execute(
-                        f"UPDATE {p}_meta SET value = %s WHERE key = 'schema_version'", (str(target),)
+                if version < SCHEMA_VERSION:
+                    self._migrate(conn, version)
+                    logger.info(
+                        "review database %s migrated to schema version %s", self._display, SCHEMA_VERSION
                     )
-                    logger.info("review database %s migrated to schema version %s", self._display, target)
         except self._psycopg.Error as e:
             raise self._error("cannot set up", e) from None
         finally:
             conn.close()
+
+    def _migrate(self, conn: Any, version: int) -> None:
+        """From ``version`` to :data:`SCHEMA_VERSION`, in the caller's transaction (under its advisory lock)."""
+        p = self._prefix
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS.get(target, ()):
+                conn.execute(statement.format(prefix=p))
+        conn.execute(f"UPDATE {p}_meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # ------------------------------------------------------------------ running SQL
     @contextlib.contextmanager

@@ -62,18 +62,50 @@ def test_newer_schema_is_refused_with_the_fix_and_left_untouched(postgres_url) -
         ).fetchone() == ("99",)
 
 
-def test_older_schema_is_migrated_in_place(postgres_url, monkeypatch) -> None:
+def _schema_version(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT value FROM semgrad_review_meta WHERE key = 'schema_version'").fetchone()[
+            0
+        ]
+
+
+def test_a_version_1_queue_is_migrated_in_place(postgres_url, monkeypatch) -> None:
+    with monkeypatch.context() as m:  # the tables the first release created
+        m.setattr(pg_module, "SCHEMA_VERSION", 1)
+        PostgresReviewQueue(postgres_url).close()
+    assert _schema_version(postgres_url) == "1"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        (item,) = conn.execute(
+            "INSERT INTO semgrad_review_items (created_at, messages, answer, metadata) "
+            "VALUES ('2026-01-01T00:00:00.000+00:00', '[{\"role\": \"user\", \"content\": \"q\"}]', 'a', '{}') "
+            "RETURNING id"
+        ).fetchone()
+        with pytest.raises(psycopg.errors.CheckViolation):  # version 1 knows no cannot_tell
+            conn.execute("UPDATE semgrad_review_items SET status = 'cannot_tell'")
+    with PostgresReviewQueue(postgres_url) as q:
+        it = q.get(item)
+        assert (it.answer, it.kind, it.inclusion_probability, it.calibrator_version) == (
+            "a",
+            "review",
+            1.0,
+            None,
+        )
+        assert q.cannot_tell(item, reviewer="ana").status is ReviewStatus.CANNOT_TELL
+        audit = q.get(q.enqueue("q", "b", kind="audit", inclusion_probability=0.25, policy_version="p1"))
+        assert (audit.kind, audit.inclusion_probability, audit.policy_version) == ("audit", 0.25, "p1")
+    assert _schema_version(postgres_url) == str(pg_module.SCHEMA_VERSION) == "2"
+
+
+def test_a_later_migration_runs_once_on_open(postgres_url, monkeypatch) -> None:
     with PostgresReviewQueue(postgres_url) as q:
         item = q.enqueue("q", "kept across the migration")
-    monkeypatch.setattr(pg_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(pg_module, "_MIGRATIONS", {2: ["ALTER TABLE {prefix}_items ADD COLUMN probe TEXT"]})
+    monkeypatch.setattr(pg_module, "SCHEMA_VERSION", 3)
+    probe = {**pg_module._MIGRATIONS, 3: ["ALTER TABLE {prefix}_items ADD COLUMN probe TEXT"]}
+    monkeypatch.setattr(pg_module, "_MIGRATIONS", probe)
     with PostgresReviewQueue(postgres_url) as q:
         assert q.get(item).answer == "kept across the migration"
-    with psycopg.connect(postgres_url) as conn:
-        assert conn.execute(
-            "SELECT value FROM semgrad_review_meta WHERE key = 'schema_version'"
-        ).fetchone() == ("2",)
-        assert conn.execute("SELECT probe FROM semgrad_review_items").fetchall() == [(None,)]
+    PostgresReviewQueue(postgres_url).close()  # already at 3: the ALTER would fail if it ran again
+    assert _schema_version(postgres_url) == "3"
 
 
 def test_foreign_tables_of_the_same_name_are_refused_and_left_untouched(postgres_url) -> None:

@@ -11,7 +11,6 @@ when; ``reopen`` undoes a decision explicitly (audited).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,12 +89,12 @@ def register(subparsers: Any) -> None:
 def _spec(args: argparse.Namespace) -> str:
     """The queue named by --db, else $SEMGRAD_GUARD_REVIEW_DB, else the default file (a path or a URL)."""
     from ..review.postgres import is_postgres_url
-    from ..review.queue import ENV_DB, default_review_db_path, warn_if_password_in_url
+    from ..review.queue import default_review_db, warn_if_password_in_url
 
     if args.db:
         warn_if_password_in_url(args.db, source="--db")
         return str(args.db) if is_postgres_url(args.db) else str(Path(args.db).expanduser())
-    return os.environ.get(ENV_DB) or str(default_review_db_path())
+    return default_review_db()
 
 
 def _queue(args: argparse.Namespace) -> Any:

@@ -202,6 +202,12 @@ class ReviewQueue(Protocol):
     def on_resolved(self, callback: ResolvedCallback) -> None: ...
 
 
+def default_review_db() -> str:
+    """The queue used when none is named: ``$SEMGRAD_GUARD_REVIEW_DB`` as given (a path or a
+    ``postgresql://`` URL), else ``review.db`` in the platform's user data dir."""
+    return os.environ.get(ENV_DB) or str(default_review_db_path())
+
+
 def default_review_db_path() -> Path:
     """``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the platform's user data dir for semgrad-guard."""
     env = os.environ.get(ENV_DB)
@@ -1142,7 +1148,7 @@ def review_db_name(spec: str | os.PathLike[str] | None = None) -> str:
     """How a queue spec is shown to people: the path, or the URL with its password as ``***``."""
     from .postgres import is_postgres_url, redact_url
 
-    value = os.fspath(spec) if spec is not None else os.environ.get(ENV_DB) or str(default_review_db_path())
+    value = os.fspath(spec) if spec is not None else default_review_db()
     return redact_url(value) if is_postgres_url(value) else str(Path(value).expanduser())
 
 
@@ -1186,7 +1192,7 @@ def open_review_queue(
         )
     from .postgres import PostgresReviewQueue, is_postgres_url
 
-    value = os.fspath(spec) if spec is not None else os.environ.get(ENV_DB) or str(default_review_db_path())
+    value = os.fspath(spec) if spec is not None else default_review_db()
     if is_postgres_url(value):
         return PostgresReviewQueue(value, create=create)
     return SQLiteReviewQueue(value, create=create)

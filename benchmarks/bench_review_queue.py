@@ -17,9 +17,11 @@ import datetime as dt
 import multiprocessing as mp
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -123,21 +125,28 @@ def main() -> int:
     load_after = os.getloadavg()
 
     cpu = platform.processor() or platform.machine()
+
+    def para(*parts: str) -> str:  # prose wrapped to fit 80 columns
+        return textwrap.fill(" ".join(parts), width=78)
+
     lines = [
         "# Review queue throughput: SQLite vs PostgreSQL",
         "",
-        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by",
-        f"`benchmarks/bench_review_queue.py --writers {args.writers} --items {args.items}`.",
-        f"Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()},",
-        f"Python {platform.python_version()}; load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after",
-        "(a shared box: other jobs ran alongside, so read the ratios more than the absolutes).",
-        f"SQLite {__import__('sqlite3').sqlite_version} (WAL, synchronous=FULL) on local disk;",
-        f"PostgreSQL {pg_version.split()[0]} on 127.0.0.1 of the same machine (fsync on,",
-        "synchronous_commit on): no network hop, which a real multi-node setup adds.",
+        para(
+            f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by",
+            f"`benchmarks/bench_review_queue.py --writers {args.writers} --items {args.items}`.",
+            f"Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()},",
+            f"Python {platform.python_version()}; load average {load_before[0]:.1f} before,",
+            f"{load_after[0]:.1f} after (a shared box: other jobs ran alongside; read the ratios",
+            f"more than the absolutes). SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL) on",
+            f"local disk; PostgreSQL {pg_version.split()[0]} on 127.0.0.1 of the same machine (fsync",
+            "on, synchronous_commit on): no network hop, which a real multi-node setup adds.",
+        ),
         "",
-        "Each writer is a process with its own queue; all start together, each enqueues its items,",
-        "then approves them one by one. Throughput: items per second over all writers.",
+        para(
+            "Each writer is a process with its own queue; all start together, each enqueues its",
+            "items, then approves them one by one. Throughput: items per second over all writers.",
+        ),
         "",
         "| backend  | writers | enqueue/s | p50 ms | p95 ms | decide/s | p50 ms |",
         "|----------|--------:|----------:|-------:|-------:|---------:|-------:|",
@@ -149,11 +158,13 @@ def main() -> int:
         )
     lines += [
         "",
-        "A decision is two statements and a read-back (compare-and-set, audit entry, the item returned);",
-        "on PostgreSQL it also sends the NOTIFY that wakes waiters on every machine.",
-        "With 16 writers on 2 cores the writers themselves oversubscribe the CPUs (the load average",
-        "above includes them). PostgreSQL serialises the commits of transactions that NOTIFY, so",
-        "decisions scale less with writers than enqueues do.",
+        para(
+            "A decision is two statements and a read-back (compare-and-set, audit entry, the item",
+            "returned); on PostgreSQL it also sends the NOTIFY that wakes waiters on every machine.",
+            "With 16 writers on 2 cores the writers themselves oversubscribe the CPUs (the load",
+            "average above includes them). PostgreSQL serialises the commits of transactions that",
+            "NOTIFY, so decisions scale less with writers than enqueues do.",
+        ),
         "",
     ]
     args.output.write_text("\n".join(lines))

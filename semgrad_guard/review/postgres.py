@@ -363,6 +363,8 @@ class PostgresReviewQueue(ReviewQueueBase):
                     "review queue listener lost %s: %s; reconnecting", self._display, self._clean(str(e))
                 )
                 self._stop.wait(1.0)
+                with contextlib.suppress(Exception):
+                    self._listen_conn.close()
                 with contextlib.suppress(ReviewQueueError, self._psycopg.Error):
                     conn = self._connect(autocommit=True)
                     conn.execute(f"LISTEN {self._channel}")

@@ -191,3 +191,27 @@ def test_on_resolved_fires_once_per_decision_local_or_remote(postgres_url) -> No
         assert both.wait(10)
         time.sleep(0.5)  # the local decision's own NOTIFY arrives too: it must not fire again
         assert seen == [(a, "approved"), (b, "edited")]
+
+
+def test_the_listener_reconnects_when_its_connection_drops(postgres_url) -> None:
+    got = threading.Event()
+    listening = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'semgrad-guard review queue' AND query LIKE 'LISTEN%%'"
+    )
+    with PostgresReviewQueue(postgres_url) as q, PostgresReviewQueue(postgres_url) as other:
+        i = q.enqueue("q", "a")
+        q.on_resolved(lambda item: got.set())
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            (old,) = admin.execute(listening).fetchall()
+            admin.execute("SELECT pg_terminate_backend(%s)", old)  # a server restart or a proxy timeout
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                pids = admin.execute(listening).fetchall()
+                if pids and pids != [old]:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the listener did not reconnect")
+        other.approve(i)
+        assert got.wait(10)  # a decision from elsewhere still reaches the callback

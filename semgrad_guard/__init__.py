@@ -30,6 +30,7 @@ from .errors import (
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
     ReviewQueueError,
+    ReviewQueueMissingError,
     ReviewTimeoutError,
     RiskControlError,
     ScoringError,
@@ -57,7 +58,8 @@ from .guard.strategies import (
 from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
 from .review.labels import LabelledExample, labelled
-from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
+from .review.postgres import PostgresReviewQueue
+from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue, open_review_queue
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 
@@ -107,6 +109,7 @@ __all__ = [
     "ModelProfile",
     "NonFiniteGradientError",
     "PAYLOAD_KEY",
+    "PostgresReviewQueue",
     "ProfileError",
     "PromptEchoError",
     "Recalibration",
@@ -122,6 +125,7 @@ __all__ = [
     "ReviewQueue",
     "ReviewQueueCorruptError",
     "ReviewQueueError",
+    "ReviewQueueMissingError",
     "ReviewSettings",
     "ReviewStatus",
     "ReviewTimeoutError",
@@ -150,6 +154,7 @@ __all__ = [
     "judge",
     "labelled",
     "recalibrate",
+    "open_review_queue",
     "register_stop_exception",
     "select_profile",
     "select_threshold",

@@ -40,9 +40,9 @@ def register(sub: Any) -> None:
     )
     source.add_argument(
         "--from-reviews",
-        type=Path,
         metavar="DB",
-        help="recalibrate on the review queue's labels (decided items; audit items weighted)",
+        help="recalibrate on the review queue's labels (decided items; audit items weighted); "
+        "a SQLite path or a postgresql:// URL",
     )
     p.add_argument(
         "--base",
@@ -215,18 +215,22 @@ def _from_reviews(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..errors import ReviewQueueError
+    from ..errors import ReviewQueueError, ReviewQueueMissingError
     from ..guard.calibration import Calibrator
     from ..guard.policy import GuardPolicy
     from ..guard.recalibrate import recalibrate
     from ..review.labels import label_counts, labelled
-    from ..review.queue import SQLiteReviewQueue
+    from ..review.queue import open_review_queue, review_db_name, warn_if_password_in_url
 
-    if not args.from_reviews.exists():
+    warn_if_password_in_url(args.from_reviews, source="--from-reviews")
+    try:
+        queue: Any = open_review_queue(args.from_reviews, create=False)
+    except ReviewQueueMissingError:
         raise ReviewQueueError(
-            f"review database {args.from_reviews} does not exist; give the queue's --from-reviews path"
-        )
-    with SQLiteReviewQueue(args.from_reviews, create=False) as q:
+            f"review database {review_db_name(args.from_reviews)} does not exist; give the queue's "
+            "--from-reviews path or URL"
+        ) from None
+    with queue as q:
         labels = labelled(q)
         counts = label_counts(q)
     if args.base is None:
@@ -249,7 +253,7 @@ def _from_reviews(args: argparse.Namespace) -> int:
         min_labels=args.min_labels,
         alphas=args.alphas,
         delta=args.delta,
-        source=str(args.from_reviews),
+        source=review_db_name(args.from_reviews),
     )
     console = Console()
     console.print(

@@ -1,7 +1,7 @@
 """``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | cannot-tell ID |
 reopen ID | export [--labels]``.
 
-The database is ``--db PATH``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
+The queue is ``--db PATH`` or ``--db postgresql://...``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
 data directory (the same default the :class:`~semgrad_guard.Guard` uses). A database that does not
 exist yet is an empty queue (``list`` and ``export`` show nothing); the CLI never creates one.
 Decisions are final: deciding an item that was decided already exits 2 naming who decided what and
@@ -20,9 +20,10 @@ def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=None,
-        help="review database (default: $SEMGRAD_GUARD_REVIEW_DB or review.db in the user data dir)",
+        help="review queue: a SQLite file or a postgresql://user@host/db URL (password via PGPASSWORD or "
+        "~/.pgpass, not the URL; default: $SEMGRAD_GUARD_REVIEW_DB or review.db in the user data dir)",
     )
     parser = subparsers.add_parser(
         "review", help="human review queue: list, show, approve, reject, edit, export"
@@ -85,29 +86,32 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_export)
 
 
-def _path(args: argparse.Namespace) -> Path:
-    from ..review.queue import default_review_db_path
+def _spec(args: argparse.Namespace) -> str:
+    """The queue named by --db, else $SEMGRAD_GUARD_REVIEW_DB, else the default file (a path or a URL)."""
+    from ..review.postgres import is_postgres_url
+    from ..review.queue import default_review_db, warn_if_password_in_url
 
-    return Path(args.db).expanduser() if args.db else default_review_db_path()
+    if args.db:
+        warn_if_password_in_url(args.db, source="--db")
+        return str(args.db) if is_postgres_url(args.db) else str(Path(args.db).expanduser())
+    return default_review_db()
 
 
 def _queue(args: argparse.Namespace) -> Any:
-    from ..errors import ReviewItemNotFoundError
-    from ..review.queue import SQLiteReviewQueue
+    """The queue, or None when there is none yet (an empty queue): the CLI never creates one."""
+    from ..errors import ReviewItemNotFoundError, ReviewQueueMissingError
+    from ..review.queue import open_review_queue, review_db_name
 
-    path = _path(args)
-    if not path.exists() and getattr(args, "id", None) is not None:
-        raise ReviewItemNotFoundError(
-            f"no review item with id {args.id}: the review queue {path} is empty (nothing was queued yet; "
-            "check --db or $SEMGRAD_GUARD_REVIEW_DB)"
-        )
-    return SQLiteReviewQueue(path, create=False)  # the CLI never creates a queue
-
-
-def _missing(args: argparse.Namespace) -> Path | None:
-    """The database path when it does not exist yet (an empty queue), else None."""
-    path = _path(args)
-    return path if not path.exists() else None
+    spec = _spec(args)
+    try:
+        return open_review_queue(spec, create=False)
+    except ReviewQueueMissingError:
+        if getattr(args, "id", None) is not None:
+            raise ReviewItemNotFoundError(
+                f"no review item with id {args.id}: the review queue {review_db_name(spec)} is empty (nothing "
+                "was queued yet; check --db or $SEMGRAD_GUARD_REVIEW_DB)"
+            ) from None
+        return None
 
 
 def _console() -> Any:
@@ -128,19 +132,17 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..review.queue import ReviewStatus
+    from ..review.queue import ReviewStatus, review_db_name
 
-    empty = _missing(args)
-    if empty is not None:
+    q = _queue(args)
+    if q is None:
         items: list[Any] = []
         counts = {s.value: 0 for s in ReviewStatus}
-        path = empty
     else:
-        with _queue(args) as q:
+        with q:
             items = q.list(args.status, limit=args.limit or None)
             counts = q.counts()
-        path = q.path
-    table = Table(title=f"Review queue {path}", show_lines=False)
+    table = Table(title=f"Review queue {review_db_name(_spec(args))}", show_lines=False)
     for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
         table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
     style = {
@@ -241,12 +243,13 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if _missing(args) is not None:  # an empty queue exports nothing
+    q = _queue(args)
+    if q is None:  # an empty queue exports nothing
         if args.output:
             Path(args.output).write_text("")
             print(f"wrote {args.output} (the queue is empty)", file=sys.stderr)
         return 0
-    with _queue(args) as q:
+    with q:
         if args.labels:
             return _export_labels(q, args)
         if args.output:

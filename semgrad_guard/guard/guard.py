@@ -139,8 +139,9 @@ class Guard:
         scorer: Any :class:`Scorer` (``SemGradScorer``, ``RemoteScorer``, ``MockScorer``, ...). Optional: a guard
             that is always handed scores (``check(..., result=...)``, or a ``generate_fn`` returning them) needs none.
         calibrator: Maps scores to confidence; required when a rule is over ``confidence``.
-        review_queue: Where 'review' items go (default: a :class:`SQLiteReviewQueue` at
-            ``policy.review.path`` or the default path, opened on first use).
+        review_queue: Where 'review' items go: a :class:`ReviewQueue`, a SQLite file path or a
+            ``postgresql://`` URL (default: ``policy.review.path``, else ``$SEMGRAD_GUARD_REVIEW_DB``,
+            else a SQLite file in the user data dir; opened on first use, see :func:`open_review_queue`).
         strategies: Retry strategies by name, added to (or overriding) the built-in ones.
 
     ``Guard(scorer, policy, ...)`` (the order before 0.2) still works for one release, with a DeprecationWarning.
@@ -163,7 +164,7 @@ class Guard:
         *legacy: Any,
         scorer: Scorer | None = None,
         calibrator: Calibrator | None = None,
-        review_queue: ReviewQueue | None = None,
+        review_queue: ReviewQueue | str | Path | None = None,
         strategies: Mapping[str, RetryStrategy] | None = None,
     ) -> None:
         if legacy:  # Guard(scorer, policy, calibrator=None, review_queue=None, strategies=None)
@@ -193,7 +194,12 @@ class Guard:
             calibrator.check_compatible(getattr(scorer, "model_id", None), getattr(scorer, "profile", None))
         self.scorer = scorer
         self.calibrator = calibrator
-        self._queue = review_queue
+        self._queue: ReviewQueue | None = None
+        self._queue_spec: str | Path | None = self.policy.review.path
+        if isinstance(review_queue, (str, Path)):
+            self._queue_spec = review_queue
+        else:
+            self._queue = review_queue
         self._strategies: dict[str, RetryStrategy] = {}
         if Action.RETRY in self.policy.actions:
             self._strategies = resolve_strategies(self.policy.retry.strategies, strategies)
@@ -290,9 +296,9 @@ class Guard:
     def review_queue(self) -> ReviewQueue:
         """The review queue (opened on first use)."""
         if self._queue is None:
-            from ..review.queue import SQLiteReviewQueue, default_review_db_path
+            from ..review.queue import open_review_queue
 
-            self._queue = SQLiteReviewQueue(self.policy.review.path or default_review_db_path())
+            self._queue = open_review_queue(self._queue_spec)
         return self._queue
 
     def check(

@@ -179,7 +179,7 @@ class ReviewSettings(TypedConfig):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
-    """SQLite review database (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
+    """Review queue: a SQLite file path or a postgresql:// URL (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
     wait: float | None = Field(default=None, ge=0.0)
     """Seconds to wait for a human decision before returning (None: do not wait)."""
     poll_interval: float = Field(default=1.0, gt=0.0)

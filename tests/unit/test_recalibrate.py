@@ -255,3 +255,29 @@ def test_opt_in_automatic_refit_every_n_labels(base, tmp_path, caplog) -> None:
     )
     assert "automatic refit" in caplog.text
     queue.close()
+
+
+def test_cli_from_reviews_reads_a_postgres_queue_like_a_file(base, tmp_path, postgres_url, capsys) -> None:
+    from semgrad_guard import open_review_queue
+
+    results, y = _world(30, -2.0, np.random.default_rng(7))
+    with _queue(tmp_path, results, y) as file_q, open_review_queue(postgres_url) as pg_q:
+        for it in reversed(file_q.list()):  # the same decided items, in the same order, on the server
+            i = pg_q.enqueue(it.messages, it.answer, result=it.result, kind=it.kind)
+            (pg_q.approve if it.status.value == "approved" else pg_q.reject)(i, reviewer="ana")
+
+        def key(labels):
+            return [(lab.item_id, lab.result, lab.correct, lab.weight, lab.kind) for lab in labels]
+
+        assert key(labelled(pg_q)) == key(labelled(file_q))
+    base_path = tmp_path / "base.json"
+    base.save(base_path)
+    out = tmp_path / "from-pg.json"
+    assert (
+        main(["calibrate", "--from-reviews", postgres_url, "--base", str(base_path), "--out", str(out)]) == 0
+    )
+    assert "30 labels" in capsys.readouterr().out
+    assert json.loads(out.read_text())["provenance"]["labels"] == 30
+    empty = postgres_url.rsplit("/", 1)[0] + "/postgres"  # a database that holds no queue
+    assert main(["calibrate", "--from-reviews", empty, "--base", str(base_path), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -63,6 +63,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
     )
+    review = p.add_argument_group("review pages")
+    review.add_argument(
+        "--review-ui",
+        action="store_true",
+        help="also serve the review queue's pages under /review/ (the --policy's queue; login with the token)",
+    )
+    review.add_argument(
+        "--reviewers-file",
+        type=Path,
+        default=None,
+        help="named reviewer tokens for /review/, 'name: token' per line",
+    )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
     ray.add_argument(
         "--ray",
@@ -148,7 +160,23 @@ def build_app(args: argparse.Namespace) -> Any:
         calibrator = Calibrator.default_for(scorer.model_id)
     elif args.calibrator:
         calibrator = Calibrator.load(args.calibrator)
-    return create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings), settings
+    app = create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings)
+    if args.review_ui:
+        _mount_review_ui(app, args, policy, token)
+    return app, settings
+
+
+def _mount_review_ui(app: Any, args: argparse.Namespace, policy: Any, token: str | None) -> None:
+    """The review pages under /review/, over the queue the policy's review items go to."""
+    from ..review.queue import SQLiteReviewQueue, default_review_db_path
+    from ..serve.review_ui import ReviewerTokens, mount_review_ui
+
+    path = (policy.review.path if policy is not None else None) or default_review_db_path()
+    if args.reviewers_file is not None:
+        tokens = ReviewerTokens.from_file(args.reviewers_file, shared=token)
+    else:
+        tokens = ReviewerTokens(shared=token)
+    mount_review_ui(app, SQLiteReviewQueue(path), tokens=tokens)
 
 
 def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+try:
+    import jinja2  # noqa: F401
+    import python_multipart  # noqa: F401  (FastAPI parses forms with it)
+except ImportError as e:  # pragma: no cover - depends on the environment
+    from ...errors import MissingDependencyError
+
+    raise MissingDependencyError(e.name or "jinja2", "serve", "the review pages") from e
+
 from ...review.queue import ReviewQueue
 from .app import create_review_app
 from .auth import ReviewerTokens

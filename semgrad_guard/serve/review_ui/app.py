@@ -95,6 +95,7 @@ def create_review_app(
     env.filters["when"] = _when
     env.filters["fmt"] = _fmt
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.review_login = tokens.required
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def mac(purpose: str, value: str) -> str:

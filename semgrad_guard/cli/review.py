@@ -1,4 +1,5 @@
-"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | reopen ID | export``.
+"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | cannot-tell ID |
+reopen ID | export [--labels]``.
 
 The database is ``--db PATH``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
 data directory (the same default the :class:`~semgrad_guard.Guard` uses). A database that does not
@@ -28,8 +29,9 @@ def register(subparsers: Any) -> None:
     )
     sub = parser.add_subparsers(dest="review_command", required=True, metavar="ACTION")
 
+    statuses = ["pending", "approved", "rejected", "edited", "cannot_tell"]
     p = sub.add_parser("list", parents=[common], help="list review items (newest first)")
-    p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
+    p.add_argument("--status", choices=statuses, default=None)
     p.add_argument("--limit", type=int, default=50, help="at most this many items (default 50; 0 = all)")
     p.set_defaults(func=_list)
 
@@ -52,6 +54,16 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_decide, decision="edit")
 
     p = sub.add_parser(
+        "cannot-tell",
+        parents=[common],
+        help="record that you cannot tell whether the answer is right (final; not used as a label)",
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--reviewer", default=None, help="who decides (default: $USER)")
+    p.add_argument("--note", default=None)
+    p.set_defaults(func=_decide, decision="cannot_tell")
+
+    p = sub.add_parser(
         "reopen",
         parents=[common],
         help="put a decided item back to pending (audited) so it can be decided again",
@@ -63,7 +75,12 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("export", parents=[common], help="export items as JSONL or CSV (oldest first)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", dest="fmt")
-    p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
+    p.add_argument("--status", choices=statuses, default=None)
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="write the labels instead (decided items with scores, weighted): JSONL that calibrate --data reads",
+    )
     p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=_export)
 
@@ -152,7 +169,13 @@ def _list(args: argparse.Namespace) -> int:
     table = Table(title=f"Review queue {path}", show_lines=False)
     for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
         table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
-    style = {"pending": "yellow", "approved": "green", "rejected": "red", "edited": "cyan"}
+    style = {
+        "pending": "yellow",
+        "approved": "green",
+        "rejected": "red",
+        "edited": "cyan",
+        "cannot_tell": "magenta",
+    }
     for it in items:
         table.add_row(
             str(it.id),
@@ -231,6 +254,8 @@ def _decide(args: argparse.Namespace) -> int:
             it = q.approve(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reject":
             it = q.reject(args.id, reviewer=reviewer, note=args.note)
+        elif args.decision == "cannot_tell":
+            it = q.cannot_tell(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reopen":
             it = q.reopen(args.id, reviewer=reviewer, note=args.note)
             _console().print(f"item {it.id}: [bold]re-opened[/] (pending) by {reviewer or '-'}")
@@ -248,12 +273,36 @@ def _export(args: argparse.Namespace) -> int:
             print(f"wrote {args.output} (the queue is empty)", file=sys.stderr)
         return 0
     with _queue(args) as q:
+        if args.labels:
+            return _export_labels(q, args)
         if args.output:
             with open(args.output, "w", newline="") as fh:
                 q.export(args.fmt, status=args.status, file=fh)
             print(f"wrote {args.output}", file=sys.stderr)
         else:
             sys.stdout.write(q.export(args.fmt, status=args.status))
+    return 0
+
+
+def _export_labels(q: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from ..errors import ConfigurationError
+    from ..review.labels import label_counts, labelled
+
+    if args.fmt != "jsonl":
+        raise ConfigurationError("export --labels writes JSONL only (drop --format csv)")
+    text = "".join(json.dumps(lab.to_row()) + "\n" for lab in labelled(q))
+    counts = label_counts(q)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(
+            f"wrote {args.output}: {counts.labelled} labels ({counts.audit} audit), "
+            f"{counts.cannot_tell} cannot tell and {counts.unscored} unscored left out",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
     return 0
 
 

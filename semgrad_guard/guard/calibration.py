@@ -119,6 +119,7 @@ class Calibrator(BaseModel):
     """How many confidences the reference quantiles summarise."""
 
     _drift: DriftMonitor | None = PrivateAttr(default=None)
+    _fingerprint: str | None = PrivateAttr(default=None)
 
     @field_validator("features")
     @classmethod
@@ -290,6 +291,16 @@ class Calibrator(BaseModel):
         if self._drift is None and self.reference:
             self._drift = DriftMonitor(self.reference, self.n_reference, label=self.model_id or "calibrator")
         return self._drift
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash (12 hex digits) naming this exact calibrator: what payloads and
+        review items record as ``calibrator_version``, so each past decision stays explainable."""
+        if self._fingerprint is None:
+            import hashlib
+
+            self._fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return self._fingerprint
 
     # ------------------------------------------------------------------ compatibility
     def check_compatible(

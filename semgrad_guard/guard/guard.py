@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Mapping
@@ -193,6 +195,10 @@ class Guard:
         self._strategies: dict[str, RetryStrategy] = {}
         if Action.RETRY in self.policy.actions:
             self._strategies = resolve_strategies(self.policy.retry.strategies, strategies)
+        self._audit_lock = threading.Lock()
+        audit = self.policy.audit
+        self._audit_rng = random.Random(audit.seed if audit is not None else None)
+        self._policy_version = self.policy.fingerprint
         first = self.policy.rules[0].field
         self._rank_field = self.policy.rank_by or ("confidence" if calibrator is not None else first)
         if self._rank_field == "confidence" and calibrator is None:
@@ -205,6 +211,22 @@ class Guard:
         No retry, no review, no I/O: what every adapter asks when it already holds the scores.
         """
         return judge(self.policy, result, self.calibrator)
+
+    def set_calibrator(self, calibrator: Calibrator) -> Calibrator | None:
+        """Swap in another calibrator (e.g. one refitted from review labels); returns the old one.
+
+        Atomic: each answer is judged by one calibrator, read once, never by half of each (the
+        version it records says which). The new one must fit the scorer's model and profile.
+
+        Raises:
+            CalibratorMismatchError: It was fitted on another model or profile.
+        """
+        if self.scorer is not None:
+            calibrator.check_compatible(
+                getattr(self.scorer, "model_id", None), getattr(self.scorer, "profile", None)
+            )
+        old, self.calibrator = self.calibrator, calibrator
+        return old
 
     @property
     def review_queue(self) -> ReviewQueue:
@@ -425,13 +447,18 @@ class Guard:
         self, attempt: Attempt, run: _Run, ctx: AttemptContext, metadata: Mapping[str, Any] | None
     ) -> _Steps:
         if attempt.action is not Action.REVIEW:
-            return self._final(attempt, run.attempts, run.t0)
+            audit_id = yield from self._audit(attempt, run, ctx, metadata)
+            final = self._final(attempt, run.attempts, run.t0)
+            final.audit_id = audit_id
+            return final
         t1 = time.perf_counter()
         fields = {
             "result": attempt.result,
             "confidence": attempt.confidence,
             "rule": attempt.rule,
             "metadata": self._review_metadata(attempt, run.attempts, metadata),
+            "calibrator_version": attempt.calibrator_version,
+            "policy_version": self._policy_version,
         }
         item_id = yield _Enqueue(ctx.score_messages, attempt.answer or "", fields)
         item = None
@@ -441,6 +468,39 @@ class Guard:
             except ReviewTimeoutError:
                 item = None
         return self._review_result(attempt, run.attempts, run.t0, item_id, item, time.perf_counter() - t1)
+
+    def _audit(
+        self, attempt: Attempt, run: _Run, ctx: AttemptContext, metadata: Mapping[str, Any] | None
+    ) -> _Steps:
+        """Maybe copy a served answer to the queue as an audit item; never changes what the user gets."""
+        audit = self.policy.audit
+        if audit is None or attempt.result is None or attempt.action not in audit.actions:
+            return None
+        with self._audit_lock:
+            picked = self._audit_rng.random() < audit.rate
+        if not picked:
+            return None
+        fields = {
+            "result": attempt.result,
+            "confidence": attempt.confidence,
+            "rule": attempt.rule,
+            "metadata": {
+                **self._review_metadata(attempt, run.attempts, metadata),
+                "served": str(attempt.action),
+            },
+            "kind": "audit",
+            "inclusion_probability": audit.rate,
+            "calibrator_version": attempt.calibrator_version,
+            "policy_version": self._policy_version,
+        }
+        try:
+            item_id: int = yield _Enqueue(ctx.score_messages, attempt.answer or "", fields)
+        except Exception as e:  # an audit copy is best effort: the user's answer must not depend on it
+            logger.warning(
+                "audit sample not queued (%s: %s); the answer is served as decided", type(e).__name__, e
+            )
+            return None
+        return item_id
 
     def _after_run(
         self, outcome: Attempt | _Exhausted, run: _Run, metadata: Mapping[str, Any] | None
@@ -551,6 +611,7 @@ class Guard:
             attempt.answer = result.scored_text(attempt.answer)
         verdict = self.judge(result)
         attempt.confidence, attempt.action, attempt.rule = verdict.confidence, verdict.action, verdict.rule
+        attempt.calibrator_version = verdict.calibrator_version
 
     def _rank(self, attempt: Attempt) -> float:
         if self._rank_field == "confidence":
@@ -681,4 +742,5 @@ class Guard:
             result=attempt.result,
             error=errors[0] if errors else attempt.error,
             timings=timings,
+            calibrator_version=attempt.calibrator_version,
         )

@@ -190,6 +190,22 @@ class ReviewSettings(TypedConfig):
     """Return the unreviewed answer instead of pending_message (fail open: off by default)."""
 
 
+class AuditSettings(TypedConfig):
+    """Audit sampling: a random share of answers the policy did not send to review is copied to the
+    queue as ``kind="audit"`` items, so the labels cover the whole confidence range, not only the
+    review band. The user gets the policy's answer unchanged (an audit never blocks or alters it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(gt=0.0, le=1.0)
+    """Share of the audited actions' answers copied to the queue (each item stores it as its
+    inclusion probability; fitting weights its label by 1 / rate)."""
+    seed: int | None = 0
+    """Seed of the sampling (None: a fresh random seed per guard)."""
+    actions: list[Action] = Field(default_factory=lambda: [Action.ACCEPT, Action.ANNOTATE, Action.ABSTAIN])
+    """Which final actions are audited (review items are labelled anyway)."""
+
+
 class Decision(BaseModel):
     """The action a policy takes for one scored answer, and which rule said so."""
 
@@ -223,6 +239,8 @@ class Verdict(BaseModel):
     """Calibrated confidence, when a calibrator was given and the answer was scored."""
     decision: Decision | None = None
     """The policy's decision in full (field, value, message); None when scoring failed."""
+    calibrator_version: str | None = None
+    """The judging calibrator's :attr:`~semgrad_guard.Calibrator.fingerprint` (None without one)."""
 
     @property
     def message(self) -> str | None:
@@ -244,11 +262,18 @@ def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = Non
         >>> judge(policy, None).rule
         'on_error'
     """
+    version = getattr(calibrator, "fingerprint", None) if calibrator is not None else None
     if result is None:
-        return Verdict(action=policy.on_error, rule="on_error")
+        return Verdict(action=policy.on_error, rule="on_error", calibrator_version=version)
     confidence = float(calibrator.confidence(result)) if calibrator is not None else None
     decision = policy.decide(result, confidence)
-    return Verdict(action=decision.action, rule=decision.rule, confidence=confidence, decision=decision)
+    return Verdict(
+        action=decision.action,
+        rule=decision.rule,
+        confidence=confidence,
+        decision=decision,
+        calibrator_version=version,
+    )
 
 
 class GuardPolicy(TypedConfig):
@@ -284,6 +309,8 @@ class GuardPolicy(TypedConfig):
     """Action when scoring itself fails (fail closed by default): accept, annotate, abstain, review or raise."""
     rank_by: str | None = None
     """Field ranking attempts when retries run out (default: confidence with a calibrator, else the first rule's field)."""
+    audit: AuditSettings | None = None
+    """Audit sampling of served answers (off by default), e.g. ``audit: {rate: 0.05}``."""
 
     @field_validator("rules")
     @classmethod
@@ -342,7 +369,7 @@ class GuardPolicy(TypedConfig):
         """
         if status in ("approved", "edited"):
             return final_answer if final_answer is not None else model_answer
-        if status == "rejected":
+        if status in ("rejected", "cannot_tell"):  # cannot_tell releases nothing: fail closed
             return self.abstain_message
         return model_answer if self.review.show_answer else self.review.pending_message
 
@@ -450,6 +477,14 @@ class GuardPolicy(TypedConfig):
     def to_json(self) -> str:
         """The policy as JSON."""
         return self.model_dump_json(indent=2, exclude_none=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash (12 hex digits) naming this exact policy: review items and payloads
+        record it, so each past decision stays explainable."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()[:12]
 
     @classmethod
     def from_threshold(

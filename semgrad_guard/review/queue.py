@@ -52,7 +52,9 @@ from ..results import ScoreResult
 logger = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x53474752  # "SGGR": marks the file as a semgrad-guard review database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``cannot_tell``, ``kind``, ``inclusion_probability`` and the judging versions; a version-1
+file is migrated in place on open."""
 ENV_DB = "SEMGRAD_GUARD_REVIEW_DB"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -64,6 +66,8 @@ class ReviewStatus(str, Enum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EDITED = "edited"
+    CANNOT_TELL = "cannot_tell"
+    """Decided: the reviewer cannot tell whether the answer is right (no answer is released; not a label)."""
 
     def __str__(self) -> str:
         return self.value
@@ -104,19 +108,28 @@ class ReviewItem(BaseModel):
     rule: str | None = None
     """Policy rule that sent it to review."""
     status: ReviewStatus = ReviewStatus.PENDING
-    """pending, approved, rejected or edited."""
+    """pending, approved, rejected, edited or cannot_tell."""
     reviewer: str | None = None
     """Who decided."""
     decided_at: str | None = None
     """When the decision was made."""
     final_answer: str | None = None
-    """The answer to use: the original (approved), the reviewer's (edited), None (rejected or pending)."""
+    """The answer to use: the original (approved), the reviewer's (edited), None (rejected, cannot_tell, pending)."""
     note: str | None = None
     """Reviewer's note."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Caller's metadata (e.g. run id, attempts)."""
     audit: list[AuditEntry] = Field(default_factory=list)
     """Every change, oldest first."""
+    kind: ItemKind = "review"
+    """'review' (the policy sent it) or 'audit' (a random copy: the user already got the policy's answer)."""
+    inclusion_probability: float = 1.0
+    """Probability that an answer like this one was queued (1 for review items, the audit rate for
+    audit items): labels are weighted by its inverse, so they stand for every answer served."""
+    calibrator_version: str | None = None
+    """:attr:`Calibrator.fingerprint <semgrad_guard.Calibrator.fingerprint>` of the calibrator that judged it."""
+    policy_version: str | None = None
+    """:attr:`GuardPolicy.fingerprint <semgrad_guard.GuardPolicy.fingerprint>` of the policy that judged it."""
 
     @property
     def resolved(self) -> bool:
@@ -131,6 +144,9 @@ class ReviewItem(BaseModel):
                 return str(m.get("content", ""))
         return ""
 
+
+ItemKind = Literal["review", "audit"]
+"""'review': the policy sent it; 'audit': a random copy of an answer the user got as the policy decided."""
 
 ResolvedCallback = Callable[[ReviewItem], Any]
 
@@ -148,6 +164,10 @@ class ReviewQueue(Protocol):
         confidence: float | None = None,
         rule: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        kind: ItemKind = "review",
+        inclusion_probability: float = 1.0,
+        calibrator_version: str | None = None,
+        policy_version: str | None = None,
     ) -> int: ...
 
     def get(self, item_id: int) -> ReviewItem: ...
@@ -161,6 +181,10 @@ class ReviewQueue(Protocol):
     ) -> ReviewItem: ...
 
     def reject(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem: ...
+
+    def cannot_tell(
+        self, item_id: int, *, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem: ...
 
     def edit(
         self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None
@@ -200,12 +224,18 @@ CREATE TABLE items (
     result TEXT,
     confidence REAL,
     rule TEXT,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'rejected', 'edited')),
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'approved', 'rejected', 'edited', 'cannot_tell')),
     reviewer TEXT,
     decided_at TEXT,
     final_answer TEXT,
     note TEXT,
-    metadata TEXT NOT NULL DEFAULT '{}'
+    metadata TEXT NOT NULL DEFAULT '{}',
+    kind TEXT NOT NULL DEFAULT 'review' CHECK (kind IN ('review', 'audit')),
+    inclusion_probability REAL NOT NULL DEFAULT 1.0
+        CHECK (inclusion_probability > 0 AND inclusion_probability <= 1),
+    calibrator_version TEXT,
+    policy_version TEXT
 );
 CREATE INDEX items_status ON items(status);
 CREATE TABLE audit (
@@ -231,8 +261,9 @@ def apply_review_decision(
 ) -> ReviewItem:
     """Record a person's decision on a review item: the one way every adapter does it.
 
-    ``action`` is ``"approve"``, ``"reject"`` or ``"edit"`` (which needs ``answer``, the corrected
-    text). Decisions are final: a second decision raises :class:`AlreadyDecidedError`.
+    ``action`` is ``"approve"``, ``"reject"``, ``"edit"`` (which needs ``answer``, the corrected
+    text) or ``"cannot_tell"`` (the reviewer cannot judge it: final, not a label). Decisions are
+    final: a second decision raises :class:`AlreadyDecidedError`.
 
     Raises:
         ConfigurationError: unknown action, or an edit without the corrected answer.
@@ -245,7 +276,11 @@ def apply_review_decision(
         if not isinstance(answer, str) or not answer:
             raise ConfigurationError("an 'edit' review decision needs the corrected answer text")
         return queue.edit(item_id, answer=answer, reviewer=reviewer, note=note)
-    raise ConfigurationError(f"a review decision is 'approve', 'reject' or 'edit', got {action!r}")
+    if action == "cannot_tell":
+        return queue.cannot_tell(item_id, reviewer=reviewer, note=note)
+    raise ConfigurationError(
+        f"a review decision is 'approve', 'reject', 'edit' or 'cannot_tell', got {action!r}"
+    )
 
 
 class SQLiteReviewQueue:
@@ -326,6 +361,8 @@ class SQLiteReviewQueue:
                         f"{self.path} is missing review tables; it was left untouched"
                     )
                 conn.execute("PRAGMA journal_mode = WAL")
+                if version < SCHEMA_VERSION:
+                    self._migrate(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
         except ReviewQueueError:
@@ -369,6 +406,31 @@ class SQLiteReviewQueue:
                 conn.execute("ROLLBACK")
             raise
 
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring a version-1 file to the current schema in one transaction (the items table is rebuilt:
+        SQLite cannot widen a CHECK constraint in place). Existing items become review items (p = 1)."""
+        conn.execute("PRAGMA foreign_keys = OFF")  # the rebuild drops the table the audit refers to
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated it between our read and the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return
+            table = _SCHEMA.split(";")[0].replace("CREATE TABLE items", "CREATE TABLE items_v2", 1)
+            conn.execute(table)
+            old = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
+            conn.execute(f"INSERT INTO items_v2 ({old}) SELECT {old} FROM items")
+            conn.execute("DROP TABLE items")
+            conn.execute("ALTER TABLE items_v2 RENAME TO items")
+            conn.execute("CREATE INDEX items_status ON items(status)")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        logger.info("review database %s migrated to schema version %d", self.path, SCHEMA_VERSION)
+
     def _harden_permissions(self) -> None:
         for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             with contextlib.suppress(FileNotFoundError, PermissionError):
@@ -403,11 +465,20 @@ class SQLiteReviewQueue:
         confidence: float | None = None,
         rule: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        kind: ItemKind = "review",
+        inclusion_probability: float = 1.0,
+        calibrator_version: str | None = None,
+        policy_version: str | None = None,
     ) -> int:
         """Add an answer for review; returns its id once it is durably stored.
 
+        ``kind="audit"`` marks a random copy of an answer already served (see ``GuardPolicy.audit``);
+        ``inclusion_probability`` is the chance it was sampled (labels are weighted by its inverse).
+        ``calibrator_version`` / ``policy_version`` name what judged it (their ``fingerprint``).
+
         Raises:
-            ConfigurationError: ``answer`` is not a string, or ``metadata`` is not JSON-serialisable.
+            ConfigurationError: ``answer`` is not a string, ``metadata`` is not JSON-serialisable,
+                ``kind`` is unknown or ``inclusion_probability`` is not in (0, 1].
             ScoringError: ``messages`` is malformed (see :func:`~semgrad_guard.messages.normalize_messages`).
         """
         if not isinstance(answer, str):
@@ -419,6 +490,14 @@ class SQLiteReviewQueue:
             raise ConfigurationError(
                 f"enqueue(confidence=...) must be a number or None, got {type(confidence).__name__}"
             )
+        if kind not in ("review", "audit"):
+            raise ConfigurationError(f"enqueue(kind=...) is 'review' or 'audit', got {kind!r}")
+        p = inclusion_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+            raise ConfigurationError(
+                f"enqueue(inclusion_probability=...) must be a probability in (0, 1], got {p!r} "
+                "(the chance this answer was sampled into the queue: 1 unless it was sampled)"
+            )
         chat = normalize_messages(messages)
         try:
             meta_json = json.dumps(dict(metadata or {}), default=str)
@@ -427,8 +506,8 @@ class SQLiteReviewQueue:
         now = _now()
         with self._transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO items (created_at, messages, answer, result, confidence, rule, metadata) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (created_at, messages, answer, result, confidence, rule, metadata, kind, "
+                "inclusion_probability, calibrator_version, policy_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     now,
                     json.dumps(chat),
@@ -437,12 +516,19 @@ class SQLiteReviewQueue:
                     confidence,
                     rule,
                     meta_json,
+                    kind,
+                    float(p),
+                    calibrator_version,
+                    policy_version,
                 ),
             )
             item_id = int(cur.lastrowid or 0)
+            created: dict[str, Any] = {"rule": rule}
+            if kind != "review":
+                created.update(kind=kind, inclusion_probability=float(p))
             conn.execute(
                 "INSERT INTO audit (item_id, at, event, actor, details) VALUES (?, ?, 'created', NULL, ?)",
-                (item_id, now, json.dumps({"rule": rule})),
+                (item_id, now, json.dumps(created)),
             )
         return item_id
 
@@ -466,6 +552,20 @@ class SQLiteReviewQueue:
         if not isinstance(answer, str):
             raise ConfigurationError("edit(answer=...) must be a string")
         return self._decide(item_id, ReviewStatus.EDITED, reviewer, note, answer)
+
+    def cannot_tell(
+        self, item_id: int, *, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem:
+        """Record that the reviewer cannot tell whether the answer is right.
+
+        A final decision like the others (no answer is released: ``final_answer`` is None), but not
+        a label: fitting leaves it out and counts it (see :func:`~semgrad_guard.review.labels.labelled`).
+
+        Raises:
+            AlreadyDecidedError: The item was decided already.
+            ReviewItemNotFoundError: No such item.
+        """
+        return self._decide(item_id, ReviewStatus.CANNOT_TELL, reviewer, note, None)
 
     def reopen(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
         """Put a decided item back to pending so it can be decided again (an explicit, audited action).
@@ -725,6 +825,10 @@ class SQLiteReviewQueue:
                 "decided_at",
                 "note",
                 "messages",
+                "kind",
+                "inclusion_probability",
+                "calibrator_version",
+                "policy_version",
             ]
             writer = csv.writer(buf)
             writer.writerow(cols)
@@ -745,6 +849,10 @@ class SQLiteReviewQueue:
                         it.decided_at or "",
                         it.note or "",
                         json.dumps(it.messages),
+                        it.kind,
+                        it.inclusion_probability,
+                        it.calibrator_version or "",
+                        it.policy_version or "",
                     ]
                 )
             text = buf.getvalue()
@@ -773,9 +881,17 @@ class SQLiteReviewQueue:
         return f"SQLiteReviewQueue({str(self.path)!r})"
 
 
-_VERBS = {ReviewStatus.APPROVED: "approve", ReviewStatus.REJECTED: "reject", ReviewStatus.EDITED: "edit"}
+_VERBS = {
+    ReviewStatus.APPROVED: "approve",
+    ReviewStatus.REJECTED: "reject",
+    ReviewStatus.EDITED: "edit",
+    ReviewStatus.CANNOT_TELL: "cannot_tell",
+}
 
-_COLUMNS = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
+_COLUMNS = (
+    "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, "
+    "note, metadata, kind, inclusion_probability, calibrator_version, policy_version"
+)
 
 
 def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
@@ -793,6 +909,10 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
         final,
         note,
         meta,
+        kind,
+        inclusion,
+        cal_version,
+        policy_version,
     ) = row
     try:
         return ReviewItem(
@@ -809,6 +929,10 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
             final_answer=final,
             note=note,
             metadata=json.loads(meta or "{}"),
+            kind=kind,
+            inclusion_probability=inclusion,
+            calibrator_version=cal_version,
+            policy_version=policy_version,
             audit=[
                 AuditEntry(at=a[0], event=a[1], actor=a[2], details=json.loads(a[3] or "{}")) for a in audit
             ],

@@ -51,6 +51,9 @@ def queue(tmp_path, scorer):
     q.enqueue(rag, answer, result=scorer.score(rag, answer), confidence=0.48, rule="review_band")
     q.enqueue("Who wrote Hamlet?", "Christopher Marlowe wrote Hamlet.", confidence=0.41, rule="review_band")
     q.enqueue("What is 2 + 2?", "4", confidence=0.66, rule="review_band")
+    q.enqueue(
+        "Capital of Peru?", "Lima.", confidence=0.93, rule="audit", kind="audit", inclusion_probability=0.05
+    )
     yield q
     q.close()
 
@@ -89,7 +92,7 @@ def shot(driver, name: str) -> None:
 def test_log_in_and_work_through_the_queue_with_the_keyboard(browser, server, queue):
     log_in(browser, server.url, ANA)
     assert "signed in as ana" in browser.find_element(By.CLASS_NAME, "who").text
-    assert browser.find_element(By.ID, "count-pending").text == "3"
+    assert browser.find_element(By.ID, "count-pending").text == "4"
     shot(browser, "review-ui-queue.png")
     press(browser, "j")
     press(browser, Keys.ENTER)
@@ -112,12 +115,16 @@ def test_log_in_and_work_through_the_queue_with_the_keyboard(browser, server, qu
     edit.send_keys(Keys.CONTROL, Keys.ENTER)
     on_item(browser, 3)
     press(browser, "a")
+    on_item(browser, 4)
+    assert browser.find_element(By.CSS_SELECTOR, "h1 .badge.audit").text == "audit sample"
+    press(browser, "c")
     wait(browser, EC.url_contains("cleared=1"))
     assert "No pending item left" in browser.page_source
     one, two, three = (queue.get(i) for i in (1, 2, 3))
     assert (one.status.value, one.reviewer, one.note) == ("rejected", "ana", "the context says 30 days")
     assert (two.status.value, two.final_answer) == ("edited", "William Shakespeare wrote Hamlet.")
     assert three.status.value == "approved" and three.reviewer == "ana"
+    assert queue.get(4).status.value == "cannot_tell"
 
 
 def test_a_concurrent_decision_is_refused_with_a_clear_page(browser, server, queue):

@@ -523,10 +523,16 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
     assert (
         guard.judge(good)
         == judge(policy, good, cal)
-        == Verdict(action="accept", rule="ok", confidence=1.0, decision=policy.decide(good, 1.0))
+        == Verdict(
+            action="accept",
+            rule="ok",
+            confidence=1.0,
+            decision=policy.decide(good, 1.0),
+            calibrator_version=cal.fingerprint,
+        )
     )
     assert guard.judge(bad).action.value == "abstain" and guard.judge(bad).confidence == 0.0
-    assert guard.judge(None) == Verdict(action="review", rule="on_error")
+    assert guard.judge(None) == Verdict(action="review", rule="on_error", calibrator_version=cal.fingerprint)
     # check() reports exactly the verdict
     r = guard.check("q", "right")
     assert (r.action, r.rule, r.confidence) == (Action.ACCEPT, "ok", 1.0)

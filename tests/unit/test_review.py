@@ -100,7 +100,7 @@ def test_list_filters_and_orders(q) -> None:
     assert [it.id for it in q.list("pending")] == [ids[4], ids[2], ids[0]]
     assert [it.id for it in q.list(ReviewStatus.REJECTED)] == [ids[1]]
     assert len(q.list(limit=2)) == 2
-    assert q.counts() == {"pending": 3, "approved": 1, "rejected": 1, "edited": 0}
+    assert q.counts() == {"pending": 3, "approved": 1, "rejected": 1, "edited": 0, "cannot_tell": 0}
     assert len(q) == 5
     with pytest.raises(ConfigurationError, match="status must be one of"):
         q.list("done")
@@ -493,7 +493,7 @@ def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
     ]
     assert texts == ["Paris.", "Paris, France.", "Sorry."]
     assert policy.answer_after_review("pending", None, "Paris.") == policy.review.pending_message
-    with pytest.raises(ConfigurationError, match="'approve', 'reject' or 'edit'"):
+    with pytest.raises(ConfigurationError, match="'approve', 'reject', 'edit' or 'cannot_tell'"):
         apply_review_decision(q, q.enqueue("q", "a"), "maybe")
     with pytest.raises(ConfigurationError, match="corrected answer"):
         apply_review_decision(q, q.enqueue("q", "a"), "edit")

@@ -121,7 +121,7 @@ def test_list_before_anything_was_queued_is_an_empty_queue(tmp_path, capsys, mon
     monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(fresh))
     assert main(["review", "list"]) == 0
     assert main(["review", "export"]) == 0
-    assert capsys.readouterr().out.endswith("edited: 0\n")  # export of an empty queue prints nothing
+    assert capsys.readouterr().out.endswith("cannot_tell: 0\n")  # export of an empty queue prints nothing
     assert not fresh.exists()
 
 

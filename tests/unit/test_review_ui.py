@@ -275,6 +275,23 @@ def test_a_second_reviewer_gets_a_clear_already_decided_page(queue, named):
     )
 
 
+def test_cannot_tell_is_a_final_decision_and_audit_items_carry_a_badge(queue, named):
+    (i, *_) = fill(queue)
+    j = queue.enqueue(
+        "Capital of Peru?", "Lima.", confidence=0.93, rule="audit", kind="audit", inclusion_probability=0.05
+    )
+    c = client(named)
+    login(c, ANA)
+    assert 'id="cannot-tell"' in c.get(f"/items/{i}").text
+    assert decide(c, i, "cannot_tell", note="needs a lawyer").status_code == 303
+    assert queue.get(i).status.value == "cannot_tell"
+    r = decide(c, i, "approve")
+    assert r.status_code == 409 and "already marked cannot tell by ana" in r.text
+    assert re.search(r'id="count-cannot_tell">1<', c.get("/").text)
+    assert 'class="badge audit"' in c.get(f"/items/{j}").text and "p = 0.050" in c.get(f"/items/{j}").text
+    assert 'class="badge audit"' in c.get("/?rule=audit").text
+
+
 def test_bad_decisions_get_a_page_saying_what_is_wrong(queue, named):
     (i, *_) = fill(queue)
     c = client(named)
@@ -282,7 +299,7 @@ def test_bad_decisions_get_a_page_saying_what_is_wrong(queue, named):
     r = decide(c, i, "edit", answer="   ")
     assert r.status_code == 400 and "corrected answer" in r.text
     r = decide(c, i, "delete")
-    assert r.status_code == 400 and "approve, reject, edit" in r.text
+    assert r.status_code == 400 and "approve, reject, edit, cannot_tell" in r.text
     r = c.post("/items/999/decision", data={"csrf": csrf_of(c.get("/").text), "action": "approve"})
     assert r.status_code == 404 and "no review item with id 999" in r.text
     assert c.get("/items/999").status_code == 404

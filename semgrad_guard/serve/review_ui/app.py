@@ -368,7 +368,8 @@ def _statuses() -> list[str]:
 
 
 def _past_tense() -> dict[str, str]:
-    return {s: s.replace("_", " ") for s in _statuses()}
+    """How a status reads after "already ... by A at T" (and on a decided item)."""
+    return {s: "marked cannot tell" if s == "cannot_tell" else s.replace("_", " ") for s in _statuses()}
 
 
 def _bearer(request: Request) -> str:

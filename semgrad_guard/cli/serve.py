@@ -140,6 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def build_app(args: argparse.Namespace) -> Any:
     """Load the model, calibrator and policy the arguments name, and build the app (no server started)."""
     settings, token = settings_from_args(args)
+    review_tokens = _review_tokens(args, token) if args.review_ui else None  # a bad file: said before loading
     from ..guard.calibration import Calibrator
     from ..guard.policy import GuardPolicy
     from ..serve import create_app  # a missing 'serve' extra is said before any weights load
@@ -161,22 +162,23 @@ def build_app(args: argparse.Namespace) -> Any:
     elif args.calibrator:
         calibrator = Calibrator.load(args.calibrator)
     app = create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings)
-    if args.review_ui:
-        _mount_review_ui(app, args, policy, token)
+    if review_tokens is not None:
+        from ..review.queue import SQLiteReviewQueue, default_review_db_path
+        from ..serve.review_ui import mount_review_ui
+
+        # The pages show the queue the policy's review items go to.
+        path = (policy.review.path if policy is not None else None) or default_review_db_path()
+        mount_review_ui(app, SQLiteReviewQueue(path), tokens=review_tokens)
     return app, settings
 
 
-def _mount_review_ui(app: Any, args: argparse.Namespace, policy: Any, token: str | None) -> None:
-    """The review pages under /review/, over the queue the policy's review items go to."""
-    from ..review.queue import SQLiteReviewQueue, default_review_db_path
-    from ..serve.review_ui import ReviewerTokens, mount_review_ui
+def _review_tokens(args: argparse.Namespace, token: str | None) -> Any:
+    """Who may log in to /review/: the service's token (shared) and the --reviewers-file names."""
+    from ..serve.review_ui import ReviewerTokens
 
-    path = (policy.review.path if policy is not None else None) or default_review_db_path()
     if args.reviewers_file is not None:
-        tokens = ReviewerTokens.from_file(args.reviewers_file, shared=token)
-    else:
-        tokens = ReviewerTokens(shared=token)
-    mount_review_ui(app, SQLiteReviewQueue(path), tokens=tokens)
+        return ReviewerTokens.from_file(args.reviewers_file, shared=token)
+    return ReviewerTokens(shared=token)
 
 
 def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
@@ -231,6 +233,11 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
 
 
 def _serve_ray(args: argparse.Namespace) -> int:
+    if args.review_ui:
+        raise ConfigurationError(
+            "--review-ui is not served on Ray Serve; run `semgrad-guard review ui --db <the policy's review "
+            "path>` next to it"
+        )
     application, settings, token = ray_application_from_args(args)
     from ..serve.ray_app import run_on_ray, shutdown_ray, start_ray
 

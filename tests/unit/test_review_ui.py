@@ -447,3 +447,44 @@ def test_serve_has_a_review_ui_flag():
 
     args = build_parser().parse_args(["serve", "--review-ui", "--reviewers-file", "r.txt"])
     assert args.review_ui and str(args.reviewers_file) == "r.txt"
+
+
+def test_the_item_page_marks_shaky_spans_and_escapes_them(queue, named):
+    answer = "Paris is the capital. It has <b>90</b> million people."
+    i = queue.enqueue("Tell me about Paris.", answer, confidence=0.3, rule="review_band")
+    spans = [{"start": 22, "end": len(answer), "score": 0.91, "shaky": True}]
+
+    class WithSpans:  # a queue whose results carry spans (ScoreResult.spans, where the scorer gives them)
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+        def get(self, item_id):
+            it = queue.get(item_id)
+            result = SimpleNamespace(spans=spans, scores=lambda: {"semgrad": 0.5}, flags=[])
+            return it.model_construct(**{**dict(it), "result": result})
+
+    app = create_review_app(WithSpans(), tokens=ReviewerTokens(named={"ana": ANA}))  # type: ignore[arg-type]
+    c = client(app)
+    login(c, ANA)
+    html = c.get(f"/items/{i}").text
+    assert (
+        '<mark class="shaky" title="shaky: 0.910">It has &lt;b&gt;90&lt;/b&gt; million people.</mark>' in html
+    )
+    assert "Paris is the capital. <mark" in html
+    # Without spans the answer is shown plain.
+    c2 = client(named)
+    login(c2, ANA)
+    assert "<mark" not in c2.get(f"/items/{i}").text
+
+
+def test_serve_review_ui_checks_the_reviewers_file_before_loading_weights(tmp_path, monkeypatch, capsys):
+    from semgrad_guard.cli import main
+
+    monkeypatch.delenv("SEMGRAD_GUARD_TOKEN", raising=False)
+    bad = tmp_path / "reviewers.txt"
+    bad.write_text("ana: short\n")
+    # --model names nothing loadable: reaching the weights would fail with another message.
+    code = main(["serve", "--model", str(tmp_path / "none"), "--review-ui", "--reviewers-file", str(bad)])
+    assert code == 2 and "16 or more" in capsys.readouterr().err
+    code = main(["serve", "--ray", "--review-ui"])
+    assert code == 2 and "not served on Ray Serve" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -254,7 +255,7 @@ def create_review_app(
         for name, value in (("since", since), ("until", until)):
             if value and not _is_date(value):
                 raise _Page(400, "Bad date", f"{name} is a date like 2026-12-03; got {value!r}.")
-        items = queue.list(None)
+        items = await run_in_threadpool(queue.list, None)
         counts = {s: 0 for s in _statuses()}
         for it in items:
             counts[it.status.value] = counts.get(it.status.value, 0) + 1
@@ -288,8 +289,8 @@ def create_review_app(
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
     async def item_page(request: Request, item_id: int) -> Response:
-        it = _get(queue, item_id)
-        pending = [p.id for p in _sorted(queue.list(ReviewStatus.PENDING), "age")]
+        it = await run_in_threadpool(_get, queue, item_id)
+        pending = [p.id for p in _sorted(await run_in_threadpool(queue.list, ReviewStatus.PENDING), "age")]
         prev_id, next_id = _neighbours(pending, item_id)
         panels = _panels(it.messages)
         return render(
@@ -319,8 +320,15 @@ def create_review_app(
         if action == "edit" and not (answer or "").strip():
             raise _Page(400, "Empty edit", "An edit needs the corrected answer text.", item_id)
         try:
-            apply_review_decision(
-                queue, item_id, action, answer=answer, reviewer=request.state.reviewer or None, note=note
+            # The queue blocks (SQLite waits on a writer's lock): off the event loop, which may be the service's.
+            await run_in_threadpool(
+                apply_review_decision,
+                queue,
+                item_id,
+                action,
+                answer=answer,
+                reviewer=request.state.reviewer or None,
+                note=note,
             )
         except AlreadyDecidedError as e:
             verb = _past_tense().get(e.status, e.status)
@@ -335,7 +343,7 @@ def create_review_app(
             raise _Page(404, "No such item", str(e)) from e
         except ConfigurationError as e:
             raise _Page(400, "Decision refused", str(e), item_id) from e
-        pending = [p.id for p in _sorted(queue.list(ReviewStatus.PENDING), "age")]
+        pending = [p.id for p in _sorted(await run_in_threadpool(queue.list, ReviewStatus.PENDING), "age")]
         after = [p for p in pending if p > item_id] or pending
         if after:
             return RedirectResponse(f"{base(request)}/items/{after[0]}", 303)
@@ -352,7 +360,7 @@ def create_review_app(
         if not callable(fn):
             raise _Page(400, "Cannot re-open", f"{type(queue).__name__} has no reopen().", item_id)
         try:
-            fn(item_id, reviewer=request.state.reviewer or None, note=note)
+            await run_in_threadpool(fn, item_id, reviewer=request.state.reviewer or None, note=note)
         except ReviewItemNotFoundError as e:
             raise _Page(404, "No such item", str(e)) from e
         except ReviewQueueError as e:

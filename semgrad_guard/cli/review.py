@@ -5,7 +5,8 @@ The database is ``--db PATH``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.
 data directory (the same default the :class:`~semgrad_guard.Guard` uses). A database that does not
 exist yet is an empty queue (``list`` and ``export`` show nothing); the CLI never creates one.
 Decisions are final: deciding an item that was decided already exits 2 naming who decided what and
-when; ``reopen`` undoes a decision explicitly (audited).
+when; ``reopen`` undoes a decision explicitly (audited). ``review ui`` serves the queue's pages in a
+browser (extra ``serve``; it creates an empty queue when there is none, for the guard to fill).
 """
 
 from __future__ import annotations

@@ -99,6 +99,20 @@ def test_a_wrong_token_is_refused_and_a_token_in_the_url_does_nothing(queue, nam
     assert 'method="post"' in page.text and 'type="password"' in page.text
 
 
+def test_guessing_tokens_is_throttled(queue, named, monkeypatch):
+    from semgrad_guard.serve.review_ui import app as ui
+
+    c = client(named)
+    csrf = csrf_of(c.get("/login").text)
+    for _ in range(ui.LOGIN_FAILURES):
+        assert c.post("/login", data={"csrf": csrf, "token": "guess-guess-guess"}).status_code == 401
+    r = c.post("/login", data={"csrf": csrf, "token": ANA})  # even the right one, until the window passes
+    assert r.status_code == 429 and "wait a few minutes" in r.text
+    later = ui._clock() + ui.LOGIN_WINDOW_S + 1
+    monkeypatch.setattr(ui, "_clock", lambda: later)
+    assert c.post("/login", data={"csrf": csrf, "token": ANA}).status_code == 303
+
+
 def test_the_session_cookie_is_httponly_and_samesite_strict_and_cannot_be_forged(queue, named):
     c = client(named)
     page = c.get("/login")

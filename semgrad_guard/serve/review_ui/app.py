@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +46,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+LOGIN_FAILURES = 10
+"""Wrong tokens one client may send in ``LOGIN_WINDOW_S`` before its logins are refused (429)."""
+LOGIN_WINDOW_S = 300.0
+_clock = time.monotonic  # the throttle's clock (tests move it)
 SORTS = ("age", "newest", "confidence", "-confidence")
 ACTIONS = ("approve", "reject", "edit", "cannot_tell")
 _ROLE_PANELS = {"system": "system", "developer": "system", "tool": "context", "function": "context"}
@@ -98,6 +103,16 @@ def create_review_app(
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.review_login = tokens.required
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    failures: dict[str, list[float]] = {}  # client address -> times of its recent wrong tokens
+
+    def throttled(client: str) -> bool:
+        now = _clock()
+        recent = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW_S]
+        failures[client] = recent
+        if not recent:
+            failures.pop(client, None)  # the table holds only clients that failed lately
+        return len(recent) >= LOGIN_FAILURES
 
     def mac(purpose: str, value: str) -> str:
         return hmac.new(key, f"{purpose}|{value}".encode(), hashlib.sha256).hexdigest()
@@ -213,9 +228,18 @@ def create_review_app(
     async def login(request: Request) -> Response:
         form = await request.form()
         check_post(request, form)
+        client = request.client.host if request.client else "?"
+        if throttled(client):
+            raise _Page(
+                429,
+                "Too many wrong tokens",
+                f"{LOGIN_FAILURES} wrong tokens from this address in {LOGIN_WINDOW_S / 60:.0f} minutes; "
+                "wait a few minutes, then log in with the right token.",
+            )
         who = tokens.reviewer_for(str(form.get("token", "")))
         name = " ".join(str(form.get("name", "")).split())[:64]
         if who is None:
+            failures.setdefault(client, []).append(_clock())
             return render(request, "login.html", 401, shared=bool(tokens.shared), error="Wrong token.")
         if who == "" and not name:
             return render(

@@ -109,6 +109,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--reviewer", default=None, help="name decisions are recorded under on open pages (default: $USER)"
     )
+    p.add_argument(
+        "--guidelines",
+        type=Path,
+        default=None,
+        help="a text file of what reviewers should check (shown on each item)",
+    )
     p.set_defaults(func=_ui)
 
 
@@ -334,7 +340,13 @@ def review_ui_app(args: argparse.Namespace) -> Any:
         except Exception:  # no login name (containers)
             reviewer = None
     queue = SQLiteReviewQueue(_path(args))  # creates an empty queue: the guard fills it later
-    return create_review_app(queue, tokens=tokens, default_reviewer=reviewer)
+    guidelines = None
+    if args.guidelines is not None:
+        try:
+            guidelines = args.guidelines.read_text()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read --guidelines {args.guidelines}: {e}") from e
+    return create_review_app(queue, tokens=tokens, default_reviewer=reviewer, guidelines=guidelines)
 
 
 def _ui(args: argparse.Namespace) -> int:

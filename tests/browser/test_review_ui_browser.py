@@ -60,7 +60,11 @@ def queue(tmp_path, scorer):
 
 @pytest.fixture
 def server(queue):
-    app = create_review_app(queue, tokens=ReviewerTokens(named={"ana": ANA, "bob": BOB}))
+    app = create_review_app(
+        queue,
+        tokens=ReviewerTokens(named={"ana": ANA, "bob": BOB}),
+        guidelines="Approve what the retrieved context supports. Edit a small slip. Reject the rest.",
+    )
     with BackgroundServer(app) as s:
         yield s
 

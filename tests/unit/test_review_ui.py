@@ -452,8 +452,21 @@ def test_review_ui_app_from_the_arguments(tmp_path, monkeypatch):
     login(c, ANA)
     assert re.search(r'id="count-pending">0<', c.get("/").text)
     monkeypatch.setenv("SEMGRAD_GUARD_TOKEN", SHARED)
-    args = build_parser().parse_args(["review", "ui", "--db", str(db)])
-    assert review_ui_app(args).state.review_login
+    g = tmp_path / "guidelines.txt"
+    g.write_text("Approve only what the context says. <b>Never</b> guess.")
+    args = build_parser().parse_args(["review", "ui", "--db", str(db), "--guidelines", str(g)])
+    app = review_ui_app(args)
+    assert app.state.review_login
+    with SQLiteReviewQueue(db) as q:
+        i = q.enqueue("q?", "a")
+    c = client(app)
+    login(c, SHARED, name="ana")
+    assert "Approve only what the context says. &lt;b&gt;Never&lt;/b&gt; guess." in c.get(f"/items/{i}").text
+    args = build_parser().parse_args(
+        ["review", "ui", "--db", str(db), "--guidelines", str(tmp_path / "no.txt")]
+    )
+    with pytest.raises(ConfigurationError, match="cannot read --guidelines"):
+        review_ui_app(args)
 
 
 def test_serve_has_a_review_ui_flag():

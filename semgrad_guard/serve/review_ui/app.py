@@ -74,6 +74,7 @@ def create_review_app(
     default_reviewer: str | None = None,
     secret: bytes | None = None,
     title: str = "semgrad-guard review",
+    guidelines: str | None = None,
 ) -> FastAPI:
     """The review pages as an ASGI app: run it alone (``semgrad-guard review ui``) or mount it.
 
@@ -85,6 +86,7 @@ def create_review_app(
         secret: Key signing session cookies and CSRF tokens (default: random per process, so a
             restart logs everyone out).
         title: Shown in the header.
+        guidelines: What reviewers should check (plain text), shown on every item page.
 
     Example:
         >>> from fastapi.testclient import TestClient
@@ -156,6 +158,7 @@ def create_review_app(
             reviewer=getattr(request.state, "reviewer", None),
             login_required=tokens.required,
             title=title,
+            guidelines=guidelines,
             **ctx,
         )
         return HTMLResponse(html, status_code=status)

@@ -162,6 +162,9 @@ def build_app(args: argparse.Namespace) -> Any:
     elif args.calibrator:
         calibrator = Calibrator.load(args.calibrator)
     app = create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings)
+    if args.calibrator and args.calibrator != "shipped":
+        # POST /admin/calibrator {} and SIGHUP reload this file (calibrate --from-reviews --out it).
+        app.state.semgrad_calibrator_path = str(args.calibrator)
     if review_tokens is not None:
         from ..review.queue import SQLiteReviewQueue, default_review_db_path
         from ..serve.review_ui import mount_review_ui
@@ -284,6 +287,11 @@ def _serve(args: argparse.Namespace) -> int:
     app, settings = build_app(args)
     from ..serve.server import run
 
+    path = getattr(app.state, "semgrad_calibrator_path", None)
+    if path is not None:
+        from ..serve.calibrator_state import install_sighup
+
+        install_sighup(app, path)  # kill -HUP <pid> reloads the calibrator file
     state = app.state.semgrad
     print(
         f"semgrad-guard: serving {state.model_id} on http://{settings.host}:{settings.port} "

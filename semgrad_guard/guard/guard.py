@@ -199,6 +199,7 @@ class Guard:
         audit = self.policy.audit
         self._audit_rng = random.Random(audit.seed if audit is not None else None)
         self._policy_version = self.policy.fingerprint
+        self._watch_drift(calibrator)
         first = self.policy.rules[0].field
         self._rank_field = self.policy.rank_by or ("confidence" if calibrator is not None else first)
         if self._rank_field == "confidence" and calibrator is None:
@@ -211,6 +212,21 @@ class Guard:
         No retry, no review, no I/O: what every adapter asks when it already holds the scores.
         """
         return judge(self.policy, result, self.calibrator)
+
+    def _watch_drift(self, calibrator: Calibrator | None) -> None:
+        drift = calibrator.drift if calibrator is not None else None
+        queues = (
+            self._queue is not None or Action.REVIEW in self.policy.actions or self.policy.audit is not None
+        )
+        if drift is not None and drift.labels is None and queues:
+
+            def labels() -> tuple[str, int]:
+                from ..review.labels import label_counts
+
+                queue = self.review_queue
+                return str(getattr(queue, "path", "REVIEW_DB")), label_counts(queue).labelled
+
+            drift.labels = labels
 
     def set_calibrator(self, calibrator: Calibrator) -> Calibrator | None:
         """Swap in another calibrator (e.g. one refitted from review labels); returns the old one.
@@ -225,6 +241,7 @@ class Guard:
             calibrator.check_compatible(
                 getattr(self.scorer, "model_id", None), getattr(self.scorer, "profile", None)
             )
+        self._watch_drift(calibrator)
         old, self.calibrator = self.calibrator, calibrator
         return old
 

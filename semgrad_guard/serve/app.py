@@ -499,6 +499,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------------------------------------- routes
 def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
+    from .calibrator_state import install_admin_routes
+
+    install_admin_routes(app, holder)
+
     async def state_of() -> ServiceState:
         return await holder.get()
 
@@ -743,14 +747,16 @@ def _flatten_content(message: Mapping[str, Any], i: int) -> dict[str, Any]:
 def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
     verdict: Verdict | None = None
     confidence = None
+    calibrator = state.calibrator  # read once: a reload mid-request must not mix two calibrators
     if state.policy is not None:
-        verdict = judge(state.policy, result, state.calibrator)
+        verdict = judge(state.policy, result, calibrator)
         state.metrics.decisions.labels(action=verdict.action.value).inc()
-    elif state.calibrator is not None:
-        confidence = float(state.calibrator.confidence(result))
+    elif calibrator is not None:
+        confidence = float(calibrator.confidence(result))
     fields: dict[str, Any] = {"source": "service"}
     if verdict is None and confidence is not None:
         fields["confidence"] = confidence
+        fields["calibrator_version"] = calibrator.fingerprint if calibrator is not None else None
     return ScorePayload.of(result, verdict, **fields)
 
 
@@ -763,6 +769,7 @@ def _payload_of_guard(result: GuardResult) -> ScorePayload:
         review_id=result.review_id,
         attempts=len(result.attempts),
         source="service",
+        calibrator_version=result.calibrator_version,
     )
 
 

@@ -283,3 +283,18 @@ def test_results_payloads_and_review_items_record_the_calibrator_version(tmp_pat
         Calibrator.from_json(cal.model_dump_json()).fingerprint == cal.fingerprint
     )  # stable across save/load
     queue.close()
+
+
+def test_the_drift_warning_names_the_fix_and_the_labels_already_held(tmp_path, caplog) -> None:
+    import numpy as np
+
+    guard, queue, cal = _guard(tmp_path, None)
+    for k in range(3):
+        queue.approve(queue.enqueue("q", "a", result=result(), kind="audit", inclusion_probability=0.5))
+    assert cal.drift is not None
+    cal.drift.update(np.full(200, 0.5))  # nothing like its fitting data (0 or 1)
+    assert cal.drift.drifted
+    text = caplog.text
+    assert f"semgrad-guard calibrate --from-reviews {queue.path} --out calibrator.json" in text
+    assert "the queue holds 3 labels" in text and "kill -HUP" in text
+    queue.close()

@@ -369,6 +369,18 @@ def test_the_queue_filters_sorts_and_counts(queue, named):
         assert r.status_code == 400 and "got" in r.text
 
 
+def test_the_queue_page_lists_at_most_max_rows(queue, named, monkeypatch):
+    from semgrad_guard.serve.review_ui import app as ui
+
+    fill(queue)
+    monkeypatch.setattr(ui, "MAX_ROWS", 2)
+    c = client(named)
+    login(c, ANA)
+    html = c.get("/").text
+    assert len(rows(html)) == 2 and "3 of 3 items" in html and "Showing the first 2" in html
+    assert "Showing the first" not in c.get("/?rule=low_confidence").text
+
+
 def test_the_item_page_shows_the_chat_apart_scores_and_audit(queue, named):
     (i, b, _) = fill(queue)
     c = client(named)

@@ -50,6 +50,8 @@ LOGIN_FAILURES = 10
 """Wrong tokens one client may send in ``LOGIN_WINDOW_S`` before its logins are refused (429)."""
 LOGIN_WINDOW_S = 300.0
 _clock = time.monotonic  # the throttle's clock (tests move it)
+MAX_ROWS = 500
+"""Most rows the queue page lists (the counts cover everything; filters narrow the rest)."""
 SORTS = ("age", "newest", "confidence", "-confidence")
 ACTIONS = ("approve", "reject", "edit", "cannot_tell")
 _ROLE_PANELS = {"system": "system", "developer": "system", "tool": "context", "function": "context"}
@@ -298,11 +300,14 @@ def create_review_app(
             and (not until or it.created_at[:10] <= until)
         ]
         shown = _sorted(shown, sort)
+        matching = len(shown)
+        shown = shown[:MAX_ROWS]
         now = datetime.now(timezone.utc)
         return render(
             request,
             "queue.html",
             items=shown,
+            matching=matching,
             total=len(items),
             counts=counts,
             rules=rules,

@@ -303,8 +303,6 @@ class _StateHolder:
         self._kwargs = kwargs
         self.settings: ServeSettings = kwargs["settings"]
         self.token: str | None = kwargs["token"] or None
-        # Mounted apps that log their users in themselves (the review pages: see mount_review_ui).
-        self.own_auth_prefixes: tuple[str, ...] = ()
         self.state: ServiceState | None = None
         self.load_error: BaseException | None = None
         self._lock: asyncio.Lock | None = None
@@ -366,9 +364,7 @@ class _Gate:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.holder.token
-        path = scope["path"]
-        own_auth = any(path.startswith(p) or path == p.rstrip("/") for p in self.holder.own_auth_prefixes)
-        if token is not None and path not in OPEN_PATHS and not own_auth and not _authorised(scope, token):
+        if token is not None and scope["path"] not in OPEN_PATHS and not _authorised(scope, token):
             denied = ErrorBody(
                 type="ServiceAuthError",
                 message="missing or wrong bearer token: send 'Authorization: Bearer <token>' (the server's "

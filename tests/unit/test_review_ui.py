@@ -527,3 +527,12 @@ def test_serve_review_ui_checks_the_reviewers_file_before_loading_weights(tmp_pa
     assert code == 2 and "16 or more" in capsys.readouterr().err
     code = main(["serve", "--ray", "--review-ui"])
     assert code == 2 and "not served on Ray Serve" in capsys.readouterr().err
+
+
+def test_the_mounted_pages_redirect_their_bare_prefix_and_leave_other_paths_to_the_service(queue):
+    app = create_app(MockScorer(lambda m, a: 0.5, model_id="mock"), token=SHARED)
+    mount_review_ui(app, queue, tokens=ReviewerTokens(shared=SHARED))
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as c:
+        assert c.get("/review").headers["location"] == "/review/"
+        assert c.get("/reviewers").status_code == 401  # not under the prefix: the service's gate
+        assert c.get("/healthz").json() == {"status": "ok"}

@@ -7,7 +7,7 @@ INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 .PHONY: install sysdeps demo test test-unit lint bench clean-venv
 
 # Debian packages the tests drive: a browser for the review UI, a PostgreSQL server for the shared queue.
-BROWSER_PACKAGES :=
+BROWSER_PACKAGES := chromium chromium-driver
 POSTGRES_PACKAGES := postgresql
 DEBIAN_PACKAGES := $(BROWSER_PACKAGES) $(POSTGRES_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -5,7 +5,8 @@ The queue is ``--db PATH`` or ``--db postgresql://...``, else ``$SEMGRAD_GUARD_R
 data directory (the same default the :class:`~semgrad_guard.Guard` uses). A database that does not
 exist yet is an empty queue (``list`` and ``export`` show nothing); the CLI never creates one.
 Decisions are final: deciding an item that was decided already exits 2 naming who decided what and
-when; ``reopen`` undoes a decision explicitly (audited).
+when; ``reopen`` undoes a decision explicitly (audited). ``review ui`` serves the queue's pages in a
+browser (extra ``serve``; it creates an empty queue when there is none, for the guard to fill).
 """
 
 from __future__ import annotations
@@ -84,6 +85,38 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "ui",
+        parents=[common],
+        help="the queue in a browser: a page to work through it (extra: serve)",
+        description="Serve the review pages. Open (no token) on a loopback address only; with a token "
+        "($SEMGRAD_GUARD_TOKEN or --token-file: one shared token, reviewers type their name) or "
+        "--reviewers-file (name: token lines), every page needs a login.",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)"
+    )
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: a free one)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the shared token (else $SEMGRAD_GUARD_TOKEN)",
+    )
+    p.add_argument(
+        "--reviewers-file", type=Path, default=None, help="named reviewer tokens, 'name: token' per line"
+    )
+    p.add_argument(
+        "--reviewer", default=None, help="name decisions are recorded under on open pages (default: $USER)"
+    )
+    p.add_argument(
+        "--guidelines",
+        type=Path,
+        default=None,
+        help="a text file of what reviewers should check (shown on each item)",
+    )
+    p.set_defaults(func=_ui)
 
 
 def _spec(args: argparse.Namespace) -> str:
@@ -280,4 +313,54 @@ def _export_labels(q: Any, args: argparse.Namespace) -> int:
         )
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def review_ui_app(args: argparse.Namespace) -> Any:
+    """The review pages the arguments ask for, checked (a non-local bind needs a token); no server started."""
+    import getpass
+
+    from ..errors import ConfigurationError
+    from ..review.queue import SQLiteReviewQueue
+    from ..serve.review_ui import ReviewerTokens, create_review_app
+    from ..serve.settings import is_local_host
+    from .serve import read_token
+
+    shared = read_token(args.token_file)
+    if args.reviewers_file is not None:
+        tokens = ReviewerTokens.from_file(args.reviewers_file, shared=shared)
+    else:
+        tokens = ReviewerTokens(shared=shared)
+    if not is_local_host(args.host) and not tokens.required:
+        raise ConfigurationError(
+            f"refusing to bind {args.host!r} without a token: anyone who can reach it could decide reviews. "
+            "Set $SEMGRAD_GUARD_TOKEN, pass --token-file or --reviewers-file, or bind 127.0.0.1"
+        )
+    reviewer = args.reviewer
+    if reviewer is None and not tokens.required:
+        try:
+            reviewer = getpass.getuser()
+        except Exception:  # no login name (containers)
+            reviewer = None
+    queue = SQLiteReviewQueue(_path(args))  # creates an empty queue: the guard fills it later
+    guidelines = None
+    if args.guidelines is not None:
+        try:
+            guidelines = args.guidelines.read_text()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read --guidelines {args.guidelines}: {e}") from e
+    return create_review_app(queue, tokens=tokens, default_reviewer=reviewer, guidelines=guidelines)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    app = review_ui_app(args)
+    from ..serve.server import run
+
+    how = "login required" if app.state.review_login else "open: loopback only"
+    print(
+        f"semgrad-guard: review pages for {_path(args)} on http://{args.host}:{args.port}/ ({how})",
+        file=sys.stderr,
+        flush=True,
+    )
+    run(app, args.host, args.port)
     return 0

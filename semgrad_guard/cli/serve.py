@@ -79,6 +79,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
     )
+    review = p.add_argument_group("review pages")
+    review.add_argument(
+        "--review-ui",
+        action="store_true",
+        help="also serve the review queue's pages under /review/ (the --policy's queue; login with the token)",
+    )
+    review.add_argument(
+        "--reviewers-file",
+        type=Path,
+        default=None,
+        help="named reviewer tokens for /review/, 'name: token' per line",
+    )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
     ray.add_argument(
         "--ray",
@@ -179,6 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def build_app(args: argparse.Namespace) -> Any:
     """Load the model, calibrator and policy the arguments name, and build the app (no server started)."""
     settings, token = settings_from_args(args)
+    review_tokens = _review_tokens(args, token) if args.review_ui else None  # a bad file: said before loading
     from ..guard.calibration import Calibrator
     from ..guard.policy import GuardPolicy
     from ..serve import create_app  # a missing 'serve' extra is said before any weights load
@@ -209,7 +222,23 @@ def build_app(args: argparse.Namespace) -> Any:
     if args.calibrator and args.calibrator != "shipped":
         # POST /admin/calibrator {} and SIGHUP reload this file (calibrate --from-reviews --out it).
         app.state.semgrad_calibrator_path = str(args.calibrator)
+    if review_tokens is not None:
+        from ..review.queue import SQLiteReviewQueue, default_review_db_path
+        from ..serve.review_ui import mount_review_ui
+
+        # The pages show the queue the policy's review items go to.
+        path = (policy.review.path if policy is not None else None) or default_review_db_path()
+        mount_review_ui(app, SQLiteReviewQueue(path), tokens=review_tokens)
     return app, settings
+
+
+def _review_tokens(args: argparse.Namespace, token: str | None) -> Any:
+    """Who may log in to /review/: the service's token (shared) and the --reviewers-file names."""
+    from ..serve.review_ui import ReviewerTokens
+
+    if args.reviewers_file is not None:
+        return ReviewerTokens.from_file(args.reviewers_file, shared=token)
+    return ReviewerTokens(shared=token)
 
 
 def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
@@ -264,6 +293,11 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
 
 
 def _serve_ray(args: argparse.Namespace) -> int:
+    if args.review_ui:
+        raise ConfigurationError(
+            "--review-ui is not served on Ray Serve; run `semgrad-guard review ui --db <the policy's review "
+            "path>` next to it"
+        )
     application, settings, token = ray_application_from_args(args)
     from ..serve.ray_app import run_on_ray, shutdown_ray, start_ray
 

@@ -321,7 +321,7 @@ def review_ui_app(args: argparse.Namespace) -> Any:
     import getpass
 
     from ..errors import ConfigurationError
-    from ..review.queue import SQLiteReviewQueue
+    from ..review.queue import open_review_queue
     from ..serve.review_ui import ReviewerTokens, create_review_app
     from ..serve.settings import is_local_host
     from .serve import read_token
@@ -342,7 +342,8 @@ def review_ui_app(args: argparse.Namespace) -> Any:
             reviewer = getpass.getuser()
         except Exception:  # no login name (containers)
             reviewer = None
-    queue = SQLiteReviewQueue(_path(args))  # creates an empty queue: the guard fills it later
+
+    queue = open_review_queue(_spec(args))  # creates an empty queue: the guard fills it later
     guidelines = None
     if args.guidelines is not None:
         try:
@@ -354,11 +355,12 @@ def review_ui_app(args: argparse.Namespace) -> Any:
 
 def _ui(args: argparse.Namespace) -> int:
     app = review_ui_app(args)
+    from ..review.queue import review_db_name
     from ..serve.server import run
 
     how = "login required" if app.state.review_login else "open: loopback only"
     print(
-        f"semgrad-guard: review pages for {_path(args)} on http://{args.host}:{args.port}/ ({how})",
+        f"semgrad-guard: review pages for {review_db_name(_spec(args))} on http://{args.host}:{args.port}/ ({how})",
         file=sys.stderr,
         flush=True,
     )

@@ -10,9 +10,14 @@ when; ``reopen`` undoes a decision explicitly (audited).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+# Characters a terminal acts on rather than shows: C0 but tab/newline, DEL, C1 (ANSI/OSC escapes
+# start with ESC or CSI/OSC), and the bidi controls that reorder what a reviewer reads.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def register(subparsers: Any) -> None:
@@ -96,12 +101,29 @@ def _missing(args: argparse.Namespace) -> Path | None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 160)
+    # Width: the terminal's, else $COLUMNS, else 80. No highlighting or emoji codes: stored text is
+    # shown as it is, through _plain.
+    return Console(highlight=False, emoji=False)
 
 
-def _short(text: str, n: int = 60) -> str:
+def visible(text: str) -> str:
+    """``text`` with every control character spelled out (``\\x1b``, ``\\u202e``): nothing in it
+    can move the cursor, recolour, retitle or link the reviewer's terminal, or reorder the line."""
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
+
+
+def _plain(text: Any, style: str = "") -> Any:
+    """Stored text as a rich ``Text``: never read as markup (``[/bold]``, ``[link=...]``)."""
+    from rich.text import Text
+
+    return Text(visible(str(text)), style=style)
+
+
+def _short(text: str, n: int = 60) -> Any:
     text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
+    return _plain(text if len(text) <= n else text[: n - 1] + "…")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -123,22 +145,48 @@ def _list(args: argparse.Namespace) -> int:
             items = q.list(args.status, limit=args.limit or None)
             counts = q.counts()
         path = q.path
-    table = Table(title=f"Review queue {path}", show_lines=False)
-    for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
-        table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
+    # No rules and one space between columns: at 80 columns the dates stay whole and the question
+    # and answer give up the room (cut with an ellipsis, never wrapped).
+    table = Table(
+        title=_plain(f"Review queue {path}"),
+        box=None,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        header_style="bold underline",
+    )
+    console = _console()
+    rules = [visible(it.rule or "-") for it in items]
+    widths = {
+        "id": max([2, *(len(str(it.id)) for it in items)]),
+        "created (UTC)": 19,
+        "status": 8,
+        "rule": min(max((len(r) for r in rules), default=4), 12),
+        "conf.": 5,
+        "semgrad": 7,
+    }
+    # Fixed columns at their width; the question and answer share what is left (cut with an
+    # ellipsis), at least 8 columns each; one space between columns.
+    text_width = max(8, (console.width - sum(widths.values()) - (len(widths) + 1)) // 2)
+    for col, w in widths.items():
+        right = col in ("id", "conf.", "semgrad")
+        table.add_column(
+            col, justify="right" if right else "left", width=w, no_wrap=True, overflow="ellipsis"
+        )
+    for col in ("question", "answer"):
+        table.add_column(col, width=text_width, no_wrap=True, overflow="ellipsis")
     style = {"pending": "yellow", "approved": "green", "rejected": "red", "edited": "cyan"}
     for it in items:
         table.add_row(
             str(it.id),
             it.created_at[:19].replace("T", " "),
-            f"[{style[it.status.value]}]{it.status.value}[/]",
-            it.rule or "-",
+            _plain(it.status.value, style[it.status.value]),
+            _plain(it.rule or "-"),
             _fmt(it.confidence),
             _fmt(it.result.semgrad if it.result else None, ".3g"),
-            _short(it.question, 40),
-            _short(it.final_answer if it.final_answer is not None else it.answer, 40),
+            _short(it.question, text_width),
+            _short(it.final_answer if it.final_answer is not None else it.answer, text_width),
         )
-    console = _console()
     console.print(table)
     console.print(", ".join(f"{k}: {v}" for k, v in counts.items()))
     return 0
@@ -156,23 +204,23 @@ def _show(args: argparse.Namespace) -> int:
     head.add_column()
     head.add_row("id", str(it.id))
     head.add_row("status", it.status.value)
-    head.add_row("created", it.created_at)
-    head.add_row("rule", it.rule or "-")
+    head.add_row("created", _plain(it.created_at))
+    head.add_row("rule", _plain(it.rule or "-"))
     head.add_row("confidence", _fmt(it.confidence))
     if it.reviewer or it.decided_at:
-        head.add_row("reviewer", it.reviewer or "-")
-        head.add_row("decided", it.decided_at or "-")
+        head.add_row("reviewer", _plain(it.reviewer or "-"))
+        head.add_row("decided", _plain(it.decided_at or "-"))
     if it.note:
-        head.add_row("note", it.note)
+        head.add_row("note", _plain(it.note))
     console.print(Panel(head, title=f"review item {it.id}"))
     chat = Table(title="chat", show_header=True)
     chat.add_column("role")
     chat.add_column("content")
     for m in it.messages:
-        chat.add_row(str(m.get("role")), str(m.get("content")))
-    chat.add_row("[bold]answer[/]", it.answer)
+        chat.add_row(_plain(m.get("role")), _plain(m.get("content")))
+    chat.add_row("[bold]answer[/]", _plain(it.answer))
     if it.final_answer is not None and it.final_answer != it.answer:
-        chat.add_row("[bold cyan]final answer[/]", it.final_answer)
+        chat.add_row("[bold cyan]final answer[/]", _plain(it.final_answer))
     console.print(chat)
     if it.result is not None:
         scores = Table(title="scores (higher = more uncertain)")
@@ -181,12 +229,13 @@ def _show(args: argparse.Namespace) -> int:
         scores.add_row(*(f"{v:.4g}" for v in it.result.scores().values()))
         console.print(scores)
     if it.metadata:
-        console.print(f"metadata: {it.metadata}")
+        console.print(_plain(f"metadata: {it.metadata}"))
     audit = Table(title="audit trail")
     for col in ("at", "event", "actor", "details"):
         audit.add_column(col)
     for a in it.audit:
-        audit.add_row(a.at, a.event, a.actor or "-", ", ".join(f"{k}={v}" for k, v in a.details.items()))
+        details = ", ".join(f"{k}={v}" for k, v in a.details.items())
+        audit.add_row(_plain(a.at), _plain(a.event), _plain(a.actor or "-"), _plain(details))
     console.print(audit)
     return 0
 
@@ -207,11 +256,13 @@ def _decide(args: argparse.Namespace) -> int:
             it = q.reject(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reopen":
             it = q.reopen(args.id, reviewer=reviewer, note=args.note)
-            _console().print(f"item {it.id}: [bold]re-opened[/] (pending) by {reviewer or '-'}")
+            _console().print(
+                f"item {it.id}: [bold]re-opened[/] (pending) by ", _plain(reviewer or "-"), sep=""
+            )
             return 0
         else:
             it = q.edit(args.id, answer=args.answer, reviewer=reviewer, note=args.note)
-    _console().print(f"item {it.id}: [bold]{it.status.value}[/] by {it.reviewer or '-'}")
+    _console().print(f"item {it.id}: [bold]{it.status.value}[/] by ", _plain(it.reviewer or "-"), sep="")
     return 0
 
 

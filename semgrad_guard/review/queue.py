@@ -731,7 +731,8 @@ class SQLiteReviewQueue:
             for it in items:
                 scores = it.result.scores() if it.result is not None else {}
                 writer.writerow(
-                    [
+                    _csv_cell(v)
+                    for v in [
                         it.id,
                         it.created_at,
                         it.status.value,
@@ -815,3 +816,17 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
         )
     except (ValueError, TypeError) as e:
         raise ReviewQueueCorruptError(f"review item {item_id} is malformed: {e}") from e
+
+
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting like a formula gets a leading ``'``.
+
+    OWASP's CSV-injection rule (``=HYPERLINK(...)``, ``=1+1``, ``@SUM``, ``+``, ``-``, tab, CR from
+    model or user text). Numbers are left as they are (a negative score stays a number).
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_LEAD):
+        return "'" + value
+    return value

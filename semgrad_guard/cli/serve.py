@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._args import positive_int
 
 TOKEN_ENV = "SEMGRAD_GUARD_TOKEN"
 
@@ -61,7 +62,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads (default: torch's; 1 per replica with --ray)",
     )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
     ray.add_argument(

@@ -32,12 +32,14 @@ def read_config_text(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES)
     except OSError as e:
         raise ConfigurationError(f"{what} file {p} cannot be read ({e.strerror or type(e).__name__})") from e
     if len(data) > limit:
-        raise ConfigurationError(
-            f"{what} file {p} is larger than {limit // (1024 * 1024)} MiB; is it the right file?"
-        )
+        raise ConfigurationError(f"{what} file {p} is larger than {_size(limit)}; is it the right file?")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigurationError(
             f"{what} file {p} is not UTF-8 text (byte {e.start}); is it the right file?"
         ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 and n % (1024 * 1024) == 0 else f"{n} bytes"

@@ -93,10 +93,9 @@ def register(sub: Any) -> None:
 def read_token(token_file: Path | None, environ: Any = os.environ) -> str | None:
     """The bearer token: ``--token-file``'s first line, else ``$SEMGRAD_GUARD_TOKEN``; None when neither is set."""
     if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as e:
-            raise ConfigurationError(f"cannot read --token-file {token_file}: {e}") from e
+        from .._files import read_config_text
+
+        token = read_config_text(token_file, "--token-file", limit=4096).strip()  # bounded: /dev/zero
         if not token:
             raise ConfigurationError(f"--token-file {token_file} is empty; put the token on its first line")
         return token

@@ -317,10 +317,11 @@ class SemGradScorer:
                 "configured (control_tokens='refuse'); with control_tokens='score' it is read as literal text"
             )
         texts = [m["content"] for m in chat] + list(others)
-        mark = "\ue000"  # private use: never produced by a template, and checked against the texts
+        # Plain ASCII letters: the sentinel survives any filter a template applies (trim, tojson).
+        mark = "SGCTRLX"
         while any(mark in t for t in texts):
-            mark += "\ue001"
-        table = {f"{mark}{i}\ue002": t for i, t in enumerate(found)}
+            mark += "X"
+        table = {f"{mark}{i}_": t for i, t in enumerate(found)}
         back = {t: k for k, t in table.items()}
         masked = [{**m, "content": pattern.sub(lambda g: back[g.group(0)], m["content"])} for m in chat]
         return masked, table

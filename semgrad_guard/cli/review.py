@@ -10,14 +10,11 @@ when; ``reopen`` undoes a decision explicitly (audited).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-# Characters a terminal acts on rather than shows: C0 but tab/newline, DEL, C1 (ANSI/OSC escapes
-# start with ESC or CSI/OSC), and the bidi controls that reorder what a reviewer reads.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from ._text import visible
 
 
 def register(subparsers: Any) -> None:
@@ -104,14 +101,6 @@ def _console() -> Any:
     # Width: the terminal's, else $COLUMNS, else 80. No highlighting or emoji codes: stored text is
     # shown as it is, through _plain.
     return Console(highlight=False, emoji=False)
-
-
-def visible(text: str) -> str:
-    """``text`` with every control character spelled out (``\\x1b``, ``\\u202e``): nothing in it
-    can move the cursor, recolour, retitle or link the reviewer's terminal, or reorder the line."""
-    return _CONTROL.sub(
-        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
-    )
 
 
 def _plain(text: Any, style: str = "") -> Any:

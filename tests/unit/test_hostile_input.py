@@ -337,3 +337,11 @@ async def test_malformed_bodies_get_a_typed_4xx_on_every_scoring_route(tiny, raw
             r = await c.post(route, content=raw, headers={"Content-Type": "application/json"})
             assert 400 <= r.status_code < 500, (route, r.status_code, r.text[:200])
             assert isinstance(r.json(), dict), route
+
+
+@pytest.mark.parametrize("command", ["show", "approve", "reject", "reopen"])
+def test_error_messages_quoting_hostile_text_are_spelled_out(command, tmp_path, capsys):
+    db = tmp_path / "\x1b]0;retitled\x07\u202edb"  # a path is text too, and error messages quote it
+    assert main(["review", command, "1", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert not RAW.search(err) and "\\x1b]0;retitled\\x07\\u202edb" in err

@@ -420,16 +420,28 @@ class SemGradScorer:
         prompt_text = self._unmask(masked_prompt, table)
         chat_text = [{**m, "content": self._unmask(m["content"], table)} for m in chat]
         echoes = [prompt_text]
+        # The prompt as a pipeline decodes it (skip_special_tokens=True): its turns, their role
+        # names and text, without the control tokens.
+        last = chat_text[-1]["content"] if chat_text else ""
+        if last and last in answer:  # an echo holds the last message: else skip the encode + decode
+            decoded = self.tokenizer.decode(
+                self._encode_masked(masked_prompt, table), skip_special_tokens=True
+            )
+            bare = "".join(m["content"] for m in chat_text).strip()
+            if decoded.strip() not in ("", bare) and decoded != prompt_text:  # only with template context
+                echoes.append(decoded)
+        raw = None
         if len(chat) == 1 and chat[0]["role"] == "user" and _whole_prompt(chat_text[0]["content"]):
             # A text-completion pipeline (HuggingFacePipeline with return_full_text=True) returns its
             # raw prompt + completion; LangChain hands the prompt over as one user message.
-            echoes.append(chat_text[0]["content"])
+            raw = chat_text[0]["content"]
+            echoes.append(raw)
         for echo in echoes:
             if (
                 echo
                 and answer.startswith(echo)
                 and len(answer) > len(echo)
-                and (echo is prompt_text or answer[len(echo)].isspace())
+                and (echo is not raw or answer[len(echo)].isspace())
             ):
                 if self.echo == "refuse":
                     raise PromptEchoError(

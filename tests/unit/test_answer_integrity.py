@@ -199,3 +199,12 @@ def test_an_answer_repeating_a_short_prompt_is_not_cut(scorer, prompt, answer):
     for messages in (prompt, [{"role": "user", "content": prompt}]):
         result = scorer.score(messages, answer)
         assert result.answer_start == 0 and "prompt_echo_stripped" not in result.flags
+
+
+def test_an_echo_decoded_without_special_tokens_is_cut(scorer):
+    # A pipeline decoding with skip_special_tokens=True echoes the turns without their markers.
+    decoded = scorer.tokenizer.decode(scorer.prompt_ids(Q), skip_special_tokens=True)
+    assert Q in decoded and decoded != Q
+    echoed = scorer.score(Q, decoded + "Paris.")
+    assert echoed.flags == ["prompt_echo_stripped"] and echoed.answer_start == len(decoded)
+    assert echoed.semgrad == pytest.approx(scorer.score(Q, "Paris.").semgrad, rel=1e-6)

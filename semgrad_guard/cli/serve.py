@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._args import positive_int
 
 TOKEN_ENV = "SEMGRAD_GUARD_TOKEN"
 
@@ -77,7 +78,10 @@ def register(sub: Any) -> None:
         help="seconds a request body may take to arrive before 408 (default 30)",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads (default: torch's; 1 per replica with --ray)",
     )
     review = p.add_argument_group("review pages")
     review.add_argument(

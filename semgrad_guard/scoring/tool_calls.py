@@ -7,7 +7,11 @@ Models write tool calls in a few formats, which :func:`parse_tool_calls` reads (
 * Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call;
 * Mistral: ``[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}, ...]`` (also the
   ``[TOOL_CALLS]name[ARGS]{...}`` form of newer tokenizers);
-* Llama 3.1: the whole turn is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>`` optional).
+* Llama 3.1: the whole turn is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>`` optional);
+* bare JSON calls without any marker, as Qwen2.5 writes them once a tool result is in the history:
+  one or more ``{"name": ..., "arguments": {...}}`` objects back to back, or in a ```json fence; and,
+  when ``tools`` are given, such an object for an offered tool anywhere in the text (the prose around
+  it is the turn's content). Tool-call JSON is never passed off as an answer.
 
 A marker followed by something that is not a call (bad JSON, no name) raises
 :class:`~semgrad_guard.errors.ToolCallParseError`; text without any marker is an answer.
@@ -26,13 +30,17 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ToolCallingUnsupportedError, ToolCallParseError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ToolCall",
@@ -47,6 +55,9 @@ _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _MISTRAL = "[TOOL_CALLS]"
 _MISTRAL_ARGS = "[ARGS]"
 _PYTHON_TAG = "<|python_tag|>"
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+_FENCE_MARK = re.compile(r"```(?:json)?")
+_CALL_START = re.compile(r'\{\s*"name"\s*:\s*"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,8 @@ class ToolTurn:
     tool_calls: list[ToolCall]
     """The calls, in the order written."""
     format: str | None = None
-    """Which format they were read from: ``"response_template"``, ``"hermes"``, ``"mistral"``, ``"llama3"``."""
+    """Which format they were read from: ``"response_template"``, ``"hermes"``, ``"mistral"``, ``"llama3"``,
+    ``"json"`` (bare calls without markers)."""
 
     @property
     def is_answer(self) -> bool:
@@ -135,7 +147,10 @@ def parse_tool_calls(
         return _hermes(text)
     if _MISTRAL in text:
         return _mistral(text)
-    return _bare_json(text)
+    turn = _bare_json(text)
+    if turn.is_answer and tools:
+        return _embedded_calls(text, {_tool_name(t) for t in tools} - {""})
+    return turn
 
 
 def _from_response_template(
@@ -191,30 +206,92 @@ def _mistral(text: str) -> ToolTurn:
 
 
 def _bare_json(text: str) -> ToolTurn:
-    """Llama 3.1 (``{"name", "parameters"}``) or a Mistral list whose special marker was stripped."""
+    """Llama 3.1 (``{"name", "parameters"}``), a Mistral list whose special marker was stripped, or
+    bare calls back to back or fenced (Qwen2.5 after a tool result)."""
     body = text.strip()
     tagged = body.startswith(_PYTHON_TAG)
     if tagged:
         body = body[len(_PYTHON_TAG) :].strip()
+    fence = _FENCE.fullmatch(body)
+    if fence:
+        body = fence.group(1).strip()
     if not body.startswith(("{", "[")):
         if tagged:
             raise ToolCallParseError(f"<|python_tag|> not followed by a JSON tool call: {body!r:.120}")
         return ToolTurn(content=text.strip(), tool_calls=[])
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
+    values = _json_values(body)
+    if values is None:
         if tagged:
             raise ToolCallParseError(f"<|python_tag|> not followed by valid JSON: {body!r:.120}") from None
         return ToolTurn(content=text.strip(), tool_calls=[])  # an answer that happens to start with "{"
-    items = value if isinstance(value, list) else [value]
+    items = [i for v in values for i in (v if isinstance(v, list) else [v])]
     if items and all(_looks_like_call(i) for i in items):
         calls = [_call(i, source="llama3") for i in items]
-        return ToolTurn(
-            content="", tool_calls=calls, format="llama3" if isinstance(value, dict) else "mistral"
-        )
+        if len(values) == 1 and not fence:
+            fmt = "llama3" if isinstance(values[0], dict) else "mistral"
+        else:
+            fmt = "json"
+        return ToolTurn(content="", tool_calls=calls, format=fmt)
     if tagged:
         raise ToolCallParseError(f"<|python_tag|> JSON is not a tool call (no 'name'): {body!r:.120}")
     return ToolTurn(content=text.strip(), tool_calls=[])  # JSON as an answer (e.g. structured output)
+
+
+def _json_values(body: str) -> list[Any] | None:
+    """Every JSON value in ``body``, back to back (whitespace between); None if anything else is there."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    i = 0
+    while True:
+        while i < len(body) and body[i].isspace():
+            i += 1
+        if i == len(body):
+            return values
+        try:
+            value, i = decoder.raw_decode(body, i)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+
+
+def _embedded_calls(text: str, names: set[str]) -> ToolTurn:
+    """Calls of offered tools written as JSON inside prose; the prose (fences dropped) is the content.
+
+    Only objects naming an offered tool count, so an answer that quotes other JSON stays an answer.
+    A call of an offered tool that starts but does not parse (cut off by ``max_tokens``) raises.
+    """
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    kept: list[str] = []
+    i = start = 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            opened = _CALL_START.match(text, i)
+            if opened and opened.group(1) in names:
+                raise ToolCallParseError(
+                    f"the turn starts a call of tool {opened.group(1)!r} that is not valid JSON "
+                    f"(cut off? raise max_tokens): {text[i:]!r:.120}"
+                ) from None
+            i += 1
+            continue
+        if _looks_like_call(value) and value["name"] in names:
+            calls.append(_call(value, source="json"))
+            kept.append(text[start:i])
+            start = i = end
+        else:
+            i += 1
+    if not calls:
+        return ToolTurn(content=text.strip(), tool_calls=[])
+    kept.append(text[start:])
+    content = re.sub(r"\n\s*\n", "\n\n", _FENCE_MARK.sub("", "".join(kept))).strip()
+    return ToolTurn(content=content, tool_calls=calls, format="json")
+
+
+def _tool_name(tool: Mapping[str, Any]) -> str:
+    fn = tool.get("function", tool)
+    return str(fn.get("name", "")) if isinstance(fn, Mapping) else ""
 
 
 def _looks_like_call(item: Any) -> bool:
@@ -302,6 +379,27 @@ def generate_tool_turn(
         text, result = scorer.generate(messages, **generate_kwargs)
         return parse_tool_calls(text, tools=tools), result
     bound = scorer.with_tools(tools)
+    turn, result = _generate_and_parse(bound, tokenizer, messages, tools, dict(generate_kwargs))
+    answered = _answered_calls(messages)
+    if turn.tool_calls and answered and all(_key(c.name, c.arguments) in answered for c in turn.tool_calls):
+        # Small models (Qwen2.5-Coder-0.5B) repeat a call whose result is already in the history, as
+        # bare JSON, instead of answering: the agent would loop. Ask again with the tokens a call
+        # needs barred, so the turn is an answer (scored under the same prompt, unconstrained).
+        barred = _call_opening_ids(tokenizer)
+        if barred:
+            logger.info("the model repeated an answered tool call; asking it again for an answer")
+            kwargs = dict(generate_kwargs, suppress_tokens=barred)
+            turn, result = _generate_and_parse(bound, tokenizer, messages, tools, kwargs)
+    return turn, result
+
+
+def _generate_and_parse(
+    bound: Any,
+    tokenizer: Any,
+    messages: Any,
+    tools: Sequence[Mapping[str, Any]],
+    generate_kwargs: dict[str, Any],
+) -> tuple[ToolTurn, Any]:
     collector = _IdCollector(generate_kwargs.pop("streamer", None))
     text, result = bound.generate(messages, streamer=collector, **generate_kwargs)
     eos = set(getattr(bound, "eos_token_ids", []))
@@ -316,6 +414,56 @@ def generate_tool_turn(
     if not turn.tool_calls:
         turn = ToolTurn(content=text, tool_calls=[])  # an answer reads exactly as without tools
     return turn, result
+
+
+def _key(name: str, arguments: Mapping[str, Any]) -> str:
+    return name + json.dumps(arguments, sort_keys=True, default=str)
+
+
+def _answered_calls(messages: Any) -> set[str]:
+    """Keys of the calls in the history that a tool result follows."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return set()
+    answered: set[str] = set()
+    pending: set[str] = set()
+    for m in messages:
+        if not isinstance(m, Mapping):
+            continue
+        if m.get("role") == "assistant":
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", c) if isinstance(c, Mapping) else {}
+                args = fn.get("arguments", fn.get("args", {}))
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except json.JSONDecodeError:
+                        continue
+                if isinstance(fn.get("name"), str) and isinstance(args, Mapping):
+                    pending.add(_key(fn["name"], args))
+        elif m.get("role") == "tool":
+            answered |= pending
+    return answered
+
+
+_OPENING_IDS: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+
+
+def _call_opening_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokens a tool call needs: any with ``{`` in it, and the call markers."""
+    cached = _OPENING_IDS.get(tokenizer)
+    if cached is not None:
+        return cached
+    ids: list[int] = []
+    try:
+        vocab = tokenizer.get_vocab()
+        for token, i in vocab.items():
+            text = tokenizer.convert_tokens_to_string([token])
+            if "{" in text or text.strip() in ("<tool_call>", _MISTRAL, _PYTHON_TAG):
+                ids.append(int(i))
+    except Exception:  # a tokenizer without a vocabulary to read: no retry
+        ids = []
+    _OPENING_IDS[tokenizer] = ids = sorted(ids)
+    return ids
 
 
 def _strip_specials(text: str, tokenizer: Any) -> str:

@@ -237,3 +237,87 @@ def test_a_malformed_generated_call_raises() -> None:
     script = ScriptedGeneration(scorer, ['<tool_call>{"name": "add", "arguments": {"a": </tool_call>'])
     with script, pytest.raises(ToolCallParseError, match="not valid JSON"):
         generate_tool_turn(scorer, "2 + 3?", [ADD], max_new_tokens=64)
+
+
+# -- bare JSON calls (Qwen2.5 drops the <tool_call> tags once a tool result is in the history) ---------
+MUL = {"type": "function", "function": {"name": "multiply", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "multiply", "arguments": {"a": 391, "b": 23}}\n{"name": "add", "arguments": {"a": 1, "b": 2}}',
+        '```json\n{"name": "multiply", "arguments": {"a": 391, "b": 23}}\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n```',
+    ],
+)
+def test_bare_json_calls_back_to_back_or_fenced_are_calls(text: str) -> None:
+    turn = parse_tool_calls(text)
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [
+        ("multiply", {"a": 391, "b": 23}),
+        ("add", {"a": 1, "b": 2}),
+    ]
+    assert turn.content == "" and turn.format == "json" and not turn.is_answer
+
+
+def test_a_call_of_an_offered_tool_inside_prose_is_a_call_not_an_answer() -> None:
+    text = 'I will multiply them.\n```json\n{"name": "multiply", "arguments": {"a": 17, "b": 23}}\n```\nDone.'
+    assert parse_tool_calls(text).is_answer  # without tools offered: prose that quotes JSON
+    turn = parse_tool_calls(text, tools=[MUL, ADD])
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("multiply", {"a": 17, "b": 23})]
+    assert turn.content == "I will multiply them.\n\nDone." and turn.format == "json"
+
+
+def test_json_naming_a_tool_not_offered_inside_prose_stays_an_answer() -> None:
+    text = 'The API takes {"name": "divide", "arguments": {"a": 1}} as its body.'
+    turn = parse_tool_calls(text, tools=[MUL])
+    assert turn.is_answer and turn.content == text
+
+
+def test_a_cut_off_call_of_an_offered_tool_raises_instead_of_reaching_the_user() -> None:
+    with pytest.raises(ToolCallParseError, match="'multiply'.*max_tokens"):
+        parse_tool_calls('Sure: {"name": "multiply", "arguments": {"a": 17, "b"', tools=[MUL])
+
+
+def _answered_history(call_args: dict[str, int]) -> list[dict[str, object]]:
+    return [
+        {"role": "user", "content": "What is 2 + 3?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "id": "c1", "function": {"name": "add", "arguments": call_args}}
+            ],
+        },
+        {"role": "tool", "content": "5", "tool_call_id": "c1", "name": "add"},
+    ]
+
+
+def test_a_repeated_answered_call_is_asked_again_for_an_answer_with_call_tokens_barred() -> None:
+    # Qwen2.5-Coder-0.5B after a tool result: the same call again, bare JSON, so the agent would loop.
+    scorer = tiny_tool_scorer("hermes")
+    history = _answered_history({"a": 2, "b": 3})
+    repeat = '{"name": "add", "arguments": {"b": 3, "a": 2}}'
+    with ScriptedGeneration(scorer, [repeat, "2 + 3 = 5."]) as script:
+        scripted = scorer.model.generate
+        barred: list[object] = []
+
+        def spy(*args: object, **kwargs: object) -> object:
+            barred.append(kwargs.get("suppress_tokens"))
+            return scripted(*args, **kwargs)
+
+        scorer.model.generate = spy
+        turn, result = generate_tool_turn(scorer, history, [ADD], max_new_tokens=64)
+    assert script.calls == 2 and turn.is_answer and turn.content == "2 + 3 = 5."
+    brace = scorer.tokenizer.convert_tokens_to_ids("{")
+    assert barred[0] is None and isinstance(barred[1], list) and brace in barred[1]
+    expected = scorer.with_tools([ADD]).score(history, "2 + 3 = 5.")
+    assert result.semgrad == pytest.approx(expected.semgrad, rel=1e-4, abs=1e-6)  # same prompt, no bias
+
+
+def test_a_new_call_after_a_tool_result_is_not_retried() -> None:
+    scorer = tiny_tool_scorer("hermes")
+    with ScriptedGeneration(scorer, ['{"name": "add", "arguments": {"a": 5, "b": 1}}', "unused"]) as script:
+        turn, _ = generate_tool_turn(scorer, _answered_history({"a": 2, "b": 3}), [ADD], max_new_tokens=64)
+    assert script.calls == 1 and [(c.name, c.arguments) for c in turn.tool_calls] == [
+        ("add", {"a": 5, "b": 1})
+    ]

@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
     p.add_argument(
+        "--max-memory",
+        default="4GiB",
+        help="memory budget of one scoring pass, e.g. 4GiB; larger requests get 413 (default 4GiB)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
     )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
@@ -141,7 +146,12 @@ def build_app(args: argparse.Namespace) -> Any:
 
     # Never trust_remote_code: a served checkpoint must not run its own code.
     scorer = SemGradScorer.from_pretrained(
-        args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, profile=args.profile
+        args.model,
+        gguf_file=args.gguf_file,
+        device=args.device,
+        dtype=args.dtype,
+        profile=args.profile,
+        max_memory=args.max_memory,
     )
     calibrator = None
     if args.calibrator == "shipped":
@@ -179,6 +189,7 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
         device=device,
         dtype=args.dtype,
         profile=args.profile,
+        max_memory=args.max_memory,
     )
     autoscaling = None
     if args.max_replicas is not None and args.max_replicas > args.replicas:

@@ -109,8 +109,9 @@ class ResidualRecorder:
 class ModelAdapter:
     """Finds the pieces of a Hugging Face causal LM the fast path needs, for any decoder-only architecture.
 
-    Hooks are installed once and are inert unless the calling thread is inside a scoring pass, so
-    concurrent generation or scoring in other threads is unaffected.
+    Hooks are installed only while some thread is inside a scoring pass or a recorded generation
+    (and are inert for every other thread), so a model that is not being scored runs exactly as a
+    plain Hugging Face model: no hook is called per layer and step.
     """
 
     def __init__(self, model: Any) -> None:
@@ -133,19 +134,40 @@ class ModelAdapter:
         params = inspect.signature(self.base.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._tls = threading.local()
+        self._handles: list[Any] = []
+        self._wrapped: list[tuple[nn.Module, Any, Any]] = []
+        self._users = 0  # threads inside a pass that needs the hooks
+        self._users_lock = threading.Lock()
+
+    def _install(self) -> None:
         self._handles = [
             layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
             for i, layer in enumerate(self.layers)
         ]
         # Step 4 skips the layers below min(S): each layer's forward is wrapped (on the instance, so
         # the state dict and the class are untouched); the wrapper is inert outside a step-4 pass.
-        self._wrapped: list[tuple[nn.Module, Any, Any]] = []
+        self._wrapped = []
         for i, layer in enumerate(self.layers):
             had_own = "forward" in vars(layer)
             original = layer.forward
             wrapper = self._make_skipper(i, original)
             layer.forward = wrapper
             self._wrapped.append((layer, wrapper, original if had_own else None))
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[None]:
+        """The layer hooks installed for the block (shared by concurrent blocks, removed by the last)."""
+        with self._users_lock:
+            if self._users == 0:
+                self._install()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._users_lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._uninstall()
 
     # -- hooks -------------------------------------------------------------------------------------
     def _make_skipper(self, index: int, original: Any) -> Any:
@@ -190,6 +212,11 @@ class ModelAdapter:
         return hook
 
     def remove_hooks(self) -> None:
+        """Remove the hooks now (they are installed again by the next pass that needs them)."""
+        with self._users_lock:
+            self._uninstall()
+
+    def _uninstall(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -205,11 +232,12 @@ class ModelAdapter:
     def recording(self, layer: int, keep_from: int) -> Iterator[ResidualRecorder]:
         """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread."""
         rec = ResidualRecorder(layer=layer, keep_from=keep_from)
-        self._tls.record = rec
-        try:
-            yield rec
-        finally:
-            self._tls.record = None
+        with self.hooked():
+            self._tls.record = rec
+            try:
+                yield rec
+            finally:
+                self._tls.record = None
 
     # -- passes ------------------------------------------------------------------------------------
     def run(
@@ -225,7 +253,8 @@ class ModelAdapter:
         kwargs = {self.cache_kwarg: cache}
         self._tls.capture = capture
         try:
-            with torch.no_grad():
+            # The prefix pass (no capture) needs no hooks: it runs as the plain model does.
+            with torch.no_grad(), self.hooked() if capture is not None else contextlib.nullcontext():
                 out = self.base(
                     input_ids=input_ids,
                     attention_mask=attention_mask,

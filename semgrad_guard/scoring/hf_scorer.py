@@ -553,7 +553,10 @@ class SemGradScorer:
         chat = normalize_messages(messages)
         x = self.prompt_ids(chat)
         self._check_lengths(x, [self.eos_token_ids[0]])
-        max_new_tokens = min(max_new_tokens, self.context_window - len(x))
+        # The context and the memory budget bound the answer; one cut short is flagged "truncated".
+        max_new_tokens = min(max_new_tokens, self.max_answer_tokens(len(x)))
+        if max_new_tokens < 1:
+            self._check_lengths(x, [self.eos_token_ids[0]] * 2)  # says which limit
         device = self._adapter.output_weight.device
         input_ids = torch.tensor([x], device=device)
         kwargs: dict[str, Any] = dict(
@@ -602,6 +605,8 @@ class SemGradScorer:
         # Decoded as is: a control token the model produced stays in the text it was scored with.
         text = self.tokenizer.decode(body, skip_special_tokens=False)
         flags = ["control_tokens"] if any(t in self._special_ids for t in body) else []
+        if y[-1] not in self.eos_token_ids:
+            flags.append("truncated")  # cut at max_new_tokens: scored as returned, without end-of-turn
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; `past_key_values` before
         if cache is None:
             cache = getattr(out, "past_key_values", None)

@@ -384,7 +384,8 @@ def memory_estimate(
 
     A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries and the exgrad buffer)
     plus terms linear in length: the KV cache over every position, and the autograd graph of the
-    layers from ``min(layers)`` up over the suffix (``|anchor_offset| + answer - 1`` positions). The
+    layers from ``min(layers)`` up over the suffix (``|anchor_offset| + answer - 1`` positions); and
+    one layer's attention scores (suffix x every position x heads, float32) held in the backward. The
     per-position coefficients are the saved activations of a pre-norm decoder layer with some margin
     (measured against RSS growth in ``benchmarks/bench_scoring.py --memory``).
     """
@@ -406,7 +407,10 @@ def memory_estimate(
     per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
     graph = graph_layers * per_position * suffix * B
     grads = (len(layers) + 4) * d * 4 * suffix * B  # dL/dh per scored layer, H, dL/dH
-    return int(vocab + kv + graph + grads + 64 * 2**20)  # + allocator slack
+    # One layer's attention scores at a time in the backward (float32, every head): the only term
+    # that grows with length squared, measured at 0.6 GB for 4,000 answer tokens on the embedded model.
+    attention = heads * suffix * total * 4 * B
+    return int(vocab + kv + graph + grads + attention + 64 * 2**20)  # + allocator slack
 
 
 class _LogitHeads:

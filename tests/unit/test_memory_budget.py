@@ -44,12 +44,15 @@ def test_bad_memory_sizes_are_configuration_errors_saying_the_form(parts, value)
         scorer_with(parts, max_memory=value)
 
 
-def test_the_estimate_is_a_fixed_term_plus_one_linear_in_length(parts):
-    s = scorer_with(parts)
-    e = [s.estimate_memory(20, n) for n in (1000, 2000, 3000, 4000)]
-    steps = [b - a for a, b in zip(e, e[1:], strict=False)]
-    assert steps[0] > 0 and max(steps) - min(steps) <= 0.01 * steps[0]  # linear once chunked
-    assert s.estimate_memory(20, 10, batch=4) > s.estimate_memory(20, 10)
+def test_the_vocabulary_term_of_the_estimate_does_not_grow_with_the_answer(parts):
+    model, tok = parts
+    small, big = scorer_with(parts, logit_chunk=2**12), scorer_with(parts, logit_chunk=2**14)
+    V = model.get_output_embeddings().weight.shape[0]
+    lengths = [2**14 // V + 1, 1000, 4000]  # every one over both chunks
+    gaps = [big.estimate_memory(20, n) - small.estimate_memory(20, n) for n in lengths]
+    assert gaps[0] > 0 and len(set(gaps)) == 1  # the chunk's cost, the same at every length
+    e = [small.estimate_memory(20, n) for n in (1000, 2000, 4000)]
+    assert e[0] < e[1] < e[2] and small.estimate_memory(20, 10, batch=4) > small.estimate_memory(20, 10)
 
 
 def test_a_request_over_the_budget_is_refused_before_scoring(parts, monkeypatch):

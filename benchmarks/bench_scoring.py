@@ -344,9 +344,9 @@ def main() -> None:
         "residual stream recorded, as `scorer.generate` does, without scoring. `gen+sc`: `scorer.generate`",
         "(generation and scoring). `score`: `scorer.score` on text. `floor`: one forward pass without",
         "gradients, logits only at the answer's positions. `hook x` = hooked / plain, `g+s x` = gen+sc /",
-        "plain, `sc/fl` = score / floor. Times in seconds.",
+        "plain, `sc/fl` = score / floor; `x`, `y`: prompt and answer tokens. Times in seconds.",
         "",
-        "| x tok | y tok | plain | hooked | gen+sc | score | floor | hook x | g+s x | sc/fl |",
+        "| x | y | plain | hooked | gen+sc | score | floor | hook x | g+s x | sc/fl |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for nx, ny, med, _ in rows:

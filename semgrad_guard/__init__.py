@@ -31,6 +31,7 @@ from .errors import (
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
     ReviewQueueError,
+    ReviewQueueMissingError,
     ReviewTimeoutError,
     RiskControlError,
     ScoringError,
@@ -46,6 +47,7 @@ from .guard.calibration import Calibrator
 from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
+from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
 from .guard.strategies import (
     AttemptContext,
@@ -56,7 +58,9 @@ from .guard.strategies import (
 )
 from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
-from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
+from .review.labels import LabelledExample, labelled
+from .review.postgres import PostgresReviewQueue
+from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue, open_review_queue
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 
@@ -99,6 +103,7 @@ __all__ = [
     "GuardPolicy",
     "GuardResult",
     "InputTooLargeError",
+    "LabelledExample",
     "MetricError",
     "MissingDependencyError",
     "MockScorer",
@@ -106,8 +111,10 @@ __all__ = [
     "ModelProfile",
     "NonFiniteGradientError",
     "PAYLOAD_KEY",
+    "PostgresReviewQueue",
     "ProfileError",
     "PromptEchoError",
+    "Recalibration",
     "ReconsiderStrategy",
     "RemoteScorer",
     "RequestTooLargeError",
@@ -120,6 +127,7 @@ __all__ = [
     "ReviewQueue",
     "ReviewQueueCorruptError",
     "ReviewQueueError",
+    "ReviewQueueMissingError",
     "ReviewSettings",
     "ReviewStatus",
     "ReviewTimeoutError",
@@ -146,6 +154,9 @@ __all__ = [
     "fetch_default_model",
     "generation_overrides",
     "judge",
+    "labelled",
+    "recalibrate",
+    "open_review_queue",
     "register_stop_exception",
     "select_profile",
     "select_threshold",

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SemGradGuardError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from ._text import visible
+
+        print(f"error: {visible(str(e))}", file=sys.stderr)  # a message may quote hostile text
         return 2
 
 

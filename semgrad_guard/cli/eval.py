@@ -7,6 +7,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from ._args import positive_int
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -74,7 +76,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (1 is fastest on a busy machine)",
     )
     p.add_argument(
         "--sweep-anchor", action="store_true", help="AUROC per anchor offset and layer band, next to SPS"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from enum import Enum
@@ -179,7 +180,7 @@ class ReviewSettings(TypedConfig):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
-    """SQLite review database (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
+    """Review queue: a SQLite file path or a postgresql:// URL (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
     wait: float | None = Field(default=None, ge=0.0)
     """Seconds to wait for a human decision before returning (None: do not wait)."""
     poll_interval: float = Field(default=1.0, gt=0.0)
@@ -188,6 +189,25 @@ class ReviewSettings(TypedConfig):
     """Answer text returned while the item is pending (unless show_answer)."""
     show_answer: bool = False
     """Return the unreviewed answer instead of pending_message (fail open: off by default)."""
+    refit_every: int | None = Field(default=None, ge=1)
+    """Opt-in: recalibrate on the queue's labels after every this many new decisions, and swap the
+    result in (what ``calibrate --from-reviews`` does; logged; a refit that fails keeps the current one)."""
+
+
+class AuditSettings(TypedConfig):
+    """Audit sampling: a random share of answers the policy did not send to review is copied to the
+    queue as ``kind="audit"`` items, so the labels cover the whole confidence range, not only the
+    review band. The user gets the policy's answer unchanged (an audit never blocks or alters it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(gt=0.0, le=1.0)
+    """Share of the audited actions' answers copied to the queue (each item stores it as its
+    inclusion probability; fitting weights its label by 1 / rate)."""
+    seed: int | None = 0
+    """Seed of the sampling (None: a fresh random seed per guard)."""
+    actions: list[Action] = Field(default_factory=lambda: [Action.ACCEPT, Action.ANNOTATE, Action.ABSTAIN])
+    """Which final actions are audited (review items are labelled anyway)."""
 
 
 class Decision(BaseModel):
@@ -223,6 +243,8 @@ class Verdict(BaseModel):
     """Calibrated confidence, when a calibrator was given and the answer was scored."""
     decision: Decision | None = None
     """The policy's decision in full (field, value, message); None when scoring failed."""
+    calibrator_version: str | None = None
+    """The judging calibrator's :attr:`~semgrad_guard.Calibrator.fingerprint` (None without one)."""
 
     @property
     def message(self) -> str | None:
@@ -244,11 +266,18 @@ def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = Non
         >>> judge(policy, None).rule
         'on_error'
     """
+    version = getattr(calibrator, "fingerprint", None) if calibrator is not None else None
     if result is None:
-        return Verdict(action=policy.on_error, rule="on_error")
+        return Verdict(action=policy.on_error, rule="on_error", calibrator_version=version)
     confidence = float(calibrator.confidence(result)) if calibrator is not None else None
     decision = policy.decide(result, confidence)
-    return Verdict(action=decision.action, rule=decision.rule, confidence=confidence, decision=decision)
+    return Verdict(
+        action=decision.action,
+        rule=decision.rule,
+        confidence=confidence,
+        decision=decision,
+        calibrator_version=version,
+    )
 
 
 class GuardPolicy(TypedConfig):
@@ -284,6 +313,8 @@ class GuardPolicy(TypedConfig):
     """Action when scoring itself fails (fail closed by default): accept, annotate, abstain, review or raise."""
     rank_by: str | None = None
     """Field ranking attempts when retries run out (default: confidence with a calibrator, else the first rule's field)."""
+    audit: AuditSettings | None = None
+    """Audit sampling of served answers (off by default), e.g. ``audit: {rate: 0.05}``."""
 
     @field_validator("rules")
     @classmethod
@@ -342,7 +373,7 @@ class GuardPolicy(TypedConfig):
         """
         if status in ("approved", "edited"):
             return final_answer if final_answer is not None else model_answer
-        if status == "rejected":
+        if status in ("rejected", "cannot_tell"):  # cannot_tell releases nothing: fail closed
             return self.abstain_message
         return model_answer if self.review.show_answer else self.review.pending_message
 
@@ -418,7 +449,7 @@ class GuardPolicy(TypedConfig):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigurationError(f"policy {where} is not valid YAML: {e}") from e
+            raise ConfigurationError(f"policy {where} is not valid YAML: {_yaml_problem(e)}") from None
         return cls.from_dict(data, source=where)
 
     @classmethod
@@ -438,6 +469,12 @@ class GuardPolicy(TypedConfig):
             raise ConfigurationError(
                 f"policy {source} must be a mapping with 'rules', got {type(data).__name__}"
             )
+        if "rules" not in data and not all(isinstance(k, str) and _FIELD_NAME.fullmatch(k) for k in data):
+            # Not a policy at all (`--policy /etc/shadow`): name no key, as its keys are its contents.
+            # A typo among field-like keys (`rulez:`) is named by the validation below.
+            raise ConfigurationError(
+                f"policy {source} has no 'rules' ({len(data)} other top-level keys): is it a policy file?"
+            )
         try:
             return cls.model_validate(dict(data))
         except ValidationError as e:
@@ -450,6 +487,31 @@ class GuardPolicy(TypedConfig):
     def to_json(self) -> str:
         """The policy as JSON."""
         return self.model_dump_json(indent=2, exclude_none=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash (12 hex digits) naming this exact policy: review items and payloads
+        record it, so each past decision stays explainable."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def first_day(cls, audit_rate: float = 0.2, *, seed: int | None = 0, **kwargs: Any) -> GuardPolicy:
+        """The policy of a model with no calibrator yet: serve every answer with a note, and audit a
+        random ``audit_rate`` share of them into the review queue (no calibrator needed).
+
+        Once the queue holds labels (:data:`~semgrad_guard.guard.recalibrate.MIN_LABELS` at the very
+        least; a few dozen do much better), ``semgrad-guard calibrate --from-reviews DB --base none``
+        fits the model's first calibrator, and a confidence policy takes over.
+        """
+        spec: dict[str, Any] = {
+            "rules": [{"name": "first-day", "action": "annotate"}],
+            "annotate_message": "Not yet verified: the guard is still learning this model (answers are being audited).",
+            "audit": {"rate": audit_rate, "seed": seed},
+        }
+        spec.update(kwargs)
+        return cls.from_dict(spec, source="first_day()")
 
     @classmethod
     def from_threshold(
@@ -536,13 +598,23 @@ def _check_rules(rules: list[Rule]) -> None:
                 )
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
+
+
+def _yaml_problem(e: Exception) -> str:
+    """What is wrong and where, without the snippet of the text PyYAML quotes (the file may be a secret)."""
+    problem = getattr(e, "problem", None) or type(e).__name__
+    mark = getattr(e, "problem_mark", None)
+    return (
+        f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    )
+
+
 def _read_source(source: str | Path, suffixes: tuple[str, ...]) -> tuple[str, str]:
     if isinstance(source, Path) or (
         isinstance(source, str) and "\n" not in source and source.strip().lower().endswith(suffixes)
     ):
-        path = Path(source)
-        try:
-            return path.read_text(), str(path)
-        except FileNotFoundError as e:
-            raise ConfigurationError(f"policy file {path} does not exist") from e
+        from .._files import read_config_text
+
+        return read_config_text(source, "policy"), str(source)
     return str(source), "<text>"

@@ -21,9 +21,11 @@ from semgrad_guard import (
     GuardResult,
     MockScorer,
     RetriesExhaustedError,
+    ReviewQueue,
     ScoreResult,
     ScoringError,
     SQLiteReviewQueue,
+    open_review_queue,
     register_stop_exception,
 )
 
@@ -52,8 +54,9 @@ def raw_policy(**extra) -> GuardPolicy:
 
 
 @pytest.fixture
-def queue(tmp_path):
-    q = SQLiteReviewQueue(tmp_path / "review.db")
+def queue(review_db):
+    """The guard's review paths run against both backends (a SQLite file, a PostgreSQL database)."""
+    q = open_review_queue(review_db)
     yield q
     q.close()
 
@@ -523,10 +526,16 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
     assert (
         guard.judge(good)
         == judge(policy, good, cal)
-        == Verdict(action="accept", rule="ok", confidence=1.0, decision=policy.decide(good, 1.0))
+        == Verdict(
+            action="accept",
+            rule="ok",
+            confidence=1.0,
+            decision=policy.decide(good, 1.0),
+            calibrator_version=cal.fingerprint,
+        )
     )
     assert guard.judge(bad).action.value == "abstain" and guard.judge(bad).confidence == 0.0
-    assert guard.judge(None) == Verdict(action="review", rule="on_error")
+    assert guard.judge(None) == Verdict(action="review", rule="on_error", calibrator_version=cal.fingerprint)
     # check() reports exactly the verdict
     r = guard.check("q", "right")
     assert (r.action, r.rule, r.confidence) == (Action.ACCEPT, "ok", 1.0)
@@ -614,3 +623,28 @@ async def test_sync_and_async_give_the_same_result(tmp_path, answers) -> None:
     asyn = await asyncio.to_thread(run, True)
     strip = {"timings": True, "attempts": {"__all__": {"timings"}}}
     assert sync.model_dump(exclude=strip) == asyn.model_dump(exclude=strip)
+
+
+def test_review_queue_named_by_a_url_a_path_the_policy_or_the_environment(
+    postgres_url, tmp_path, monkeypatch
+) -> None:
+    from semgrad_guard import PostgresReviewQueue
+
+    def queued_in(guard: Guard) -> ReviewQueue:
+        r = guard.check("Capital of France?", "Nice")
+        assert r.action is Action.REVIEW
+        assert guard.review_queue.get(r.review_id).answer == "Nice"
+        return guard.review_queue
+
+    assert isinstance(
+        queued_in(Guard(raw_policy(), scorer=scorer(), review_queue=postgres_url)), PostgresReviewQueue
+    )
+    path = tmp_path / "named.db"
+    assert isinstance(queued_in(Guard(raw_policy(), scorer=scorer(), review_queue=path)), SQLiteReviewQueue)
+    assert path.exists()
+    policy = raw_policy(review={"path": postgres_url})
+    assert isinstance(queued_in(Guard(policy, scorer=scorer())), PostgresReviewQueue)
+    monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", postgres_url)
+    assert isinstance(queued_in(Guard(raw_policy(), scorer=scorer())), PostgresReviewQueue)
+    with open_review_queue(postgres_url) as q:
+        assert len(q) == 3

@@ -109,7 +109,7 @@ def test_no_import_cycle_among_core_modules():
 
 
 # What each layer may import (module-level, TYPE_CHECKING and deferred imports alike), besides itself and
-# the foundation (the top-level modules: errors, results, messages, config, progress, scorer).
+# the foundation (the top-level modules: errors, results, messages, config, progress, scorer, _files).
 ALLOWED = {
     "scoring": {"scoring"},
     "guard": {"guard", "review", "scoring.profile"},  # a profile is plain data; scoring's torch parts are not
@@ -119,7 +119,7 @@ ALLOWED = {
     "serve": {"serve", "scoring", "guard", "review", "payload"},  # nothing but cli imports serve
     "testing": {"testing", "scoring", "guard", "review"},
 }
-FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer"}
+FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer", "_files"}
 
 
 def test_each_layer_imports_only_what_it_may():
@@ -172,3 +172,32 @@ def test_old_import_paths_warn_and_give_the_same_module():
         assert got is importlib.import_module(new), old
         assert got.__spec__.name == new
         assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), old
+
+
+def test_no_module_imports_the_package_face():
+    # `from .. import X` (or `from semgrad_guard import X`) inside the package runs the whole face
+    # (every layer) and hides where X lives; import the module that defines it (submodules are fine).
+    submodules = {p.stem for p in CORE.glob("*.py")} | {p.name for p in CORE.iterdir() if p.is_dir()}
+    bad = []
+    for p in CORE.rglob("*.py"):
+        if p.parent == CORE and p.name in ("__init__.py", "__main__.py"):
+            continue
+        package = ".".join(p.relative_to(CORE.parent).with_suffix("").parts[:-1])
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                bad += [
+                    f"{p.relative_to(CORE)}: import {a.name}" for a in node.names if a.name == "semgrad_guard"
+                ]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join([*base, node.module] if node.module else base)
+                else:
+                    target = node.module or ""
+                if target == "semgrad_guard":
+                    bad += [
+                        f"{p.relative_to(CORE)}: from {target} import {a.name}"
+                        for a in node.names
+                        if a.name not in submodules
+                    ]
+    assert bad == []

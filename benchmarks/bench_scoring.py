@@ -20,6 +20,7 @@ Times are medians over --repeats interleaved rounds; peak memory is the rise of 
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import ctypes.util
 import datetime as dt
@@ -39,7 +40,11 @@ from reference_semgrad import reference_scores  # noqa: E402
 
 from semgrad_guard import SemGradScorer  # noqa: E402
 
-SCIQ = ROOT.parent / "shared" / "data" / "sciq" / "test.jsonl"
+# /work/shared next to the main checkout, or two levels up from a worktree (/work/wt/<name>).
+SCIQ = next(
+    (p / "shared" / "data" / "sciq" / "test.jsonl" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+    ROOT.parent / "shared" / "data" / "sciq" / "test.jsonl",
+)
 ANSWER_TOKENS = 40  # CPU; --answer-tokens (64 on GPU)
 
 
@@ -80,6 +85,75 @@ class Peak:
         self.seconds = time.perf_counter() - self.t0
 
 
+def memory_child(answer_tokens: int) -> None:
+    """Print, as JSON, the peak RSS growth of scoring one answer of ``answer_tokens`` tokens (run in a
+    fresh process per length, so one length's heap does not hide the next one's)."""
+    torch.set_num_threads(1)
+    params = SemGradScorer.__init__.__code__.co_varnames  # the code before the budget had none
+    scorer = SemGradScorer.from_pretrained(
+        "default", **({"max_memory": None} if "max_memory" in params else {})
+    )
+    text = " ".join(json.loads(line)["query"] for line in SCIQ.read_text().splitlines())
+    ids = scorer.tokenizer(text, add_special_tokens=False)["input_ids"][: answer_tokens - 1]
+    answer = scorer.tokenizer.decode(ids)
+    chat = [{"role": "user", "content": "Summarise what you know about science."}]
+    scorer.score(chat, "A warm-up.")
+    with Peak("cpu") as p:
+        r = scorer.score(chat, answer)
+    estimate = scorer.estimate_memory(r.prompt_tokens, r.answer_tokens) if "max_memory" in params else None
+    print(
+        json.dumps(
+            {"answer_tokens": r.answer_tokens, "peak": p.peak, "seconds": p.seconds, "estimate": estimate}
+        )
+    )
+
+
+def bench_memory(lengths: list[int], before: Path | None) -> list[dict[str, object]]:
+    """Peak memory of `score` against answer length, one subprocess per length (and per code version)."""
+    import subprocess
+
+    rows: list[dict[str, object]] = []
+    versions = [("after", ROOT)] + ([("before", before)] if before else [])
+    for n in lengths:
+        for label, root in versions:
+            if label == "before" and n > 2000:
+                continue  # grew by ~1.4 MiB per token: 8,000 tokens would take the shared machine down
+            env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+            out = (
+                subprocess.run(
+                    [sys.executable, __file__, "--memory-child", str(n)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            row = {"version": label, **json.loads(out)}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def memory_table(rows: list[dict[str, object]]) -> list[str]:
+    def mib(v: object) -> str:
+        return "" if v is None else f"{float(v) / 2**20:,.0f}"  # type: ignore[arg-type]
+
+    before = {r["answer_tokens"]: r for r in rows if r["version"] == "before"}
+    lines = [
+        "| answer tok | before MiB | after MiB | estimate MiB | after s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in rows if r["version"] == "after"):
+        b = before.get(r["answer_tokens"], {})
+        lines.append(
+            f"| {r['answer_tokens']} | {mib(b.get('peak')) or '-'} | {mib(r['peak'])} | "
+            f"{mib(r['estimate'])} | {float(r['seconds']):.1f} |"  # type: ignore[arg-type]
+        )
+    return lines
+
+
 def make_prompt(scorer: SemGradScorer, target_tokens: int) -> list[dict[str, str]]:
     lines = [json.loads(line)["query"] for line in SCIQ.read_text().splitlines()[:400]]
     context, i = "", 0
@@ -95,9 +169,12 @@ def make_prompt(scorer: SemGradScorer, target_tokens: int) -> list[dict[str, str
 
 
 def bench_prompt(
-    scorer: SemGradScorer, target: int, repeats: int, device: str
+    scorer: SemGradScorer, plain: torch.nn.Module, target: int, repeats: int, device: str, full_run: bool
 ) -> tuple[int, int, dict[str, float], dict[str, int]]:
-    """Time every path for one prompt length; interleaved rounds after a warm-up."""
+    """Time every path for one prompt length; interleaved rounds after a warm-up.
+
+    ``plain`` is a copy of the model made before any scorer saw it: no hook was ever registered on it.
+    """
     model = scorer.model
     delays: list[float] = []
 
@@ -128,10 +205,17 @@ def bench_prompt(
 
     def generate() -> None:
         with torch.no_grad():
+            plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+
+    def generate_hooked() -> None:
+        # Generation as `scorer.generate` runs it (hooks installed, residuals recorded), no scoring.
+        a = len(x) + scorer.profile.anchor_offset
+        with torch.no_grad(), scorer.adapter.recording(min(scorer.profile.layers), keep_from=a):
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
 
     paths = {
         "generate": generate,
+        "gen+hooks": generate_hooked,
         "generate+score": lambda: scorer.generate(
             chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS
         ),
@@ -145,6 +229,9 @@ def bench_prompt(
         )(),
         "stream": stream,
     }
+    if not full_run:
+        for k in ("reference", "forward", "stream"):
+            del paths[k]
     for fn in paths.values():  # warm-up
         fn()
     delays.clear()
@@ -157,7 +244,7 @@ def bench_prompt(
             times[k].append(p.seconds)
             peaks[k] = max(peaks[k], p.peak)
     med = {k: statistics.median(v) for k, v in times.items()}
-    med["delay"] = statistics.median(delays)
+    med["delay"] = statistics.median(delays) if delays else float("nan")
     print(
         f"prompt {len(x)} tokens, answer {len(y)} tokens: "
         + ", ".join(f"{k} {v:.3f}s" for k, v in med.items())
@@ -174,12 +261,20 @@ def main() -> None:
     ap.add_argument("--prompts", default=None, help="default 100,1000 on CPU, 256,2048 on GPU")
     ap.add_argument("--answer-tokens", type=int, default=None, help="default 40 on CPU, 64 on GPU")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="also time the reference, forward and stream")
+    ap.add_argument("--memory", default=None, help="answer lengths for the memory table, e.g. 250,1000")
+    ap.add_argument("--before", type=Path, default=None, help="a checkout of the code before, for --memory")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child)
+        return
     gpu = args.device.startswith("cuda")
     args.prompts = args.prompts or ("256,2048" if gpu else "100,1000")
     global ANSWER_TOKENS
     ANSWER_TOKENS = args.answer_tokens or (64 if gpu else 40)
+    load = [f"{v:.2f}" for v in os.getloadavg()]
 
     if args.random_llama_8b:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -202,16 +297,24 @@ def main() -> None:
             pad_token_id=tok.eos_token_id,
         )
         with torch.device(args.device):
-            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-        scorer = SemGradScorer(model.eval(), tok, model_id="random-llama-3.1-8b-shape")
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+        plain = copy.deepcopy(model)  # before any scorer sees `model`: never hooked
+        scorer = SemGradScorer(model, tok, model_id="random-llama-3.1-8b-shape")
         name = "random-weight model with Llama-3.1-8B's shape, bf16"
     else:
+        from semgrad_guard.scoring.loading import load_model_and_tokenizer
+
+        # The baseline: a second, separately loaded copy that no scorer ever wraps.
+        plain = load_model_and_tokenizer("default", device=args.device)[0].eval()
         scorer = SemGradScorer.from_pretrained("default", device=args.device)
         name = f"{scorer.model_id} (float32)"
-    model, device = scorer.model, args.device
+    device = args.device
     rows = []
     for target in [int(v) for v in args.prompts.split(",")]:
-        rows.append(bench_prompt(scorer, target, args.repeats, device))
+        rows.append(bench_prompt(scorer, plain, target, args.repeats, device, args.full))
+    del plain
+    # After the timings, in subprocesses of their own: a long answer's peak does not disturb them.
+    mem_rows = bench_memory([int(v) for v in args.memory.split(",")], args.before) if args.memory else []
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -225,41 +328,80 @@ def main() -> None:
         if device.startswith("cuda")
         else f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     )
+    when = dt.datetime.now(dt.timezone.utc)
     lines = [
         f"# SemGrad scoring cost: {name}",
         "",
-        f"Machine: {machine}; torch {torch.__version__}; {platform.platform()}; run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}..{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer.adapter.num_layers}).",
-        f"Median of {args.repeats} interleaved rounds after a warm-up. Peak memory: rise of peak RSS above the loaded model (CPU) or peak CUDA allocation (GPU).",
+        f"Machine: {machine}; torch {torch.__version__}; {platform.platform()}.",
+        f"Run {when:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 min) at the start {' / '.join(load)}, at the "
+        f"end {' / '.join(f'{v:.2f}' for v in os.getloadavg())}.",
+        f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}.."
+        f"{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer.adapter.num_layers}).",
+        f"Median of {args.repeats} interleaved rounds after a warm-up; {ANSWER_TOKENS}-token answers.",
         "",
-        "`forward` computes logits at every position, as a plain `model(ids)` call does; `forward(ans)` only at the",
-        "positions that predict the answer (`logits_to_keep`), the least any scorer of text must do. `score / floor`",
-        "divides by `forward(ans)`.",
+        "`plain`: greedy generation on a separately loaded copy of the model that no scorer ever wrapped",
+        "(no hooks). `hooked`: the same generation on the scorer's model with its hooks installed and the",
+        "residual stream recorded, as `scorer.generate` does, without scoring. `gen+sc`: `scorer.generate`",
+        "(generation and scoring). `score`: `scorer.score` on text. `floor`: one forward pass without",
+        "gradients, logits only at the answer's positions. `hook x` = hooked / plain, `g+s x` = gen+sc /",
+        "plain, `sc/fl` = score / floor; `x`, `y`: prompt and answer tokens. Times in seconds.",
         "",
-        "`stream` is `scorer.stream` end to end; `delay` the median time from its last text chunk to the",
-        "scored final chunk (scoring starts when the last token is sampled).",
-        "",
-        "| prompt tok | answer tok | generate (s) | generate+score (s) | score(text) (s) | reference (s) | forward (s) | forward(ans) (s) | stream (s) | stream delay (s) | gen+score / gen | score / floor | reference / score | peak MiB gen / gen+score / score / reference / forward / forward(ans) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| x | y | plain | hooked | gen+sc | score | floor | hook x | g+s x | sc/fl |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for nx, ny, med, peaks in rows:
-        mib = " / ".join(
-            f"{peaks[k] / 2**20:.0f}"
-            for k in ("generate", "generate+score", "score(text)", "reference", "forward", "forward(ans)")
-        )
+    for nx, ny, med, _ in rows:
         lines.append(
-            f"| {nx} | {ny} | {med['generate']:.3f} | {med['generate+score']:.3f} | {med['score(text)']:.3f} | {med['reference']:.3f} | "
-            f"{med['forward']:.3f} | {med['forward(ans)']:.3f} | {med['stream']:.3f} | {med['delay']:.3f} | "
-            f"{med['generate+score'] / med['generate']:.3f} | "
-            f"{med['score(text)'] / med['forward(ans)']:.3f} | "
-            f"{med['reference'] / med['score(text)']:.2f} | {mib} |"
+            f"| {nx} | {ny} | {med['generate']:.3f} | {med['gen+hooks']:.3f} | {med['generate+score']:.3f} | "
+            f"{med['score(text)']:.3f} | {med['forward(ans)']:.3f} | "
+            f"{med['gen+hooks'] / med['generate']:.3f} | {med['generate+score'] / med['generate']:.3f} | "
+            f"{med['score(text)'] / med['forward(ans)']:.2f} |"
         )
+    lines += [
+        "",
+        "Peak memory of the same paths (MiB): rise of peak RSS above the loaded models (CPU), or the peak",
+        "CUDA allocation (GPU).",
+        "",
+        "| x tok | plain | hooked | gen+sc | score | floor |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for nx, _, _, peaks in rows:
+        lines.append(
+            f"| {nx} | "
+            + " | ".join(
+                f"{peaks[k] / 2**20:.0f}"
+                for k in ("generate", "gen+hooks", "generate+score", "score(text)", "forward(ans)")
+            )
+            + " |"
+        )
+    if args.full:
+        lines += [
+            "",
+            "| x tok | reference | forward | stream | stream delay | reference / score |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for nx, _, med, _ in rows:
+            lines.append(
+                f"| {nx} | {med['reference']:.3f} | {med['forward']:.3f} | {med['stream']:.3f} | "
+                f"{med['delay']:.3f} | {med['reference'] / med['score(text)']:.2f} |"
+            )
+    if mem_rows:
+        lines += [
+            "",
+            "Peak memory of `scorer.score` against answer length (RSS growth in a fresh subprocess per",
+            "length, 1 thread, the embedded model, a one-line question). `before`: the code before chunking",
+            f"({args.before}); `estimate`: `scorer.estimate_memory`, which the `max_memory` budget checks.",
+            "",
+            *memory_table(mem_rows),
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     out = args.out or ROOT / "benchmarks" / "results" / (
         "scoring_gpu.md" if device.startswith("cuda") else "scoring_cpu.md"
     )
     out.write_text(text)
+    (out.with_suffix(".json")).write_text(
+        json.dumps({"rows": [list(r) for r in rows], "memory": mem_rows, "load_start": load}, indent=1) + "\n"
+    )
     print(f"written to {out}")
 
 

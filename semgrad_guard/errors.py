@@ -219,3 +219,8 @@ class ServiceAuthError(ServiceError, PermissionError):
 
 class ServedModelMismatchError(ConfigurationError):
     """The scoring service holds another model (id or weights) than the one the client named."""
+
+
+class InputTooLargeError(RequestTooLargeError):
+    """Scoring the input would need more memory than the scorer's budget (``max_memory``); refused
+    before anything runs. The service answers 413."""

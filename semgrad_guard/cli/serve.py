@@ -66,6 +66,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
     p.add_argument(
+        "--max-memory",
+        default="4GiB",
+        help="memory budget of one scoring pass, e.g. 4GiB; larger requests get 413 (default 4GiB)",
+    )
+    p.add_argument(
         "--generate-unreviewed",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -215,7 +220,12 @@ def build_app(args: argparse.Namespace) -> Any:
 
     # Never trust_remote_code: a served checkpoint must not run its own code.
     scorer = SemGradScorer.from_pretrained(
-        args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype, profile=args.profile
+        args.model,
+        gguf_file=args.gguf_file,
+        device=args.device,
+        dtype=args.dtype,
+        profile=args.profile,
+        max_memory=args.max_memory,
     )
     calibrator = None
     if args.calibrator == "shipped":
@@ -273,6 +283,7 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
         device=device,
         dtype=args.dtype,
         profile=args.profile,
+        max_memory=args.max_memory,
     )
     autoscaling = None
     if args.max_replicas is not None and args.max_replicas > args.replicas:

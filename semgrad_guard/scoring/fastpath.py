@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError, NonFiniteGradientError
+from ..errors import ConfigurationError, ModelError, NonFiniteGradientError
 
 
 @dataclass
@@ -108,8 +109,9 @@ class ResidualRecorder:
 class ModelAdapter:
     """Finds the pieces of a Hugging Face causal LM the fast path needs, for any decoder-only architecture.
 
-    Hooks are installed once and are inert unless the calling thread is inside a scoring pass, so
-    concurrent generation or scoring in other threads is unaffected.
+    Hooks are installed only while some thread is inside a scoring pass or a recorded generation
+    (and are inert for every other thread), so a model that is not being scored runs exactly as a
+    plain Hugging Face model: no hook is called per layer and step.
     """
 
     def __init__(self, model: Any) -> None:
@@ -132,19 +134,40 @@ class ModelAdapter:
         params = inspect.signature(self.base.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._tls = threading.local()
+        self._handles: list[Any] = []
+        self._wrapped: list[tuple[nn.Module, Any, Any]] = []
+        self._users = 0  # threads inside a pass that needs the hooks
+        self._users_lock = threading.Lock()
+
+    def _install(self) -> None:
         self._handles = [
             layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
             for i, layer in enumerate(self.layers)
         ]
         # Step 4 skips the layers below min(S): each layer's forward is wrapped (on the instance, so
         # the state dict and the class are untouched); the wrapper is inert outside a step-4 pass.
-        self._wrapped: list[tuple[nn.Module, Any, Any]] = []
+        self._wrapped = []
         for i, layer in enumerate(self.layers):
             had_own = "forward" in vars(layer)
             original = layer.forward
             wrapper = self._make_skipper(i, original)
             layer.forward = wrapper
             self._wrapped.append((layer, wrapper, original if had_own else None))
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[None]:
+        """The layer hooks installed for the block (shared by concurrent blocks, removed by the last)."""
+        with self._users_lock:
+            if self._users == 0:
+                self._install()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._users_lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._uninstall()
 
     # -- hooks -------------------------------------------------------------------------------------
     def _make_skipper(self, index: int, original: Any) -> Any:
@@ -189,6 +212,11 @@ class ModelAdapter:
         return hook
 
     def remove_hooks(self) -> None:
+        """Remove the hooks now (they are installed again by the next pass that needs them)."""
+        with self._users_lock:
+            self._uninstall()
+
+    def _uninstall(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -204,11 +232,12 @@ class ModelAdapter:
     def recording(self, layer: int, keep_from: int) -> Iterator[ResidualRecorder]:
         """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread."""
         rec = ResidualRecorder(layer=layer, keep_from=keep_from)
-        self._tls.record = rec
-        try:
-            yield rec
-        finally:
-            self._tls.record = None
+        with self.hooked():
+            self._tls.record = rec
+            try:
+                yield rec
+            finally:
+                self._tls.record = None
 
     # -- passes ------------------------------------------------------------------------------------
     def run(
@@ -224,7 +253,8 @@ class ModelAdapter:
         kwargs = {self.cache_kwarg: cache}
         self._tls.capture = capture
         try:
-            with torch.no_grad():
+            # The prefix pass (no capture) needs no hooks: it runs as the plain model does.
+            with torch.no_grad(), self.hooked() if capture is not None else contextlib.nullcontext():
                 out = self.base(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
@@ -296,6 +326,194 @@ def crop_cache(cache: Any, length: int) -> bool:
     return bool(cache.get_seq_length() == length)
 
 
+LOGIT_CHUNK = 1 << 23
+"""Logit entries (rows x vocabulary) held at once while scoring: 32 MiB per float32 tensor, and at most
+about four such tensors are alive (docs/method.md, "Memory"). The answer's positions are processed in
+chunks of ``LOGIT_CHUNK // vocabulary`` rows, so no vocabulary-sized tensor grows with the answer."""
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value: int | str, what: str = "memory") -> int:
+    """Bytes from an int or a string such as ``"4GB"``, ``"512 MiB"``, ``"1.5g"`` (decimal and binary units)."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{what} must be a number of bytes or a string like '4GB', got {value!r}")
+    if isinstance(value, int):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else ""
+        if m is None or unit not in _UNITS:
+            raise ConfigurationError(
+                f"{what} must be a number of bytes or a string like '4GB' or '512MiB', got {value!r}"
+            )
+        n = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(n) or n <= 0:
+        raise ConfigurationError(f"{what} must be positive, got {value!r}")
+    return int(n)
+
+
+def memory_estimate(
+    adapter: ModelAdapter,
+    *,
+    prompt_tokens: int,
+    answer_tokens: int,
+    anchor_offset: int,
+    layers: list[int],
+    batch: int = 1,
+    logit_chunk: int = LOGIT_CHUNK,
+    vocab_chunk: int = 8192,
+) -> int:
+    """Bytes a :func:`score_ids` pass allocates above the loaded model, from the model's shapes.
+
+    A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries and the exgrad buffer)
+    plus terms linear in length: the KV cache over every position, and the autograd graph of the
+    layers from ``min(layers)`` up over the suffix (``|anchor_offset| + answer - 1`` positions); and
+    one layer's attention scores (suffix x every position x heads, float32) held in the backward. The
+    per-position coefficients are the saved activations of a pre-norm decoder layer with some margin
+    (measured against RSS growth in ``benchmarks/bench_scoring.py --memory``).
+    """
+    cfg = adapter.text_config
+    esize = adapter.output_weight.element_size()
+    V, d = adapter.output_weight.shape
+    m = int(getattr(cfg, "intermediate_size", None) or 4 * d)
+    heads = int(getattr(cfg, "num_attention_heads", None) or 1)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
+    n_layers = adapter.num_layers
+    B = max(1, batch)
+    suffix = max(1, -anchor_offset + answer_tokens - 1)
+    total = prompt_tokens + answer_tokens
+    rows = B * max(1, answer_tokens)
+    vocab = 4 * min(logit_chunk, rows * V) * 4 + B * min(vocab_chunk, V) * d * 4
+    kv = 2 * n_layers * kv_heads * head_dim * esize * total * B
+    graph_layers = n_layers - min(layers)
+    per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
+    graph = graph_layers * per_position * suffix * B
+    grads = (len(layers) + 4) * d * 4 * suffix * B  # dL/dh per scored layer, H, dL/dH
+    # One layer's attention scores at a time in the backward (float32, every head): the only term
+    # that grows with length squared, measured at 0.6 GB for 4,000 answer tokens on the embedded model.
+    attention = heads * suffix * total * 4 * B
+    return int(vocab + kv + graph + grads + attention + 64 * 2**20)  # + allocator slack
+
+
+class _LogitHeads:
+    """The answer's vocabulary-sized work, in chunks of positions: logits, entropy, nll and dL/dlogits.
+
+    The loss ``sum_t e_t nll_t / T`` (entropy ``e_t`` a constant weight) has the closed-form gradient
+    ``dL/dz_t = e_t / T (softmax(z_t) - onehot(y_t))``, so the logits need no autograd graph: each chunk
+    gives its rows of dL/dH = dL/draw W, and the chunk's tensors are freed before the next one.
+
+    exgrad = mean |sum_t G_t H_t^T| sums over every position inside the absolute value. When the answer
+    fits one chunk its G is kept and reduced in vocabulary chunks; otherwise G is recomputed one
+    vocabulary slice at a time (for all positions) from the stored log-normalisers, one extra lm_head
+    product that bounds the memory.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        H: torch.Tensor,
+        targets: torch.Tensor,
+        valid: torch.Tensor,
+        T: torch.Tensor,
+        logit_chunk: int,
+    ) -> None:
+        self.adapter, self.H, self.targets = adapter, H, targets
+        W = adapter.output_weight.detach()
+        self.W = W
+        B, Tmax = targets.shape
+        V = W.shape[0]
+        self.logit_chunk = max(1, int(logit_chunk))
+        step = max(1, self.logit_chunk // (B * V))
+        self.entropy = torch.zeros(B, Tmax, dtype=torch.float32, device=H.device)
+        self.nll = torch.zeros_like(self.entropy)
+        self.lse = torch.zeros_like(self.entropy)
+        self.grad_hidden = torch.empty_like(H)
+        self.G: torch.Tensor | None = None  # (B, Tmax, V), kept when one chunk holds the whole answer
+        for t0 in range(0, Tmax, step):
+            t1 = min(Tmax, t0 + step)
+            raw = torch.nn.functional.linear(H[:, t0:t1], W).float()
+            z = adapter.final_logits(raw)
+            lse = torch.logsumexp(z, dim=-1)
+            logp = z - lse.unsqueeze(-1)
+            y = targets[:, t0:t1].unsqueeze(-1)
+            ok = valid[:, t0:t1]
+            nll = torch.where(ok, -logp.gather(-1, y).squeeze(-1), 0.0)
+            p = logp.exp()
+            entropy = torch.where(ok, -logp.mul_(p).sum(-1), 0.0)
+            del logp
+            w = entropy / T.unsqueeze(-1)
+            # G = w (p - onehot(y)) dz/draw, built in p's storage.
+            G = p.mul_(w.unsqueeze(-1)).scatter_add_(-1, y, -w.unsqueeze(-1))
+            self._chain(G, z)
+            self.grad_hidden[:, t0:t1] = G.to(W.dtype) @ W
+            self.entropy[:, t0:t1], self.nll[:, t0:t1], self.lse[:, t0:t1] = entropy, nll, lse
+            if t0 == 0 and t1 == Tmax:
+                self.G = G
+        self.weight = self.entropy / T.unsqueeze(-1)
+
+    def _chain(self, G: torch.Tensor, z: torch.Tensor) -> None:
+        """dL/draw from dL/dz in place, through the model's logit scale and soft-capping."""
+        a = self.adapter
+        if a.softcap:  # z = c tanh(m raw / c): dz/draw = m (1 - (z / c)^2)
+            G.mul_(z.div(a.softcap).square_().neg_().add_(1.0))
+        if a.logit_multiplier != 1.0:
+            G.mul_(a.logit_multiplier)
+
+    def _slices(self, vocab_chunk: int) -> Iterator[torch.Tensor]:
+        """dL/draw one vocabulary slice at a time, (B, Tmax, slice), every position."""
+        V = self.W.shape[0]
+        if self.G is not None:
+            for v0 in range(0, V, vocab_chunk):
+                yield self.G[:, :, v0 : v0 + vocab_chunk]
+            return
+        B, Tmax = self.targets.shape
+        width = max(1, min(vocab_chunk, self.logit_chunk // (B * Tmax)))
+        w = self.weight.unsqueeze(-1)
+        for v0 in range(0, V, width):
+            rows = self.W[v0 : v0 + width]
+            z = self.adapter.final_logits(torch.nn.functional.linear(self.H, rows).float())
+            G = (z - self.lse.unsqueeze(-1)).exp_().mul_(w)
+            inside = (self.targets >= v0) & (self.targets < v0 + rows.shape[0])
+            idx = (self.targets - v0).clamp_(0, rows.shape[0] - 1).unsqueeze(-1)
+            G.scatter_add_(-1, idx, torch.where(inside.unsqueeze(-1), -w, 0.0))
+            self._chain(G, z)
+            yield G
+
+    def exgrad(self, vocab_chunk: int) -> torch.Tensor:
+        """mean |dL/dW_out| through the logits per example, never materialising dL/dW_out."""
+        Hf = self.H.float()
+        B, V, d = Hf.shape[0], self.W.shape[0], Hf.shape[-1]
+        ex = torch.zeros(B, dtype=torch.float32, device=Hf.device)
+        buf: torch.Tensor | None = None
+        for G in self._slices(vocab_chunk):
+            # One buffer for every chunk, |.| in place: an allocation and a copy per chunk cost as much
+            # as the matrix product itself at short answers (measured on CPU).
+            if buf is None or buf.shape[1] != G.shape[-1]:
+                buf = torch.empty(B, G.shape[-1], d, dtype=torch.float32, device=Hf.device)
+            # (B, chunk, T) @ (B, T, d): one chunk of dL/dW_out per example.
+            torch.bmm(G.transpose(1, 2), Hf, out=buf)
+            ex += buf.abs_().sum((1, 2))
+        return ex / (V * d)
+
+
 def score_ids(
     adapter: ModelAdapter,
     examples: list[ScoringInput],
@@ -303,6 +521,7 @@ def score_ids(
     anchor_offset: int,
     layers: list[int],
     vocab_chunk: int = 8192,
+    logit_chunk: int = LOGIT_CHUNK,
     prefix_cache: Any = None,
     window: bool = False,
     residuals: torch.Tensor | None = None,
@@ -369,30 +588,21 @@ def score_ids(
 
     if not hidden.requires_grad:
         raise ModelError("the gradient pass did not record a graph: the decoder layers' hooks did not run")
+    Tmax = max(lengths_t)
+    # Final hidden states at the positions that predict y_0 .. y_{T-1}.
+    H = hidden[:, k - 1 : k - 1 + Tmax]
+    targets = torch.zeros(B, Tmax, dtype=torch.long, device=device)
+    valid = torch.zeros(B, Tmax, dtype=torch.bool, device=device)
+    for i, e in enumerate(examples):
+        targets[i, : lengths_t[i]] = torch.tensor(e.answer_ids, device=device)
+        valid[i, : lengths_t[i]] = True
+    T = torch.tensor(lengths_t, dtype=torch.float32, device=device)
+    heads = _LogitHeads(adapter, H.detach(), targets, valid, T, logit_chunk)
+    inputs = [capture.captured[layer] for layer in layers]
     with torch.enable_grad():
-        Tmax = max(lengths_t)
-        # Final hidden states at the positions that predict y_0 .. y_{T-1}.
-        H = hidden[:, k - 1 : k - 1 + Tmax]
-        W = adapter.output_weight.detach()
-        raw = torch.nn.functional.linear(H, W).float()
-        logits = adapter.final_logits(raw)
-        logp = torch.log_softmax(logits, dim=-1)
-        p = logp.exp()
-        entropy = -(p * logp).sum(-1).detach()  # (B, Tmax), a constant weight
-        targets = torch.zeros(B, Tmax, dtype=torch.long, device=device)
-        valid = torch.zeros(B, Tmax, dtype=torch.bool, device=device)
-        for i, e in enumerate(examples):
-            targets[i, : lengths_t[i]] = torch.tensor(e.answer_ids, device=device)
-            valid[i, : lengths_t[i]] = True
-        nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        nll = torch.where(valid, nll, torch.zeros_like(nll))
-        entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
-        T = torch.tensor(lengths_t, dtype=torch.float32, device=device)
-        per_example_loss = (entropy * nll).sum(-1) / T
-        # Rows are independent, so the gradient of the sum gives each example its own dL_i/d(.).
-        inputs = [capture.captured[layer] for layer in layers]
-        grads = torch.autograd.grad(per_example_loss.sum(), [raw, *inputs])
-    G, hidden_grads = grads[0], grads[1:]
+        # dL/dH from the closed form, so no vocabulary-sized graph is ever recorded.
+        hidden_grads = torch.autograd.grad(H, inputs, grad_outputs=heads.grad_hidden)
+    entropy, nll = heads.entropy, heads.nll
 
     d = hidden_grads[0].shape[-1]
     # suffix position 0 is the anchor in every row; semgrad is the mean over the profile's layers
@@ -402,26 +612,12 @@ def score_ids(
     if window:
         w = torch.stack([g[:, :k].float().abs().sum(-1) / d for g in hidden_grads], dim=2)  # (B, k, L)
         win = w.cpu().tolist()
-
-    Hf = H.detach().float()
-    V = G.shape[-1]
-    ex = torch.zeros(B, dtype=torch.float32, device=device)
-    Gt = G.transpose(1, 2)
-    # One buffer for every chunk, |.| in place: an allocation and a copy per chunk cost as much as the
-    # matrix product itself at short answers (measured on CPU; same float32 sums as before).
-    buf = torch.empty(B, min(vocab_chunk, V), Hf.shape[-1], dtype=torch.float32, device=device)
-    for v0 in range(0, V, vocab_chunk):
-        g = Gt[:, v0 : v0 + vocab_chunk]
-        block = buf if g.shape[1] == buf.shape[1] else torch.empty_like(buf[:, : g.shape[1]])
-        # (B, chunk, T) @ (B, T, d): one chunk of dL/dW_out per example.
-        torch.bmm(g, Hf, out=block)
-        ex += block.abs_().sum((1, 2))
-    ex /= V * Hf.shape[-1]
+    ex = heads.exgrad(vocab_chunk)
 
     mean_entropy = entropy.sum(-1) / T
     alpha = torch.exp(-mean_entropy)
     hybrid = alpha * ex + (1 - alpha) * sem
-    nll_sum = nll.detach().sum(-1)
+    nll_sum = nll.sum(-1)
     values = torch.stack([sem, ex, hybrid, nll_sum, nll_sum / T, mean_entropy], dim=1).cpu()
     if not torch.isfinite(values).all():
         bad = [i for i in range(B) if not torch.isfinite(values[i]).all()]

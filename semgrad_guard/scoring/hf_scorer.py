@@ -19,6 +19,7 @@ from ..errors import (
     ConfigurationError,
     ContextLengthError,
     ControlTokenError,
+    InputTooLargeError,
     ModelError,
     PromptEchoError,
     ScoringError,
@@ -28,12 +29,15 @@ from ..results import ScoreResult
 from .adapters import acquire_adapter
 from .fastpath import (
     EXGRAD_MODES,
+    LOGIT_CHUNK,
     ModelAdapter,
     RawScores,
     ScoringInput,
     crop_cache,
     embeddings_are_tied,
     exgrad_weight,
+    memory_estimate,
+    parse_bytes,
     score_ids,
 )
 from .identity import weights_fingerprint
@@ -63,6 +67,12 @@ class SemGradScorer:
         chat_template: overrides the tokenizer's chat template.
         max_batch_size: examples per forward/backward pass in :meth:`score_batch`.
         vocab_chunk: vocabulary rows per chunk when reducing dL/dW_out.
+        logit_chunk: logit entries (rows x vocabulary) held at once; bounds the vocabulary-sized memory
+            of a pass whatever the answer's length (docs/method.md, "Memory").
+        max_memory: memory budget of one scoring pass, in bytes or as ``"4GB"``/``"512MiB"``
+            (default 4 GiB; ``None``: no budget). A request whose estimate
+            (:meth:`estimate_memory`) is over it is refused with :class:`InputTooLargeError` before
+            anything runs.
         exgrad_mode: ``"logits"`` or ``"weight"`` (docs/method.md); default: the profile's.
         control_tokens: an answer holding chat-template control tokens (``<|im_end|>``, role headers)
             is scored as literal text and flagged (``"score"``, the default) or refused with
@@ -93,6 +103,8 @@ class SemGradScorer:
         chat_template: str | None = None,
         max_batch_size: int = 8,
         vocab_chunk: int = 8192,
+        logit_chunk: int = LOGIT_CHUNK,
+        max_memory: int | str | None = "4GiB",
         exgrad_mode: Literal["logits", "weight"] | None = None,
         control_tokens: Literal["score", "refuse"] = "score",
         echo: Literal["strip", "refuse"] = "strip",
@@ -113,6 +125,8 @@ class SemGradScorer:
             model.eval()  # dropout would make scores random
         self.max_batch_size = max_batch_size
         self.vocab_chunk = vocab_chunk
+        self.logit_chunk = logit_chunk
+        self.max_memory = None if max_memory is None else parse_bytes(max_memory, "max_memory")
         if control_tokens not in ("score", "refuse"):
             raise ConfigurationError(f"control_tokens must be 'score' or 'refuse', got {control_tokens!r}")
         if echo not in ("strip", "refuse"):
@@ -473,6 +487,41 @@ class SemGradScorer:
         if len(x) + len(y) > self.context_window:
             raise ContextLengthError(len(x), len(y), self.context_window)
         self.profile.check_fits(self._adapter.num_layers, prompt_tokens=len(x))
+        if self.max_memory is not None:
+            need = self.estimate_memory(len(x), len(y))
+            if need > self.max_memory:
+                raise InputTooLargeError(
+                    f"scoring {len(y)} answer tokens after {len(x)} prompt tokens needs about "
+                    f"{need / 2**20:,.0f} MiB, over the memory budget of {self.max_memory / 2**20:,.0f} MiB; "
+                    "send a shorter answer or raise max_memory (serve: --max-memory)"
+                )
+
+    def estimate_memory(self, prompt_tokens: int, answer_tokens: int, batch: int = 1) -> int:
+        """Bytes one scoring pass of ``batch`` such examples allocates above the loaded model (an upper
+        bound on CPU; docs/method.md, "Memory"): a fixed vocabulary term plus terms growing with length."""
+        return memory_estimate(
+            self._adapter,
+            prompt_tokens=prompt_tokens,
+            answer_tokens=answer_tokens,
+            anchor_offset=self.profile.anchor_offset,
+            layers=self.profile.layers,
+            batch=batch,
+            logit_chunk=self.logit_chunk,
+            vocab_chunk=self.vocab_chunk,
+        )
+
+    def max_answer_tokens(self, prompt_tokens: int) -> int:
+        """The longest answer the memory budget and the context allow after ``prompt_tokens``."""
+        hi = max(0, self.context_window - prompt_tokens)
+        if self.max_memory is None:
+            return hi
+        lo = 0
+        while lo < hi:  # the estimate grows with the answer
+            mid = (lo + hi + 1) // 2
+            lo, hi = (
+                (mid, hi) if self.estimate_memory(prompt_tokens, mid) <= self.max_memory else (lo, mid - 1)
+            )
+        return lo
 
     def check(self, messages: Messages, answer: str) -> None:
         """Raise what :meth:`score` would raise on this pair's input (chat, control tokens, context
@@ -544,6 +593,7 @@ class SemGradScorer:
                 anchor_offset=self.profile.anchor_offset,
                 layers=self.profile.layers,
                 vocab_chunk=self.vocab_chunk,
+                logit_chunk=self.logit_chunk,
             )
             for i, raw in zip(idx, raws, strict=True):
                 results[i] = raw
@@ -594,7 +644,10 @@ class SemGradScorer:
         chat = normalize_messages(messages)
         x = self.prompt_ids(chat)
         self._check_lengths(x, [self.eos_token_ids[0]])
-        max_new_tokens = min(max_new_tokens, self.context_window - len(x))
+        # The context and the memory budget bound the answer; one cut short is flagged "truncated".
+        max_new_tokens = min(max_new_tokens, self.max_answer_tokens(len(x)))
+        if max_new_tokens < 1:
+            self._check_lengths(x, [self.eos_token_ids[0]] * 2)  # says which limit
         device = self._adapter.output_weight.device
         input_ids = torch.tensor([x], device=device)
         kwargs: dict[str, Any] = dict(
@@ -663,6 +716,7 @@ class SemGradScorer:
                 anchor_offset=self.profile.anchor_offset,
                 layers=self.profile.layers,
                 vocab_chunk=self.vocab_chunk,
+                logit_chunk=self.logit_chunk,
                 prefix_cache=cache,
                 residuals=residuals,
             )[0]

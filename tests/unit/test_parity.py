@@ -118,3 +118,22 @@ def test_token_ids_match_the_chat_template_tokenised_on_its_own(scorer):
             assert y == rest[: cut + 1]
         else:  # the template rewrites the history: the answer alone, then end of turn
             assert y == tok(answer, add_special_tokens=False)["input_ids"] + [scorer.eos_token_ids[0]]
+
+
+def test_chunked_logits_match_reference(scorer):
+    # A chunk of two vocabularies' worth of logits: the answer's positions go two at a time, and
+    # exgrad is recomputed one narrow vocabulary slice at a time (the long-answer path).
+    V = scorer.model.get_output_embeddings().weight.shape[0]
+    chunked = SemGradScorer(scorer.model, scorer.tokenizer, model_id=scorer.model_id, logit_chunk=2 * V)
+    chats = [CHAT, "Why?"]
+    pairs = [(chats[i % 2], a) for i, a in enumerate(ANSWERS)]
+    results = chunked.score_batch(pairs)
+    assert max(r.answer_tokens for r in results) > 4  # several position chunks
+    for (chat, answer), r in zip(pairs, results, strict=True):
+        x, y = scorer.prompt_ids(chat), scorer.answer_ids(chat, answer)
+        assert_close(
+            r, reference_scores(scorer.model, x, y, scorer.profile.anchor_offset, scorer.profile.layers)
+        )
+    _, r = chunked.generate(CHAT, max_new_tokens=12)  # from generation's cache, chunked too
+    _, want = scorer.generate(CHAT, max_new_tokens=12)
+    assert_close(r, want.model_dump())

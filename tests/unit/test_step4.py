@@ -117,9 +117,13 @@ def test_residuals_that_do_not_fit_the_suffix_are_refused():
 def test_closing_the_last_scorer_restores_the_layers_forward():
     model, tok = tiny_chat_model("qwen2")
     scorer = SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=-2, layers=[2, 3]))
-    assert all("forward" in vars(layer) for layer in scorer.adapter.layers)
     layers = scorer.adapter.layers
-    scorer.close()
+    with scorer.adapter.hooked():  # wrapped only while a pass needs it
+        assert all("forward" in vars(layer) for layer in layers)
+    assert not any("forward" in vars(layer) for layer in layers)
+    with scorer.adapter.hooked():
+        scorer.close()  # the last scorer going removes them even mid-block
+        assert not any("forward" in vars(layer) for layer in layers)
     assert not any("forward" in vars(layer) for layer in layers)
     assert model(torch.tensor([[1, 2, 3]])).logits.shape[1] == 3
 

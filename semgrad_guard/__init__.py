@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import _moved
+from ._version import VERSION
 from .errors import (
     AlreadyDecidedError,
     AnswerRejectedError,
@@ -76,7 +77,7 @@ _LAZY = {
     "StreamChunk": "scoring.streaming",
 }
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Action",

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from ..errors import SemGradGuardError
+from ._threads import apply_threads
 
 _COMMAND_MODULES: tuple[str, ...] = ("model", "calibrate", "eval", "review", "serve")
 
@@ -23,10 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sampling-free hallucination scores (SemGrad) and guard policies for local HF chat models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
+
+
+def _version() -> str:
+    from .._version import VERSION
+
+    return VERSION
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        apply_threads(args)  # before any model loads
         return int(args.func(args) or 0)
     except SemGradGuardError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import CalibrationError, ConfigurationError
 from ._rows import read_jsonl_rows, row_chat
+from ._threads import add_threads_argument
 
 ANSWER_KEYS = ("references", "truthful answer", "answers")
 
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="target error rates")
     p.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of the bound")
     p.add_argument("--folds", type=int, default=5)
+    add_threads_argument(p)
     p.set_defaults(func=_calibrate)
 
 

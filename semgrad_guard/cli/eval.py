@@ -7,6 +7,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from ._threads import add_threads_argument
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -73,9 +75,7 @@ def register(subparsers: Any) -> None:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (default 1000)"
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)"
-    )
+    add_threads_argument(p)
     p.add_argument(
         "--sweep-anchor", action="store_true", help="AUROC per anchor offset and layer band, next to SPS"
     )
@@ -153,12 +153,8 @@ def run(args: argparse.Namespace) -> int:
         questions = choose_subset(questions, args.subset, config.seed)
     labels = load_labels(args.labels) if args.labels else None
 
-    import torch
+    from ..scoring.hf_scorer import SemGradScorer  # torch threads: set by the CLI from --threads
 
-    from ..scoring.hf_scorer import SemGradScorer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     scorer = SemGradScorer.from_pretrained(
         args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype
     )

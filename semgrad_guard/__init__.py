@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
 from ._version import VERSION
 from .errors import (
     AlreadyDecidedError,
@@ -149,9 +148,6 @@ __all__ = [
     "select_profile",
     "select_threshold",
 ]
-
-
-_moved.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import time
-import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "Attempt",
-    "GenerateFn",
-    "Generated",
-    "Guard",
-    "GuardResult",
-    "is_stop_exception",
-    "register_stop_exception",
-]
-# Attempt and GuardResult live in semgrad_guard.guard.outcomes; re-exported here for one release.
+__all__ = ["GenerateFn", "Guard", "is_stop_exception", "register_stop_exception"]
 
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult) | Generated``, or a coroutine function returning that."""
@@ -141,8 +131,6 @@ class Guard:
             ``policy.review.path`` or the default path, opened on first use).
         strategies: Retry strategies by name, added to (or overriding) the built-in ones.
 
-    ``Guard(scorer, policy, ...)`` (the order before 0.2) still works for one release, with a DeprecationWarning.
-
     Example:
         >>> from semgrad_guard import MockScorer
         >>> scorer = MockScorer(lambda m, a: 0.9 if a == "Sydney" else 0.1)
@@ -157,29 +145,14 @@ class Guard:
 
     def __init__(
         self,
-        policy: GuardPolicy | Mapping[str, Any] | str | Path | Scorer,
-        *legacy: Any,
+        policy: GuardPolicy | Mapping[str, Any] | str | Path,
+        *,
         scorer: Scorer | None = None,
         calibrator: Calibrator | None = None,
         review_queue: ReviewQueue | None = None,
         strategies: Mapping[str, RetryStrategy] | None = None,
     ) -> None:
-        if legacy:  # Guard(scorer, policy, calibrator=None, review_queue=None, strategies=None)
-            if len(legacy) > 4 or scorer is not None:
-                raise ConfigurationError(
-                    "use Guard(policy, scorer=..., calibrator=..., review_queue=..., strategies=...)"
-                )
-            warnings.warn(
-                "Guard(scorer, policy, ...) is deprecated: use Guard(policy, scorer=scorer, ...)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            scorer, policy = policy, legacy[0]  # type: ignore[assignment]
-            rest = dict(zip(("calibrator", "review_queue", "strategies"), legacy[1:], strict=False))
-            calibrator = rest.get("calibrator", calibrator)
-            review_queue = rest.get("review_queue", review_queue)
-            strategies = rest.get("strategies", strategies)
-        self.policy = GuardPolicy.coerce(policy)  # type: ignore[arg-type]
+        self.policy = GuardPolicy.coerce(policy)
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "

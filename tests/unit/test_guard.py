@@ -589,13 +589,6 @@ def test_generated_with_a_result_is_a_scored_answer() -> None:
     assert (r.action, r.rule, r.answer) == (Action.ANNOTATE, "fair", "Lyon")
 
 
-def test_the_old_argument_order_still_works_with_a_warning(queue) -> None:
-    with pytest.warns(DeprecationWarning, match="Guard\\(policy, scorer=scorer"):
-        guard = Guard(scorer(), raw_policy(), None, queue)
-    assert isinstance(guard.scorer, MockScorer) and guard.review_queue is queue
-    assert guard.check("q", "Nice").review_id is not None
-
-
 @pytest.mark.parametrize(
     "answers", [["Marseille", "Paris"], ["Marseille", "Nice"], ["Marseille", "Marseille"]]
 )

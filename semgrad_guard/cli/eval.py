@@ -132,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
     from ..eval.correctness import check_rule
     from ..eval.data import load_labels, load_questions
-    from ..eval.runner import choose_subset, run_eval
+    from ..eval.runner import check_dependencies, choose_subset, run_eval
 
     config = build_config(args)
+    check_dependencies(config)  # a missing extra is said before any model loads
     check_rule(config.rule, config.threshold)
     if args.limit is not None and args.limit < 1:
         raise ConfigurationError("--limit must be >= 1")

@@ -41,6 +41,19 @@ GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult) | Generated``, or a coroutine function returning that."""
 
 _STOP_EXCEPTIONS: set[type[BaseException]] = set()
+_ANNOUNCED_QUEUES: set[str] = set()
+
+
+def _announce_default_queue(path: Path) -> None:
+    # Reviews are durable data: a user who gave no queue must learn where they went, once per path.
+    key = str(path)
+    if key not in _ANNOUNCED_QUEUES:
+        _ANNOUNCED_QUEUES.add(key)
+        logger.warning(
+            "review items go to %s (no review queue given: pass review_queue=..., set review.path in the "
+            "policy, or SEMGRAD_GUARD_REVIEW_DB); work through them with 'semgrad-guard review list'",
+            path,
+        )
 
 
 def register_stop_exception(cls: type[BaseException]) -> None:
@@ -185,7 +198,10 @@ class Guard:
         if self._queue is None:
             from ..review.queue import SQLiteReviewQueue, default_review_db_path
 
-            self._queue = SQLiteReviewQueue(self.policy.review.path or default_review_db_path())
+            path = self.policy.review.path or default_review_db_path()
+            if self.policy.review.path is None:
+                _announce_default_queue(path)
+            self._queue = SQLiteReviewQueue(path)
         return self._queue
 
     def check(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 
@@ -607,3 +608,21 @@ async def test_sync_and_async_give_the_same_result(tmp_path, answers) -> None:
     asyn = await asyncio.to_thread(run, True)
     strip = {"timings": True, "attempts": {"__all__": {"timings"}}}
     assert sync.model_dump(exclude=strip) == asyn.model_dump(exclude=strip)
+
+
+def test_reviews_to_the_default_queue_say_where_they_go_once(tmp_path, monkeypatch, caplog) -> None:
+    db = tmp_path / "default-review.db"
+    monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(db))
+    with caplog.at_level(logging.WARNING, logger="semgrad_guard.guard.guard"):
+        for _ in range(2):
+            guard = Guard(raw_policy(), scorer=scorer())
+            assert guard.check("q", "Nice").review_id is not None
+            guard.review_queue.close()
+    said = [r.getMessage() for r in caplog.records if "review items go to" in r.getMessage()]
+    assert len(said) == 1 and str(db) in said[0] and "semgrad-guard review list" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="semgrad_guard.guard.guard"):
+        given = SQLiteReviewQueue(tmp_path / "given.db")
+        Guard(raw_policy(), scorer=scorer(), review_queue=given).check("q", "Nice")
+        given.close()
+    assert not [r for r in caplog.records if "review items go to" in r.getMessage()]

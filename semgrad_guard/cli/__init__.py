@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import SemGradGuardError
@@ -37,7 +38,26 @@ def _version() -> str:
     return VERSION
 
 
+def _quiet_foreign_progress() -> None:
+    """No transformers / huggingface_hub progress bars ("Loading weights") in our output; ours stay.
+
+    The environment variable is read when those libraries are imported; a user who set it keeps theirs.
+    """
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:  # imported already (by a caller of main()): tell it directly
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_foreign_progress()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

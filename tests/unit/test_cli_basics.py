@@ -72,3 +72,26 @@ def test_loading_and_scoring_never_change_the_users_thread_setting(tmp_path):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_no_foreign_progress_bar_in_a_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from semgrad_guard.testing import tiny_chat_model
+
+    model, tok = tiny_chat_model("qwen2")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    argv = [sys.executable, "-m", "semgrad_guard", "score", "--model", str(tmp_path), "--prompt", "Hi"]
+    proc = subprocess.run(
+        [*argv, "--answer", "Hello", "--json", "--threads", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Loading weights" not in proc.stderr and "it/s" not in proc.stderr

@@ -38,9 +38,11 @@ from .errors import (
     ServiceAuthError,
     ServiceError,
     ServiceUnavailableError,
+    ToolCallingUnsupportedError,
+    ToolCallParseError,
     UnknownRoleError,
 )
-from .generation import generation_overrides
+from .generation import generation_overrides, resolve_generation
 from .guard.calibration import Calibrator
 from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
@@ -55,9 +57,10 @@ from .guard.strategies import (
 )
 from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
-from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue
+from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue, apply_review_decision
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
+from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
 
 if TYPE_CHECKING:
     from .eval.profile_search import select_profile
@@ -137,14 +140,21 @@ __all__ = [
     "ServiceUnavailableError",
     "StreamChunk",
     "ThresholdSelection",
+    "ToolCallParseError",
+    "ToolCallingUnsupportedError",
+    "ToolTurn",
     "UnknownRoleError",
     "Verdict",
     "WidenRetrievalStrategy",
+    "apply_review_decision",
     "compute_sps",
     "fetch_default_model",
+    "generate_tool_turn",
     "generation_overrides",
     "judge",
     "register_stop_exception",
+    "require_tool_support",
+    "resolve_generation",
     "select_profile",
     "select_threshold",
 ]

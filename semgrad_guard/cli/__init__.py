@@ -47,13 +47,13 @@ def _quiet_foreign_progress() -> None:
         return
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "huggingface_hub" in sys.modules:  # imported already (by a caller of main()): tell it directly
-        from huggingface_hub.utils import disable_progress_bars
+        import huggingface_hub.utils.tqdm as hub_tqdm
 
-        disable_progress_bars()
+        hub_tqdm.disable_progress_bars()
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ _STOP_EXCEPTIONS: set[type[BaseException]] = set()
 _ANNOUNCED_QUEUES: set[str] = set()
 
 
-def _announce_default_queue(path: Path) -> None:
+def _announce_default_queue(path: str | Path) -> None:
     # Reviews are durable data: a user who gave no queue must learn where they went, once per path.
     key = str(path)
     if key not in _ANNOUNCED_QUEUES:

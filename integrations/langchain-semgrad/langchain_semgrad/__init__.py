@@ -12,7 +12,7 @@ import importlib
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-from semgrad_guard.generation import generation_overrides
+from semgrad_guard import generation_overrides
 
 from . import _guarding  # noqa: F401  (registers LangGraph's control-flow exceptions with the core)
 from .callbacks import SCORE_EVENT, AsyncSemGradCallbackHandler, SemGradCallbackHandler

@@ -18,10 +18,14 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, model_validator
 
-from semgrad_guard.errors import ConfigurationError
-from semgrad_guard.generation import resolve_generation
-from semgrad_guard.results import ScoreResult
-from semgrad_guard.scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
+from semgrad_guard import (
+    ConfigurationError,
+    ScoreResult,
+    ToolTurn,
+    generate_tool_turn,
+    require_tool_support,
+    resolve_generation,
+)
 
 from .messages import to_chat
 from .metadata import METADATA_KEY, score_payload
@@ -35,7 +39,7 @@ def _load_scorer(model: str, device: str) -> Any:
     with _SCORER_CACHE_LOCK:
         key = (model, device)
         if key not in _SCORER_CACHE:
-            from semgrad_guard.scoring.hf_scorer import SemGradScorer
+            from semgrad_guard import SemGradScorer
 
             _SCORER_CACHE[key] = SemGradScorer.from_pretrained(model, device=device)
         return _SCORER_CACHE[key]

@@ -12,8 +12,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
-from semgrad_guard.payload import PAYLOAD_KEY, ScorePayload
-from semgrad_guard.results import ScoreResult
+from semgrad_guard import PAYLOAD_KEY, ScorePayload, ScoreResult
 
 METADATA_KEY = PAYLOAD_KEY
 """Key under ``response_metadata`` / ``generation_info`` holding the score payload."""

@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-from semgrad_guard.errors import ConfigurationError, MissingDependencyError
-from semgrad_guard.generation import generation_overrides
-from semgrad_guard.guard.guard import Guard
-from semgrad_guard.guard.outcomes import GuardResult
-from semgrad_guard.guard.policy import Action
-from semgrad_guard.guard.strategies import AttemptContext
-from semgrad_guard.review.queue import apply_review_decision
+from semgrad_guard import (
+    Action,
+    AttemptContext,
+    ConfigurationError,
+    Guard,
+    GuardResult,
+    MissingDependencyError,
+    apply_review_decision,
+    generation_overrides,
+)
 
 from ._guarding import make_guard
 from .messages import is_tool_call_turn, message_text, to_chat

@@ -13,10 +13,7 @@ from langchain_core.outputs import ChatGenerationChunk, Generation, GenerationCh
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, PrivateAttr
 
-from semgrad_guard.errors import AnswerRejectedError
-from semgrad_guard.guard.guard import Guard
-from semgrad_guard.guard.outcomes import GuardResult
-from semgrad_guard.guard.policy import Action
+from semgrad_guard import Action, AnswerRejectedError, Guard, GuardResult
 
 from ._guarding import make_guard, retry_error
 from .metadata import read_payload, read_score

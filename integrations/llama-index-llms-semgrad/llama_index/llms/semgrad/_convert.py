@@ -7,8 +7,7 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
 
-from semgrad_guard import ScoreResult
-from semgrad_guard.payload import PAYLOAD_KEY, ScorePayload
+from semgrad_guard import PAYLOAD_KEY, ScorePayload, ScoreResult
 
 SCORE_KEY = PAYLOAD_KEY
 """Key of the score payload in ``response.additional_kwargs`` (Cleanlab's convention for LlamaIndex LLMs)."""

@@ -24,8 +24,7 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from semgrad_guard import ConfigurationError, ScoreResult
-from semgrad_guard.generation import resolve_generation
+from semgrad_guard import ConfigurationError, ScoreResult, resolve_generation
 
 from ._convert import SCORE_KEY, prompt_as_chat, score_payload, to_chat
 

@@ -14,6 +14,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from semgrad_guard import (
     Action,
+    AttemptContext,
     ConfigurationError,
     Generated,
     Guard,
@@ -22,9 +23,8 @@ from semgrad_guard import (
     ScoreResult,
     ScoringError,
     WidenRetrievalStrategy,
+    generation_overrides,
 )
-from semgrad_guard.generation import generation_overrides
-from semgrad_guard.guard.strategies import AttemptContext
 
 from ._convert import SCORE_KEY, score_payload
 from .evaluation import default_qa_messages

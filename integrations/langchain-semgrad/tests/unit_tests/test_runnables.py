@@ -141,10 +141,12 @@ def test_an_lcel_chain_called_with_a_dict_is_scored_on_the_captured_chat(
     ]
 
 
-def test_a_dict_input_with_no_observable_model_call_fails_the_policy_way_not_silently() -> None:
+def test_a_dict_input_with_no_observable_model_call_fails_the_policy_way_not_silently(tmp_path: Path) -> None:
     scorer = MockScorer(lambda m, a: 0.1)
     chain = RunnableLambda(lambda d: "Canberra")  # no chat model inside: no prompt to score against
-    result = guard_runnable(chain, scorer, band_policy(), output="guard_result").invoke({"question": "Q?"})
+    queue = SQLiteReviewQueue(tmp_path / "review.db")  # on_error: review
+    guarded = guard_runnable(chain, scorer, band_policy(), review_queue=queue, output="guard_result")
+    result = guarded.invoke({"question": "Q?"})
     assert scorer.calls == [] and result.error is not None and "no chat model" in result.error
 
 

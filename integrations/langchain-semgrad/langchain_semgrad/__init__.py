@@ -19,7 +19,7 @@ from .callbacks import SCORE_EVENT, AsyncSemGradCallbackHandler, SemGradCallback
 from .chat_models import ChatSemGrad
 from .errors import LowConfidenceError
 from .messages import to_chat
-from .metadata import METADATA_KEY, read_payload, read_score
+from .metadata import read_payload, read_score
 from .output_parsers import SemGradOutputParser
 from .runnables import GuardedRunnable, guard_runnable
 
@@ -31,7 +31,6 @@ _LAZY = {"SemGradMiddleware": "middleware", "REVIEW_INTERRUPT_TYPE": "middleware
 __version__ = _metadata.version("langchain-semgrad")  # one source: pyproject.toml
 
 __all__ = [
-    "METADATA_KEY",
     "REVIEW_INTERRUPT_TYPE",
     "SCORE_EVENT",
     "AsyncSemGradCallbackHandler",

@@ -19,6 +19,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, model_validator
 
 from semgrad_guard import (
+    PAYLOAD_KEY,
     ConfigurationError,
     ScoreResult,
     ToolTurn,
@@ -28,7 +29,7 @@ from semgrad_guard import (
 )
 
 from .messages import to_chat
-from .metadata import METADATA_KEY, score_payload
+from .metadata import score_payload
 
 _SCORER_CACHE: dict[tuple[str, str], Any] = {}
 _SCORER_CACHE_LOCK = threading.Lock()
@@ -193,7 +194,7 @@ class ChatSemGrad(BaseChatModel):
 
     def _tool_message(self, turn: ToolTurn, result: ScoreResult) -> AIMessage:
         metadata, usage = self._message_fields(result)
-        metadata[METADATA_KEY]["turn"] = "tool_call"  # an intermediate step, not an answer
+        metadata[PAYLOAD_KEY]["turn"] = "tool_call"  # an intermediate step, not an answer
         calls = [ToolCall(name=c.name, args=c.arguments, id=c.id, type="tool_call") for c in turn.tool_calls]
         return AIMessage(
             content=turn.content, tool_calls=calls, response_metadata=metadata, usage_metadata=usage
@@ -201,7 +202,7 @@ class ChatSemGrad(BaseChatModel):
 
     def _tool_result(self, turn: ToolTurn, result: ScoreResult) -> ChatResult:
         message = self._tool_message(turn, result)
-        info = {METADATA_KEY: message.response_metadata[METADATA_KEY]}
+        info = {PAYLOAD_KEY: message.response_metadata[PAYLOAD_KEY]}
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
     def _tool_chunks(self, turn: ToolTurn, result: ScoreResult) -> list[ChatGenerationChunk]:
@@ -219,7 +220,7 @@ class ChatSemGrad(BaseChatModel):
         )
         return [
             ChatGenerationChunk(
-                message=last, generation_info={METADATA_KEY: last.response_metadata[METADATA_KEY]}
+                message=last, generation_info={PAYLOAD_KEY: last.response_metadata[PAYLOAD_KEY]}
             )
         ]
 
@@ -272,7 +273,7 @@ class ChatSemGrad(BaseChatModel):
 
     def _message_fields(self, result: ScoreResult) -> tuple[dict[str, Any], UsageMetadata]:
         metadata = {
-            METADATA_KEY: score_payload(result, source="chat_semgrad"),
+            PAYLOAD_KEY: score_payload(result, source="chat_semgrad"),
             "model_name": self.model_name,
             "model_provider": "semgrad",
         }
@@ -288,7 +289,7 @@ class ChatSemGrad(BaseChatModel):
         message = AIMessage(content=text, response_metadata=metadata, usage_metadata=usage)
         return ChatResult(
             generations=[
-                ChatGeneration(message=message, generation_info={METADATA_KEY: metadata[METADATA_KEY]})
+                ChatGeneration(message=message, generation_info={PAYLOAD_KEY: metadata[PAYLOAD_KEY]})
             ]
         )
 
@@ -372,7 +373,7 @@ class ChatSemGrad(BaseChatModel):
             message=AIMessageChunk(
                 content=remainder, response_metadata=metadata, usage_metadata=usage, chunk_position="last"
             ),
-            generation_info={METADATA_KEY: metadata[METADATA_KEY]},
+            generation_info={PAYLOAD_KEY: metadata[PAYLOAD_KEY]},
         )
 
     def _stream(
@@ -479,7 +480,7 @@ def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:
     return ChatResult(
         generations=[
             ChatGeneration(
-                message=message, generation_info={METADATA_KEY: msg.response_metadata.get(METADATA_KEY)}
+                message=message, generation_info={PAYLOAD_KEY: msg.response_metadata.get(PAYLOAD_KEY)}
             )
         ]
     )

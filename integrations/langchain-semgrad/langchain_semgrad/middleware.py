@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from semgrad_guard import (
+    PAYLOAD_KEY,
     Action,
     AttemptContext,
     ConfigurationError,
@@ -21,7 +22,7 @@ from semgrad_guard import (
 
 from ._guarding import make_guard
 from .messages import is_tool_call_turn, message_text, to_chat
-from .metadata import METADATA_KEY, read_payload, read_score, score_payload
+from .metadata import read_payload, read_score, score_payload
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
@@ -170,7 +171,7 @@ class SemGradMiddleware(AgentMiddleware):
             and result.action is Action.REVIEW
             and result.review_status == "pending",
         )
-        metadata = {**ai.response_metadata, METADATA_KEY: payload}
+        metadata = {**ai.response_metadata, PAYLOAD_KEY: payload}
         new = ai.model_copy(update={"content": result.answer, "response_metadata": metadata})
         return _replace_ai(response, new)
 
@@ -281,6 +282,6 @@ class SemGradMiddleware(AgentMiddleware):
         return last.model_copy(
             update={
                 "content": text,
-                "response_metadata": {**last.response_metadata, METADATA_KEY: new_payload},
+                "response_metadata": {**last.response_metadata, PAYLOAD_KEY: new_payload},
             }
         )

@@ -21,6 +21,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import patch_config
 
 from semgrad_guard import (
+    PAYLOAD_KEY,
     Action,
     AttemptContext,
     ConfigurationError,
@@ -34,7 +35,7 @@ from semgrad_guard import (
 
 from ._guarding import make_guard, retry_error
 from .messages import input_to_chat, message_text, to_chat
-from .metadata import METADATA_KEY, read_score, score_payload
+from .metadata import read_score, score_payload
 
 Output = Literal["both", "text", "guard_result", "message"]
 AttemptInput = Callable[[Any, AttemptContext], Any]
@@ -201,7 +202,7 @@ class GuardedRunnable(Runnable[Any, Any]):
             return result
         if self.output == "message":
             payload = score_payload(result.result, result, source="guard")
-            return AIMessage(content=result.answer, response_metadata={METADATA_KEY: payload})
+            return AIMessage(content=result.answer, response_metadata={PAYLOAD_KEY: payload})
         return {"answer": result.answer, "guard_result": result}
 
     # -- Runnable API -------------------------------------------------------------------------------

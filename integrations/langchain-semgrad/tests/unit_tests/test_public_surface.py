@@ -42,3 +42,14 @@ def test_the_readme_teaches_only_public_core_names() -> None:
     assert blocks
     bad = [b for i, code in enumerate(blocks) for b in _internal_imports(code, f"README block {i + 1}")]
     assert bad == []
+
+
+def test_the_payload_key_has_one_name() -> None:
+    import langchain_semgrad
+    import langchain_semgrad.metadata
+
+    from semgrad_guard import PAYLOAD_KEY
+
+    assert PAYLOAD_KEY == "semgrad"
+    assert not hasattr(langchain_semgrad, "METADATA_KEY")
+    assert not hasattr(langchain_semgrad.metadata, "METADATA_KEY")

@@ -42,3 +42,13 @@ def test_the_readme_teaches_only_public_core_names() -> None:
     assert blocks
     bad = [b for i, code in enumerate(blocks) for b in _internal_imports(code, f"README block {i + 1}")]
     assert bad == []
+
+
+def test_the_payload_key_has_one_name() -> None:
+    import llama_index.llms.semgrad as pkg
+    import llama_index.llms.semgrad._convert as convert
+
+    from semgrad_guard import PAYLOAD_KEY
+
+    assert PAYLOAD_KEY == "semgrad"
+    assert not hasattr(pkg, "SCORE_KEY") and not hasattr(convert, "SCORE_KEY")

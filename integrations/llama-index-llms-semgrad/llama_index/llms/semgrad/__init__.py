@@ -9,7 +9,7 @@ The package exports its LLM, as LlamaIndex's LLM packages do; the rest lives in 
 - ``llama_index.llms.semgrad.workflow``: ``SemGradReviewWorkflow`` (human review as workflow events).
 """
 
-from llama_index.llms.semgrad._convert import SCORE_KEY, score_from_response
+from llama_index.llms.semgrad._convert import score_from_response
 from llama_index.llms.semgrad.base import SemGradLLM
 
-__all__ = ["SCORE_KEY", "SemGradLLM", "score_from_response"]
+__all__ = ["SemGradLLM", "score_from_response"]

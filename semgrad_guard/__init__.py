@@ -46,7 +46,7 @@ from .generation import generation_overrides, resolve_generation
 from .guard.calibration import Calibrator
 from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
-from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
+from .guard.policy import Action, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.risk import ThresholdSelection, select_threshold
 from .guard.strategies import (
     AttemptContext,
@@ -94,7 +94,6 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "ControlTokenError",
-    "Decision",
     "Generated",
     "GeneratingScorer",
     "Guard",

@@ -47,8 +47,7 @@ def _quiet_foreign_progress() -> None:
         return
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "huggingface_hub" in sys.modules:  # imported already (by a caller of main()): tell it directly
-        import huggingface_hub.utils.tqdm as hub_tqdm
-
+        hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module, not its tqdm class
         hub_tqdm.disable_progress_bars()
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging

@@ -95,3 +95,21 @@ def test_no_foreign_progress_bar_in_a_command(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Loading weights" not in proc.stderr and "it/s" not in proc.stderr
+
+
+def test_foreign_progress_bars_are_silenced_when_the_libraries_are_already_imported(monkeypatch):
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as hf_logging
+
+    from semgrad_guard.cli import _quiet_foreign_progress
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    was_hub, was_hf = hub_utils.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    try:
+        _quiet_foreign_progress()
+        assert hub_utils.are_progress_bars_disabled() and not hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was_hub:
+            hub_utils.enable_progress_bars()
+        if was_hf:
+            hf_logging.enable_progress_bar()

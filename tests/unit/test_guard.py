@@ -521,10 +521,11 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
     )
     guard = Guard(policy, scorer=scorer, calibrator=cal)
     good, bad = scorer.score("q", "right"), scorer.score("q", "wrong")
-    assert (
-        guard.judge(good)
-        == judge(policy, good, cal)
-        == Verdict(action="accept", rule="ok", confidence=1.0, decision=policy.decide(good, 1.0))
+    assert guard.judge(good) == judge(policy, good, cal) == policy.decide(good, 1.0)
+    assert (guard.judge(good).action.value, guard.judge(good).rule, guard.judge(good).confidence) == (
+        "accept",
+        "ok",
+        1.0,
     )
     assert guard.judge(bad).action.value == "abstain" and guard.judge(bad).confidence == 0.0
     assert guard.judge(None) == Verdict(action="review", rule="on_error")

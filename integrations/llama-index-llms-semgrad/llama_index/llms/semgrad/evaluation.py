@@ -124,8 +124,7 @@ class SemGradEvaluator(BaseEvaluator):
                 invalid_result=True,
                 invalid_reason=str(error),
             )
-        decision = verdict.decision
-        assert decision is not None
+        decision = verdict
         scores = ", ".join(f"{k}={v:.4g}" for k, v in result.scores().items())
         if decision.rule is None:
             why = "no rule matched (default action)"

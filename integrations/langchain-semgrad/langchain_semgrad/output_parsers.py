@@ -42,7 +42,7 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
     Example:
         >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.guard.policy import GuardPolicy
+        >>> from semgrad_guard import GuardPolicy
         >>> policy = GuardPolicy.from_dict({"rules": [
         ...     {"field": "semgrad", "max": 0.5, "action": "accept"},
         ...     {"field": "semgrad", "action": "abstain"}]})

@@ -310,7 +310,7 @@ def guard_runnable(
     Example:
         >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.guard.policy import GuardPolicy
+        >>> from semgrad_guard import GuardPolicy
         >>> scorer = MockScorer(lambda m, a: 0.1 if a == "Canberra" else 0.9, answers=["Sydney", "Canberra"])
         >>> policy = GuardPolicy.from_dict({"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"},
         ...     {"field": "semgrad", "action": "retry"}], "retry": {"max_attempts": 2}})

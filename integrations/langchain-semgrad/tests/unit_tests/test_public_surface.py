@@ -36,6 +36,17 @@ def test_the_package_imports_only_public_core_names() -> None:
     assert bad == []
 
 
+def test_docstring_examples_import_only_public_core_names() -> None:
+    sources = [p for p in PACKAGE_ROOT.rglob("*.py") if "tests" not in p.relative_to(PACKAGE_ROOT).parts]
+    bad = []
+    for p in sources:
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            code = line.strip().removeprefix(">>> ")
+            if line.strip().startswith(">>> ") and code.startswith(("from ", "import ")):
+                bad += _internal_imports(code, f"{p.relative_to(PACKAGE_ROOT)}:{i}")
+    assert bad == []
+
+
 def test_the_readme_teaches_only_public_core_names() -> None:
     readme = (PACKAGE_ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)

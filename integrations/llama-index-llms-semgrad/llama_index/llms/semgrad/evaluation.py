@@ -52,7 +52,7 @@ class SemGradEvaluator(BaseEvaluator):
 
     Example:
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.guard.policy import GuardPolicy
+        >>> from semgrad_guard import GuardPolicy
         >>> policy = GuardPolicy(rules=[{"field": "semgrad", "max": 0.5, "action": "accept"}],
         ...                      default_action="abstain")
         >>> ev = SemGradEvaluator(MockScorer(lambda m, a: 0.9 if "maybe" in a else 0.1), policy)

@@ -7,8 +7,8 @@ INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 .PHONY: install sysdeps demo test test-unit lint bench clean-venv
 
 # Debian packages the tests drive: a browser for the review UI, a PostgreSQL server for the shared queue.
-BROWSER_PACKAGES :=
-POSTGRES_PACKAGES :=
+BROWSER_PACKAGES := chromium chromium-driver
+POSTGRES_PACKAGES := postgresql
 DEBIAN_PACKAGES := $(BROWSER_PACKAGES) $(POSTGRES_PACKAGES)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -33,6 +33,8 @@ demo: install
 	$(PY) cookbook/langchain_rag_gating.py
 
 # Lint, format and types first (seconds), then every test, the doctests included.
+# The PostgreSQL queue tests must run here (missing server binaries fail them instead of skipping).
+test: export SEMGRAD_GUARD_REQUIRE_POSTGRES := 1
 test: install sysdeps lint
 	$(PY) -m pytest tests
 	$(PY) -m pytest --doctest-modules semgrad_guard -q

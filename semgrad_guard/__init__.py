@@ -30,6 +30,7 @@ from .errors import (
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
     ReviewQueueError,
+    ReviewQueueMissingError,
     ReviewTimeoutError,
     RiskControlError,
     ScoringError,
@@ -47,6 +48,7 @@ from .guard.calibration import Calibrator
 from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
+from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
 from .guard.strategies import (
     AttemptContext,
@@ -57,7 +59,16 @@ from .guard.strategies import (
 )
 from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
-from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue, apply_review_decision
+from .review.labels import LabelledExample, labelled
+from .review.postgres import PostgresReviewQueue
+from .review.queue import (
+    ReviewItem,
+    ReviewQueue,
+    ReviewStatus,
+    SQLiteReviewQueue,
+    apply_review_decision,
+    open_review_queue,
+)
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
@@ -99,6 +110,7 @@ __all__ = [
     "Guard",
     "GuardPolicy",
     "GuardResult",
+    "LabelledExample",
     "MetricError",
     "MissingDependencyError",
     "MockScorer",
@@ -106,8 +118,10 @@ __all__ = [
     "ModelProfile",
     "NonFiniteGradientError",
     "PAYLOAD_KEY",
+    "PostgresReviewQueue",
     "ProfileError",
     "PromptEchoError",
+    "Recalibration",
     "ReconsiderStrategy",
     "RemoteScorer",
     "RequestTooLargeError",
@@ -120,6 +134,7 @@ __all__ = [
     "ReviewQueue",
     "ReviewQueueCorruptError",
     "ReviewQueueError",
+    "ReviewQueueMissingError",
     "ReviewSettings",
     "ReviewStatus",
     "ReviewTimeoutError",
@@ -151,6 +166,9 @@ __all__ = [
     "generate_tool_turn",
     "generation_overrides",
     "judge",
+    "labelled",
+    "open_review_queue",
+    "recalibrate",
     "register_stop_exception",
     "require_tool_support",
     "resolve_generation",

@@ -131,6 +131,10 @@ class ReviewItemNotFoundError(ReviewQueueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ReviewQueueMissingError(ReviewQueueError):
+    """There is no review queue where one was named and creating one was not asked for (``create=False``)."""
+
+
 class ReviewTimeoutError(ReviewQueueError, TimeoutError):
     """Waiting for a human decision timed out; the item is still pending."""
 

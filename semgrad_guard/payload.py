@@ -10,7 +10,7 @@ Plain data, JSON round-trips, no torch::
      "confidence": 0.41 | null, "action": "accept" | ... | null, "rule": "..." | null,
      "review_id": 12 | null, "review_status": "pending" | ... | null, "attempts": 1 | null,
      "answer": "..." | null, "annotation": "..." | null, "turn": "answer" | "tool_call" | null,
-     "source": "callback" | ..., "run_id": "..." | null}
+     "source": "callback" | ..., "run_id": "..." | null, "calibrator_version": "3f2a..." | null}
 
 Adapters may add keys of their own (LangGraph's ``interrupt`` flag, say); readers keep them.
 """
@@ -71,6 +71,11 @@ class ScorePayload(BaseModel):
     )
     source: str | None = Field(default=None, description="Which component wrote it (see Source).")
     run_id: str | None = Field(default=None, description="The framework's run id, when it has one.")
+    calibrator_version: str | None = Field(
+        default=None,
+        description="Fingerprint of the calibrator that gave the confidence (Calibrator.fingerprint), so "
+        "each past decision stays explainable after a recalibration.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -87,7 +92,7 @@ class ScorePayload(BaseModel):
             fields.setdefault("action", getattr(action, "value", action))
             fields.setdefault("rule", verdict.rule)
             fields.setdefault("confidence", verdict.confidence)
-            for name in ("review_id", "review_status", "annotation"):
+            for name in ("review_id", "review_status", "annotation", "calibrator_version"):
                 if getattr(verdict, name, None) is not None:
                     fields.setdefault(name, getattr(verdict, name))
             if getattr(verdict, "attempts", None) is not None:

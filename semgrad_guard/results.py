@@ -55,7 +55,8 @@ class ScoreResult(BaseModel):
         default_factory=list,
         description="What the scorer noticed about the answer: 'control_tokens' (chat-template control "
         "tokens in the answer, scored as literal text), 'prompt_echo_stripped' (the answer began with the "
-        "prompt, which was cut off and not scored; see answer_start).",
+        "prompt, which was cut off and not scored; see answer_start), 'truncated' (generation stopped at "
+        "max_new_tokens before end-of-turn; the tokens returned were scored, without an end-of-turn).",
     )
     answer_start: int = Field(
         default=0,

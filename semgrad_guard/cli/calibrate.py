@@ -12,6 +12,10 @@ An optional ``group`` (or ``dataset``) field names each row's source; with two o
 features are chosen leaving one group out at a time. Prints the cross-validated choice, the
 out-of-fold ECE and reliability table (the calibrator judged on answers it was not fitted on) and
 the risk-controlled thresholds for ``--alphas``; writes the calibrator JSON the Guard loads.
+
+``--from-reviews DB`` recalibrates the current calibrator (``--base``, default the one shipped for
+the labels' model) on the review queue's labels instead (see :mod:`semgrad_guard.guard.recalibrate`):
+too few labels, or labels of another model or exgrad mode, exit 2 and write nothing.
 """
 
 from __future__ import annotations
@@ -29,11 +33,32 @@ ANSWER_KEYS = ("references", "truthful answer", "answers")
 
 def register(sub: Any) -> None:
     p = sub.add_parser("calibrate", help="fit a calibrator (scores -> P(correct)) on labelled data")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--data",
         type=Path,
-        required=True,
         help="JSONL: scores+correct, answers+correct, or questions+references",
+    )
+    source.add_argument(
+        "--from-reviews",
+        metavar="DB",
+        help="recalibrate on the review queue's labels (decided items; audit items weighted); "
+        "a SQLite path or a postgresql:// URL",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help="with --from-reviews: the calibrator JSON to refit (default: the one shipped for the labels' model; "
+        "'none': fit from the labels alone)",
+    )
+    p.add_argument(
+        "--min-labels", type=int, default=10, help="with --from-reviews: fewest labels accepted (default 10)"
+    )
+    p.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="with --from-reviews: report coverage and error among accepted under this policy",
     )
     p.add_argument("--out", type=Path, default=Path("calibrator.json"), help="where to write it")
     p.add_argument(
@@ -74,6 +99,10 @@ def _labelled_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> t
             if not isinstance(row.get("correct"), bool):
                 raise ConfigurationError(f"--data line {row['_line']}: 'correct' must be true or false")
             scores: dict[str, Any] = {f: float(row[f]) for f in SCORE_FIELDS}
+            if isinstance(row.get("result"), dict):  # a row of 'review export --labels': the full result
+                results[i] = ScoreResult.model_validate(row["result"])
+                correct[i] = row["correct"]
+                continue
             results[i] = ScoreResult(
                 **scores,
                 answer_tokens=int(row.get("answer_tokens", 1)),
@@ -147,6 +176,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     from ..guard.risk import select_threshold
 
+    if args.from_reviews is not None:
+        return _from_reviews(args)
     rows = read_jsonl_rows(args.data, "--data")
     results, correct = _labelled_results(rows, args)
     groups = [str(r.get("group", r.get("dataset", ""))) for r in rows]
@@ -194,4 +225,100 @@ def _calibrate(args: argparse.Namespace) -> int:
     console.print(table)
     cal.save(args.out)
     console.print(f"wrote {args.out}: load it with Calibrator.load({str(args.out)!r})")
+    return 0
+
+
+def _from_reviews(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..errors import ReviewQueueError, ReviewQueueMissingError
+    from ..guard.calibration import Calibrator
+    from ..guard.policy import GuardPolicy
+    from ..guard.recalibrate import recalibrate
+    from ..review.labels import label_counts, labelled
+    from ..review.queue import open_review_queue, review_db_name, warn_if_password_in_url
+
+    warn_if_password_in_url(args.from_reviews, source="--from-reviews")
+    try:
+        queue: Any = open_review_queue(args.from_reviews, create=False)
+    except ReviewQueueMissingError:
+        raise ReviewQueueError(
+            f"review database {review_db_name(args.from_reviews)} does not exist; give the queue's "
+            "--from-reviews path or URL"
+        ) from None
+    with queue as q:
+        labels = labelled(q)
+        counts = label_counts(q)
+    if args.base is None:
+        models = {lab.result.model_id for lab in labels}
+        model = next(iter(models)) if len(models) == 1 else None
+        try:
+            base = Calibrator.default_for(model) if model else None
+        except ConfigurationError as e:
+            raise ConfigurationError(
+                f"no calibrator is shipped for {model}: pass --base FILE (the one the guard runs with), or "
+                "--base none to fit one from the labels alone"
+            ) from e
+    elif args.base == "none":
+        base = None
+    else:
+        base = Calibrator.load(args.base)
+    rec = recalibrate(
+        base,
+        labels,
+        min_labels=args.min_labels,
+        alphas=args.alphas,
+        delta=args.delta,
+        source=review_db_name(args.from_reviews),
+    )
+    console = Console()
+    console.print(
+        f"{rec.n_labels} labels ({rec.n_audit} audit; {counts.cannot_tell} cannot tell, {counts.unscored} unscored "
+        f"and {counts.pending} pending left out); weighted accuracy {rec.accuracy:.3f}"
+    )
+    tried = ", ".join(f"{k} {v:.4f}" for k, v in rec.cv_log_loss.items())
+    console.print(f"chose [bold]{rec.chosen}[/] by {len(rec.cv_log_loss)}-way out-of-fold log-loss ({tried})")
+    before = "-" if rec.ece_before is None else f"{rec.ece_before:.3f}"
+    console.print(f"ECE (weighted, out-of-fold): before {before}, after {rec.ece_after:.3f}")
+    table = Table(title="Reliability (out-of-fold)")
+    for col in ("confidence bin", "answers", "mean confidence", "accuracy"):
+        table.add_column(col, justify="right")
+    for r in rec.reliability():
+        table.add_row(
+            f"[{r['low']:.1f}, {r['high']:.1f})",
+            str(r["n"]),
+            f"{r['confidence']:.3f}",
+            f"{r['accuracy']:.3f}",
+        )
+    console.print(table)
+    table = Table(title=f"Re-certified thresholds (delta={args.delta}, weighted labels)")
+    for col in ("alpha", "threshold", "coverage", "error among accepted"):
+        table.add_column(col, justify="right")
+    for sel in rec.thresholds:
+        if sel.feasible and sel.threshold is not None:
+            table.add_row(
+                f"{sel.alpha}", f"{sel.threshold:.3f}", f"{sel.coverage:.3f}", f"{sel.empirical_error:.3f}"
+            )
+        else:
+            table.add_row(f"{sel.alpha}", "none", "0", "-")
+    console.print(table)
+    if args.policy is not None:
+        policy = GuardPolicy.coerce(args.policy)
+        actions = [
+            policy.decide(lab.result, float(c)).action.value for lab, c in zip(labels, rec.oof, strict=True)
+        ]
+        acc = np.asarray([a in ("accept", "annotate") for a in actions])
+        w, y = rec.weights, rec.correct
+        cov = float(w[acc].sum() / w.sum())
+        err = float(np.average(~y[acc], weights=w[acc])) if acc.any() else 0.0
+        console.print(
+            f"under {args.policy}: coverage {cov:.3f}, error among accepted {err:.3f} (weighted, out-of-fold)"
+        )
+    rec.calibrator.save(args.out)
+    console.print(
+        f"wrote {args.out} (version {rec.calibrator.fingerprint}); reload a running service with "
+        f"POST /admin/calibrator or kill -HUP its pid"
+    )
     return 0

@@ -1,10 +1,12 @@
-"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | reopen ID | export``.
+"""``semgrad-guard review list | show ID | approve ID | reject ID | edit ID --answer TEXT | cannot-tell ID |
+reopen ID | export [--labels]``.
 
-The database is ``--db PATH``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
+The queue is ``--db PATH`` or ``--db postgresql://...``, else ``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the user
 data directory (the same default the :class:`~semgrad_guard.Guard` uses). A database that does not
 exist yet is an empty queue (``list`` and ``export`` show nothing); the CLI never creates one.
 Decisions are final: deciding an item that was decided already exits 2 naming who decided what and
-when; ``reopen`` undoes a decision explicitly (audited).
+when; ``reopen`` undoes a decision explicitly (audited). ``review ui`` serves the queue's pages in a
+browser (extra ``serve``; it creates an empty queue when there is none, for the guard to fill).
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=None,
-        help="review database (default: $SEMGRAD_GUARD_REVIEW_DB or review.db in the user data dir)",
+        help="review queue: a SQLite file or a postgresql://user@host/db URL (password via PGPASSWORD or "
+        "~/.pgpass, not the URL; default: $SEMGRAD_GUARD_REVIEW_DB or review.db in the user data dir)",
     )
     parser = subparsers.add_parser(
         "review", help="human review queue: list, show, approve, reject, edit, export"
     )
     sub = parser.add_subparsers(dest="review_command", required=True, metavar="ACTION")
 
+    statuses = ["pending", "approved", "rejected", "edited", "cannot_tell"]
     p = sub.add_parser("list", parents=[common], help="list review items (newest first)")
-    p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
+    p.add_argument("--status", choices=statuses, default=None)
     p.add_argument("--limit", type=int, default=50, help="at most this many items (default 50; 0 = all)")
     p.set_defaults(func=_list)
 
@@ -52,6 +56,16 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_decide, decision="edit")
 
     p = sub.add_parser(
+        "cannot-tell",
+        parents=[common],
+        help="record that you cannot tell whether the answer is right (final; not used as a label)",
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--reviewer", default=None, help="who decides (default: $USER)")
+    p.add_argument("--note", default=None)
+    p.set_defaults(func=_decide, decision="cannot_tell")
+
+    p = sub.add_parser(
         "reopen",
         parents=[common],
         help="put a decided item back to pending (audited) so it can be decided again",
@@ -63,34 +77,74 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("export", parents=[common], help="export items as JSONL or CSV (oldest first)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", dest="fmt")
-    p.add_argument("--status", choices=["pending", "approved", "rejected", "edited"], default=None)
+    p.add_argument("--status", choices=statuses, default=None)
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="write the labels instead (decided items with scores, weighted): JSONL that calibrate --data reads",
+    )
     p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser(
+        "ui",
+        parents=[common],
+        help="the queue in a browser: a page to work through it (extra: serve)",
+        description="Serve the review pages. Open (no token) on a loopback address only; with a token "
+        "($SEMGRAD_GUARD_TOKEN or --token-file: one shared token, reviewers type their name) or "
+        "--reviewers-file (name: token lines), every page needs a login.",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)"
+    )
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: a free one)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding the shared token (else $SEMGRAD_GUARD_TOKEN)",
+    )
+    p.add_argument(
+        "--reviewers-file", type=Path, default=None, help="named reviewer tokens, 'name: token' per line"
+    )
+    p.add_argument(
+        "--reviewer", default=None, help="name decisions are recorded under on open pages (default: $USER)"
+    )
+    p.add_argument(
+        "--guidelines",
+        type=Path,
+        default=None,
+        help="a text file of what reviewers should check (shown on each item)",
+    )
+    p.set_defaults(func=_ui)
 
-def _path(args: argparse.Namespace) -> Path:
-    from ..review.queue import default_review_db_path
 
-    return Path(args.db).expanduser() if args.db else default_review_db_path()
+def _spec(args: argparse.Namespace) -> str:
+    """The queue named by --db, else $SEMGRAD_GUARD_REVIEW_DB, else the default file (a path or a URL)."""
+    from ..review.postgres import is_postgres_url
+    from ..review.queue import default_review_db, warn_if_password_in_url
+
+    if args.db:
+        warn_if_password_in_url(args.db, source="--db")
+        return str(args.db) if is_postgres_url(args.db) else str(Path(args.db).expanduser())
+    return default_review_db()
 
 
 def _queue(args: argparse.Namespace) -> Any:
-    from ..errors import ReviewItemNotFoundError
-    from ..review.queue import SQLiteReviewQueue
+    """The queue, or None when there is none yet (an empty queue): the CLI never creates one."""
+    from ..errors import ReviewItemNotFoundError, ReviewQueueMissingError
+    from ..review.queue import open_review_queue, review_db_name
 
-    path = _path(args)
-    if not path.exists() and getattr(args, "id", None) is not None:
-        raise ReviewItemNotFoundError(
-            f"no review item with id {args.id}: the review queue {path} is empty (nothing was queued yet; "
-            "check --db or $SEMGRAD_GUARD_REVIEW_DB)"
-        )
-    return SQLiteReviewQueue(path, create=False)  # the CLI never creates a queue
-
-
-def _missing(args: argparse.Namespace) -> Path | None:
-    """The database path when it does not exist yet (an empty queue), else None."""
-    path = _path(args)
-    return path if not path.exists() else None
+    spec = _spec(args)
+    try:
+        return open_review_queue(spec, create=False)
+    except ReviewQueueMissingError:
+        if getattr(args, "id", None) is not None:
+            raise ReviewItemNotFoundError(
+                f"no review item with id {args.id}: the review queue {review_db_name(spec)} is empty (nothing "
+                "was queued yet; check --db or $SEMGRAD_GUARD_REVIEW_DB)"
+            ) from None
+        return None
 
 
 def _console() -> Any:
@@ -111,22 +165,26 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..review.queue import ReviewStatus
+    from ..review.queue import ReviewStatus, review_db_name
 
-    empty = _missing(args)
-    if empty is not None:
+    q = _queue(args)
+    if q is None:
         items: list[Any] = []
         counts = {s.value: 0 for s in ReviewStatus}
-        path = empty
     else:
-        with _queue(args) as q:
+        with q:
             items = q.list(args.status, limit=args.limit or None)
             counts = q.counts()
-        path = q.path
-    table = Table(title=f"Review queue {path}", show_lines=False)
+    table = Table(title=f"Review queue {review_db_name(_spec(args))}", show_lines=False)
     for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
         table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
-    style = {"pending": "yellow", "approved": "green", "rejected": "red", "edited": "cyan"}
+    style = {
+        "pending": "yellow",
+        "approved": "green",
+        "rejected": "red",
+        "edited": "cyan",
+        "cannot_tell": "magenta",
+    }
     for it in items:
         table.add_row(
             str(it.id),
@@ -205,6 +263,8 @@ def _decide(args: argparse.Namespace) -> int:
             it = q.approve(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reject":
             it = q.reject(args.id, reviewer=reviewer, note=args.note)
+        elif args.decision == "cannot_tell":
+            it = q.cannot_tell(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reopen":
             it = q.reopen(args.id, reviewer=reviewer, note=args.note)
             _console().print(f"item {it.id}: [bold]re-opened[/] (pending) by {reviewer or '-'}")
@@ -216,16 +276,91 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if _missing(args) is not None:  # an empty queue exports nothing
+    q = _queue(args)
+    if q is None:  # an empty queue exports nothing
         if args.output:
             Path(args.output).write_text("")
             print(f"wrote {args.output} (the queue is empty)", file=sys.stderr)
         return 0
-    with _queue(args) as q:
+    with q:
+        if args.labels:
+            return _export_labels(q, args)
         if args.output:
             with open(args.output, "w", newline="") as fh:
                 q.export(args.fmt, status=args.status, file=fh)
             print(f"wrote {args.output}", file=sys.stderr)
         else:
             sys.stdout.write(q.export(args.fmt, status=args.status))
+    return 0
+
+
+def _export_labels(q: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from ..errors import ConfigurationError
+    from ..review.labels import label_counts, labelled
+
+    if args.fmt != "jsonl":
+        raise ConfigurationError("export --labels writes JSONL only (drop --format csv)")
+    text = "".join(json.dumps(lab.to_row()) + "\n" for lab in labelled(q))
+    counts = label_counts(q)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(
+            f"wrote {args.output}: {counts.labelled} labels ({counts.audit} audit), "
+            f"{counts.cannot_tell} cannot tell and {counts.unscored} unscored left out",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def review_ui_app(args: argparse.Namespace) -> Any:
+    """The review pages the arguments ask for, checked (a non-local bind needs a token); no server started."""
+    import getpass
+
+    from ..errors import ConfigurationError
+    from ..review.queue import SQLiteReviewQueue
+    from ..serve.review_ui import ReviewerTokens, create_review_app
+    from ..serve.settings import is_local_host
+    from .serve import read_token
+
+    shared = read_token(args.token_file)
+    if args.reviewers_file is not None:
+        tokens = ReviewerTokens.from_file(args.reviewers_file, shared=shared)
+    else:
+        tokens = ReviewerTokens(shared=shared)
+    if not is_local_host(args.host) and not tokens.required:
+        raise ConfigurationError(
+            f"refusing to bind {args.host!r} without a token: anyone who can reach it could decide reviews. "
+            "Set $SEMGRAD_GUARD_TOKEN, pass --token-file or --reviewers-file, or bind 127.0.0.1"
+        )
+    reviewer = args.reviewer
+    if reviewer is None and not tokens.required:
+        try:
+            reviewer = getpass.getuser()
+        except Exception:  # no login name (containers)
+            reviewer = None
+    queue = SQLiteReviewQueue(_path(args))  # creates an empty queue: the guard fills it later
+    guidelines = None
+    if args.guidelines is not None:
+        try:
+            guidelines = args.guidelines.read_text()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read --guidelines {args.guidelines}: {e}") from e
+    return create_review_app(queue, tokens=tokens, default_reviewer=reviewer, guidelines=guidelines)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    app = review_ui_app(args)
+    from ..serve.server import run
+
+    how = "login required" if app.state.review_login else "open: loopback only"
+    print(
+        f"semgrad-guard: review pages for {_path(args)} on http://{args.host}:{args.port}/ ({how})",
+        file=sys.stderr,
+        flush=True,
+    )
+    run(app, args.host, args.port)
     return 0

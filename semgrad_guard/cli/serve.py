@@ -44,7 +44,11 @@ def register(sub: Any) -> None:
         help="a calibrator JSON file, or 'shipped' for the one shipped for the model (default: none)",
     )
     p.add_argument(
-        "--policy", type=Path, default=None, help="a guard policy (YAML or JSON) behind every verdict"
+        "--policy",
+        type=Path,
+        default=None,
+        help="a guard policy (YAML or JSON) behind every verdict; 'first-day' for a model with no calibrator "
+        "yet (serve every answer with a note, audit 20%% into the review queue)",
     )
     p.add_argument("--max-batch-size", type=int, default=8, help="pairs per scoring pass (default 8)")
     p.add_argument(
@@ -61,8 +65,32 @@ def register(sub: Any) -> None:
         "--max-batch-items", type=int, default=64, help="most pairs per batch request (default 64)"
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per completion (default 512)")
+    p.add_argument(
+        "--generate-unreviewed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let POST /v1/generate return unguarded answers (default: yes, unless the policy has review rules)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body may take to arrive before 408 (default 30)",
+    )
     add_threads_argument(
         p, help="torch threads (default: OMP_NUM_THREADS, else torch's; 1 per replica with --ray)"
+    )
+    review = p.add_argument_group("review pages")
+    review.add_argument(
+        "--review-ui",
+        action="store_true",
+        help="also serve the review queue's pages under /review/ (the --policy's queue; login with the token)",
+    )
+    review.add_argument(
+        "--reviewers-file",
+        type=Path,
+        default=None,
+        help="named reviewer tokens for /review/, 'name: token' per line",
     )
     ray = p.add_argument_group("Ray Serve (extra: ray)")
     ray.add_argument(
@@ -87,17 +115,50 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_serve)
 
 
+MAX_TOKEN_FILE_BYTES = 4096
+"""Most bytes read from ``--token-file`` (a token is one short line; the bound keeps /dev/zero out)."""
+
+
 def read_token(token_file: Path | None, environ: Any = os.environ) -> str | None:
-    """The bearer token: ``--token-file``'s first line, else ``$SEMGRAD_GUARD_TOKEN``; None when neither is set."""
+    """The bearer token: ``--token-file``'s first line, else ``$SEMGRAD_GUARD_TOKEN``, stripped of surrounding
+    whitespace as the ``Authorization`` header is; None when neither is set.
+
+    Raises:
+        ConfigurationError: the file cannot be read, its first line is empty or too long, or the
+            variable is set to whitespace only.
+    """
     if token_file is not None:
         try:
-            token = token_file.read_text().strip()
+            with token_file.open("rb") as f:
+                head = f.read(MAX_TOKEN_FILE_BYTES + 1)
         except OSError as e:
             raise ConfigurationError(f"cannot read --token-file {token_file}: {e}") from e
+        first, newline, _ = head.partition(b"\n")
+        if not newline and len(head) > MAX_TOKEN_FILE_BYTES:
+            raise ConfigurationError(
+                f"--token-file {token_file} has no line break in its first {MAX_TOKEN_FILE_BYTES} bytes; "
+                "put the token (one short line) in the file"
+            )
+        try:
+            token = first.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ConfigurationError(
+                f"--token-file {token_file} is not UTF-8 text; put the token on its first line"
+            ) from e
         if not token:
-            raise ConfigurationError(f"--token-file {token_file} is empty; put the token on its first line")
+            raise ConfigurationError(
+                f"--token-file {token_file} is empty on its first line; put the token there"
+            )
         return token
-    return environ.get(TOKEN_ENV) or None
+    raw = environ.get(TOKEN_ENV)
+    if raw is None or raw == "":
+        return None
+    token = str(raw).strip()
+    if not token:
+        raise ConfigurationError(
+            f"{TOKEN_ENV} is set to whitespace only; set it to the token, or unset it to serve without one"
+        )
+    return token
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -120,6 +181,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         max_answer_chars=args.max_answer_chars,
         max_batch_items=args.max_batch_items,
         max_new_tokens=args.max_new_tokens,
+        body_timeout_s=args.body_timeout,
+        generate_unreviewed=args.generate_unreviewed,
         default_new_tokens=min(256, args.max_new_tokens),
         model_aliases=[args.model] if args.model == "default" else [],
     )
@@ -129,11 +192,18 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def build_app(args: argparse.Namespace) -> Any:
     """Load the model, calibrator and policy the arguments name, and build the app (no server started)."""
     settings, token = settings_from_args(args)
+    review_tokens = _review_tokens(args, token) if args.review_ui else None  # a bad file: said before loading
     from ..guard.calibration import Calibrator
     from ..guard.policy import GuardPolicy
     from ..serve import create_app  # a missing 'serve' extra is said before any weights load
 
-    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None  # before loading weights
+    policy = None
+    if (
+        args.policy is not None and str(args.policy) == "first-day"
+    ):  # a model with no calibrator yet: serve with a note, audit 20%
+        policy = GuardPolicy.first_day()
+    elif args.policy is not None:
+        policy = GuardPolicy.coerce(args.policy)  # before loading weights
     if args.threads:
         import torch
 
@@ -149,7 +219,27 @@ def build_app(args: argparse.Namespace) -> Any:
         calibrator = Calibrator.default_for(scorer.model_id)
     elif args.calibrator:
         calibrator = Calibrator.load(args.calibrator)
-    return create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings), settings
+    app = create_app(scorer, calibrator=calibrator, policy=policy, token=token, settings=settings)
+    if args.calibrator and args.calibrator != "shipped":
+        # POST /admin/calibrator {} and SIGHUP reload this file (calibrate --from-reviews --out it).
+        app.state.semgrad_calibrator_path = str(args.calibrator)
+    if review_tokens is not None:
+        from ..review.queue import SQLiteReviewQueue, default_review_db_path
+        from ..serve.review_ui import mount_review_ui
+
+        # The pages show the queue the policy's review items go to.
+        path = (policy.review.path if policy is not None else None) or default_review_db_path()
+        mount_review_ui(app, SQLiteReviewQueue(path), tokens=review_tokens)
+    return app, settings
+
+
+def _review_tokens(args: argparse.Namespace, token: str | None) -> Any:
+    """Who may log in to /review/: the service's token (shared) and the --reviewers-file names."""
+    from ..serve.review_ui import ReviewerTokens
+
+    if args.reviewers_file is not None:
+        return ReviewerTokens.from_file(args.reviewers_file, shared=token)
+    return ReviewerTokens(shared=token)
 
 
 def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
@@ -204,6 +294,11 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
 
 
 def _serve_ray(args: argparse.Namespace) -> int:
+    if args.review_ui:
+        raise ConfigurationError(
+            "--review-ui is not served on Ray Serve; run `semgrad-guard review ui --db <the policy's review "
+            "path>` next to it"
+        )
     application, settings, token = ray_application_from_args(args)
     from ..serve.ray_app import run_on_ray, shutdown_ray, start_ray
 
@@ -247,15 +342,26 @@ def _serve_ray(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.ray:
         return _serve_ray(args)
-    app, settings = build_app(args)
-    from ..serve.server import run
+    settings_from_args(args)  # a bad token or host is said before the port is taken
+    from ..serve.server import address_of, bind, run
 
-    state = app.state.semgrad
-    print(
-        f"semgrad-guard: serving {state.model_id} on http://{settings.host}:{settings.port} "
-        f"(token {'required' if state.token else 'not set'}; policy {'on' if state.policy else 'off'})",
-        file=sys.stderr,
-        flush=True,
-    )
-    run(app, settings.host, settings.port)
+    # Bound before the model loads: a taken port is said at once, and --port 0 prints the port it got.
+    sock = bind(args.host, args.port)
+    try:
+        app, settings = build_app(args)
+        path = getattr(app.state, "semgrad_calibrator_path", None)
+        if path is not None:
+            from ..serve.calibrator_state import install_sighup
+
+            install_sighup(app, path)  # kill -HUP <pid> reloads the calibrator file
+        state = app.state.semgrad
+        print(
+            f"semgrad-guard: serving {state.model_id} on {address_of(sock)} "
+            f"(token {'required' if state.token else 'not set'}; policy {'on' if state.policy else 'off'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        run(app, settings.host, settings.port, sock=sock)
+    finally:
+        sock.close()
     return 0

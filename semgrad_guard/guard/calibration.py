@@ -117,8 +117,14 @@ class Calibrator(BaseModel):
     """101 quantiles of the confidences it gives on its own fitting data: the drift monitor's reference."""
     n_reference: int = 0
     """How many confidences the reference quantiles summarise."""
+    recalibration: dict[str, float] | None = None
+    """``{"slope": a, "intercept": b}`` applied on top: confidence = sigmoid(a * logit(p) + b), p the
+    fitted map's output (written by :func:`~semgrad_guard.guard.recalibrate.recalibrate`)."""
+    provenance: dict[str, Any] | None = None
+    """What a recalibration was fitted on: labels, audit share, date range, weights, base calibrator."""
 
     _drift: DriftMonitor | None = PrivateAttr(default=None)
+    _fingerprint: str | None = PrivateAttr(default=None)
 
     @field_validator("features")
     @classmethod
@@ -143,6 +149,7 @@ class Calibrator(BaseModel):
         folds: int = 5,
         seed: int = 0,
         groups: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> Calibrator:
         """Fit on labelled results; with ``"auto"``, choose method and/or features by cross-validation.
 
@@ -163,6 +170,8 @@ class Calibrator(BaseModel):
             folds: Number of cross-validation folds for the "auto" choices.
             seed: Seed of the fold split.
             groups: The data set (or source) of each example, for leave-one-group-out selection.
+            weights: Per-example weights, e.g. the inverse inclusion probabilities of review labels
+                (an audit label sampled at rate 0.05 stands for 20 served answers).
 
         Raises:
             CalibrationError: Too few examples, one class only, or lengths differ.
@@ -193,6 +202,9 @@ class Calibrator(BaseModel):
                 raise ConfigurationError(
                     f"features: unknown score fields {bad}; choose from {list(SCORE_FIELDS)}"
                 )
+        w = np.ones(len(y)) if weights is None else np.asarray(list(weights), dtype=float)
+        if w.shape != y.shape or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise CalibrationError(f"weights must be {len(y)} positive finite numbers, one per example")
         x_all = _matrix(results, list(SCORE_FIELDS))
         if not np.all(np.isfinite(x_all)):
             raise CalibrationError("some results have non-finite scores; drop them before fitting")
@@ -215,7 +227,7 @@ class Calibrator(BaseModel):
             for m in methods:
                 for cand in candidates:
                     cols = [SCORE_FIELDS.index(f) for f in cand]
-                    cv[_key(m, cand)] = loss(m, x_all[:, cols], y, splits)
+                    cv[_key(m, cand)] = loss(m, x_all[:, cols], y, splits, w)
             best = min(cv, key=lambda k: cv[k])
             best_method, best_feats = best.split(":", 1)
             chosen_method: Method = "isotonic" if best_method == "isotonic" else "platt"
@@ -224,7 +236,7 @@ class Calibrator(BaseModel):
         else:
             chosen_method, chosen_features = methods[0], candidates[0]
         cols = [SCORE_FIELDS.index(f) for f in chosen_features]
-        params = _fit_params(chosen_method, x_all[:, cols], y)
+        params = _fit_params(chosen_method, x_all[:, cols], y, w)
         own = _predict_params(chosen_method, params, x_all[:, cols])
         return cls(
             method=chosen_method,
@@ -277,6 +289,8 @@ class Calibrator(BaseModel):
         if not np.all(np.isfinite(x)):
             raise CalibrationError("cannot calibrate non-finite scores")
         out = _predict_params(self.method, self.params, x)
+        if self.recalibration is not None:
+            out = recalibrated(out, self.recalibration)
         if self.drift is not None:
             self.drift.update(out)
         return out
@@ -290,6 +304,16 @@ class Calibrator(BaseModel):
         if self._drift is None and self.reference:
             self._drift = DriftMonitor(self.reference, self.n_reference, label=self.model_id or "calibrator")
         return self._drift
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash (12 hex digits) naming this exact calibrator: what payloads and
+        review items record as ``calibrator_version``, so each past decision stays explainable."""
+        if self._fingerprint is None:
+            import hashlib
+
+            self._fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return self._fingerprint
 
     # ------------------------------------------------------------------ compatibility
     def check_compatible(
@@ -400,7 +424,8 @@ class Calibrator(BaseModel):
         raise ConfigurationError(
             f"no calibrator is shipped for model {model_id!r} (shipped: {known}); fit one on your labelled answers "
             "with `semgrad-guard calibrate --model <your model> --data labelled.jsonl --out calibrator.json` "
-            "(or Calibrator.fit) and load it with Calibrator.load('calibrator.json')"
+            "(or Calibrator.fit) and load it with Calibrator.load('calibrator.json'), or start with "
+            "GuardPolicy.first_day() (serve and audit) and 'semgrad-guard calibrate --from-reviews DB --base none'"
         )
 
 
@@ -442,6 +467,9 @@ class DriftMonitor:
         self.n = 0
         self.drifted = False
         self.warned = False
+        self.labels: Any = None
+        """Optional ``() -> (review db path, label count)``: the Guard sets it, so the advice says how
+        many labels the queue already holds."""
         self._window: list[float] = []
         self._lock = threading.Lock()
 
@@ -463,16 +491,35 @@ class DriftMonitor:
             n_eff = self.n * self.n_reference / (self.n + self.n_reference)
             self.p_value = float(kolmogorov(self.statistic * np.sqrt(n_eff)))
             self.drifted = self.p_value < DRIFT_P
-            if self.drifted and not self.warned:
+            warn = self.drifted and not self.warned
+            if warn:
                 self.warned = True
-                logger.warning(
-                    "%s: the last %d confidences are unlike those on its fitting data (KS %.2f, p=%.1e): its "
-                    "confidence may be off here; refit on your data (semgrad-guard calibrate)",
-                    self.label,
-                    self.n,
-                    self.statistic,
-                    self.p_value,
-                )
+        if warn:
+            logger.warning(
+                "%s: the last %d confidences are unlike those on its fitting data (KS %.2f, p=%.1e): its "
+                "confidence may be off here. %s",
+                self.label,
+                self.n,
+                self.statistic,
+                self.p_value,
+                self.advice,
+            )
+
+    @property
+    def advice(self) -> str:
+        """What fixes a drifted calibrator: the command, and how many labels the review queue holds."""
+        db, count = "REVIEW_DB", None
+        if self.labels is not None:
+            try:
+                db, count = self.labels()
+            except Exception:  # advice must never break scoring
+                logger.debug("drift advice: label count unavailable", exc_info=True)
+        held = f"the queue holds {count} labels; " if count is not None else ""
+        return (
+            f"Recalibrate on review labels ({held}review answers, or add 'audit: {{rate: 0.05}}' to the policy): "
+            f"semgrad-guard calibrate --from-reviews {db} --out calibrator.json, then reload it "
+            "(POST /admin/calibrator or kill -HUP the service)"
+        )
 
 
 def cross_validated_confidence(
@@ -521,19 +568,30 @@ def reliability_table(
 
 
 def expected_calibration_error(
-    confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, bins: int = 10
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+    bins: int = 10,
+    *,
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> float:
-    """Expected calibration error: the |accuracy - mean confidence| gap over equal-width bins, weighted by bin size."""
+    """Expected calibration error: the |accuracy - mean confidence| gap over equal-width bins, weighted by bin size.
+
+    ``weights`` (e.g. inverse inclusion probabilities) weight each answer in the bins' means and sizes.
+    """
     c = np.asarray(confidence, dtype=float)
     y = np.asarray(correct, dtype=float)
     if len(c) != len(y) or len(c) == 0:
         raise ValueError("confidence and correct must be non-empty and of equal length")
+    w = np.ones(len(c)) if weights is None else np.asarray(weights, dtype=float)
     idx = np.minimum((c * bins).astype(int), bins - 1)
     ece = 0.0
+    total = float(w.sum())
     for b in range(bins):
         mask = idx == b
         if mask.any():
-            ece += mask.mean() * abs(y[mask].mean() - c[mask].mean())
+            wb = w[mask]
+            gap = abs(np.average(y[mask], weights=wb) - np.average(c[mask], weights=wb))
+            ece += float(wb.sum()) / total * gap
     return float(ece)
 
 
@@ -562,7 +620,18 @@ def _linear(p: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
     return np.asarray(z @ np.asarray(p["coef"], dtype=float) + float(p["intercept"]))
 
 
-def _fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped to [1e-4, 1 - 1e-4] (an isotonic map's 0 and 1 stay finite)."""
+    q = np.clip(np.asarray(p, dtype=float), 1e-4, 1.0 - 1e-4)
+    return np.asarray(np.log(q / (1.0 - q)))
+
+
+def recalibrated(p: np.ndarray, recal: Mapping[str, float]) -> np.ndarray:
+    """sigmoid(slope * logit(p) + intercept): a calibrator's output moved to another base rate."""
+    return _sigmoid(float(recal.get("slope", 1.0)) * logit(p) + float(recal.get("intercept", 0.0)))
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
     lx = _log_features(x)
@@ -570,7 +639,7 @@ def _fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     scale = lx.std(axis=0)
     scale[scale < 1e-12] = 1.0
     model = LogisticRegression(C=1.0, max_iter=1000)
-    model.fit((lx - mean) / scale, y.astype(int))
+    model.fit((lx - mean) / scale, y.astype(int), sample_weight=w)
     return {
         "mean": mean.tolist(),
         "scale": scale.tolist(),
@@ -579,9 +648,9 @@ def _fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _fit_params(method: Method, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _fit_params(method: Method, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:
     if method == "platt":
-        return _fit_linear(x, y)
+        return _fit_linear(x, y, w)
     from sklearn.isotonic import IsotonicRegression
 
     params: dict[str, Any] = {}
@@ -589,11 +658,11 @@ def _fit_params(method: Method, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         z = x[:, 0]
         increasing = False  # a higher score means more uncertain, so less likely correct
     else:
-        params["linear"] = _fit_linear(x, y)
+        params["linear"] = _fit_linear(x, y, w)
         z = _linear(params["linear"], x)
         increasing = True
     iso = IsotonicRegression(increasing=increasing, out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(z, y)
+    iso.fit(z, y, sample_weight=w)
     params["x"] = [float(v) for v in iso.X_thresholds_]
     params["y"] = [float(v) for v in iso.y_thresholds_]
     return params
@@ -617,29 +686,39 @@ def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.nda
 
 
 def _cv_brier(
-    method: Method, x: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+    method: Method,
+    x: np.ndarray,
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    w: np.ndarray | None = None,
 ) -> float:
+    w = np.ones(len(y)) if w is None else w
     losses = []
     for tr, te in splits:
         if y[tr].min() == y[tr].max():
             continue
-        pred = _predict_params(method, _fit_params(method, x[tr], y[tr]), x[te])
-        losses.append(float(np.mean((pred - y[te]) ** 2)))
+        pred = _predict_params(method, _fit_params(method, x[tr], y[tr], w[tr]), x[te])
+        losses.append(float(np.average((pred - y[te]) ** 2, weights=w[te])))
     return float(np.mean(losses)) if losses else math.inf
 
 
 def _cv_auroc_loss(
-    method: Method, x: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+    method: Method,
+    x: np.ndarray,
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    w: np.ndarray | None = None,
 ) -> float:
     """1 - mean held-out AUROC of the confidence for telling right from wrong answers."""
     from sklearn.metrics import roc_auc_score
 
+    w = np.ones(len(y)) if w is None else w
     values = []
     for tr, te in splits:
         if y[tr].min() == y[tr].max() or y[te].min() == y[te].max():
             continue
-        pred = _predict_params(method, _fit_params(method, x[tr], y[tr]), x[te])
-        values.append(float(roc_auc_score(y[te], pred)))
+        pred = _predict_params(method, _fit_params(method, x[tr], y[tr], w[tr]), x[te])
+        values.append(float(roc_auc_score(y[te], pred, sample_weight=w[te])))
     return 1.0 - float(np.mean(values)) if values else math.inf
 
 

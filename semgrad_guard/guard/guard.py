@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -140,8 +142,9 @@ class Guard:
         scorer: Any :class:`Scorer` (``SemGradScorer``, ``RemoteScorer``, ``MockScorer``, ...). Optional: a guard
             that is always handed scores (``check(..., result=...)``, or a ``generate_fn`` returning them) needs none.
         calibrator: Maps scores to confidence; required when a rule is over ``confidence``.
-        review_queue: Where 'review' items go (default: a :class:`SQLiteReviewQueue` at
-            ``policy.review.path`` or the default path, opened on first use).
+        review_queue: Where 'review' items go: a :class:`ReviewQueue`, a SQLite file path or a
+            ``postgresql://`` URL (default: ``policy.review.path``, else ``$SEMGRAD_GUARD_REVIEW_DB``,
+            else a SQLite file in the user data dir; opened on first use, see :func:`open_review_queue`).
         strategies: Retry strategies by name, added to (or overriding) the built-in ones.
 
     Example:
@@ -162,23 +165,41 @@ class Guard:
         *,
         scorer: Scorer | None = None,
         calibrator: Calibrator | None = None,
-        review_queue: ReviewQueue | None = None,
+        review_queue: ReviewQueue | str | Path | None = None,
         strategies: Mapping[str, RetryStrategy] | None = None,
     ) -> None:
         self.policy = GuardPolicy.coerce(policy)
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "
-                "calibrator=Calibrator.load(...) (or Calibrator.default_for(model_id)), or write the rules over a raw score"
+                "calibrator=Calibrator.load(...) (or Calibrator.default_for(model_id)), or write the rules over a raw score; "
+                "a model without a calibrator starts with GuardPolicy.first_day() (serve and audit), then "
+                "'semgrad-guard calibrate --from-reviews DB --base none' fits its first one"
             )
         if calibrator is not None and scorer is not None:
             calibrator.check_compatible(getattr(scorer, "model_id", None), getattr(scorer, "profile", None))
         self.scorer = scorer
         self.calibrator = calibrator
-        self._queue = review_queue
+        self._queue: ReviewQueue | None = None
+        self._queue_spec: str | Path | None = self.policy.review.path
+        if isinstance(review_queue, (str, Path)):
+            self._queue_spec = review_queue
+        else:
+            self._queue = review_queue
         self._strategies: dict[str, RetryStrategy] = {}
         if Action.RETRY in self.policy.actions:
             self._strategies = resolve_strategies(self.policy.retry.strategies, strategies)
+        self._audit_lock = threading.Lock()
+        audit = self.policy.audit
+        self._audit_rng = random.Random(audit.seed if audit is not None else None)
+        self._policy_version = self.policy.fingerprint
+        self._watch_drift(calibrator)
+        self._listeners: list[Callable[[Calibrator], Any]] = []
+        self._refit_base = calibrator
+        self._refit_lock = threading.Lock()
+        self._new_labels = 0
+        if self.policy.review.refit_every is not None:
+            self.review_queue.on_resolved(self._on_decision)
         first = self.policy.rules[0].field
         self._rank_field = self.policy.rank_by or ("confidence" if calibrator is not None else first)
         if self._rank_field == "confidence" and calibrator is None:
@@ -192,16 +213,80 @@ class Guard:
         """
         return judge(self.policy, result, self.calibrator)
 
+    def _watch_drift(self, calibrator: Calibrator | None) -> None:
+        drift = calibrator.drift if calibrator is not None else None
+        queues = (
+            self._queue is not None or Action.REVIEW in self.policy.actions or self.policy.audit is not None
+        )
+        if drift is not None and drift.labels is None and queues:
+
+            def labels() -> tuple[str, int]:
+                from ..review.labels import label_counts
+
+                queue = self.review_queue
+                return str(getattr(queue, "path", "REVIEW_DB")), label_counts(queue).labelled
+
+            drift.labels = labels
+
+    def set_calibrator(self, calibrator: Calibrator) -> Calibrator | None:
+        """Swap in another calibrator (e.g. one refitted from review labels); returns the old one.
+
+        Atomic: each answer is judged by one calibrator, read once, never by half of each (the
+        version it records says which). The new one must fit the scorer's model and profile.
+
+        Raises:
+            CalibratorMismatchError: It was fitted on another model or profile.
+        """
+        if self.scorer is not None:
+            calibrator.check_compatible(
+                getattr(self.scorer, "model_id", None), getattr(self.scorer, "profile", None)
+            )
+        self._watch_drift(calibrator)
+        old, self.calibrator = self.calibrator, calibrator
+        for listener in list(self._listeners):
+            listener(calibrator)
+        return old
+
+    def on_calibrator_change(self, listener: Callable[[Calibrator], Any]) -> None:
+        """Call ``listener(calibrator)`` after every swap (:meth:`set_calibrator`, automatic refits)."""
+        self._listeners.append(listener)
+
+    def _on_decision(self, item: ReviewItem) -> None:
+        """Count decisions; every ``review.refit_every`` of them, refit on all labels and swap it in."""
+        every = self.policy.review.refit_every
+        if every is None or item.status.value not in ("approved", "rejected", "edited"):
+            return
+        with self._refit_lock:
+            self._new_labels += 1
+            if self._new_labels < every:
+                return
+            self._new_labels = 0
+            from ..review.labels import labelled
+            from .recalibrate import recalibrate
+
+            try:
+                rec = recalibrate(self._refit_base, labelled(self.review_queue))
+                self.set_calibrator(rec.calibrator)
+            except Exception as e:  # keep the current calibrator; the next batch of labels tries again
+                logger.warning("automatic refit skipped (%s: %s)", type(e).__name__, e)
+                return
+        logger.info(
+            "automatic refit: %s on %d labels (%s); out-of-fold ECE %.3f",
+            rec.calibrator.fingerprint,
+            rec.n_labels,
+            rec.chosen,
+            rec.ece_after,
+        )
+
     @property
     def review_queue(self) -> ReviewQueue:
         """The review queue (opened on first use)."""
         if self._queue is None:
-            from ..review.queue import SQLiteReviewQueue, default_review_db_path
+            from ..review.queue import SQLiteReviewQueue, open_review_queue
 
-            path = self.policy.review.path or default_review_db_path()
-            if self.policy.review.path is None:
-                _announce_default_queue(path)
-            self._queue = SQLiteReviewQueue(path)
+            self._queue = open_review_queue(self._queue_spec)
+            if self._queue_spec is None and isinstance(self._queue, SQLiteReviewQueue):
+                _announce_default_queue(self._queue.path)  # a URL is not echoed: it may hold credentials
         return self._queue
 
     def check(
@@ -414,13 +499,18 @@ class Guard:
         self, attempt: Attempt, run: _Run, ctx: AttemptContext, metadata: Mapping[str, Any] | None
     ) -> _Steps:
         if attempt.action is not Action.REVIEW:
-            return self._final(attempt, run.attempts, run.t0)
+            audit_id = yield from self._audit(attempt, run, ctx, metadata)
+            final = self._final(attempt, run.attempts, run.t0)
+            final.audit_id = audit_id
+            return final
         t1 = time.perf_counter()
         fields = {
             "result": attempt.result,
             "confidence": attempt.confidence,
             "rule": attempt.rule,
             "metadata": self._review_metadata(attempt, run.attempts, metadata),
+            "calibrator_version": attempt.calibrator_version,
+            "policy_version": self._policy_version,
         }
         item_id = yield _Enqueue(ctx.score_messages, attempt.answer or "", fields)
         item = None
@@ -430,6 +520,39 @@ class Guard:
             except ReviewTimeoutError:
                 item = None
         return self._review_result(attempt, run.attempts, run.t0, item_id, item, time.perf_counter() - t1)
+
+    def _audit(
+        self, attempt: Attempt, run: _Run, ctx: AttemptContext, metadata: Mapping[str, Any] | None
+    ) -> _Steps:
+        """Maybe copy a served answer to the queue as an audit item; never changes what the user gets."""
+        audit = self.policy.audit
+        if audit is None or attempt.result is None or attempt.action not in audit.actions:
+            return None
+        with self._audit_lock:
+            picked = self._audit_rng.random() < audit.rate
+        if not picked:
+            return None
+        fields = {
+            "result": attempt.result,
+            "confidence": attempt.confidence,
+            "rule": attempt.rule,
+            "metadata": {
+                **self._review_metadata(attempt, run.attempts, metadata),
+                "served": str(attempt.action),
+            },
+            "kind": "audit",
+            "inclusion_probability": audit.rate,
+            "calibrator_version": attempt.calibrator_version,
+            "policy_version": self._policy_version,
+        }
+        try:
+            item_id: int = yield _Enqueue(ctx.score_messages, attempt.answer or "", fields)
+        except Exception as e:  # an audit copy is best effort: the user's answer must not depend on it
+            logger.warning(
+                "audit sample not queued (%s: %s); the answer is served as decided", type(e).__name__, e
+            )
+            return None
+        return item_id
 
     def _after_run(
         self, outcome: Attempt | _Exhausted, run: _Run, metadata: Mapping[str, Any] | None
@@ -540,6 +663,7 @@ class Guard:
             attempt.answer = result.scored_text(attempt.answer)
         verdict = self.judge(result)
         attempt.confidence, attempt.action, attempt.rule = verdict.confidence, verdict.action, verdict.rule
+        attempt.calibrator_version = verdict.calibrator_version
 
     def _rank(self, attempt: Attempt) -> float:
         if self._rank_field == "confidence":
@@ -670,4 +794,5 @@ class Guard:
             result=attempt.result,
             error=errors[0] if errors else attempt.error,
             timings=timings,
+            calibrator_version=attempt.calibrator_version,
         )

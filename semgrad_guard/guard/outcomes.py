@@ -60,6 +60,8 @@ class Attempt(BaseModel):
     """What the strategy changed (temperature, seed, reconsider, widened, ...)."""
     timings: dict[str, float] = Field(default_factory=dict)
     """Seconds spent: generate_s, score_s."""
+    calibrator_version: str | None = None
+    """Fingerprint of the calibrator that judged this attempt (None without one)."""
 
 
 class GuardResult(BaseModel):
@@ -96,11 +98,15 @@ class GuardResult(BaseModel):
     review_id: int | None = None
     """Review item id when the answer went to human review."""
     review_status: str | None = None
-    """pending, approved, rejected or edited (when it went to review)."""
+    """pending, approved, rejected, edited or cannot_tell (when it went to review)."""
     error: str | None = None
     """Scoring error that triggered on_error, if any."""
     timings: dict[str, float] = Field(default_factory=dict)
     """Seconds: total_s, generate_s, score_s, review_s."""
+    calibrator_version: str | None = None
+    """:attr:`~semgrad_guard.Calibrator.fingerprint` of the calibrator that judged it (None without one)."""
+    audit_id: int | None = None
+    """Review item id of this answer's audit copy, when audit sampling picked it (the answer is unchanged)."""
 
     @property
     def accepted(self) -> bool:

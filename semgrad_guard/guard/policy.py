@@ -179,7 +179,7 @@ class ReviewSettings(TypedConfig):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
-    """SQLite review database (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
+    """Review queue: a SQLite file path or a postgresql:// URL (default: $SEMGRAD_GUARD_REVIEW_DB or a file in the user data dir)."""
     wait: float | None = Field(default=None, ge=0.0)
     """Seconds to wait for a human decision before returning (None: do not wait)."""
     poll_interval: float = Field(default=1.0, gt=0.0)
@@ -188,6 +188,25 @@ class ReviewSettings(TypedConfig):
     """Answer text returned while the item is pending (unless show_answer)."""
     show_answer: bool = False
     """Return the unreviewed answer instead of pending_message (fail open: off by default)."""
+    refit_every: int | None = Field(default=None, ge=1)
+    """Opt-in: recalibrate on the queue's labels after every this many new decisions, and swap the
+    result in (what ``calibrate --from-reviews`` does; logged; a refit that fails keeps the current one)."""
+
+
+class AuditSettings(TypedConfig):
+    """Audit sampling: a random share of answers the policy did not send to review is copied to the
+    queue as ``kind="audit"`` items, so the labels cover the whole confidence range, not only the
+    review band. The user gets the policy's answer unchanged (an audit never blocks or alters it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(gt=0.0, le=1.0)
+    """Share of the audited actions' answers copied to the queue (each item stores it as its
+    inclusion probability; fitting weights its label by 1 / rate)."""
+    seed: int | None = 0
+    """Seed of the sampling (None: a fresh random seed per guard)."""
+    actions: list[Action] = Field(default_factory=lambda: [Action.ACCEPT, Action.ANNOTATE, Action.ABSTAIN])
+    """Which final actions are audited (review items are labelled anyway)."""
 
 
 class Verdict(BaseModel):
@@ -211,6 +230,8 @@ class Verdict(BaseModel):
     """Its value (None for a catch-all rule)."""
     message: str | None = None
     """The rule's message, if any."""
+    calibrator_version: str | None = None
+    """The judging calibrator's :attr:`~semgrad_guard.Calibrator.fingerprint` (None without one)."""
 
 
 def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = None) -> Verdict:
@@ -227,10 +248,11 @@ def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = Non
         >>> judge(policy, None).rule
         'on_error'
     """
+    version = getattr(calibrator, "fingerprint", None) if calibrator is not None else None
     if result is None:
-        return Verdict(action=policy.on_error, rule="on_error")
+        return Verdict(action=policy.on_error, rule="on_error", calibrator_version=version)
     confidence = float(calibrator.confidence(result)) if calibrator is not None else None
-    return policy.decide(result, confidence)
+    return policy.decide(result, confidence).model_copy(update={"calibrator_version": version})
 
 
 class GuardPolicy(TypedConfig):
@@ -266,6 +288,8 @@ class GuardPolicy(TypedConfig):
     """Action when scoring itself fails (fail closed by default): accept, annotate, abstain, review or raise."""
     rank_by: str | None = None
     """Field ranking attempts when retries run out (default: confidence with a calibrator, else the first rule's field)."""
+    audit: AuditSettings | None = None
+    """Audit sampling of served answers (off by default), e.g. ``audit: {rate: 0.05}``."""
 
     @field_validator("rules")
     @classmethod
@@ -324,7 +348,7 @@ class GuardPolicy(TypedConfig):
         """
         if status in ("approved", "edited"):
             return final_answer if final_answer is not None else model_answer
-        if status == "rejected":
+        if status in ("rejected", "cannot_tell"):  # cannot_tell releases nothing: fail closed
             return self.abstain_message
         return model_answer if self.review.show_answer else self.review.pending_message
 
@@ -443,6 +467,31 @@ class GuardPolicy(TypedConfig):
     def to_json(self) -> str:
         """The policy as JSON."""
         return self.model_dump_json(indent=2, exclude_none=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash (12 hex digits) naming this exact policy: review items and payloads
+        record it, so each past decision stays explainable."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def first_day(cls, audit_rate: float = 0.2, *, seed: int | None = 0, **kwargs: Any) -> GuardPolicy:
+        """The policy of a model with no calibrator yet: serve every answer with a note, and audit a
+        random ``audit_rate`` share of them into the review queue (no calibrator needed).
+
+        Once the queue holds labels (:data:`~semgrad_guard.guard.recalibrate.MIN_LABELS` at the very
+        least; a few dozen do much better), ``semgrad-guard calibrate --from-reviews DB --base none``
+        fits the model's first calibrator, and a confidence policy takes over.
+        """
+        spec: dict[str, Any] = {
+            "rules": [{"name": "first-day", "action": "annotate"}],
+            "annotate_message": "Not yet verified: the guard is still learning this model (answers are being audited).",
+            "audit": {"rate": audit_rate, "seed": seed},
+        }
+        spec.update(kwargs)
+        return cls.from_dict(spec, source="first_day()")
 
     @classmethod
     def from_threshold(

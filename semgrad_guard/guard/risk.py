@@ -104,6 +104,7 @@ def select_threshold(
     *,
     min_accepted: int | None = None,
     strict: bool = True,
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> ThresholdSelection:
     """Lowest confidence threshold whose selective error is <= alpha with probability >= 1 - delta.
 
@@ -117,6 +118,9 @@ def select_threshold(
             this many answers (default: multiple starts, see the module docstring).
         strict: Raise :class:`RiskControlError` when alpha cannot be supported (default);
             with ``False``, return a selection with ``feasible=False`` and ``threshold=None``.
+        weights: Per-answer weights (inverse inclusion probabilities of sampled review labels). The
+            test then runs on Kish effective counts: n_eff = (sum w)^2 / sum w^2 accepted answers and
+            n_eff times the weighted error rate errors (an approximation; exact when all are equal).
 
     Raises:
         ConfigurationError: alpha or delta out of range, lengths differ, or no data.
@@ -142,6 +146,11 @@ def select_threshold(
         n_min = max(1, int(min_accepted))
     else:
         n_starts, level, n_min = _start_grid(n_total, alpha, delta)
+    w = None if weights is None else np.asarray(weights, dtype=float).ravel()
+    if w is not None and (w.shape != c.shape or not np.all(np.isfinite(w)) or np.any(w <= 0)):
+        raise ConfigurationError(f"weights must be {len(c)} positive finite numbers, one per answer")
+    if w is not None and np.all(w == w[0]):
+        w = None  # equal weights: the exact binomial test
     order = np.argsort(-c, kind="stable")
     c_sorted, err_sorted = c[order], ~y[order]
     cum_err = np.cumsum(err_sorted)
@@ -150,7 +159,21 @@ def select_threshold(
     tested = last_of_group[last_of_group + 1 >= n_min]
     n_acc_all = tested + 1
     k_all = cum_err[tested]
-    rejected = binom.cdf(k_all, n_acc_all, alpha) <= level
+    if w is None:
+        rejected = binom.cdf(k_all, n_acc_all, alpha) <= level
+    else:
+        from scipy.special import betainc
+
+        ws = w[order]
+        cw, cw2, cwe = np.cumsum(ws), np.cumsum(ws**2), np.cumsum(ws * err_sorted)
+        n_eff = cw[tested] ** 2 / cw2[tested]
+        k_eff = n_eff * cwe[tested] / cw[tested]
+        # binom.cdf(k; n, p) = I_{1-p}(n - k, k + 1), defined for real k and n.
+        with np.errstate(all="ignore"):
+            cdf = np.where(
+                k_eff < n_eff, betainc(np.maximum(n_eff - k_eff, 1e-12), k_eff + 1.0, 1.0 - alpha), 1.0
+            )
+        rejected = cdf <= level
     # Fixed-sequence testing from each start (n_min, 2 n_min, 4 n_min, ... accepted answers) towards
     # lower thresholds, each sequence stopping at its first failure; Bonferroni over the starts.
     chosen: int | None = None
@@ -203,15 +226,22 @@ def select_threshold(
         )
     n_acc = chosen + 1
     k = int(cum_err[chosen])
+    coverage, error, bound_k, bound_n = n_acc / n, k / n_acc, k, n_acc
+    if w is not None:
+        ws = w[order][:n_acc]
+        coverage = float(ws.sum() / w.sum())
+        error = float(np.sum(ws * err_sorted[:n_acc]) / ws.sum())
+        bound_n = max(1, round(float(ws.sum() ** 2 / np.sum(ws**2))))
+        bound_k = min(bound_n, round(error * bound_n))
     return ThresholdSelection(
         feasible=True,
         threshold=float(c_sorted[chosen]),
         alpha=alpha,
         delta=delta,
-        coverage=n_acc / n,
+        coverage=coverage,
         n_accepted=n_acc,
         n_errors=k,
-        empirical_error=k / n_acc,
-        bound=clopper_pearson_upper(k, n_acc, level),
+        empirical_error=error,
+        bound=clopper_pearson_upper(bound_k, bound_n, level),
         n_calibration=n,
     )

@@ -2,9 +2,13 @@
 
 ``queue`` holds :class:`~semgrad_guard.ReviewQueue` (the protocol), :class:`~semgrad_guard.SQLiteReviewQueue`
 (the SQLite implementation: WAL, final decisions by compare-and-set, an audit trail) and
-:func:`apply_review_decision` (a reviewer's decision -> the answer the user gets).
+:func:`apply_review_decision` (a reviewer's decision -> the answer the user gets). ``labels`` turns decided items into labelled
+examples (:func:`labelled`), over the protocol, for any backend. ``postgres`` holds
+:class:`~semgrad_guard.PostgresReviewQueue` (the same queue on a shared PostgreSQL server).
 """
 
+from .labels import LabelCounts, LabelledExample, label_counts, labelled
+from .postgres import PostgresReviewQueue
 from .queue import (
     APPLICATION_ID,
     ENV_DB,
@@ -16,6 +20,9 @@ from .queue import (
     SQLiteReviewQueue,
     apply_review_decision,
     default_review_db_path,
+    open_review_queue,
+    review_db_name,
+    warn_if_password_in_url,
 )
 
 __all__ = [
@@ -23,10 +30,18 @@ __all__ = [
     "ENV_DB",
     "SCHEMA_VERSION",
     "AuditEntry",
+    "LabelCounts",
+    "LabelledExample",
     "ReviewItem",
     "ReviewQueue",
     "ReviewStatus",
     "SQLiteReviewQueue",
     "apply_review_decision",
     "default_review_db_path",
+    "label_counts",
+    "labelled",
+    "PostgresReviewQueue",
+    "open_review_queue",
+    "review_db_name",
+    "warn_if_password_in_url",
 ]

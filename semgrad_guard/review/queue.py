@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +45,7 @@ from ..errors import (
     ReviewItemNotFoundError,
     ReviewQueueCorruptError,
     ReviewQueueError,
+    ReviewQueueMissingError,
 )
 from ..messages import Messages, normalize_messages
 from ..results import ScoreResult
@@ -52,7 +53,9 @@ from ..results import ScoreResult
 logger = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x53474752  # "SGGR": marks the file as a semgrad-guard review database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``cannot_tell``, ``kind``, ``inclusion_probability`` and the judging versions; a version-1
+file is migrated in place on open."""
 ENV_DB = "SEMGRAD_GUARD_REVIEW_DB"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -64,6 +67,8 @@ class ReviewStatus(str, Enum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EDITED = "edited"
+    CANNOT_TELL = "cannot_tell"
+    """Decided: the reviewer cannot tell whether the answer is right (no answer is released; not a label)."""
 
     def __str__(self) -> str:
         return self.value
@@ -104,19 +109,28 @@ class ReviewItem(BaseModel):
     rule: str | None = None
     """Policy rule that sent it to review."""
     status: ReviewStatus = ReviewStatus.PENDING
-    """pending, approved, rejected or edited."""
+    """pending, approved, rejected, edited or cannot_tell."""
     reviewer: str | None = None
     """Who decided."""
     decided_at: str | None = None
     """When the decision was made."""
     final_answer: str | None = None
-    """The answer to use: the original (approved), the reviewer's (edited), None (rejected or pending)."""
+    """The answer to use: the original (approved), the reviewer's (edited), None (rejected, cannot_tell, pending)."""
     note: str | None = None
     """Reviewer's note."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Caller's metadata (e.g. run id, attempts)."""
     audit: list[AuditEntry] = Field(default_factory=list)
     """Every change, oldest first."""
+    kind: ItemKind = "review"
+    """'review' (the policy sent it) or 'audit' (a random copy: the user already got the policy's answer)."""
+    inclusion_probability: float = 1.0
+    """Probability that an answer like this one was queued (1 for review items, the audit rate for
+    audit items): labels are weighted by its inverse, so they stand for every answer served."""
+    calibrator_version: str | None = None
+    """:attr:`Calibrator.fingerprint <semgrad_guard.Calibrator.fingerprint>` of the calibrator that judged it."""
+    policy_version: str | None = None
+    """:attr:`GuardPolicy.fingerprint <semgrad_guard.GuardPolicy.fingerprint>` of the policy that judged it."""
 
     @property
     def resolved(self) -> bool:
@@ -131,6 +145,9 @@ class ReviewItem(BaseModel):
                 return str(m.get("content", ""))
         return ""
 
+
+ItemKind = Literal["review", "audit"]
+"""'review': the policy sent it; 'audit': a random copy of an answer the user got as the policy decided."""
 
 ResolvedCallback = Callable[[ReviewItem], Any]
 
@@ -148,6 +165,10 @@ class ReviewQueue(Protocol):
         confidence: float | None = None,
         rule: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        kind: ItemKind = "review",
+        inclusion_probability: float = 1.0,
+        calibrator_version: str | None = None,
+        policy_version: str | None = None,
     ) -> int: ...
 
     def get(self, item_id: int) -> ReviewItem: ...
@@ -162,6 +183,10 @@ class ReviewQueue(Protocol):
 
     def reject(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem: ...
 
+    def cannot_tell(
+        self, item_id: int, *, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem: ...
+
     def edit(
         self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None
     ) -> ReviewItem: ...
@@ -175,6 +200,12 @@ class ReviewQueue(Protocol):
     ) -> ReviewItem: ...
 
     def on_resolved(self, callback: ResolvedCallback) -> None: ...
+
+
+def default_review_db() -> str:
+    """The queue used when none is named: ``$SEMGRAD_GUARD_REVIEW_DB`` as given (a path or a
+    ``postgresql://`` URL), else ``review.db`` in the platform's user data dir."""
+    return os.environ.get(ENV_DB) or str(default_review_db_path())
 
 
 def default_review_db_path() -> Path:
@@ -200,12 +231,18 @@ CREATE TABLE items (
     result TEXT,
     confidence REAL,
     rule TEXT,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'rejected', 'edited')),
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'approved', 'rejected', 'edited', 'cannot_tell')),
     reviewer TEXT,
     decided_at TEXT,
     final_answer TEXT,
     note TEXT,
-    metadata TEXT NOT NULL DEFAULT '{}'
+    metadata TEXT NOT NULL DEFAULT '{}',
+    kind TEXT NOT NULL DEFAULT 'review' CHECK (kind IN ('review', 'audit')),
+    inclusion_probability REAL NOT NULL DEFAULT 1.0
+        CHECK (inclusion_probability > 0 AND inclusion_probability <= 1),
+    calibrator_version TEXT,
+    policy_version TEXT
 );
 CREATE INDEX items_status ON items(status);
 CREATE TABLE audit (
@@ -231,8 +268,9 @@ def apply_review_decision(
 ) -> ReviewItem:
     """Record a person's decision on a review item: the one way every adapter does it.
 
-    ``action`` is ``"approve"``, ``"reject"`` or ``"edit"`` (which needs ``answer``, the corrected
-    text). Decisions are final: a second decision raises :class:`AlreadyDecidedError`.
+    ``action`` is ``"approve"``, ``"reject"``, ``"edit"`` (which needs ``answer``, the corrected
+    text) or ``"cannot_tell"`` (the reviewer cannot judge it: final, not a label). Decisions are
+    final: a second decision raises :class:`AlreadyDecidedError`.
 
     Raises:
         ConfigurationError: unknown action, or an edit without the corrected answer.
@@ -245,10 +283,556 @@ def apply_review_decision(
         if not isinstance(answer, str) or not answer:
             raise ConfigurationError("an 'edit' review decision needs the corrected answer text")
         return queue.edit(item_id, answer=answer, reviewer=reviewer, note=note)
-    raise ConfigurationError(f"a review decision is 'approve', 'reject' or 'edit', got {action!r}")
+    if action == "cannot_tell":
+        return queue.cannot_tell(item_id, reviewer=reviewer, note=note)
+    raise ConfigurationError(
+        f"a review decision is 'approve', 'reject', 'edit' or 'cannot_tell', got {action!r}"
+    )
 
 
-class SQLiteReviewQueue:
+def parse_status(status: ReviewStatus | str) -> ReviewStatus:
+    """``status`` as a :class:`ReviewStatus`, or a :class:`ConfigurationError` listing the valid ones."""
+    try:
+        return ReviewStatus(status)
+    except ValueError as e:
+        raise ConfigurationError(
+            f"status must be one of {[s.value for s in ReviewStatus]}, got {status!r}"
+        ) from e
+
+
+class EnqueueRow(BaseModel):
+    """An item as validated and serialised for storage (what every backend inserts)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    created_at: str
+    messages: str
+    answer: str
+    result: str | None
+    confidence: float | None
+    rule: str | None
+    metadata: str
+    kind: ItemKind
+    inclusion_probability: float
+    calibrator_version: str | None
+    policy_version: str | None
+
+    @property
+    def created_details(self) -> str:
+        """The ``created`` audit entry's details."""
+        created: dict[str, Any] = {"rule": self.rule}
+        if self.kind != "review":
+            created.update(kind=self.kind, inclusion_probability=self.inclusion_probability)
+        return json.dumps(created)
+
+    def values(self) -> tuple[Any, ...]:
+        """The row in the order of ``_INSERT_COLUMNS``."""
+        return (
+            self.created_at,
+            self.messages,
+            self.answer,
+            self.result,
+            self.confidence,
+            self.rule,
+            self.metadata,
+            self.kind,
+            self.inclusion_probability,
+            self.calibrator_version,
+            self.policy_version,
+        )
+
+
+_INSERT_COLUMNS = (
+    "created_at, messages, answer, result, confidence, rule, metadata, kind, inclusion_probability, "
+    "calibrator_version, policy_version"
+)
+
+
+def enqueue_row(
+    messages: Messages,
+    answer: str,
+    *,
+    result: ScoreResult | None,
+    confidence: float | None,
+    rule: str | None,
+    metadata: Mapping[str, Any] | None,
+    kind: ItemKind = "review",
+    inclusion_probability: float = 1.0,
+    calibrator_version: str | None = None,
+    policy_version: str | None = None,
+) -> EnqueueRow:
+    """Validate an enqueue's arguments and serialise them (shared by every backend)."""
+    if not isinstance(answer, str):
+        raise ConfigurationError(
+            f"enqueue(answer=...) must be a string, got {type(answer).__name__}; "
+            "queue the answer text (str(...) it first if it is an object)"
+        )
+    if confidence is not None and not isinstance(confidence, (int, float)):
+        raise ConfigurationError(
+            f"enqueue(confidence=...) must be a number or None, got {type(confidence).__name__}"
+        )
+    if kind not in ("review", "audit"):
+        raise ConfigurationError(f"enqueue(kind=...) is 'review' or 'audit', got {kind!r}")
+    p = inclusion_probability
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+        raise ConfigurationError(
+            f"enqueue(inclusion_probability=...) must be a probability in (0, 1], got {p!r} "
+            "(the chance this answer was sampled into the queue: 1 unless it was sampled)"
+        )
+    chat = normalize_messages(messages)
+    try:
+        meta_json = json.dumps(dict(metadata or {}), default=str)
+    except (TypeError, ValueError) as e:
+        raise ConfigurationError(f"review metadata must be JSON-serialisable: {e}") from e
+    return EnqueueRow(
+        created_at=_now(),
+        messages=json.dumps(chat),
+        answer=answer,
+        result=result.model_dump_json() if result is not None else None,
+        confidence=None if confidence is None else float(confidence),
+        rule=rule,
+        metadata=meta_json,
+        kind=kind,
+        inclusion_probability=float(p),
+        calibrator_version=calibrator_version,
+        policy_version=policy_version,
+    )
+
+
+def decision_details(status: ReviewStatus, new_answer: str | None, note: str | None) -> str:
+    """The audit details of a decision."""
+    details: dict[str, Any] = {"from": ReviewStatus.PENDING.value, "to": status.value}
+    if new_answer is not None:
+        details["answer"] = new_answer
+    if note:
+        details["note"] = note
+    return json.dumps(details)
+
+
+def reopen_details(
+    previous: str, reviewer: str | None, decided_at: str | None, final_answer: str | None, note: str | None
+) -> str:
+    """The audit details of a re-open (what was undone)."""
+    details: dict[str, Any] = {
+        "from": previous,
+        "to": ReviewStatus.PENDING.value,
+        "undone": {"status": previous, "reviewer": reviewer, "decided_at": decided_at},
+    }
+    if final_answer is not None:
+        details["undone"]["final_answer"] = final_answer
+    if note:
+        details["note"] = note
+    return json.dumps(details)
+
+
+_EXPORT_COLUMNS = (
+    "id",
+    "created_at",
+    "status",
+    "rule",
+    "confidence",
+    "question",
+    "answer",
+    "final_answer",
+    "reviewer",
+    "decided_at",
+    "note",
+    "messages",
+    "kind",
+    "inclusion_probability",
+    "calibrator_version",
+    "policy_version",
+)
+
+
+def export_items(items: Sequence[ReviewItem], fmt: str) -> str:
+    """Items as JSONL (full items, audit included) or CSV (one row per item, scores as columns)."""
+    if fmt == "jsonl":
+        return "".join(item.model_dump_json() + "\n" for item in items)
+    if fmt != "csv":
+        raise ConfigurationError(f"export format must be 'jsonl' or 'csv', got {fmt!r}")
+    from ..results import SCORE_FIELDS
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*_EXPORT_COLUMNS[:5], *SCORE_FIELDS, *_EXPORT_COLUMNS[5:]])
+    for it in items:
+        scores = it.result.scores() if it.result is not None else {}
+        writer.writerow(
+            [
+                it.id,
+                it.created_at,
+                it.status.value,
+                it.rule or "",
+                "" if it.confidence is None else it.confidence,
+                *[scores.get(f, "") for f in SCORE_FIELDS],
+                it.question,
+                it.answer,
+                it.final_answer or "",
+                it.reviewer or "",
+                it.decided_at or "",
+                it.note or "",
+                json.dumps(it.messages),
+                it.kind,
+                it.inclusion_probability,
+                it.calibrator_version or "",
+                it.policy_version or "",
+            ]
+        )
+    return buf.getvalue()
+
+
+_Q = TypeVar("_Q", bound="ReviewQueueBase")
+
+
+class ReviewQueueBase:
+    """What every review queue backend shares: argument checks, the SQL of each change, waiting, export.
+
+    The SQL is written once, with ``?`` placeholders and ``{items}`` / ``{audit}`` for the table
+    names; a backend says how to run it (:meth:`_transaction`, :meth:`_reading`,
+    :meth:`_insert_returning`, its placeholder and table names) and how decisions reach callbacks
+    (:meth:`_decided`) and waiters (:meth:`_wait_for_change`).
+    """
+
+    _placeholder = "?"
+    _items_table = "items"
+    _audit_table = "audit"
+    _closed: bool = False
+
+    @property
+    def _where(self) -> str:
+        """The queue as named in error messages (never with credentials)."""
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql.format(items=self._items_table, audit=self._audit_table).replace("?", self._placeholder)
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """One write transaction: yields a connection (``execute(sql, params)`` -> cursor), commits on exit."""
+        raise NotImplementedError
+
+    def _reading(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection to read with."""
+        raise NotImplementedError
+
+    def _insert_returning(self, conn: Any, sql: str, params: Sequence[Any], column: str) -> int:
+        """Run an INSERT and return the new row's ``column`` (its id or seq)."""
+        raise NotImplementedError
+
+    def _decided(self, item_id: int, seq: int, conn: Any | None) -> None:
+        """A decision was recorded: called inside the transaction (``conn``), then after commit (None)."""
+
+    def _change_token(self) -> int | None:
+        """Taken before reading an item; :meth:`_wait_for_change` returns early once it is stale."""
+        return None
+
+    def _wait_for_change(self, item_id: int, pause: float, token: int | None = None) -> None:
+        """Sleep up to ``pause`` s; a backend that hears of changes returns as soon as one arrives."""
+        time.sleep(pause)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ writing
+    def enqueue(
+        self,
+        messages: Messages,
+        answer: str,
+        *,
+        result: ScoreResult | None = None,
+        confidence: float | None = None,
+        rule: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        kind: ItemKind = "review",
+        inclusion_probability: float = 1.0,
+        calibrator_version: str | None = None,
+        policy_version: str | None = None,
+    ) -> int:
+        """Add an answer for review; returns its id once it is durably stored (committed).
+
+        ``kind="audit"`` marks a random copy of an answer already served (see ``GuardPolicy.audit``);
+        ``inclusion_probability`` is the chance it was sampled (labels are weighted by its inverse).
+        ``calibrator_version`` / ``policy_version`` name what judged it (their ``fingerprint``).
+
+        Raises:
+            ConfigurationError: ``answer`` is not a string, ``metadata`` is not JSON-serialisable,
+                ``kind`` is unknown or ``inclusion_probability`` is not in (0, 1].
+            ScoringError: ``messages`` is malformed (see :func:`~semgrad_guard.messages.normalize_messages`).
+        """
+        row = enqueue_row(
+            messages,
+            answer,
+            result=result,
+            confidence=confidence,
+            rule=rule,
+            metadata=metadata,
+            kind=kind,
+            inclusion_probability=inclusion_probability,
+            calibrator_version=calibrator_version,
+            policy_version=policy_version,
+        )
+        with self._transaction() as conn:
+            item_id = self._insert_returning(
+                conn,
+                self._q(f"INSERT INTO {{items}} ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 11)})"),
+                row.values(),
+                "id",
+            )
+            conn.execute(
+                self._q(
+                    "INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, 'created', NULL, ?)"
+                ),
+                (item_id, row.created_at, row.created_details),
+            )
+        return item_id
+
+    def approve(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
+        """Approve the answer as it is.
+
+        Raises:
+            AlreadyDecidedError: The item was decided already (by anyone, in any process).
+            ReviewItemNotFoundError: No such item.
+        """
+        return self._decide(item_id, ReviewStatus.APPROVED, reviewer, note, None)
+
+    def reject(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
+        """Reject the answer (the pipeline abstains)."""
+        return self._decide(item_id, ReviewStatus.REJECTED, reviewer, note, None)
+
+    def edit(
+        self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem:
+        """Replace the answer with the reviewer's."""
+        if not isinstance(answer, str):
+            raise ConfigurationError("edit(answer=...) must be a string")
+        return self._decide(item_id, ReviewStatus.EDITED, reviewer, note, answer)
+
+    def cannot_tell(
+        self, item_id: int, *, reviewer: str | None = None, note: str | None = None
+    ) -> ReviewItem:
+        """Record that the reviewer cannot tell whether the answer is right.
+
+        A final decision like the others (no answer is released: ``final_answer`` is None), but not
+        a label: fitting leaves it out and counts it (see :func:`~semgrad_guard.review.labels.labelled`).
+
+        Raises:
+            AlreadyDecidedError: The item was decided already.
+            ReviewItemNotFoundError: No such item.
+        """
+        return self._decide(item_id, ReviewStatus.CANNOT_TELL, reviewer, note, None)
+
+    def reopen(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
+        """Put a decided item back to pending so it can be decided again (an explicit, audited action).
+
+        The previous decision stays in the audit trail (event ``reopened``, with what was undone).
+
+        Raises:
+            ReviewItemNotFoundError: No such item.
+            ReviewQueueError: The item is still pending (nothing to re-open).
+        """
+        now = _now()
+        with self._transaction() as conn:
+            row = conn.execute(
+                self._q("SELECT status, reviewer, decided_at, final_answer FROM {items} WHERE id = ?"),
+                (int(item_id),),
+            ).fetchone()
+            if row is None:
+                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
+            previous, prev_reviewer, prev_at, prev_final = row
+            cur = conn.execute(
+                self._q(
+                    "UPDATE {items} SET status = 'pending', reviewer = NULL, decided_at = NULL, "
+                    "final_answer = NULL, note = NULL WHERE id = ? AND status != 'pending'"
+                ),
+                (int(item_id),),
+            )
+            if cur.rowcount != 1:
+                raise ReviewQueueError(f"review item {item_id} is pending; there is no decision to re-open")
+            conn.execute(
+                self._q(
+                    "INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, 'reopened', ?, ?)"
+                ),
+                (
+                    int(item_id),
+                    now,
+                    reviewer,
+                    reopen_details(previous, prev_reviewer, prev_at, prev_final, note),
+                ),
+            )
+        return self.get(item_id)
+
+    def _decide(
+        self,
+        item_id: int,
+        status: ReviewStatus,
+        reviewer: str | None,
+        note: str | None,
+        new_answer: str | None,
+    ) -> ReviewItem:
+        now = _now()
+        with self._transaction() as conn:
+            row = conn.execute(self._q("SELECT answer FROM {items} WHERE id = ?"), (int(item_id),)).fetchone()
+            if row is None:
+                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
+            final = row[0] if status is ReviewStatus.APPROVED else new_answer
+            # Compare-and-set on the pending state: only one decision can ever move an item out of it.
+            cur = conn.execute(
+                self._q(
+                    "UPDATE {items} SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ? "
+                    "WHERE id = ? AND status = 'pending'"
+                ),
+                (status.value, reviewer, now, final, note, int(item_id)),
+            )
+            if cur.rowcount != 1:
+                done = conn.execute(
+                    self._q("SELECT status, reviewer, decided_at FROM {items} WHERE id = ?"), (int(item_id),)
+                ).fetchone()
+                raise AlreadyDecidedError(int(item_id), done[0], done[1], done[2], attempted=_VERBS[status])
+            seq = self._insert_returning(
+                conn,
+                self._q("INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, ?, ?, ?)"),
+                (int(item_id), now, status.value, reviewer, decision_details(status, new_answer, note)),
+                "seq",
+            )
+            self._decided(int(item_id), seq, conn)
+        self._decided(int(item_id), seq, None)
+        return self.get(item_id)
+
+    # ------------------------------------------------------------------ reading
+    def get(self, item_id: int) -> ReviewItem:
+        """One item with its audit trail."""
+        with self._reading() as conn:
+            row = conn.execute(
+                self._q(f"SELECT {_COLUMNS} FROM {{items}} WHERE id = ?"), (int(item_id),)
+            ).fetchone()
+            if row is None:
+                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
+            audit = conn.execute(
+                self._q("SELECT at, event, actor, details FROM {audit} WHERE item_id = ? ORDER BY seq"),
+                (int(item_id),),
+            ).fetchall()
+        return _item(row, audit)
+
+    def list(
+        self, status: ReviewStatus | str | None = None, *, limit: int | None = None
+    ) -> builtins.list[ReviewItem]:
+        """Items, newest first, optionally only those with ``status``."""
+        sql = f"SELECT {_COLUMNS} FROM {{items}}"
+        args: builtins.list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            args.append(parse_status(status).value)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._reading() as conn:
+            rows = conn.execute(self._q(sql), args).fetchall()
+            audits: dict[int, builtins.list[Any]] = {}
+            if rows:
+                ids = [r[0] for r in rows]
+                marks = ",".join("?" * len(ids))
+                for a in conn.execute(
+                    self._q(
+                        f"SELECT item_id, at, event, actor, details FROM {{audit}} WHERE item_id IN ({marks}) "
+                        "ORDER BY seq"
+                    ),
+                    ids,
+                ).fetchall():
+                    audits.setdefault(a[0], []).append(a[1:])
+        return [_item(r, audits.get(r[0], [])) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of items by status."""
+        with self._reading() as conn:
+            rows = conn.execute(self._q("SELECT status, COUNT(*) FROM {items} GROUP BY status")).fetchall()
+        out = {s.value: 0 for s in ReviewStatus}
+        out.update({k: int(v) for k, v in rows})
+        return out
+
+    def __len__(self) -> int:
+        return sum(self.counts().values())
+
+    # ------------------------------------------------------------------ waiting, callbacks, export
+    def wait(self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> ReviewItem:
+        """Block until a reviewer decides (in any process); returns the resolved item.
+
+        Raises:
+            ReviewTimeoutError: ``timeout`` seconds passed and the item is still pending.
+            ReviewItemNotFoundError: No such item.
+        """
+        from ..errors import ReviewTimeoutError
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            token = self._change_token()
+            item = self.get(item_id)
+            if item.resolved:
+                return item
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ReviewTimeoutError(f"review item {item_id} is still pending after {timeout} s")
+            pause = (
+                poll_interval
+                if deadline is None
+                else min(poll_interval, max(0.0, deadline - time.monotonic()))
+            )
+            self._wait_for_change(item_id, pause, token)
+
+    async def await_decision(
+        self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
+    ) -> ReviewItem:
+        """Async :meth:`wait`: waits without blocking the event loop."""
+        from ..errors import ReviewTimeoutError
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            token = await asyncio.to_thread(self._change_token)
+            item = await asyncio.to_thread(self.get, item_id)
+            if item.resolved:
+                return item
+            if deadline is not None and loop.time() >= deadline:
+                raise ReviewTimeoutError(f"review item {item_id} is still pending after {timeout} s")
+            pause = (
+                poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - loop.time()))
+            )
+            await asyncio.to_thread(self._wait_for_change, item_id, pause, token)
+
+    def _fire(self, callbacks: Sequence[ResolvedCallback], item_ids: Sequence[int]) -> None:
+        for item_id in item_ids:
+            item = self.get(item_id)
+            for cb in callbacks:
+                try:
+                    cb(item)
+                except Exception:
+                    logger.exception("review on_resolved callback failed for item %s", item_id)
+
+    def export(
+        self,
+        fmt: Literal["jsonl", "csv"] = "jsonl",
+        *,
+        status: ReviewStatus | str | None = None,
+        file: io.TextIOBase | Any | None = None,
+    ) -> str:
+        """Items (oldest first) as JSONL (full items, audit included) or CSV (one row per item, scores as columns).
+
+        Returns the text; also writes it to ``file`` when given.
+        """
+        if fmt not in ("jsonl", "csv"):
+            raise ConfigurationError(f"export format must be 'jsonl' or 'csv', got {fmt!r}")
+        text = export_items(builtins.list(reversed(self.list(status))), fmt)
+        if file is not None:
+            file.write(text)
+        return text
+
+    def __enter__(self: _Q) -> _Q:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SQLiteReviewQueue(ReviewQueueBase):
     """The review queue in one SQLite file: WAL, one transaction per change, owner-only permissions.
 
     Safe to share between threads and processes (SQLite locking; writers wait up to ``timeout`` s).
@@ -275,6 +859,10 @@ class SQLiteReviewQueue:
         self._closed = False
         self._conn = self._open(timeout, create)
 
+    @property
+    def _where(self) -> str:
+        return str(self.path)
+
     # ------------------------------------------------------------------ opening
     def _open(self, timeout: float, create: bool) -> sqlite3.Connection:
         if self.path.is_dir():
@@ -285,7 +873,7 @@ class SQLiteReviewQueue:
         if existed:
             self._check_header()
         elif not create:
-            raise ReviewQueueError(f"review database {self.path} does not exist")
+            raise ReviewQueueMissingError(f"review database {self.path} does not exist")
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -326,6 +914,8 @@ class SQLiteReviewQueue:
                         f"{self.path} is missing review tables; it was left untouched"
                     )
                 conn.execute("PRAGMA journal_mode = WAL")
+                if version < SCHEMA_VERSION:
+                    self._migrate(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
         except ReviewQueueError:
@@ -369,6 +959,31 @@ class SQLiteReviewQueue:
                 conn.execute("ROLLBACK")
             raise
 
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring a version-1 file to the current schema in one transaction (the items table is rebuilt:
+        SQLite cannot widen a CHECK constraint in place). Existing items become review items (p = 1)."""
+        conn.execute("PRAGMA foreign_keys = OFF")  # the rebuild drops the table the audit refers to
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated it between our read and the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return
+            table = _SCHEMA.split(";")[0].replace("CREATE TABLE items", "CREATE TABLE items_v2", 1)
+            conn.execute(table)
+            old = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
+            conn.execute(f"INSERT INTO items_v2 ({old}) SELECT {old} FROM items")
+            conn.execute("DROP TABLE items")
+            conn.execute("ALTER TABLE items_v2 RENAME TO items")
+            conn.execute("CREATE INDEX items_status ON items(status)")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        logger.info("review database %s migrated to schema version %d", self.path, SCHEMA_VERSION)
+
     def _harden_permissions(self) -> None:
         for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             with contextlib.suppress(FileNotFoundError, PermissionError):
@@ -393,254 +1008,24 @@ class SQLiteReviewQueue:
                     conn.execute("ROLLBACK")
                 raise
 
-    # ------------------------------------------------------------------ writing
-    def enqueue(
-        self,
-        messages: Messages,
-        answer: str,
-        *,
-        result: ScoreResult | None = None,
-        confidence: float | None = None,
-        rule: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Add an answer for review; returns its id once it is durably stored.
+    def _insert_returning(self, conn: Any, sql: str, params: Sequence[Any], column: str) -> int:
+        return int(conn.execute(sql, params).lastrowid or 0)
 
-        Raises:
-            ConfigurationError: ``answer`` is not a string, or ``metadata`` is not JSON-serialisable.
-            ScoringError: ``messages`` is malformed (see :func:`~semgrad_guard.messages.normalize_messages`).
-        """
-        if not isinstance(answer, str):
-            raise ConfigurationError(
-                f"enqueue(answer=...) must be a string, got {type(answer).__name__}; "
-                "queue the answer text (str(...) it first if it is an object)"
-            )
-        if confidence is not None and not isinstance(confidence, (int, float)):
-            raise ConfigurationError(
-                f"enqueue(confidence=...) must be a number or None, got {type(confidence).__name__}"
-            )
-        chat = normalize_messages(messages)
-        try:
-            meta_json = json.dumps(dict(metadata or {}), default=str)
-        except (TypeError, ValueError) as e:
-            raise ConfigurationError(f"review metadata must be JSON-serialisable: {e}") from e
-        now = _now()
-        with self._transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO items (created_at, messages, answer, result, confidence, rule, metadata) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    now,
-                    json.dumps(chat),
-                    answer,
-                    result.model_dump_json() if result is not None else None,
-                    confidence,
-                    rule,
-                    meta_json,
-                ),
-            )
-            item_id = int(cur.lastrowid or 0)
-            conn.execute(
-                "INSERT INTO audit (item_id, at, event, actor, details) VALUES (?, ?, 'created', NULL, ?)",
-                (item_id, now, json.dumps({"rule": rule})),
-            )
-        return item_id
+    def _reading(self) -> contextlib.AbstractContextManager[Any]:
+        return self._read()
 
-    def approve(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
-        """Approve the answer as it is.
-
-        Raises:
-            AlreadyDecidedError: The item was decided already (by anyone, in any process).
-            ReviewItemNotFoundError: No such item.
-        """
-        return self._decide(item_id, ReviewStatus.APPROVED, reviewer, note, None)
-
-    def reject(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
-        """Reject the answer (the pipeline abstains)."""
-        return self._decide(item_id, ReviewStatus.REJECTED, reviewer, note, None)
-
-    def edit(
-        self, item_id: int, *, answer: str, reviewer: str | None = None, note: str | None = None
-    ) -> ReviewItem:
-        """Replace the answer with the reviewer's."""
-        if not isinstance(answer, str):
-            raise ConfigurationError("edit(answer=...) must be a string")
-        return self._decide(item_id, ReviewStatus.EDITED, reviewer, note, answer)
-
-    def reopen(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
-        """Put a decided item back to pending so it can be decided again (an explicit, audited action).
-
-        The previous decision stays in the audit trail (event ``reopened``, with what was undone).
-
-        Raises:
-            ReviewItemNotFoundError: No such item.
-            ReviewQueueError: The item is still pending (nothing to re-open).
-        """
-        now = _now()
-        with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT status, reviewer, decided_at, final_answer FROM items WHERE id = ?", (int(item_id),)
-            ).fetchone()
-            if row is None:
-                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self.path}")
-            previous, prev_reviewer, prev_at, prev_final = row
-            cur = conn.execute(
-                "UPDATE items SET status = 'pending', reviewer = NULL, decided_at = NULL, final_answer = NULL, "
-                "note = NULL WHERE id = ? AND status != 'pending'",
-                (int(item_id),),
-            )
-            if cur.rowcount != 1:
-                raise ReviewQueueError(f"review item {item_id} is pending; there is no decision to re-open")
-            details: dict[str, Any] = {
-                "from": previous,
-                "to": ReviewStatus.PENDING.value,
-                "undone": {"status": previous, "reviewer": prev_reviewer, "decided_at": prev_at},
-            }
-            if prev_final is not None:
-                details["undone"]["final_answer"] = prev_final
-            if note:
-                details["note"] = note
-            conn.execute(
-                "INSERT INTO audit (item_id, at, event, actor, details) VALUES (?, ?, 'reopened', ?, ?)",
-                (int(item_id), now, reviewer, json.dumps(details)),
-            )
-        return self.get(item_id)
-
-    def _decide(
-        self,
-        item_id: int,
-        status: ReviewStatus,
-        reviewer: str | None,
-        note: str | None,
-        new_answer: str | None,
-    ) -> ReviewItem:
-        now = _now()
-        with self._transaction() as conn:
-            row = conn.execute("SELECT answer FROM items WHERE id = ?", (int(item_id),)).fetchone()
-            if row is None:
-                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self.path}")
-            final = row[0] if status is ReviewStatus.APPROVED else new_answer
-            # Compare-and-set on the pending state: only one decision can ever move an item out of it.
-            cur = conn.execute(
-                "UPDATE items SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ? "
-                "WHERE id = ? AND status = 'pending'",
-                (status.value, reviewer, now, final, note, int(item_id)),
-            )
-            if cur.rowcount != 1:
-                done = conn.execute(
-                    "SELECT status, reviewer, decided_at FROM items WHERE id = ?", (int(item_id),)
-                ).fetchone()
-                raise AlreadyDecidedError(int(item_id), done[0], done[1], done[2], attempted=_VERBS[status])
-            details: dict[str, Any] = {"from": ReviewStatus.PENDING.value, "to": status.value}
-            if new_answer is not None:
-                details["answer"] = new_answer
-            if note:
-                details["note"] = note
-            conn.execute(
-                "INSERT INTO audit (item_id, at, event, actor, details) VALUES (?, ?, ?, ?, ?)",
-                (int(item_id), now, status.value, reviewer, json.dumps(details)),
-            )
-        self._dispatch()
-        return self.get(item_id)
-
-    # ------------------------------------------------------------------ reading
-    def get(self, item_id: int) -> ReviewItem:
-        """One item with its audit trail."""
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            row = self._conn.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (int(item_id),)).fetchone()
-            if row is None:
-                raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self.path}")
-            audit = self._conn.execute(
-                "SELECT at, event, actor, details FROM audit WHERE item_id = ? ORDER BY seq", (int(item_id),)
-            ).fetchall()
-        return _item(row, audit)
+            if self._closed:
+                raise ReviewQueueError("review queue is closed")
+            yield self._conn
 
-    def list(
-        self, status: ReviewStatus | str | None = None, *, limit: int | None = None
-    ) -> builtins.list[ReviewItem]:
-        """Items, newest first, optionally only those with ``status``."""
-        sql = f"SELECT {_COLUMNS} FROM items"
-        args: builtins.list[Any] = []
-        if status is not None:
-            try:
-                st = ReviewStatus(status)
-            except ValueError as e:
-                raise ConfigurationError(
-                    f"status must be one of {[s.value for s in ReviewStatus]}, got {status!r}"
-                ) from e
-            sql += " WHERE status = ?"
-            args.append(st.value)
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-            audits: dict[int, builtins.list[Any]] = {}
-            if rows:
-                ids = [r[0] for r in rows]
-                marks = ",".join("?" * len(ids))
-                for a in self._conn.execute(
-                    f"SELECT item_id, at, event, actor, details FROM audit WHERE item_id IN ({marks}) ORDER BY seq",
-                    ids,
-                ):
-                    audits.setdefault(a[0], []).append(a[1:])
-        return [_item(r, audits.get(r[0], [])) for r in rows]
+    def _decided(self, item_id: int, seq: int, conn: Any | None) -> None:
+        if conn is None:
+            self._dispatch()  # decisions made through this object fire at once
 
-    def counts(self) -> dict[str, int]:
-        """Number of items by status."""
-        with self._lock:
-            rows = self._conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
-        out = {s.value: 0 for s in ReviewStatus}
-        out.update({k: int(v) for k, v in rows})
-        return out
-
-    def __len__(self) -> int:
-        return sum(self.counts().values())
-
-    # ------------------------------------------------------------------ waiting and callbacks
-    def wait(self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0) -> ReviewItem:
-        """Block until a reviewer decides (in any process); returns the resolved item.
-
-        Raises:
-            ReviewTimeoutError: ``timeout`` seconds passed and the item is still pending.
-            ReviewItemNotFoundError: No such item.
-        """
-        from ..errors import ReviewTimeoutError
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            item = self.get(item_id)
-            if item.resolved:
-                return item
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ReviewTimeoutError(f"review item {item_id} is still pending after {timeout} s")
-            pause = (
-                poll_interval
-                if deadline is None
-                else min(poll_interval, max(0.0, deadline - time.monotonic()))
-            )
-            time.sleep(pause)
-
-    async def await_decision(
-        self, item_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
-    ) -> ReviewItem:
-        """Async :meth:`wait`: polls without blocking the event loop."""
-        from ..errors import ReviewTimeoutError
-
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            item = await asyncio.to_thread(self.get, item_id)
-            if item.resolved:
-                return item
-            if deadline is not None and loop.time() >= deadline:
-                raise ReviewTimeoutError(f"review item {item_id} is still pending after {timeout} s")
-            pause = (
-                poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - loop.time()))
-            )
-            await asyncio.sleep(pause)
-
+    # ------------------------------------------------------------------ callbacks
     def on_resolved(self, callback: ResolvedCallback, *, poll_interval: float = 1.0) -> None:
         """Call ``callback(item)`` whenever an item is approved, rejected or edited.
 
@@ -682,75 +1067,7 @@ class SQLiteReviewQueue:
                 return
             self._last_seq = int(rows[-1][0])
             callbacks = builtins.list(self._callbacks)
-        for _, item_id in rows:
-            item = self.get(item_id)
-            for cb in callbacks:
-                try:
-                    cb(item)
-                except Exception:
-                    logger.exception("review on_resolved callback failed for item %s", item_id)
-
-    # ------------------------------------------------------------------ export and lifecycle
-    def export(
-        self,
-        fmt: Literal["jsonl", "csv"] = "jsonl",
-        *,
-        status: ReviewStatus | str | None = None,
-        file: io.TextIOBase | Any | None = None,
-    ) -> str:
-        """Items (oldest first) as JSONL (full items, audit included) or CSV (one row per item, scores as columns).
-
-        Returns the text; also writes it to ``file`` when given.
-        """
-        if fmt not in ("jsonl", "csv"):
-            raise ConfigurationError(f"export format must be 'jsonl' or 'csv', got {fmt!r}")
-        items = builtins.list(reversed(self.list(status)))
-        if fmt == "jsonl":
-            text = "".join(item.model_dump_json() + "\n" for item in items)
-        else:
-            buf = io.StringIO()
-            from ..results import SCORE_FIELDS
-
-            cols = [
-                "id",
-                "created_at",
-                "status",
-                "rule",
-                "confidence",
-                *SCORE_FIELDS,
-                "question",
-                "answer",
-                "final_answer",
-                "reviewer",
-                "decided_at",
-                "note",
-                "messages",
-            ]
-            writer = csv.writer(buf)
-            writer.writerow(cols)
-            for it in items:
-                scores = it.result.scores() if it.result is not None else {}
-                writer.writerow(
-                    [
-                        it.id,
-                        it.created_at,
-                        it.status.value,
-                        it.rule or "",
-                        "" if it.confidence is None else it.confidence,
-                        *[scores.get(f, "") for f in SCORE_FIELDS],
-                        it.question,
-                        it.answer,
-                        it.final_answer or "",
-                        it.reviewer or "",
-                        it.decided_at or "",
-                        it.note or "",
-                        json.dumps(it.messages),
-                    ]
-                )
-            text = buf.getvalue()
-        if file is not None:
-            file.write(text)
-        return text
+        self._fire(callbacks, [int(r[1]) for r in rows])
 
     def close(self) -> None:
         """Stop the callback watcher and close the database."""
@@ -763,19 +1080,21 @@ class SQLiteReviewQueue:
                 self._closed = True
                 self._conn.close()
 
-    def __enter__(self) -> SQLiteReviewQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SQLiteReviewQueue({str(self.path)!r})"
 
 
-_VERBS = {ReviewStatus.APPROVED: "approve", ReviewStatus.REJECTED: "reject", ReviewStatus.EDITED: "edit"}
+_VERBS = {
+    ReviewStatus.APPROVED: "approve",
+    ReviewStatus.REJECTED: "reject",
+    ReviewStatus.EDITED: "edit",
+    ReviewStatus.CANNOT_TELL: "cannot_tell",
+}
 
-_COLUMNS = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
+_COLUMNS = (
+    "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, "
+    "note, metadata, kind, inclusion_probability, calibrator_version, policy_version"
+)
 
 
 def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
@@ -793,6 +1112,10 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
         final,
         note,
         meta,
+        kind,
+        inclusion,
+        cal_version,
+        policy_version,
     ) = row
     try:
         return ReviewItem(
@@ -809,9 +1132,67 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
             final_answer=final,
             note=note,
             metadata=json.loads(meta or "{}"),
+            kind=kind,
+            inclusion_probability=inclusion,
+            calibrator_version=cal_version,
+            policy_version=policy_version,
             audit=[
                 AuditEntry(at=a[0], event=a[1], actor=a[2], details=json.loads(a[3] or "{}")) for a in audit
             ],
         )
     except (ValueError, TypeError) as e:
         raise ReviewQueueCorruptError(f"review item {item_id} is malformed: {e}") from e
+
+
+def review_db_name(spec: str | os.PathLike[str] | None = None) -> str:
+    """How a queue spec is shown to people: the path, or the URL with its password as ``***``."""
+    from .postgres import is_postgres_url, redact_url
+
+    value = os.fspath(spec) if spec is not None else default_review_db()
+    return redact_url(value) if is_postgres_url(value) else str(Path(value).expanduser())
+
+
+def warn_if_password_in_url(spec: object, *, source: str = "--db") -> bool:
+    """Log a warning (and return True) when ``spec`` is a PostgreSQL URL with a password in it.
+
+    A password on a command line is visible to every user of the machine (``ps``) and lands in
+    shell history; the warning points to the ways libpq takes it instead.
+    """
+    from .postgres import is_postgres_url, url_password
+
+    if not (is_postgres_url(spec) and url_password(str(spec))):
+        return False
+    logger.warning(
+        "%s has a password in the PostgreSQL URL (visible in `ps` and shell history); leave it out and "
+        "set PGPASSWORD, a ~/.pgpass line, or ?service=NAME with a pg_service.conf entry instead",
+        source,
+    )
+    return True
+
+
+def open_review_queue(
+    spec: ReviewQueue | str | os.PathLike[str] | None = None, *, create: bool = True
+) -> ReviewQueue:
+    """The review queue ``spec`` names: the one way every entry point (Guard, adapters, CLI, service) opens one.
+
+    ``spec`` is a ready queue (returned as is), a ``postgresql://`` URL
+    (:class:`~semgrad_guard.review.postgres.PostgresReviewQueue`), a file path
+    (:class:`SQLiteReviewQueue`), or None: ``$SEMGRAD_GUARD_REVIEW_DB`` (a URL or a path), else
+    ``review.db`` in the user data dir. ``create=False`` refuses to create a queue that is not there.
+
+    Raises:
+        ReviewQueueError: the queue cannot be opened (the message names it without credentials).
+        MissingDependencyError: a URL was given and psycopg is not installed.
+    """
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        if isinstance(spec, ReviewQueue):
+            return spec
+        raise ConfigurationError(
+            f"a review queue is a path, a postgresql:// URL or a ReviewQueue, got {type(spec).__name__}"
+        )
+    from .postgres import PostgresReviewQueue, is_postgres_url
+
+    value = os.fspath(spec) if spec is not None else default_review_db()
+    if is_postgres_url(value):
+        return PostgresReviewQueue(value, create=create)
+    return SQLiteReviewQueue(value, create=create)

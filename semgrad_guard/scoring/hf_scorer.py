@@ -390,6 +390,13 @@ class SemGradScorer:
             raise ContextLengthError(len(x), len(y), self.context_window)
         self.profile.check_fits(self._adapter.num_layers, prompt_tokens=len(x))
 
+    def check(self, messages: Messages, answer: str) -> None:
+        """Raise what :meth:`score` would raise on this pair's input (chat, control tokens, context
+        length), without running the model: tokenizing only, so a batch can be refused before any scoring."""
+        chat, prompt_text, text, _, _ = self._prepare(messages, answer)
+        x = self._encode(prompt_text)
+        self._check_lengths(x, self._answer_ids(chat, text, x, prompt_text))
+
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, messages: Messages, answer: str) -> ScoreResult:
         """SemGrad and companions for one answer. ``messages``: a string or a list of role/content dicts."""
@@ -552,6 +559,10 @@ class SemGradScorer:
         # Decoded as is: a control token the model produced stays in the text it was scored with.
         text = self.tokenizer.decode(body, skip_special_tokens=False)
         flags = ["control_tokens"] if any(t in self._special_ids for t in body) else []
+        if y[-1] not in self.eos_token_ids:
+            # Cut at max_new_tokens (or the context): scored as returned, without an end-of-turn, so
+            # rescoring the text (which appends one) gives a slightly different score.
+            flags.append("truncated")
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; `past_key_values` before
         if cache is None:
             cache = getattr(out, "past_key_values", None)

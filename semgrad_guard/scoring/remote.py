@@ -195,6 +195,14 @@ class _Wire:
         )
 
 
+VERDICT_FIELDS = ("confidence", "action", "rule")
+"""The server's verdict in a score payload (what :meth:`RemoteScorer.score_with_verdict` returns)."""
+
+
+def _verdict_of(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: payload[k] for k in VERDICT_FIELDS if payload.get(k) is not None}
+
+
 class RemoteScorer:
     """A scorer whose model runs in ``semgrad-guard serve``: works wherever a scorer is accepted.
 
@@ -277,6 +285,24 @@ class RemoteScorer:
             return []
         data = await self._acall("/v1/score/batch", self._wire.batch_body(pairs))
         return [ScoreResult.model_validate(item["result"]) for item in data["items"]]
+
+    # ------------------------------------------------------------------ the server's verdict
+    def score_with_verdict(self, messages: Messages, answer: str) -> tuple[ScoreResult, dict[str, Any]]:
+        """The score and the server's verdict on it: ``{confidence, action, rule}`` as the service's
+        calibrator and policy gave them (keys only for what it holds; ``{}`` for a bare service).
+
+        What an adapter with no policy of its own reports, so a remote score carries the same verdict
+        as an in-process one (``SemGradCallbackHandler(RemoteScorer(...))`` uses it).
+        """
+        data = self._call("/v1/score", self._wire.score_body(messages, answer))
+        return ScoreResult.model_validate(data["result"]), _verdict_of(data)
+
+    async def ascore_with_verdict(
+        self, messages: Messages, answer: str
+    ) -> tuple[ScoreResult, dict[str, Any]]:
+        """Async :meth:`score_with_verdict`."""
+        data = await self._acall("/v1/score", self._wire.score_body(messages, answer))
+        return ScoreResult.model_validate(data["result"]), _verdict_of(data)
 
     # ------------------------------------------------------------------ GeneratingScorer
     def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:

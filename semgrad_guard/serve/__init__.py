@@ -16,7 +16,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(e.name or "fastapi", "serve", "semgrad-guard serve") from e
 
 from .app import ServiceState, build_state, create_app, error_body, model_info, status_of
-from .batching import MicroBatcher, ScoringBackend
+from .batching import MicroBatcher, ServiceBackend
 from .metrics import ServiceMetrics
 from .server import BackgroundServer, ServeProcess, free_port
 from .settings import ServeSettings, is_local_host
@@ -24,9 +24,9 @@ from .settings import ServeSettings, is_local_host
 __all__ = [
     "BackgroundServer",
     "MicroBatcher",
-    "ScoringBackend",
     "ServeProcess",
     "ServeSettings",
+    "ServiceBackend",
     "ServiceMetrics",
     "ServiceState",
     "build_state",

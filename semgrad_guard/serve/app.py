@@ -1,19 +1,20 @@
 """The FastAPI app: score, batch score, generate, OpenAI-compatible chat completions, models, health, metrics.
 
 Build it with :func:`create_app`; ``semgrad-guard serve`` runs it under uvicorn. The service never
-decides by itself: verdicts come from :func:`semgrad_guard.judge` (``/v1/score``) and the
-:class:`~semgrad_guard.Guard` (``/v1/chat/completions``), exactly as the adapters get them.
+decides by itself: verdicts come from the :class:`~semgrad_guard.Guard` (``Guard.judge`` for
+``/v1/score``, ``Guard.arun`` for ``/v1/chat/completions``), exactly as the adapters get them.
+
+Here: the state, the app, its error handlers and routes; the auth and limits in front of them are in
+:mod:`.gate`, the OpenAI wire format of chat completions in :mod:`.openai_wire`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -22,7 +23,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import errors
 from ..errors import (
@@ -34,13 +34,15 @@ from ..errors import (
 from ..guard.calibration import Calibrator
 from ..guard.guard import Guard
 from ..guard.outcomes import GuardResult
-from ..guard.policy import GuardPolicy, Verdict, judge
+from ..guard.policy import Action, GuardPolicy, Verdict
 from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
 from ..scorer import Scorer
-from .batching import MicroBatcher, ScoringBackend
+from .batching import MicroBatcher, ServiceBackend
+from .gate import INTERNAL_ERROR, Gate, clean_token
 from .metrics import ServiceMetrics
+from .openai_wire import flatten_content, score_headers, sse
 from .schemas import (
     BatchScoreRequest,
     ChatCompletionRequest,
@@ -52,10 +54,7 @@ from .settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-"""Routes answered without a bearer token (load balancers probe them)."""
-
-BackendFactory = Callable[[Scorer, ServeSettings, ServiceMetrics], ScoringBackend]
+BackendFactory = Callable[[Scorer, ServeSettings, ServiceMetrics], ServiceBackend]
 
 # Status codes of the typed errors (most specific class first; the first match in the MRO wins).
 ERROR_STATUS: dict[type[BaseException], int] = {
@@ -93,7 +92,7 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     }
     guard_result = getattr(exc, "guard_result", None)
     if isinstance(guard_result, GuardResult):
-        details["semgrad"] = _payload_of_guard(guard_result).to_json()
+        details["semgrad"] = _payload(guard_result.result, guard_result).to_json()
     return ErrorBody(type=type(exc).__name__, message=str(exc), details=details or None).model_dump(
         exclude_none=True
     )
@@ -106,7 +105,7 @@ class ServiceState:
 
     scorer: Scorer
     settings: ServeSettings
-    backend: ScoringBackend
+    backend: ServiceBackend
     metrics: ServiceMetrics
     calibrator: Calibrator | None = None
     policy: GuardPolicy | None = None
@@ -120,34 +119,6 @@ class ServiceState:
 
     def model_names(self) -> set[str]:
         return {self.model_id, *self.settings.model_aliases}
-
-
-class _BackendScorer:
-    """The Scorer the service's Guard uses: every pass goes through the backend's queue and worker."""
-
-    def __init__(self, scorer: Scorer, backend: ScoringBackend) -> None:
-        self._scorer = scorer
-        self._backend = backend
-        self.model_id = getattr(scorer, "model_id", None)
-        self.profile = getattr(scorer, "profile", None)
-
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
-        return self._scorer.score(messages, answer)
-
-    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        return self._scorer.score_batch(pairs)
-
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
-        return await self._backend.score(messages, answer)
-
-    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        return await self._backend.score_many(pairs)
-
-    def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        return self._scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
-
-    async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        return await self._backend.generate(messages, **generate_kwargs)
 
 
 def model_info(scorer: Scorer, calibrator: Calibrator | None, policy: GuardPolicy | None) -> dict[str, Any]:
@@ -183,9 +154,18 @@ def model_info(scorer: Scorer, calibrator: Calibrator | None, policy: GuardPolic
         "chat_template_hash": template_hash,
         "context_window": getattr(scorer, "context_window", None),
         "exgrad_mode": getattr(scorer, "exgrad_mode", None),
-        "policy": policy.model_dump(mode="json") if policy is not None else None,
+        "policy": _public_policy(policy) if policy is not None else None,
         "can_generate": callable(getattr(scorer, "generate", None)),
     }
+
+
+def _public_policy(policy: GuardPolicy) -> dict[str, Any]:
+    """The policy as ``/v1/models`` shows it: without the review database's path (a server-side detail)."""
+    out = policy.model_dump(mode="json")
+    review = out.get("review")
+    if isinstance(review, dict):
+        review.pop("path", None)
+    return out
 
 
 def build_state(
@@ -216,7 +196,7 @@ def build_state(
         )
     guard = None
     if the_policy is not None:
-        guard = Guard(scorer=_BackendScorer(scorer, backend), policy=the_policy, calibrator=calibrator)
+        guard = Guard(scorer=backend, policy=the_policy, calibrator=calibrator)
     state = ServiceState(
         scorer=scorer,
         settings=settings,
@@ -225,10 +205,12 @@ def build_state(
         calibrator=calibrator,
         policy=the_policy,
         guard=guard,
-        token=token or None,
+        token=clean_token(token),
         model_info=model_info(scorer, calibrator, the_policy),
     )
     metrics.queue_depth.set_function(backend.queue_depth)
+    if guard is not None:  # an automatic refit (review.refit_every) also reaches /v1/score
+        guard.on_calibrator_change(lambda cal: setattr(state, "calibrator", cal))
     return state
 
 
@@ -252,7 +234,7 @@ def create_app(
             behind ``/v1/chat/completions``.
         token: Bearer token required on every route but ``/healthz`` and ``/readyz`` (None: open).
         settings: Limits and batching (:class:`ServeSettings`).
-        backend_factory: ``(scorer, settings, metrics) -> ScoringBackend`` replacing the
+        backend_factory: ``(scorer, settings, metrics) -> ServiceBackend`` replacing the
             :class:`MicroBatcher` (e.g. a Ray Serve ``@serve.batch`` backend).
 
     The state is at ``app.state.semgrad`` (a :class:`ServiceState`, once loaded).
@@ -285,14 +267,18 @@ def create_app(
         app.state.semgrad = holder.load_now()
     _install_error_handlers(app)
     _install_routes(app, holder)
-    app.add_middleware(_Gate, holder=holder)
+    app.add_middleware(Gate, holder=holder)
     return app
 
 
 def _version() -> str:
-    from .. import __version__
+    # From the installed distribution, not the package face (the service never imports semgrad_guard).
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("semgrad-guard")
+    except PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, not installed
+        return "0+unknown"
 
 
 class _StateHolder:
@@ -302,7 +288,7 @@ class _StateHolder:
         self._scorer = scorer
         self._kwargs = kwargs
         self.settings: ServeSettings = kwargs["settings"]
-        self.token: str | None = kwargs["token"] or None
+        self.token: str | None = clean_token(kwargs["token"])
         self.state: ServiceState | None = None
         self.load_error: BaseException | None = None
         self._lock: asyncio.Lock | None = None
@@ -326,119 +312,6 @@ class _StateHolder:
                     raise
         assert self.state is not None
         return self.state
-
-
-# ---------------------------------------------------------------------------------------------- gate
-class _Gate:
-    """Pure ASGI middleware: metrics for every request, the bearer token, and the request-size bound.
-
-    The body is read here (at most ``max_body_bytes``, with or without Content-Length) and replayed to
-    the app, so an oversize body is refused before any JSON parsing.
-    """
-
-    def __init__(self, app: ASGIApp, holder: _StateHolder) -> None:
-        self.app = app
-        self.holder = holder
-        self.metrics_fallback = ServiceMetrics()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = [500]
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self._handle(scope, receive, sending)
-        finally:
-            state = self.holder.state
-            metrics = state.metrics if state is not None else self.metrics_fallback
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            metrics.observe_request(path, scope.get("method", ""), status[0], time.perf_counter() - t0)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.holder.token
-        if token is not None and scope["path"] not in OPEN_PATHS and not _authorised(scope, token):
-            denied = ErrorBody(
-                type="ServiceAuthError",
-                message="missing or wrong bearer token: send 'Authorization: Bearer <token>' (the server's "
-                "SEMGRAD_GUARD_TOKEN or --token-file)",
-            )
-            await _send_json(send, 401, denied.model_dump(exclude_none=True), {"www-authenticate": "Bearer"})
-            self._count_error("ServiceAuthError")
-            return
-        limit = self.holder.settings.max_body_bytes
-        declared = _header(scope, b"content-length")
-        too_large = ErrorBody(
-            type="RequestTooLargeError",
-            message=f"the request body is over the service's limit of {limit} bytes; send less (fewer "
-            "items, shorter texts) or raise max_body_bytes (--max-body-bytes)",
-        ).model_dump(exclude_none=True)
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_json(send, 413, too_large)
-            self._count_error("RequestTooLargeError")
-            return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send_json(send, 413, too_large)
-                self._count_error("RequestTooLargeError")
-                return
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _count_error(self, name: str) -> None:
-        state = self.holder.state
-        (state.metrics if state is not None else self.metrics_fallback).errors.labels(type=name).inc()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _authorised(scope: Scope, token: str) -> bool:
-    given = _header(scope, b"authorization") or ""
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())
-
-
-async def _send_json(
-    send: Send, status: int, body: Mapping[str, Any], headers: Mapping[str, str] = {}
-) -> None:
-    raw = json.dumps(body).encode()
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    head += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": raw})
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -484,8 +357,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("internal error on %s", request.url.path, exc_info=exc)
         count(request, "InternalServerError")
-        body = ErrorBody(type="InternalServerError", message="internal error; the server log has the details")
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=500)
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
 
     app.add_exception_handler(SemGradGuardError, typed)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -495,6 +367,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------------------------------------- routes
 def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
+    from .calibrator_state import install_admin_routes
+
+    install_admin_routes(app, holder)
+
     async def state_of() -> ServiceState:
         return await holder.get()
 
@@ -548,7 +424,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         state = await state_of()
         _check_model(state, request.model)
         chat = _pair(state, request, where="")
-        result = await state.backend.score(chat, request.answer)
+        result = await state.backend.ascore(chat, request.answer)
         return _judged(state, result).to_json()
 
     @app.post("/v1/score/batch", tags=["score"])
@@ -565,10 +441,9 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         for i, item in enumerate(request.items):
             _check_model(state, item.model)
             pairs.append((_pair(state, item, where=f"items[{i}]: "), item.answer))
-        try:
-            results = await state.backend.score_many(pairs)
-        except ScoringError as e:
-            raise _prefixed(e, pairs, state) from e
+        # Every item is checked (template, control tokens, context) before any is scored, off the loop.
+        await _off_loop(state, _check_items, state.scorer, pairs)
+        results = await state.backend.ascore_batch(pairs)
         return {"items": [_judged(state, r).to_json() for r in results]}
 
     @app.post("/v1/generate", tags=["score"])
@@ -577,6 +452,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         state = await state_of()
         _check_model(state, request.model)
         _check_can_generate(state)
+        _check_generate_unreviewed(state)
         chat = normalize_messages(request.messages)
         # Unset: the scorer's own default, as an in-process generate() would use (RemoteScorer parity).
         kwargs: dict[str, Any] = {
@@ -590,7 +466,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 kwargs["top_p"] = request.top_p
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        text, result = await state.backend.generate(chat, **kwargs)
+        text, result = await state.backend.agenerate(chat, **kwargs)
         return {"answer": text, "semgrad": _judged(state, result).to_json()}
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
@@ -605,7 +481,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 f"this service does not support {', '.join(unsupported)} in chat completions; leave "
                 f"{'it' if len(unsupported) == 1 else 'them'} out"
             )
-        chat = normalize_messages([_flatten_content(m, i) for i, m in enumerate(request.messages)])
+        chat = normalize_messages([flatten_content(m, i) for i, m in enumerate(request.messages)])
         max_new = _new_tokens(state, request.max_completion_tokens or request.max_tokens)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new}
         if request.temperature:  # None or 0: greedy
@@ -614,11 +490,15 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 kwargs["top_p"] = request.top_p
         if request.seed is not None:
             kwargs["seed"] = request.seed
-        text, payload = await _complete(state, chat, kwargs)
+        text, payload, model_text = await _complete(state, chat, kwargs)
         result = payload.result
-        finish = "length" if result is not None and result.answer_tokens >= max_new else "stop"
-        headers = _score_headers(state, payload)
-        usage = _usage(payload)
+        returned_model_text = model_text is not None and text == model_text
+        # "length" only when the returned text is the model's and generation was cut (no end-of-turn).
+        finish = (
+            "length" if returned_model_text and result is not None and "truncated" in result.flags else "stop"
+        )
+        headers = score_headers(state.model_id, payload)
+        usage = _usage(state, payload, None if returned_model_text else text)
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         if not request.stream:
@@ -641,7 +521,7 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
             return JSONResponse(body, headers=headers)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return StreamingResponse(
-            _sse(cid, created, state.model_id, text, finish, payload, usage if include_usage else None),
+            sse(cid, created, state.model_id, text, finish, payload, usage if include_usage else None),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
@@ -665,6 +545,18 @@ def _check_can_generate(state: ServiceState) -> None:
         )
 
 
+def _check_generate_unreviewed(state: ServiceState) -> None:
+    allowed = state.settings.generate_unreviewed
+    if allowed is None:
+        allowed = state.policy is None or not any(r.action == Action.REVIEW for r in state.policy.rules)
+    if not allowed:
+        raise ConfigurationError(
+            "this service's policy sends answers to human review, and /v1/generate would hand them out "
+            "unreviewed; use /v1/chat/completions (which withholds them), or start the service with "
+            "--generate-unreviewed"
+        )
+
+
 def _pair(state: ServiceState, item: ScoreRequest, *, where: str) -> list[dict[str, Any]]:
     limit = state.settings.max_answer_chars
     if len(item.answer) > limit:
@@ -681,17 +573,26 @@ def _pair(state: ServiceState, item: ScoreRequest, *, where: str) -> list[dict[s
         raise type(e)(f"{where}{e}") from e
 
 
-def _prefixed(e: ScoringError, pairs: list[Any], state: ServiceState) -> ScoringError:
-    """Name the failing item: score each alone (only on this error path) to find which one failed."""
-    for i, pair in enumerate(pairs):
+def _check_items(scorer: Scorer, pairs: Sequence[tuple[Messages, str]]) -> None:
+    """What scoring would refuse in any item, before the model runs (the scorer's ``check``, if it has one)."""
+    check = getattr(scorer, "check", None)
+    if not callable(check):
+        return
+    for i, (messages, answer) in enumerate(pairs):
         try:
-            state.scorer.score_batch([pair])
-        except ScoringError:
-            e.args = (f"items[{i}]: {e}",)
-            break
-        except Exception:
-            break
-    return e
+            check(messages, answer)
+        except ScoringError as e:
+            e.args = (f"items[{i}]: {e}", *e.args[1:])
+            raise
+
+
+async def _off_loop(state: ServiceState, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on the backend's worker thread when it has one (the tokenizer is not shared across
+    threads), else in a thread: never on the event loop."""
+    run = getattr(state.backend, "run", None)
+    if callable(run):
+        return await run(fn, *args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _new_tokens(state: ServiceState, asked: int | None, *, default: int | None = None) -> int:
@@ -715,141 +616,54 @@ def _scorer_default_new_tokens(state: ServiceState) -> int | None:
     return default if isinstance(default, int) else None
 
 
-def _flatten_content(message: Mapping[str, Any], i: int) -> dict[str, Any]:
-    """OpenAI content parts (``[{"type": "text", "text": ...}]``) as one string; other part types are refused."""
-    out = dict(message)
-    content = out.get("content")
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if (
-                not isinstance(part, Mapping)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-                raise ScoringError(
-                    f"messages[{i}].content[{j}] is a {kind!r} part; this service takes text only"
-                )
-            texts.append(part["text"])
-        out["content"] = "".join(texts)
-    return out
-
-
 def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
-    verdict: Verdict | None = None
-    confidence = None
-    if state.policy is not None:
-        verdict = judge(state.policy, result, state.calibrator)
+    """The payload for a score: the Guard's verdict under a policy, else the calibrated confidence."""
+    if state.guard is not None:
+        verdict: Verdict = state.guard.judge(result)
         state.metrics.decisions.labels(action=verdict.action.value).inc()
-    elif state.calibrator is not None:
-        confidence = float(state.calibrator.confidence(result))
-    fields: dict[str, Any] = {"source": "service"}
-    if verdict is None and confidence is not None:
-        fields["confidence"] = confidence
-    return ScorePayload.of(result, verdict, **fields)
+        return _payload(result, verdict)
+    calibrator = state.calibrator  # read once: a reload mid-request must not mix two calibrators
+    if calibrator is not None:
+        return _payload(
+            result,
+            confidence=float(calibrator.confidence(result)),
+            calibrator_version=calibrator.fingerprint,
+        )
+    return _payload(result)
 
 
-def _payload_of_guard(result: GuardResult) -> ScorePayload:
-    return ScorePayload(
-        result=result.result,
-        confidence=result.confidence,
-        action=result.action.value,
-        rule=result.rule,
-        review_id=result.review_id,
-        attempts=len(result.attempts),
-        source="service",
-    )
+def _payload(result: ScoreResult | None, verdict: Any = None, **fields: Any) -> ScorePayload:
+    return ScorePayload.of(result, verdict, source="service", **fields)
 
 
 async def _complete(
     state: ServiceState, chat: list[dict[str, Any]], kwargs: dict[str, Any]
-) -> tuple[str, ScorePayload]:
+) -> tuple[str, ScorePayload, str | None]:
+    """``(text returned, payload, the model's text the payload scored)``: they differ when the guard
+    abstained or withheld the answer for review."""
     if state.guard is None:
-        text, result = await state.backend.generate(chat, **kwargs)
-        return text, _judged(state, result)
+        text, result = await state.backend.agenerate(chat, **kwargs)
+        return text, _judged(state, result), text
 
     async def generate(messages: list[dict[str, Any]], ctx: Any) -> tuple[str, ScoreResult]:
         # The request's settings, then what a retry strategy changes (temperature, seed, ...).
-        return await state.backend.generate(messages, **{**kwargs, **ctx.generate_kwargs})
+        return await state.backend.agenerate(messages, **{**kwargs, **ctx.generate_kwargs})
 
     guarded = await state.guard.arun(chat, generate, metadata={"source": "service"})
     state.metrics.decisions.labels(action=guarded.action.value).inc()
-    return guarded.answer, _payload_of_guard(guarded)
+    scored = next((a.answer for a in guarded.attempts if a.result is guarded.result), None)
+    return guarded.answer, _payload(guarded.result, guarded), scored
 
 
-def _usage(payload: ScorePayload) -> dict[str, int]:
+def _usage(state: ServiceState, payload: ScorePayload, replaced: str | None) -> dict[str, int]:
+    """OpenAI usage of what is returned: the scored answer's tokens, or, when the guard replaced the
+    answer (``replaced``: the abstention or pending message), that text's tokens."""
     r = payload.result
     prompt = r.prompt_tokens if r is not None else 0
     completion = r.answer_tokens if r is not None else 0
+    if replaced is not None:
+        tokenizer = getattr(state.scorer, "tokenizer", None)
+        encode = getattr(tokenizer, "encode", None)
+        # A short fixed message: tokenizing it on the loop costs microseconds.
+        completion = len(encode(replaced, add_special_tokens=False)) if callable(encode) else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _ascii(value: Any) -> str:
-    return str(value).encode("ascii", "backslashreplace").decode("ascii")
-
-
-def _score_headers(state: ServiceState, payload: ScorePayload) -> dict[str, str]:
-    """The key numbers as headers (for clients that see headers but not extra JSON fields: ChatOpenAI)."""
-    headers = {"x-semgrad-model": _ascii(state.model_id)}
-    if payload.result is not None:
-        headers["x-semgrad-semgrad"] = repr(payload.result.semgrad)
-    if payload.confidence is not None:
-        headers["x-semgrad-confidence"] = repr(payload.confidence)
-    if payload.action is not None:
-        headers["x-semgrad-action"] = payload.action
-    if payload.rule is not None:
-        headers["x-semgrad-rule"] = _ascii(payload.rule)
-    if payload.review_id is not None:
-        headers["x-semgrad-review-id"] = str(payload.review_id)
-    headers["x-semgrad-payload"] = json.dumps(payload.to_json(), separators=(",", ":"), ensure_ascii=True)
-    return headers
-
-
-async def _sse(
-    cid: str,
-    created: int,
-    model: str,
-    text: str,
-    finish: str,
-    payload: ScorePayload,
-    usage: dict[str, int] | None,
-) -> AsyncIterator[bytes]:
-    """The answer as OpenAI chunks; the guard decided before the first byte, the score rides on the last chunk."""
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "delta": delta,
-            "finish_reason": finish_reason,
-            "logprobs": None,
-        }
-        choice.update(extra)
-        body: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-        }
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in _pieces(text):
-        yield chunk({"content": piece})
-    yield chunk({}, finish, semgrad=payload.to_json())
-    if usage is not None:
-        tail = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        yield b"data: " + json.dumps(tail).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
-
-
-def _pieces(text: str, size: int = 64) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests are scored together, in one worker thread, not N threads.
 
-:class:`ScoringBackend` is what the app needs from whatever runs the model. :class:`MicroBatcher` is
-the single-process one: a bounded queue, a collector that waits at most ``max_wait_ms`` for a batch to
+A :class:`ServiceBackend` is what the app needs from whatever runs the model: the core
+:class:`~semgrad_guard.GeneratingScorer` protocol (its async methods go through the queue) plus the
+queue's depth and a close. :class:`MicroBatcher` is the single-process one: a bounded queue, a collector that waits at most ``max_wait_ms`` for a batch to
 fill up to ``max_batch_size``, and one worker thread that runs ``score_batch`` (and, one at a time,
 ``generate``), so requests never fight over the cores. A Ray Serve deployment can supply its own
 backend (``@serve.batch`` around ``score_batch``) through ``create_app(backend_factory=...)``.
@@ -18,27 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..errors import ServiceUnavailableError
+from ..errors import SemGradGuardError, ServiceUnavailableError
 from ..messages import Messages
 from ..results import ScoreResult
-from ..scorer import Scorer
+from ..scorer import GeneratingScorer, Scorer
 
 
 @runtime_checkable
-class ScoringBackend(Protocol):
-    """Runs the model for the app: scores (batched as it sees fit) and generations."""
-
-    async def score(self, messages: Messages, answer: str) -> ScoreResult:
-        """Score one pair."""
-        ...
-
-    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        """Score several pairs, admitted all together or refused all together (503)."""
-        ...
-
-    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        """Generate and score one answer."""
-        ...
+class ServiceBackend(GeneratingScorer, Protocol):
+    """Runs the model for the app: the scorer protocol, whose async side is queued and batched as the
+    backend sees fit (``ascore_batch``: admitted all together or refused all together, 503), plus:"""
 
     def queue_depth(self) -> int:
         """Requests waiting for the model."""
@@ -84,6 +74,39 @@ def score_batch_isolating(
     return out
 
 
+RELEASE_AFTER_TOKENS = 256
+"""Answer tokens in one pass from which the worker hands freed memory back to the system afterwards."""
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def release_memory() -> bool:
+    """Give freed heap memory back to the system (glibc's ``malloc_trim``); False where there is none.
+
+    The vocabulary-sized tensors of a long answer are freed after the pass, but glibc keeps the pages
+    for reuse, so the server's resident memory stays at its peak; trimming returns them.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _tokens_of(outcomes: Sequence[Any]) -> int:
+    return sum(getattr(o, "answer_tokens", 0) for o in outcomes if not isinstance(o, BaseException))
+
+
 BatchObserver = Callable[[str, int], None]
 """``observer(kind, size)``: called for every pass the worker runs (``"score"`` or ``"generate"``)."""
 
@@ -113,7 +136,7 @@ class MicroBatcher:
         >>> from semgrad_guard import MockScorer
         >>> batcher = MicroBatcher(MockScorer(lambda m, a: 0.25), max_batch_size=4)
         >>> async def main():
-        ...     rs = await asyncio.gather(*(batcher.score("q", f"a{i}") for i in range(4)))
+        ...     rs = await asyncio.gather(*(batcher.ascore("q", f"a{i}") for i in range(4)))
         ...     await batcher.aclose()
         ...     return [r.semgrad for r in rs]
         >>> asyncio.run(main())
@@ -131,6 +154,8 @@ class MicroBatcher:
         observer: BatchObserver | None = None,
     ) -> None:
         self.scorer = scorer
+        self.model_id = getattr(scorer, "model_id", None)
+        self.profile = getattr(scorer, "profile", None)
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -143,21 +168,40 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    # ------------------------------------------------------------------ public
-    async def score(self, messages: Messages, answer: str) -> ScoreResult:
-        (result,) = await self.score_many([(messages, answer)])
+    # ------------------------------------------------------------------ Scorer
+    def score(self, messages: Messages, answer: str) -> ScoreResult:
+        """The scorer's own ``score`` (direct: the queue is the async side)."""
+        return self.scorer.score(messages, answer)
+
+    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        """The scorer's own ``score_batch`` (direct)."""
+        return self.scorer.score_batch(pairs)
+
+    def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        """The scorer's own ``generate`` (direct)."""
+        return self.scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
+
+    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
+        """Score one pair through the queue (batched with other requests' pairs)."""
+        (result,) = await self.ascore_batch([(messages, answer)])
         return result
 
-    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        """Score pairs through the queue, admitted all together or refused all together (503)."""
         loop = self._start()
         jobs = [_Job("score", loop.create_future(), pair=(m, a)) for m, a in pairs]
         return list(await self._submit(jobs))
 
-    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+    async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        """Generate and score one answer on the worker thread, between score batches."""
         loop = self._start()
         job = _Job("generate", loop.create_future(), messages=messages, kwargs=dict(generate_kwargs))
         (out,) = await self._submit([job])
         return out  # type: ignore[no-any-return]
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the worker thread (between passes): checks that tokenize, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def queue_depth(self) -> int:
         return len(self._jobs)
@@ -188,11 +232,17 @@ class MicroBatcher:
         assert self._arrived is not None
         self._arrived.set()
         try:
-            return list(await asyncio.gather(*(j.future for j in jobs)))
+            outs = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
         except asyncio.CancelledError:
             for j in jobs:  # the client went away: do not score for nobody
                 j.future.cancel()
             raise
+        for i, out in enumerate(outs):
+            if isinstance(out, BaseException):
+                if len(jobs) > 1 and isinstance(out, SemGradGuardError) and out.args:
+                    out.args = (f"items[{i}]: {out.args[0]}", *out.args[1:])  # say which pair failed
+                raise out
+        return outs
 
     async def _next(self, timeout: float | None) -> _Job | None:
         assert self._arrived is not None
@@ -258,7 +308,16 @@ class MicroBatcher:
                 j.future.set_result(out)
 
     def _score_batch(self, pairs: list[Any]) -> list[ScoreResult | Exception]:
-        return score_batch_isolating(self.scorer, pairs)
+        outcomes = score_batch_isolating(self.scorer, pairs)
+        if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
+            release_memory()
+        return outcomes
+
+    def _generate(self, generate: Callable[..., Any], messages: Any, kwargs: dict[str, Any]) -> Any:
+        out = generate(messages, **kwargs)
+        if _tokens_of([out[1]]) >= RELEASE_AFTER_TOKENS:
+            release_memory()
+        return out
 
     async def _run_generate(self, job: _Job) -> None:
         if self._observer is not None:
@@ -269,7 +328,7 @@ class MicroBatcher:
             if generate is None:
                 raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")
             out = await loop.run_in_executor(
-                self._executor, functools.partial(generate, job.messages, **job.kwargs)
+                self._executor, self._generate, generate, job.messages, job.kwargs
             )
         except Exception as e:
             if not job.future.done():

@@ -42,7 +42,7 @@ APP_NAME = "semgrad-guard"
 
 
 class RayBatchBackend:
-    """A :class:`~semgrad_guard.serve.ScoringBackend` whose batching is Ray Serve's ``@serve.batch``.
+    """A :class:`~semgrad_guard.serve.ServiceBackend` whose batching is Ray Serve's ``@serve.batch``.
 
     Score requests wait in Ray's batch queue for at most ``max_wait_ms`` for up to ``max_batch_size``
     pairs; each batch runs ``score_batch`` on one worker thread (a pair that fails its batch is
@@ -54,6 +54,8 @@ class RayBatchBackend:
         self, scorer: Scorer, settings: ServeSettings, metrics: ServiceMetrics | None = None
     ) -> None:
         self.scorer = scorer
+        self.model_id = getattr(scorer, "model_id", None)
+        self.profile = getattr(scorer, "profile", None)
         self.max_queue = settings.max_queue
         self.retry_after_s = settings.retry_after_s
         self._observe = metrics.observe_pass if metrics is not None else None
@@ -71,11 +73,20 @@ class RayBatchBackend:
             max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.max_wait_ms / 1000.0
         )(score_list)
 
-    async def score(self, messages: Messages, answer: str) -> ScoreResult:
-        (result,) = await self.score_many([(messages, answer)])
+    def score(self, messages: Messages, answer: str) -> ScoreResult:
+        return self.scorer.score(messages, answer)
+
+    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        return self.scorer.score_batch(pairs)
+
+    def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+        return self.scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
+
+    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
+        (result,) = await self.ascore_batch([(messages, answer)])
         return result
 
-    async def score_many(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         self._admit(len(pairs))
         try:
             outs = await asyncio.gather(*(self._batched(pair) for pair in pairs))
@@ -88,7 +99,7 @@ class RayBatchBackend:
             results.append(out)
         return results
 
-    async def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+    async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
         generate = getattr(self.scorer, "generate", None)
         if generate is None:
             raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")

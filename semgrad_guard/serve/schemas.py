@@ -6,11 +6,31 @@ one payload every adapter writes, so a client reads it with :meth:`ScorePayload.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 ChatMessages = str | list[dict[str, Any]]
+
+MIN_TEMPERATURE = 1e-3
+"""Smallest sampling temperature (0 is greedy in chat completions): below it, logits / temperature
+overflows float32 and sampling draws from NaNs."""
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds ``torch.Generator.manual_seed`` takes."""
+
+
+def _temperature_bound(value: float | None) -> float | None:
+    if value is not None and 0.0 < value < MIN_TEMPERATURE:
+        raise ValueError(
+            f"temperature {value!r} is below the smallest sampling temperature {MIN_TEMPERATURE}; "
+            "send 0 (greedy) or at least that"
+        )
+    return value
+
+
+Seed = Annotated[StrictInt, Field(ge=SEED_MIN, le=SEED_MAX)]
+"""A sampling seed: an integer within ``[-2**63, 2**64 - 1]`` (torch's generator seeds)."""
+Temperature = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_temperature_bound)]
 
 
 class ErrorBody(BaseModel):
@@ -58,11 +78,11 @@ class GenerateRequest(BaseModel):
 
     messages: ChatMessages
     model: str | None = None
-    max_new_tokens: int | None = Field(default=None, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    max_new_tokens: StrictInt | None = Field(default=None, ge=1)
+    do_sample: StrictBool = False
+    temperature: Temperature = Field(default=1.0, gt=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: Seed | None = None
 
 
 class GenerateResponse(BaseModel):
@@ -77,7 +97,7 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -85,26 +105,36 @@ class ChatCompletionRequest(BaseModel):
 
     Fields OpenAI clients send by default and that change nothing here are accepted and ignored
     (``user``, ``metadata``, ``store``, ...); fields that would change the answer and are not supported
-    (``n`` > 1, ``tools``, ``stop``, ``logprobs``, ``response_format``) are refused with 400.
+    (``n`` > 1, ``tools``, ``stop``, ``logprobs``, penalties, ``logit_bias``, ...) are refused with 400
+    (docs/serve.md, "Chat-completion parameters", has the table).
     """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stream: bool = False
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: Temperature | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: Seed | None = None
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1)
+    n: StrictInt = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     response_format: dict[str, Any] | None = None
+    # Read only to refuse them when they would change the answer (see unsupported()).
+    frequency_penalty: float | None = Field(default=None, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, allow_inf_nan=False)
+    logit_bias: dict[str, Any] | None = None
+    top_logprobs: StrictInt | None = None
+    top_k: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
 
     def unsupported(self) -> list[str]:
         """Names of the given fields this service cannot honour."""
@@ -121,6 +151,22 @@ class ChatCompletionRequest(BaseModel):
             out.append("logprobs")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             out.append("response_format")
+        if self.frequency_penalty:
+            out.append("frequency_penalty (other than 0)")
+        if self.presence_penalty:
+            out.append("presence_penalty (other than 0)")
+        if self.logit_bias:
+            out.append("logit_bias")
+        if self.top_logprobs:
+            out.append("top_logprobs")
+        if self.top_k is not None:
+            out.append("top_k (not an OpenAI parameter; use top_p)")
+        if self.functions:
+            out.append("functions")
+        if self.function_call not in (None, "none", "auto"):
+            out.append("function_call")
+        if self.parallel_tool_calls is not None:
+            out.append("parallel_tool_calls (no tools are supported)")
         return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -14,12 +15,47 @@ from typing import Any
 
 import uvicorn
 
-from ..errors import ServiceUnavailableError
+from ..errors import ConfigurationError, ServiceUnavailableError
 
 
-def run(app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
-    """Serve ``app`` until interrupted (what ``semgrad-guard serve`` does)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: a free port), for :func:`run`; a taken port is a typed error.
+
+    Raises:
+        ConfigurationError: the port is in use or the address cannot be bound (the message says which).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts rebind at once
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"port {port} on {host} is already in use; stop what listens there, pick another --port, "
+                "or pass --port 0 for a free one"
+            ) from e
+        raise ConfigurationError(
+            f"cannot bind {host}:{port}: {e.strerror or e}; check --host and --port"
+        ) from e
+    return sock
+
+
+def address_of(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket (the real port when it was bound to 0)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run(
+    app: Any, host: str, port: int, *, log_level: str = "warning", sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` until interrupted (what ``semgrad-guard serve`` does), on ``sock`` when given
+    (from :func:`bind`), else on a socket bound to ``host:port`` here."""
+    sock = sock or bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    server.run(sockets=[sock])
 
 
 def free_port(host: str = "127.0.0.1") -> int:

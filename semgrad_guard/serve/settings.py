@@ -56,5 +56,10 @@ class ServeSettings(TypedConfig):
     """Most tokens one chat completion may generate; a larger max_tokens gets 400."""
     default_new_tokens: int = Field(default=256, ge=1)
     """Tokens generated when a chat completion request gives no max_tokens."""
+    generate_unreviewed: bool | None = None
+    """Whether ``/v1/generate`` hands out the model's answer unguarded. None (default): yes, unless the
+    policy has rules that send answers to review (then only ``/v1/chat/completions``, which withholds them)."""
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """Seconds a request body may take to arrive; a slower one gets 408 and its connection is closed."""
     model_aliases: list[str] = Field(default_factory=list)
     """Other names the served model answers to in requests' 'model' field (e.g. 'default')."""

@@ -22,9 +22,11 @@ from semgrad_guard import (
     GuardResult,
     MockScorer,
     RetriesExhaustedError,
+    ReviewQueue,
     ScoreResult,
     ScoringError,
     SQLiteReviewQueue,
+    open_review_queue,
     register_stop_exception,
 )
 
@@ -53,8 +55,9 @@ def raw_policy(**extra) -> GuardPolicy:
 
 
 @pytest.fixture
-def queue(tmp_path):
-    q = SQLiteReviewQueue(tmp_path / "review.db")
+def queue(review_db):
+    """The guard's review paths run against both backends (a SQLite file, a PostgreSQL database)."""
+    q = open_review_queue(review_db)
     yield q
     q.close()
 
@@ -521,14 +524,18 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
     )
     guard = Guard(policy, scorer=scorer, calibrator=cal)
     good, bad = scorer.score("q", "right"), scorer.score("q", "wrong")
-    assert guard.judge(good) == judge(policy, good, cal) == policy.decide(good, 1.0)
+    assert (
+        guard.judge(good)
+        == judge(policy, good, cal)
+        == policy.decide(good, 1.0).model_copy(update={"calibrator_version": cal.fingerprint})
+    )
     assert (guard.judge(good).action.value, guard.judge(good).rule, guard.judge(good).confidence) == (
         "accept",
         "ok",
         1.0,
     )
     assert guard.judge(bad).action.value == "abstain" and guard.judge(bad).confidence == 0.0
-    assert guard.judge(None) == Verdict(action="review", rule="on_error")
+    assert guard.judge(None) == Verdict(action="review", rule="on_error", calibrator_version=cal.fingerprint)
     # check() reports exactly the verdict
     r = guard.check("q", "right")
     assert (r.action, r.rule, r.confidence) == (Action.ACCEPT, "ok", 1.0)
@@ -627,3 +634,28 @@ def test_reviews_to_the_default_queue_say_where_they_go_once(tmp_path, monkeypat
         Guard(raw_policy(), scorer=scorer(), review_queue=given).check("q", "Nice")
         given.close()
     assert not [r for r in caplog.records if "review items go to" in r.getMessage()]
+
+
+def test_review_queue_named_by_a_url_a_path_the_policy_or_the_environment(
+    postgres_url, tmp_path, monkeypatch
+) -> None:
+    from semgrad_guard import PostgresReviewQueue
+
+    def queued_in(guard: Guard) -> ReviewQueue:
+        r = guard.check("Capital of France?", "Nice")
+        assert r.action is Action.REVIEW
+        assert guard.review_queue.get(r.review_id).answer == "Nice"
+        return guard.review_queue
+
+    assert isinstance(
+        queued_in(Guard(raw_policy(), scorer=scorer(), review_queue=postgres_url)), PostgresReviewQueue
+    )
+    path = tmp_path / "named.db"
+    assert isinstance(queued_in(Guard(raw_policy(), scorer=scorer(), review_queue=path)), SQLiteReviewQueue)
+    assert path.exists()
+    policy = raw_policy(review={"path": postgres_url})
+    assert isinstance(queued_in(Guard(policy, scorer=scorer())), PostgresReviewQueue)
+    monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", postgres_url)
+    assert isinstance(queued_in(Guard(raw_policy(), scorer=scorer())), PostgresReviewQueue)
+    with open_review_queue(postgres_url) as q:
+        assert len(q) == 3

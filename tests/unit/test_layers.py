@@ -155,3 +155,32 @@ def test_deciding_modules_import_no_torch():
     ]:
         mods = _imports(p)
         assert not any(m.split(".")[0] in ("torch", "transformers") for m in mods), p.name
+
+
+def test_no_module_imports_the_package_face():
+    # `from .. import X` (or `from semgrad_guard import X`) inside the package runs the whole face
+    # (every layer) and hides where X lives; import the module that defines it (submodules are fine).
+    submodules = {p.stem for p in CORE.glob("*.py")} | {p.name for p in CORE.iterdir() if p.is_dir()}
+    bad = []
+    for p in CORE.rglob("*.py"):
+        if p.parent == CORE and p.name in ("__init__.py", "__main__.py"):
+            continue
+        package = ".".join(p.relative_to(CORE.parent).with_suffix("").parts[:-1])
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                bad += [
+                    f"{p.relative_to(CORE)}: import {a.name}" for a in node.names if a.name == "semgrad_guard"
+                ]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join([*base, node.module] if node.module else base)
+                else:
+                    target = node.module or ""
+                if target == "semgrad_guard":
+                    bad += [
+                        f"{p.relative_to(CORE)}: from {target} import {a.name}"
+                        for a in node.names
+                        if a.name not in submodules
+                    ]
+    assert bad == []

@@ -1,16 +1,18 @@
-"""SQLite review queue: items, decisions, audit, waiting, callbacks, export, permissions, corruption, durability."""
+"""The review queue suite, run against every backend (SQLite file, PostgreSQL server): items, decisions,
+audit, waiting, callbacks, export, concurrency and durability under SIGKILL.
+
+Backend-specific behaviour (file permissions, corrupt files, schema refusal, credentials) is in
+test_review_sqlite.py and test_review_postgres.py."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import hashlib
 import io
 import json
 import os
 import signal
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -23,12 +25,11 @@ from semgrad_guard import (
     ConfigurationError,
     ReviewItemNotFoundError,
     ReviewQueue,
-    ReviewQueueCorruptError,
     ReviewQueueError,
     ReviewStatus,
     ReviewTimeoutError,
     ScoreResult,
-    SQLiteReviewQueue,
+    open_review_queue,
 )
 
 RESULT = ScoreResult(
@@ -46,8 +47,9 @@ RESULT = ScoreResult(
 
 
 @pytest.fixture
-def q(tmp_path):
-    queue = SQLiteReviewQueue(tmp_path / "review.db")
+def q(review_db):
+    """A fresh queue on each backend (``review_db`` is a path or a postgresql:// URL)."""
+    queue = open_review_queue(review_db)
     yield queue
     queue.close()
 
@@ -100,7 +102,7 @@ def test_list_filters_and_orders(q) -> None:
     assert [it.id for it in q.list("pending")] == [ids[4], ids[2], ids[0]]
     assert [it.id for it in q.list(ReviewStatus.REJECTED)] == [ids[1]]
     assert len(q.list(limit=2)) == 2
-    assert q.counts() == {"pending": 3, "approved": 1, "rejected": 1, "edited": 0}
+    assert q.counts() == {"pending": 3, "approved": 1, "rejected": 1, "edited": 0, "cannot_tell": 0}
     assert len(q) == 5
     with pytest.raises(ConfigurationError, match="status must be one of"):
         q.list("done")
@@ -143,71 +145,6 @@ def test_export_jsonl_and_csv(q, tmp_path) -> None:
         q.export("xml")  # type: ignore[arg-type]
 
 
-def test_database_and_journal_files_are_owner_only(tmp_path) -> None:
-    old = os.umask(0o022)
-    try:
-        path = tmp_path / "sub" / "review.db"
-        with SQLiteReviewQueue(path) as q:
-            q.enqueue("secret prompt", "answer")
-            files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
-            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.exists()}
-    finally:
-        os.umask(old)
-    assert modes[path.name] == 0o600
-    assert all(m & 0o077 == 0 for m in modes.values()), modes
-    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_non_sqlite_file_is_refused_and_left_untouched(tmp_path) -> None:
-    path = tmp_path / "notes.db"
-    path.write_bytes(b"these are my notes, not a database\n" * 100)
-    before = _digest(path)
-    with pytest.raises(ReviewQueueCorruptError, match="not an SQLite database"):
-        SQLiteReviewQueue(path)
-    assert _digest(path) == before
-
-
-def test_foreign_sqlite_database_is_refused_and_left_untouched(tmp_path) -> None:
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE users (name TEXT)")
-        conn.execute("INSERT INTO users VALUES ('ana')")
-    conn.close()
-    before = _digest(path)
-    with pytest.raises(ReviewQueueCorruptError, match="not a semgrad-guard review queue"):
-        SQLiteReviewQueue(path)
-    assert _digest(path) == before
-
-
-def test_corrupted_review_database_is_refused_and_left_untouched(tmp_path) -> None:
-    path = tmp_path / "review.db"
-    with SQLiteReviewQueue(path) as q:
-        for k in range(50):
-            q.enqueue("q", f"answer {k}" * 50)
-    with sqlite3.connect(path) as conn:  # fold the WAL back so the main file holds everything
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    data = bytearray(path.read_bytes())
-    data[100:4096] = os.urandom(4096 - 100)  # smash the schema page after the header
-    path.write_bytes(bytes(data))
-    before = _digest(path)
-    with pytest.raises(ReviewQueueCorruptError, match="left untouched"):
-        SQLiteReviewQueue(path)
-    assert _digest(path) == before
-
-
-def test_missing_database_without_create(tmp_path) -> None:
-    with pytest.raises(ReviewQueueError, match="does not exist"):
-        SQLiteReviewQueue(tmp_path / "nope.db", create=False)
-    assert not (tmp_path / "nope.db").exists()
-
-
 def test_wait_returns_the_decision_or_times_out(q) -> None:
     i = q.enqueue("q", "a")
     with pytest.raises(ReviewTimeoutError, match="still pending"):
@@ -236,7 +173,7 @@ async def test_await_decision_does_not_block_the_loop(q) -> None:
         await q.await_decision(q.enqueue("q", "b"), timeout=0.05, poll_interval=0.01)
 
 
-def test_on_resolved_fires_for_local_and_other_connection_decisions(q, tmp_path) -> None:
+def test_on_resolved_fires_for_local_and_other_connection_decisions(q, review_db) -> None:
     seen: list[tuple[int, str]] = []
     got = threading.Event()
 
@@ -251,7 +188,7 @@ def test_on_resolved_fires_for_local_and_other_connection_decisions(q, tmp_path)
     q.on_resolved(cb, poll_interval=0.02)
     q.reject(a)  # local: fires at once
     assert seen == [(a, "rejected")]
-    with SQLiteReviewQueue(q.path) as other:  # another connection (like the CLI in another process)
+    with open_review_queue(review_db) as other:  # another connection (like the CLI in another process)
         other.edit(b, answer="B")
     assert got.wait(5)
     assert seen == [(a, "rejected"), (b, "edited")]
@@ -265,9 +202,9 @@ def test_callback_errors_do_not_break_the_queue(q) -> None:
 
 _WRITER = r"""
 import sys
-from semgrad_guard.review.queue import SQLiteReviewQueue
+from semgrad_guard import open_review_queue
 path, tag, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-q = SQLiteReviewQueue(path)
+q = open_review_queue(path)
 print("ready", flush=True)
 if sys.argv[5:] == ["barrier"]:
     sys.stdin.readline()  # start together with the other writer
@@ -279,7 +216,7 @@ q.close()
 """
 
 
-def _spawn(path: Path, tag: str, count: int, size: int, *extra: str) -> subprocess.Popen[str]:
+def _spawn(path: str, tag: str, count: int, size: int, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(path), tag, str(count), str(size), *extra],
         stdin=subprocess.PIPE,
@@ -289,15 +226,16 @@ def _spawn(path: Path, tag: str, count: int, size: int, *extra: str) -> subproce
     )
 
 
-def _check_items_whole(path: Path) -> list:
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        created = conn.execute("SELECT COUNT(*) FROM audit WHERE event = 'created'").fetchone()[0]
-    conn.close()
-    with SQLiteReviewQueue(path) as q:
+def _check_items_whole(spec: str) -> list:
+    if not spec.startswith("postgresql://"):
+        with sqlite3.connect(spec) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+    with open_review_queue(spec) as q:
         items = q.list()
-    assert created == len(items)  # every item has its audit entry: no half-written change
     for it in items:
+        # every item has its one 'created' audit entry: no half-written change
+        assert [a.event for a in it.audit] == ["created"]
         tag_k = it.messages[0]["content"].removeprefix("question ")
         assert it.rule == tag_k.split("-")[0] and it.metadata["k"] == int(tag_k.split("-")[1])
         assert set(it.answer.split("|")[:-1]) == {tag_k}  # the whole body, not a prefix of it
@@ -305,8 +243,8 @@ def _check_items_whole(path: Path) -> list:
 
 
 @pytest.mark.slow
-def test_sigkill_during_enqueue_loses_no_acknowledged_item_and_leaves_none_half_written(tmp_path) -> None:
-    path = tmp_path / "review.db"
+def test_sigkill_during_enqueue_loses_no_acknowledged_item_and_leaves_none_half_written(review_db) -> None:
+    path = review_db
     acknowledged: set[int] = set()
     for round_no, kill_after in enumerate((5, 17, 40)):
         proc = _spawn(path, f"r{round_no}", 10_000, 200_000)
@@ -325,9 +263,10 @@ def test_sigkill_during_enqueue_loses_no_acknowledged_item_and_leaves_none_half_
 
 
 @pytest.mark.slow
-def test_two_processes_enqueueing_concurrently_lose_nothing(tmp_path) -> None:
-    path = tmp_path / "review.db"
-    procs = [_spawn(path, tag, 120, 2_000, "barrier") for tag in ("a", "b")]
+def test_writer_processes_enqueueing_concurrently_lose_nothing(review_db) -> None:
+    path = review_db
+    tags = ("a", "b", "c", "d")
+    procs = [_spawn(path, tag, 60, 2_000, "barrier") for tag in tags]
     for p in procs:  # both have opened the queue: release them at once
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     for p in procs:
@@ -338,11 +277,11 @@ def test_two_processes_enqueueing_concurrently_lose_nothing(tmp_path) -> None:
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     acked = [int(line.split()[0]) for out, _ in outs for line in out.splitlines()]
-    assert len(acked) == 240 and len(set(acked)) == 240
+    assert len(acked) == 240 and len(set(acked)) == 240  # no id given out twice
     items = _check_items_whole(path)
     assert {it.id for it in items} == set(acked)
     assert sorted(it.messages[0]["content"] for it in items) == sorted(
-        f"question {t}-{k}" for t in ("a", "b") for k in range(120)
+        f"question {t}-{k}" for t in tags for k in range(60)
     )
 
 
@@ -390,10 +329,10 @@ def test_reopen_is_explicit_and_audited(q) -> None:
         q.reopen(999)
 
 
-def test_concurrent_reviewers_decide_each_item_exactly_once(tmp_path) -> None:
-    """Six reviewers, each with its own connection, race to decide the same 20 items on one SQLite file."""
-    db = tmp_path / "review.db"
-    with SQLiteReviewQueue(db) as setup:
+def test_concurrent_reviewers_decide_each_item_exactly_once(review_db) -> None:
+    """Six reviewers, each with its own connection, race to decide the same 20 items in one queue."""
+    db = review_db
+    with open_review_queue(db) as setup:
         ids = [setup.enqueue(f"q{n}?", f"a{n}") for n in range(20)]
     reviewers = [f"r{k}" for k in range(6)]
     barrier = threading.Barrier(len(reviewers))
@@ -403,7 +342,7 @@ def test_concurrent_reviewers_decide_each_item_exactly_once(tmp_path) -> None:
 
     def review(name: str, k: int) -> None:
         try:
-            with SQLiteReviewQueue(db) as mine:
+            with open_review_queue(db) as mine:
                 barrier.wait()
                 for i in ids:
                     try:
@@ -428,7 +367,7 @@ def test_concurrent_reviewers_decide_each_item_exactly_once(tmp_path) -> None:
     won = sorted(i for r in reviewers for i in wins[r])
     assert won == ids  # every item decided exactly once
     assert sum(len(v) for v in losses.values()) == len(ids) * (len(reviewers) - 1)
-    with SQLiteReviewQueue(db) as check:
+    with open_review_queue(db) as check:
         for i in ids:
             it = check.get(i)
             decisions = [a for a in it.audit if a.event != "created"]
@@ -439,15 +378,15 @@ def test_concurrent_reviewers_decide_each_item_exactly_once(tmp_path) -> None:
                 assert e.reviewer == check.get(e.item_id).reviewer != r
 
 
-def test_concurrent_processes_decide_each_item_once(tmp_path) -> None:
-    db = tmp_path / "review.db"
-    with SQLiteReviewQueue(db) as setup:
+def test_concurrent_processes_decide_each_item_once(review_db) -> None:
+    db = review_db
+    with open_review_queue(db) as setup:
         ids = [setup.enqueue(f"q{n}?", f"a{n}") for n in range(10)]
     script = (
         "import sys\n"
-        "from semgrad_guard import SQLiteReviewQueue, AlreadyDecidedError\n"
-        "q = SQLiteReviewQueue(sys.argv[1]); won = 0\n"
-        "for i in range(1, 11):\n"
+        "from semgrad_guard import open_review_queue, AlreadyDecidedError\n"
+        "q = open_review_queue(sys.argv[1]); won = 0\n"
+        "for i in map(int, sys.argv[3].split(',')):\n"
         "    try:\n"
         "        q.approve(i, reviewer=sys.argv[2]); won += 1\n"
         "    except AlreadyDecidedError:\n"
@@ -455,12 +394,16 @@ def test_concurrent_processes_decide_each_item_once(tmp_path) -> None:
         "print(won)\n"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(db), f"p{k}"], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, db, f"p{k}", ",".join(map(str, ids))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for k in range(4)
     ]
     total = sum(int(p.communicate(timeout=120)[0].strip()) for p in procs)
     assert total == len(ids)
-    with SQLiteReviewQueue(db) as check:
+    with open_review_queue(db) as check:
         assert all(len(check.get(i).audit) == 2 for i in ids)
 
 
@@ -471,11 +414,6 @@ def test_enqueue_rejects_a_non_string_answer(q) -> None:
         ):
             q.enqueue("Capital of Australia?", bad)  # type: ignore[arg-type]
     assert len(q) == 0
-
-
-def test_a_directory_as_database_is_a_typed_error(tmp_path) -> None:
-    with pytest.raises(ReviewQueueError, match="is a directory; give a file path"):
-        SQLiteReviewQueue(tmp_path)
 
 
 def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
@@ -493,7 +431,7 @@ def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
     ]
     assert texts == ["Paris.", "Paris, France.", "Sorry."]
     assert policy.answer_after_review("pending", None, "Paris.") == policy.review.pending_message
-    with pytest.raises(ConfigurationError, match="'approve', 'reject' or 'edit'"):
+    with pytest.raises(ConfigurationError, match="'approve', 'reject', 'edit' or 'cannot_tell'"):
         apply_review_decision(q, q.enqueue("q", "a"), "maybe")
     with pytest.raises(ConfigurationError, match="corrected answer"):
         apply_review_decision(q, q.enqueue("q", "a"), "edit")

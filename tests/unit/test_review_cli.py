@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from semgrad_guard import ScoreResult, SQLiteReviewQueue
+from semgrad_guard import ScoreResult, open_review_queue
 from semgrad_guard.cli import main
 
 RESULT = ScoreResult(
@@ -28,9 +28,10 @@ RESULT = ScoreResult(
 
 
 @pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "review.db"
-    with SQLiteReviewQueue(path) as q:
+def db(review_db):
+    """Three pending items, in a SQLite file or a PostgreSQL database (the CLI takes either as --db)."""
+    path = review_db
+    with open_review_queue(path) as q:
         q.enqueue("Capital of Australia?", "Sydney", result=RESULT, confidence=0.31, rule="unsure")
         q.enqueue("Boiling point of water at sea level?", "90 degrees", rule="doubt")
         q.enqueue("Largest planet?", "Jupiter", rule="unsure")
@@ -58,7 +59,7 @@ def test_show_approve_reject_edit_round(db, capsys) -> None:
     assert main(["review", "show", "3", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "Largest planet?" in out and "Jupiter, by far" in out and "edited" in out and "audit trail" in out
-    with SQLiteReviewQueue(db) as q:
+    with open_review_queue(db) as q:
         assert [(it.id, it.status.value, it.reviewer) for it in reversed(q.list())] == [
             (1, "approved", "ana"),
             (2, "rejected", "bo"),
@@ -84,7 +85,7 @@ def test_export_jsonl_csv_and_file(db, capsys, tmp_path) -> None:
 def test_env_default_database(db, capsys, monkeypatch) -> None:
     monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(db))
     assert main(["review", "approve", "2"]) == 0
-    with SQLiteReviewQueue(db) as q:
+    with open_review_queue(db) as q:
         assert q.get(2).status.value == "approved"
 
 
@@ -121,7 +122,7 @@ def test_list_before_anything_was_queued_is_an_empty_queue(tmp_path, capsys, mon
     monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(fresh))
     assert main(["review", "list"]) == 0
     assert main(["review", "export"]) == 0
-    assert capsys.readouterr().out.endswith("edited: 0\n")  # export of an empty queue prints nothing
+    assert capsys.readouterr().out.endswith("cannot_tell: 0\n")  # export of an empty queue prints nothing
     assert not fresh.exists()
 
 
@@ -140,5 +141,30 @@ def test_second_decision_exits_2_naming_who_decided(db, capsys) -> None:
     assert main(["review", "reopen", "1", "--db", str(db), "--reviewer", "bo", "--note", "typo"]) == 0
     assert "re-opened" in capsys.readouterr().out
     assert main(["review", "reject", "1", "--db", str(db), "--reviewer", "bo"]) == 0
-    with SQLiteReviewQueue(db) as q:
+    with open_review_queue(db) as q:
         assert [a.event for a in q.get(1).audit] == ["created", "approved", "reopened", "rejected"]
+
+
+def test_an_empty_postgres_database_is_an_empty_queue_and_is_not_written(postgres_url, capsys) -> None:
+    import psycopg
+
+    assert main(["review", "list", "--db", postgres_url]) == 0
+    assert "pending: 0" in capsys.readouterr().out
+    assert main(["review", "approve", "1", "--db", postgres_url]) == 2
+    assert "is empty (nothing was queued yet" in capsys.readouterr().err
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone() == (0,)
+
+
+def test_a_password_in_the_db_url_warns_and_is_never_printed(postgres_url, capsys, caplog) -> None:
+    with open_review_queue(postgres_url) as q:
+        q.enqueue("q", "a")
+    with_pw = postgres_url.replace(
+        "semgrad@", "semgrad:topsecret@"
+    )  # the test server trusts; the password is unused
+    assert main(["review", "list", "--db", with_pw]) == 0
+    out = capsys.readouterr()
+    assert "topsecret" not in out.out + out.err + caplog.text
+    assert "PGPASSWORD" in caplog.text and "semgrad:***@" in out.out.replace("\n", "")

@@ -138,7 +138,7 @@ def test_the_ray_backend_refuses_what_its_queue_cannot_hold():
     # Admission happens before Ray's batch queue is touched, so no replica is needed here.
     backend = RayBatchBackend(MockScorer(lambda m, a: 0.5), ServeSettings(max_queue=2, retry_after_s=3))
     with pytest.raises(ServiceUnavailableError) as caught:
-        asyncio.run(backend.score_many([("q", "a"), ("q", "b"), ("q", "c")]))
+        asyncio.run(backend.ascore_batch([("q", "a"), ("q", "b"), ("q", "c")]))
     assert caught.value.retry_after == 3.0 and "limit 2" in str(caught.value)
     assert backend.queue_depth() == 0
 

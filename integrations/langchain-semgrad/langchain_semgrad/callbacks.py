@@ -20,7 +20,7 @@ from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_cu
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 
-from semgrad_guard import Scorer, ScoreResult, ToolCallingUnsupportedError, Verdict, judge
+from semgrad_guard import Action, Scorer, ScoreResult, ToolCallingUnsupportedError, Verdict, judge
 
 from .errors import LowConfidenceError
 from .messages import is_tool_call_turn, to_chat
@@ -54,6 +54,7 @@ class _ScoreRecorder:
         self.raise_on = tuple(raise_on)
         self.dispatch_events = dispatch_events
         self._lock = threading.Lock()
+        self._server_verdicts: dict[int, dict[str, Any]] = {}
         self._prompts: dict[UUID, list[dict[str, Any]]] = {}
         self._tools: dict[UUID, list[dict[str, Any]]] = {}
         self.chats: dict[UUID, list[dict[str, Any]]] = {}
@@ -161,6 +162,10 @@ class _ScoreRecorder:
             if result is None:
                 continue
             outcome = None
+            with self._lock:
+                server = self._server_verdicts.pop(id(result), None)
+            if server is not None:  # a RemoteScorer's: the service's calibrator and policy judged it
+                outcome = _verdict(server)
             if self.policy is not None:
                 try:
                     outcome = judge(self.policy, result, self.calibrator)
@@ -170,7 +175,8 @@ class _ScoreRecorder:
                     if self.raise_error:
                         raise
                     logger.warning("SemGrad policy failed for run %s: %s", run_id, e)
-            payload = score_payload(result, outcome, source="callback", run_id=run_id)
+            extra = {"confidence": server["confidence"]} if server and "confidence" in server else {}
+            payload = score_payload(result, outcome, source="callback", run_id=run_id, **extra)
             attach_payload(generation, payload)
             payloads.append(payload)
             with self._lock:
@@ -182,6 +188,20 @@ class _ScoreRecorder:
             if any(r is not None for r in results):
                 self.chats[run_id] = chat
         return payloads
+
+    def _score_remembering(self, scorer: Scorer, chat: list[dict[str, Any]], text: str) -> ScoreResult:
+        """``scorer.score``; from a scorer that reports its own verdict (RemoteScorer) when this handler
+        has no policy, that verdict is kept for :meth:`_record`."""
+        score_with_verdict = getattr(scorer, "score_with_verdict", None)
+        if self.policy is None and score_with_verdict is not None:
+            result, verdict = score_with_verdict(chat, text)
+            self._remember(result, verdict)
+            return result  # type: ignore[no-any-return]
+        return scorer.score(chat, text)
+
+    def _remember(self, result: ScoreResult, verdict: dict[str, Any]) -> None:
+        with self._lock:  # keyed by identity: the result object lives until _record reads it
+            self._server_verdicts[id(result)] = verdict
 
     def _check_raise(self, run_id: UUID, generations: list[Generation]) -> None:
         with self._lock:
@@ -196,6 +216,15 @@ class _ScoreRecorder:
                 rule=outcome.rule,
                 confidence=outcome.confidence,
             )
+
+
+def _verdict(server: dict[str, Any]) -> Verdict | None:
+    """A service's verdict (``RemoteScorer.score_with_verdict``) as the core's; None without an action."""
+    if "action" not in server:
+        return None
+    return Verdict(
+        action=Action(server["action"]), rule=server.get("rule"), confidence=server.get("confidence")
+    )
 
 
 class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
@@ -282,7 +311,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
                 results.append(None)
                 continue
             try:
-                results.append(scorer.score(chat, text))
+                results.append(self._score_remembering(scorer, chat, text))
             except Exception as e:
                 with self._lock:
                     self.errors[run_id] = e
@@ -379,8 +408,13 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
             if text is None:
                 return None
             try:
-                result: ScoreResult = await scorer.ascore(chat, text)
-                return result
+                ascore_with_verdict = getattr(scorer, "ascore_with_verdict", None)
+                if self.policy is None and ascore_with_verdict is not None:
+                    result, verdict = await ascore_with_verdict(chat, text)
+                    self._remember(result, verdict)
+                    return result  # type: ignore[no-any-return]
+                scored: ScoreResult = await scorer.ascore(chat, text)
+                return scored
             except Exception as e:
                 with self._lock:
                     self.errors[run_id] = e

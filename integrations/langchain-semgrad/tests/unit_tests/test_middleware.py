@@ -171,3 +171,13 @@ def test_langgraph_control_flow_is_never_retried_by_a_guard() -> None:
     from semgrad_guard.guard.guard import is_stop_exception
 
     assert is_stop_exception(GraphInterrupt()) and is_stop_exception(ParentCommand(None))  # type: ignore[arg-type]
+
+
+def test_review_queue_named_by_a_path_string(tmp_path: Path) -> None:
+    """review_queue= takes what the core takes: a queue, a path or a postgresql:// URL."""
+    db = tmp_path / "named.db"
+    middleware = SemGradMiddleware(scorer(), POLICY, review_queue=str(db))
+    graph = create_agent(ScriptedToolModel(messages=script("Perth")), tools=[lookup], middleware=[middleware])
+    graph.invoke({"messages": [HumanMessage("q")]})
+    with SQLiteReviewQueue(db) as q:
+        assert [it.answer for it in q.list()] == ["Perth"]

@@ -62,3 +62,36 @@ def test_callback_handler_scores_a_chat_openai_answer_through_remote_scorer(tiny
     got = ScorePayload.read(msg.response_metadata)
     assert got is not None and got.result is not None
     assert abs(got.result.semgrad - want.semgrad) <= 1e-6 * want.semgrad
+
+
+def _chat_openai(server: Any) -> ChatOpenAI:
+    return ChatOpenAI(
+        base_url=server.url + "/v1",
+        api_key="tok",  # type: ignore[arg-type]
+        model="tiny-random-llama",
+        max_tokens=12,
+        max_retries=0,
+    )
+
+
+def test_the_handler_through_remote_scorer_carries_the_servers_verdict(server: Any) -> None:
+    handler = SemGradCallbackHandler(RemoteScorer(server.url, token="tok", model="tiny-random-llama"))
+    msg = _chat_openai(server).invoke("Name a primary colour.", config={"callbacks": [handler]})
+    got = ScorePayload.read(msg.response_metadata)
+    assert got is not None and got.action == "accept" and got.rule == "rules[0]"
+    (outcome,) = handler.outcomes.values()
+    assert outcome.action.value == "accept" and outcome.rule == "rules[0]"
+
+
+async def test_the_async_handler_through_remote_scorer_carries_the_servers_verdict(server: Any) -> None:
+    from langchain_semgrad import AsyncSemGradCallbackHandler
+
+    handler = AsyncSemGradCallbackHandler(RemoteScorer(server.url, token="tok", model="tiny-random-llama"))
+    msg = await _chat_openai(server).ainvoke("Name a primary colour.", config={"callbacks": [handler]})
+    got = ScorePayload.read(msg.response_metadata)
+    assert got is not None and got.action == "accept" and got.rule == "rules[0]"
+
+
+def test_remote_scorer_reports_the_verdict_the_service_holds(server: Any) -> None:
+    result, verdict = RemoteScorer(server.url, token="tok").score_with_verdict(CHAT, "Red.")
+    assert result.answer_tokens > 0 and verdict == {"action": "accept", "rule": "rules[0]"}

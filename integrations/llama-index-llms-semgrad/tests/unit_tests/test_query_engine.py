@@ -303,3 +303,21 @@ async def test_async_queries_do_not_block_and_match_sync_decisions() -> None:
     assert ticks >= 15, "scoring stalled the event loop"
     assert threading.get_ident() not in scorer.threads
     guarded.close()
+
+
+def test_review_queue_named_by_a_path_string(tmp_path: Path) -> None:
+    """review_queue= takes what the core takes: a queue, a path or a postgresql:// URL."""
+    db = tmp_path / "named.db"
+    engine = library_index().as_query_engine(
+        llm=ScriptedLLM(answer_fn=lambda p: "20 cents a day."), similarity_top_k=2
+    )
+    guarded = SemGradQueryEngine(
+        engine,
+        by_answer({"20 cents a day.": 0.7}),
+        policy(ACCEPT_LOW, {"name": "check", "action": "review"}),
+        review_queue=str(db),
+    )
+    guarded.query("What are the late fees?")
+    with SQLiteReviewQueue(db) as q:
+        assert [it.answer for it in q.list()] == ["20 cents a day."]
+    guarded.close()

@@ -98,7 +98,7 @@ class SemGradQueryEngine(BaseQueryEngine):
         scorer: a :class:`~semgrad_guard.Scorer` over the LLM's weights.
         policy: a :class:`~semgrad_guard.GuardPolicy` (or dict / YAML).
         calibrator: maps scores to confidence; needed for rules over ``confidence``.
-        review_queue: where review items go (default: the policy's SQLite queue).
+        review_queue: where review items go: a queue, a SQLite path or a postgresql:// URL (default: the policy's).
         strategies: extra or overriding retry strategies by name.
         top_k_growth: factor by which ``widen_retrieval`` multiplies ``similarity_top_k`` per retry.
         widen_fn: ``widen_fn(engine, top_k) -> engine`` for engines without a ``similarity_top_k`` retriever.

@@ -1,0 +1,268 @@
+"""Recalibration from review labels: move a calibrator to the base rate of the data it is deployed on.
+
+Calibration does not travel across base rates (a calibrator fitted on one data set is off by
+0.1-0.3 ECE on another), but the ranking does. So with few labels only the intercept on the logit
+of the current confidence is refitted; with more, slope and intercept; with many, the full recipe
+(:meth:`Calibrator.fit`). Which one is kept is chosen by weighted out-of-fold log-loss among those
+the label count allows (the current calibrator unchanged is reported next to them). Labels are
+weighted by their inverse inclusion probability (review-band labels 1, audit labels 1 / rate), so
+the fit stands for every answer served, not only the doubtful middle.
+
+The result is a :class:`Calibrator` whose ``recalibration`` holds the new slope and intercept (or a
+fresh fit) and whose ``provenance`` says what it was fitted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from ..errors import CalibrationError, CalibratorMismatchError
+from .calibration import (
+    Calibrator,
+    expected_calibration_error,
+    logit,
+    recalibrated,
+    reliability_table,
+)
+from .risk import ThresholdSelection, select_threshold
+
+MIN_LABELS = 10
+"""Fewest labels ``recalibrate`` accepts by default (and at least 2 right and 2 wrong)."""
+SLOPE_FROM = 30
+"""Labels from which slope and intercept are also tried."""
+FULL_FROM = 100
+"""Labels from which the full recipe (method and features chosen anew) is also tried."""
+_RIDGE = 1.0  # pull towards the current calibrator (slope 1, intercept 0): a prior worth about one label
+
+
+@dataclass
+class Recalibration:
+    """What :func:`recalibrate` fitted and how it did, out of fold, on the labels."""
+
+    calibrator: Calibrator
+    """The calibrator to deploy."""
+    chosen: str
+    """'intercept', 'slope+intercept' or 'full'."""
+    cv_log_loss: dict[str, float]
+    """Weighted out-of-fold log-loss of each candidate tried."""
+    ece_before: float | None
+    """Weighted ECE of the current calibrator on the labels (it was not fitted on them); None without one."""
+    ece_after: float
+    """Weighted out-of-fold ECE of the chosen candidate."""
+    n_labels: int
+    n_audit: int
+    accuracy: float
+    """Weighted share of right answers among the labels."""
+    oof: np.ndarray
+    """Out-of-fold confidences of the chosen candidate."""
+    correct: np.ndarray
+    weights: np.ndarray
+    thresholds: list[ThresholdSelection] = field(default_factory=list)
+    """``select_threshold`` on the out-of-fold confidences and weighted labels, one per alpha."""
+
+    def reliability(self) -> list[dict[str, float]]:
+        """Reliability table of the out-of-fold confidences."""
+        return reliability_table(self.oof, self.correct)
+
+
+def recalibrate(
+    base: Calibrator | None,
+    labels: Sequence[Any],
+    *,
+    min_labels: int = MIN_LABELS,
+    folds: int = 5,
+    seed: int = 0,
+    alphas: Sequence[float] = (0.1, 0.2, 0.3),
+    delta: float = 0.1,
+    source: str | None = None,
+    full_from: int = FULL_FROM,
+) -> Recalibration:
+    """Refit ``base`` on review labels (:class:`~semgrad_guard.review.labels.LabelledExample`).
+
+    ``base=None`` (a model without a calibrator, its first day): the full recipe on the labels alone.
+    The full recipe is tried from ``full_from`` labels (its cross-validation is the slow part).
+
+    Raises:
+        CalibrationError: Fewer than ``min_labels`` labels, or fewer than 2 right or 2 wrong.
+        CalibratorMismatchError: A label was scored by another model, profile or exgrad mode.
+    """
+    labels = list(labels)
+    y = np.asarray([bool(lab.correct) for lab in labels], dtype=float)
+    n_pos = int(y.sum())
+    need = max(int(min_labels), 4)
+    if len(labels) < need or n_pos < 2 or len(labels) - n_pos < 2:
+        raise CalibrationError(
+            f"too few review labels to recalibrate: {len(labels)} ({n_pos} right, {len(labels) - n_pos} wrong); "
+            f"need at least {need} with 2 right and 2 wrong. Review more items (semgrad-guard review list) "
+            "or turn on audit sampling (policy 'audit: {rate: 0.05}')"
+        )
+    results = [lab.result for lab in labels]
+    models = sorted({str(r.model_id) for r in results})
+    if len(models) > 1:
+        raise CalibratorMismatchError(
+            f"the review labels come from several models ({models}); recalibrate one model's labels at a time"
+        )
+    modes = sorted({r.exgrad_mode for r in results})
+    if len(modes) > 1:
+        raise CalibratorMismatchError(
+            f"the review labels were scored with several exgrad modes ({modes}); recalibrate one mode at a time"
+        )
+    for lab in labels:
+        if base is None:
+            break
+        try:
+            base.check_result(lab.result)
+        except CalibratorMismatchError as e:
+            raise CalibratorMismatchError(f"review item {lab.item_id}: {e}") from e
+    w = np.asarray([float(lab.weight) for lab in labels])
+    splits = _folds(y, folds, seed)
+    tried: dict[str, np.ndarray] = {}
+    p_base = z = None
+    if base is not None:
+        p_base = base.predict(results, check=False)
+        z = logit(p_base)
+        tried["unchanged"] = p_base
+        tried["intercept"] = _oof(z, y, w, splits, slope=False)
+        if len(labels) >= SLOPE_FROM:
+            tried["slope+intercept"] = _oof(z, y, w, splits, slope=True)
+    if base is None or len(labels) >= full_from:
+        oof = np.zeros(len(y))
+        for tr, te in splits:
+            try:
+                cal = Calibrator.fit(
+                    [results[i] for i in tr], list(y[tr] > 0), weights=list(w[tr]), seed=seed
+                )
+                oof[te] = cal.predict([results[i] for i in te], check=False)
+            except CalibrationError:  # a fold too small to fit: it predicts its training base rate
+                oof[te] = np.average(y[tr], weights=w[tr])
+        tried["full"] = oof
+    losses = {k: _log_loss(p, y, w) for k, p in tried.items()}
+    # 'unchanged' is reported, not chosen: with few labels its out-of-fold edge is noise, and the
+    # base rate moving between data sets is the failure this exists to fix.
+    chosen = min((k for k in losses if k != "unchanged"), key=lambda k: losses[k])
+
+    if chosen == "full":
+        out = Calibrator.fit(results, list(y > 0), weights=list(w), seed=seed)
+    else:
+        assert base is not None and z is not None
+        if chosen == "unchanged":
+            a, b = 1.0, 0.0
+        else:
+            a, b = _fit_logit(z, y, w, slope=chosen == "slope+intercept")
+        # Compose with the base's own recalibration, so a refit of a refit stays one step.
+        prev = base.recalibration or {"slope": 1.0, "intercept": 0.0}
+        params = {"slope": a * prev["slope"], "intercept": a * prev["intercept"] + b}
+        out = base.model_copy(update={"recalibration": {k: round(v, 6) for k, v in params.items()}})
+    dates = sorted(d for d in (lab.decided_at or lab.created_at for lab in labels) if d)
+    n_audit = sum(1 for lab in labels if lab.kind == "audit")
+    provenance = {
+        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "labels": len(labels),
+        "right": n_pos,
+        "audit_labels": n_audit,
+        "weights": "inverse inclusion probability"
+        + (f" (sum {w.sum():.1f}, max {w.max():.1f})" if n_audit else " (all 1: no audit items)"),
+        "decided_from": dates[0] if dates else None,
+        "decided_to": dates[-1] if dates else None,
+        "base": base.fingerprint if base is not None else None,
+        "base_data": base.data if base is not None else None,
+        "step": chosen,
+        "cv_log_loss": {k: round(v, 5) for k, v in losses.items()},
+        "source": source,
+    }
+    out = out.model_copy(
+        update={
+            "provenance": provenance,
+            "data": f"review labels: {len(labels)} ({n_audit} audit){f' from {source}' if source else ''}",
+            "created": provenance["fitted"],
+            "n_samples": len(labels),
+            "n_correct": n_pos,
+        }
+    )
+    # The drift monitor's reference: what it says on the deployment's own (weighted) labels.
+    own = Calibrator.model_validate(out.model_dump()).predict(results, check=False)  # a throwaway monitor
+    out = out.model_copy(
+        update={
+            "reference": _weighted_quantiles(own, w),
+            "n_reference": int(round(w.sum() ** 2 / (w**2).sum())),
+        }
+    )
+    out = Calibrator.model_validate(out.model_dump())  # fresh private state: fingerprint, drift monitor
+    oof = tried[chosen]
+    thresholds = [
+        select_threshold(oof, y.astype(bool), alpha=a_, delta=delta, strict=False, weights=w) for a_ in alphas
+    ]
+    return Recalibration(
+        calibrator=out,
+        chosen=chosen,
+        cv_log_loss=losses,
+        ece_before=None if p_base is None else expected_calibration_error(p_base, y, weights=w),
+        ece_after=expected_calibration_error(oof, y, weights=w),
+        n_labels=len(labels),
+        n_audit=n_audit,
+        accuracy=float(np.average(y, weights=w)),
+        oof=oof,
+        correct=y.astype(bool),
+        weights=w,
+        thresholds=thresholds,
+    )
+
+
+def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    k = max(2, min(folds, int(y.sum()), int(len(y) - y.sum())))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(y)), y.astype(int)))
+
+
+def _oof(
+    z: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], *, slope: bool
+) -> np.ndarray:
+    out = np.zeros(len(y))
+    for tr, te in splits:
+        a, b = _fit_logit(z[tr], y[tr], w[tr], slope=slope)
+        out[te] = recalibrated_logit(z[te], a, b)
+    return out
+
+
+def recalibrated_logit(z: np.ndarray, a: float, b: float) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(a * z + b, -500, 500))))
+
+
+def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> tuple[float, float]:
+    """Weighted logistic regression of y on the current logit z: intercept only (slope fixed at 1) or
+    both, by Newton steps with a ridge towards (1, 0) (no blow-up when few labels separate)."""
+    w = w / w.mean()  # the ridge's strength is in labels, whatever the weights' scale
+    theta = np.array([1.0, 0.0])
+    for _ in range(50):
+        p = recalibrated_logit(z, theta[0], theta[1])
+        r = w * (p - y)
+        h = w * p * (1.0 - p)
+        grad = np.array([np.sum(r * z), np.sum(r)]) + _RIDGE * (theta - np.array([1.0, 0.0]))
+        hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + _RIDGE * np.eye(2)
+        step = np.linalg.solve(hess, grad) if slope else np.array([0.0, grad[1] / hess[1, 1]])
+        theta = theta - step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+def _weighted_quantiles(values: np.ndarray, w: np.ndarray) -> list[float]:
+    order = np.argsort(values)
+    cum = np.cumsum(w[order]) / w.sum()
+    at = np.searchsorted(cum, np.linspace(0, 1, 101), side="left").clip(0, len(values) - 1)
+    return [round(float(values[order][i]), 6) for i in at]
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(np.average(-(y * np.log(q) + (1 - y) * np.log(1 - q)), weights=w))
+
+
+__all__ = ["FULL_FROM", "MIN_LABELS", "SLOPE_FROM", "Recalibration", "recalibrate", "recalibrated"]

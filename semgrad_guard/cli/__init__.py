@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         apply_threads(args)  # before any model loads
         return int(args.func(args) or 0)
     except SemGradGuardError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from ._text import visible
+
+        print(f"error: {visible(str(e))}", file=sys.stderr)  # a message may quote hostile text
         return 2
 
 

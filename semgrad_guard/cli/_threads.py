@@ -10,16 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (checked while parsing, before any model is loaded)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from ._args import positive_int
 
 
 def add_threads_argument(p: Any, help: str | None = None) -> None:

@@ -117,10 +117,13 @@ def _load_scorer(args: argparse.Namespace) -> Any:
 
 def _score(args: argparse.Namespace) -> int:
     if args.messages_json is not None:
+        from .._files import read_config_text
+
+        text = read_config_text(args.messages_json, "--messages-json")
         try:
-            messages: Any = json.loads(args.messages_json.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigurationError(f"--messages-json {args.messages_json}: {e}") from e
+            messages: Any = json.loads(text)
+        except ValueError as e:  # json's message quotes no content
+            raise ConfigurationError(f"--messages-json {args.messages_json} is not valid JSON: {e}") from None
     else:
         messages = args.prompt
     from ..guard.calibration import Calibrator

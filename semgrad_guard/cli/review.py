@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._text import visible
+
 
 def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
@@ -150,12 +152,21 @@ def _queue(args: argparse.Namespace) -> Any:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 160)
+    # Width: the terminal's, else $COLUMNS, else 80. No highlighting or emoji codes: stored text is
+    # shown as it is, through _plain.
+    return Console(highlight=False, emoji=False)
 
 
-def _short(text: str, n: int = 60) -> str:
+def _plain(text: Any, style: str = "") -> Any:
+    """Stored text as a rich ``Text``: never read as markup (``[/bold]``, ``[link=...]``)."""
+    from rich.text import Text
+
+    return Text(visible(str(text)), style=style)
+
+
+def _short(text: str, n: int = 60) -> Any:
     text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
+    return _plain(text if len(text) <= n else text[: n - 1] + "…")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -175,9 +186,36 @@ def _list(args: argparse.Namespace) -> int:
         with q:
             items = q.list(args.status, limit=args.limit or None)
             counts = q.counts()
-    table = Table(title=f"Review queue {review_db_name(_spec(args))}", show_lines=False)
-    for col in ("id", "created (UTC)", "status", "rule", "confidence", "semgrad", "question", "answer"):
-        table.add_column(col, justify="right" if col in ("id", "confidence", "semgrad") else "left")
+    # No rules and one space between columns: at 80 columns the dates stay whole and the question
+    # and answer give up the room (cut with an ellipsis, never wrapped).
+    table = Table(
+        title=_plain(f"Review queue {review_db_name(_spec(args))}"),
+        box=None,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        header_style="bold underline",
+    )
+    console = _console()
+    rules = [visible(it.rule or "-") for it in items]
+    widths = {
+        "id": max([2, *(len(str(it.id)) for it in items)]),
+        "created (UTC)": 19,
+        "status": 8,
+        "rule": min(max((len(r) for r in rules), default=4), 12),
+        "conf.": 5,
+        "semgrad": 7,
+    }
+    # Fixed columns at their width; the question and answer share what is left (cut with an
+    # ellipsis), at least 8 columns each; one space between columns.
+    text_width = max(8, (console.width - sum(widths.values()) - (len(widths) + 1)) // 2)
+    for col, w in widths.items():
+        right = col in ("id", "conf.", "semgrad")
+        table.add_column(
+            col, justify="right" if right else "left", width=w, no_wrap=True, overflow="ellipsis"
+        )
+    for col in ("question", "answer"):
+        table.add_column(col, width=text_width, no_wrap=True, overflow="ellipsis")
     style = {
         "pending": "yellow",
         "approved": "green",
@@ -189,14 +227,13 @@ def _list(args: argparse.Namespace) -> int:
         table.add_row(
             str(it.id),
             it.created_at[:19].replace("T", " "),
-            f"[{style[it.status.value]}]{it.status.value}[/]",
-            it.rule or "-",
+            _plain(it.status.value, style[it.status.value]),
+            _plain(it.rule or "-"),
             _fmt(it.confidence),
             _fmt(it.result.semgrad if it.result else None, ".3g"),
-            _short(it.question, 40),
-            _short(it.final_answer if it.final_answer is not None else it.answer, 40),
+            _short(it.question, text_width),
+            _short(it.final_answer if it.final_answer is not None else it.answer, text_width),
         )
-    console = _console()
     console.print(table)
     console.print(", ".join(f"{k}: {v}" for k, v in counts.items()))
     return 0
@@ -214,23 +251,23 @@ def _show(args: argparse.Namespace) -> int:
     head.add_column()
     head.add_row("id", str(it.id))
     head.add_row("status", it.status.value)
-    head.add_row("created", it.created_at)
-    head.add_row("rule", it.rule or "-")
+    head.add_row("created", _plain(it.created_at))
+    head.add_row("rule", _plain(it.rule or "-"))
     head.add_row("confidence", _fmt(it.confidence))
     if it.reviewer or it.decided_at:
-        head.add_row("reviewer", it.reviewer or "-")
-        head.add_row("decided", it.decided_at or "-")
+        head.add_row("reviewer", _plain(it.reviewer or "-"))
+        head.add_row("decided", _plain(it.decided_at or "-"))
     if it.note:
-        head.add_row("note", it.note)
+        head.add_row("note", _plain(it.note))
     console.print(Panel(head, title=f"review item {it.id}"))
     chat = Table(title="chat", show_header=True)
     chat.add_column("role")
     chat.add_column("content")
     for m in it.messages:
-        chat.add_row(str(m.get("role")), str(m.get("content")))
-    chat.add_row("[bold]answer[/]", it.answer)
+        chat.add_row(_plain(m.get("role")), _plain(m.get("content")))
+    chat.add_row("[bold]answer[/]", _plain(it.answer))
     if it.final_answer is not None and it.final_answer != it.answer:
-        chat.add_row("[bold cyan]final answer[/]", it.final_answer)
+        chat.add_row("[bold cyan]final answer[/]", _plain(it.final_answer))
     console.print(chat)
     if it.result is not None:
         scores = Table(title="scores (higher = more uncertain)")
@@ -239,12 +276,13 @@ def _show(args: argparse.Namespace) -> int:
         scores.add_row(*(f"{v:.4g}" for v in it.result.scores().values()))
         console.print(scores)
     if it.metadata:
-        console.print(f"metadata: {it.metadata}")
+        console.print(_plain(f"metadata: {it.metadata}"))
     audit = Table(title="audit trail")
     for col in ("at", "event", "actor", "details"):
         audit.add_column(col)
     for a in it.audit:
-        audit.add_row(a.at, a.event, a.actor or "-", ", ".join(f"{k}={v}" for k, v in a.details.items()))
+        details = ", ".join(f"{k}={v}" for k, v in a.details.items())
+        audit.add_row(_plain(a.at), _plain(a.event), _plain(a.actor or "-"), _plain(details))
     console.print(audit)
     return 0
 
@@ -267,11 +305,13 @@ def _decide(args: argparse.Namespace) -> int:
             it = q.cannot_tell(args.id, reviewer=reviewer, note=args.note)
         elif args.decision == "reopen":
             it = q.reopen(args.id, reviewer=reviewer, note=args.note)
-            _console().print(f"item {it.id}: [bold]re-opened[/] (pending) by {reviewer or '-'}")
+            _console().print(
+                f"item {it.id}: [bold]re-opened[/] (pending) by ", _plain(reviewer or "-"), sep=""
+            )
             return 0
         else:
             it = q.edit(args.id, answer=args.answer, reviewer=reviewer, note=args.note)
-    _console().print(f"item {it.id}: [bold]{it.status.value}[/] by {it.reviewer or '-'}")
+    _console().print(f"item {it.id}: [bold]{it.status.value}[/] by ", _plain(it.reviewer or "-"), sep="")
     return 0
 
 
@@ -321,7 +361,7 @@ def review_ui_app(args: argparse.Namespace) -> Any:
     import getpass
 
     from ..errors import ConfigurationError
-    from ..review.queue import SQLiteReviewQueue
+    from ..review.queue import open_review_queue
     from ..serve.review_ui import ReviewerTokens, create_review_app
     from ..serve.settings import is_local_host
     from .serve import read_token
@@ -342,7 +382,8 @@ def review_ui_app(args: argparse.Namespace) -> Any:
             reviewer = getpass.getuser()
         except Exception:  # no login name (containers)
             reviewer = None
-    queue = SQLiteReviewQueue(_path(args))  # creates an empty queue: the guard fills it later
+
+    queue = open_review_queue(_spec(args))  # creates an empty queue: the guard fills it later
     guidelines = None
     if args.guidelines is not None:
         try:
@@ -354,11 +395,12 @@ def review_ui_app(args: argparse.Namespace) -> Any:
 
 def _ui(args: argparse.Namespace) -> int:
     app = review_ui_app(args)
+    from ..review.queue import review_db_name
     from ..serve.server import run
 
     how = "login required" if app.state.review_login else "open: loopback only"
     print(
-        f"semgrad-guard: review pages for {_path(args)} on http://{args.host}:{args.port}/ ({how})",
+        f"semgrad-guard: review pages for {review_db_name(_spec(args))} on http://{args.host}:{args.port}/ ({how})",
         file=sys.stderr,
         flush=True,
     )

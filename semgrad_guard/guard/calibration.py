@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from ..config import format_validation_error
 from ..errors import CalibrationError, CalibratorMismatchError, ConfigurationError
 from ..results import SCORE_FIELDS, ScoreResult
 from ..scoring.profile import ModelProfile
@@ -380,11 +381,9 @@ class Calibrator(BaseModel):
             ConfigurationError: The file does not exist.
             CalibrationError: The file is not a calibrator or is malformed.
         """
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError as e:
-            raise ConfigurationError(f"calibrator file {path} does not exist") from e
-        return cls.from_json(text, source=str(path))
+        from .._files import read_config_text
+
+        return cls.from_json(read_config_text(path, "calibrator"), source=str(path))
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<string>") -> Calibrator:
@@ -395,14 +394,20 @@ class Calibrator(BaseModel):
             raise CalibrationError(f"calibrator {source} is not valid JSON: {e}") from e
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CalibrationError(f"{source} is not a semgrad-guard calibrator (no 'format': {FORMAT!r})")
-        if raw.get("version", FORMAT_VERSION) > FORMAT_VERSION:
+        version = raw.get("version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CalibrationError(f"calibrator {source} has a 'version' that is not an integer")
+        if version > FORMAT_VERSION:
             raise CalibrationError(
-                f"calibrator {source} has format version {raw['version']}; this build reads <= {FORMAT_VERSION}"
+                f"calibrator {source} has format version {version}; this build reads <= {FORMAT_VERSION}"
             )
         try:
             cal = cls.model_validate(raw)
         except ValidationError as e:
-            raise CalibrationError(f"calibrator {source} is malformed: {e}") from e
+            # Not str(e): pydantic quotes the input values.
+            raise CalibrationError(
+                f"calibrator {source} is malformed: {format_validation_error(e)}"
+            ) from None
         _check_params(cal, source)
         return cal
 

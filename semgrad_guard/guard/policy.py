@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from enum import Enum
@@ -435,7 +436,7 @@ class GuardPolicy(TypedConfig):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigurationError(f"policy {where} is not valid YAML: {e}") from e
+            raise ConfigurationError(f"policy {where} is not valid YAML: {_yaml_problem(e)}") from None
         return cls.from_dict(data, source=where)
 
     @classmethod
@@ -454,6 +455,12 @@ class GuardPolicy(TypedConfig):
         if not isinstance(data, Mapping):
             raise ConfigurationError(
                 f"policy {source} must be a mapping with 'rules', got {type(data).__name__}"
+            )
+        if "rules" not in data and not all(isinstance(k, str) and _FIELD_NAME.fullmatch(k) for k in data):
+            # Not a policy at all (`--policy /etc/shadow`): name no key, as its keys are its contents.
+            # A typo among field-like keys (`rulez:`) is named by the validation below.
+            raise ConfigurationError(
+                f"policy {source} has no 'rules' ({len(data)} other top-level keys): is it a policy file?"
             )
         try:
             return cls.model_validate(dict(data))
@@ -578,13 +585,23 @@ def _check_rules(rules: list[Rule]) -> None:
                 )
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
+
+
+def _yaml_problem(e: Exception) -> str:
+    """What is wrong and where, without the snippet of the text PyYAML quotes (the file may be a secret)."""
+    problem = getattr(e, "problem", None) or type(e).__name__
+    mark = getattr(e, "problem_mark", None)
+    return (
+        f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    )
+
+
 def _read_source(source: str | Path, suffixes: tuple[str, ...]) -> tuple[str, str]:
     if isinstance(source, Path) or (
         isinstance(source, str) and "\n" not in source and source.strip().lower().endswith(suffixes)
     ):
-        path = Path(source)
-        try:
-            return path.read_text(), str(path)
-        except FileNotFoundError as e:
-            raise ConfigurationError(f"policy file {path} does not exist") from e
+        from .._files import read_config_text
+
+        return read_config_text(source, "policy"), str(source)
     return str(source), "<text>"

@@ -459,7 +459,8 @@ def export_items(items: Sequence[ReviewItem], fmt: str) -> str:
     for it in items:
         scores = it.result.scores() if it.result is not None else {}
         writer.writerow(
-            [
+            _csv_cell(v)
+            for v in [
                 it.id,
                 it.created_at,
                 it.status.value,
@@ -1196,3 +1197,17 @@ def open_review_queue(
     if is_postgres_url(value):
         return PostgresReviewQueue(value, create=create)
     return SQLiteReviewQueue(value, create=create)
+
+
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting like a formula gets a leading ``'``.
+
+    OWASP's CSV-injection rule (``=HYPERLINK(...)``, ``=1+1``, ``@SUM``, ``+``, ``-``, tab, CR from
+    model or user text). Numbers are left as they are (a negative score stays a number).
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_LEAD):
+        return "'" + value
+    return value

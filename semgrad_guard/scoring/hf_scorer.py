@@ -298,13 +298,66 @@ class SemGradScorer:
                 ids += self._encode(piece)
         return ids
 
+    def _literal_chat(self, chat: list[Message], *others: str) -> tuple[list[Message], dict[str, str]]:
+        """``chat`` with each control string in a message's content replaced by a sentinel.
+
+        The template is rendered from this chat and :meth:`_encode_masked` encodes each sentinel
+        as its control string's literal text, so an ``<|im_end|>`` a user typed is characters,
+        never a turn boundary (a forged assistant or system turn). Returns the chat and the
+        sentinel -> control string table (empty, and the chat itself, when there is nothing to
+        hide). Under ``control_tokens="refuse"`` such a chat raises :class:`ControlTokenError`.
+        """
+        pattern = self._control_pattern
+        if pattern is None or not any(pattern.search(m["content"]) for m in chat):
+            return chat, {}
+        found = sorted({t for m in chat for t in pattern.findall(m["content"])})
+        if self.control_tokens == "refuse":
+            raise ControlTokenError(
+                f"a message holds chat-template control tokens ({found[:3]}); refusing it as "
+                "configured (control_tokens='refuse'); with control_tokens='score' it is read as literal text"
+            )
+        texts = [m["content"] for m in chat] + list(others)
+        # Plain ASCII letters: the sentinel survives any filter a template applies (trim, tojson).
+        mark = "SGCTRLX"
+        while any(mark in t for t in texts):
+            mark += "X"
+        table = {f"{mark}{i}_": t for i, t in enumerate(found)}
+        back = {t: k for k, t in table.items()}
+        masked = [{**m, "content": pattern.sub(lambda g: back[g.group(0)], m["content"])} for m in chat]
+        return masked, table
+
+    def _encode_masked(self, text: str, table: dict[str, str]) -> list[int]:
+        """Token ids of text rendered from a :meth:`_literal_chat`: sentinels become literal text."""
+        if not table:
+            return self._encode(text)
+        pattern = re.compile("(" + "|".join(re.escape(k) for k in table) + ")")
+        ids: list[int] = []
+        for i, piece in enumerate(pattern.split(text)):
+            if i % 2:  # the same two pieces as _encode_literal
+                literal = table[piece]
+                ids += self._encode(literal[:1]) + self._encode(literal[1:])
+            elif piece:
+                ids += self._encode(piece)
+        return ids
+
+    @staticmethod
+    def _unmask(text: str, table: dict[str, str]) -> str:
+        for k, t in table.items():
+            text = text.replace(k, t)
+        return text
+
     def render_prompt(self, messages: Messages) -> str:
         """The prompt text the model sees: the chat template with the generation prompt appended."""
         return self._render(normalize_messages(messages), add_generation_prompt=True)
 
     def prompt_ids(self, messages: Messages) -> list[int]:
-        """Prompt token ids ``x`` (chat template, generation prompt appended)."""
-        return self._encode(self.render_prompt(messages))
+        """Prompt token ids ``x`` (chat template, generation prompt appended).
+
+        Message content is tokenised as literal text, as answers are: a control-token string in a
+        message (``<|im_end|>``, ``<|im_start|>``) is its characters, not a turn boundary.
+        """
+        chat, table = self._literal_chat(normalize_messages(messages))
+        return self._encode_masked(self._render(chat, add_generation_prompt=True), table)
 
     def answer_ids(self, messages: Messages, answer: str, prompt_ids: list[int] | None = None) -> list[int]:
         """Answer token ids ``y``, ending with the end-of-turn token (docs/method.md, "Inputs").
@@ -312,13 +365,20 @@ class SemGradScorer:
         The answer is tokenised as literal text: an ``<|im_end|>`` inside it is the characters, not the
         end of the turn, so nothing after it escapes scoring.
         """
-        chat = normalize_messages(messages)
+        chat, table = self._literal_chat(normalize_messages(messages), answer)
         x = prompt_ids if prompt_ids is not None else self.prompt_ids(chat)
-        return self._answer_ids(chat, answer, x)
+        return self._answer_ids(chat, answer, x, table=table)
 
     def _answer_ids(
-        self, chat: list[dict[str, Any]], answer: str, x: list[int], prompt_text: str | None = None
+        self,
+        chat: list[dict[str, Any]],
+        answer: str,
+        x: list[int],
+        prompt_text: str | None = None,
+        table: dict[str, str] | None = None,
     ) -> list[int]:
+        # ``chat`` and ``prompt_text`` come from _literal_chat (sentinels in place of control strings).
+        table = table or {}
         if prompt_text is None:
             prompt_text = self._render(chat, add_generation_prompt=True)
         full = self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
@@ -334,7 +394,7 @@ class SemGradScorer:
             head = self._encode(before[:cut]) if cut else []
             body = self._encode_literal(before[cut:] + content)
             tail = self._encode(after)
-            if self._encode(prompt_text + before[:cut]) == x + head:
+            if self._encode_masked(prompt_text + before[:cut], table) == x + head:
                 for i, t in enumerate(tail):
                     if t in self.eos_token_ids:
                         return head + body + tail[: i + 1]
@@ -345,22 +405,44 @@ class SemGradScorer:
         """True if ``text`` holds one of the tokenizer's control-token strings (``<|im_end|>``, ...)."""
         return any(t in text for t in self._control_strings)
 
-    def _prepare(self, messages: Messages, answer: str) -> tuple[list[Message], str, str, int, list[str]]:
+    def _prepare(
+        self, messages: Messages, answer: str
+    ) -> tuple[list[Message], str, dict[str, str], str, int, list[str]]:
         """Normalise the chat, render its prompt, cut an echoed prompt off the answer.
 
-        Returns (chat, prompt text, answer text to score, characters cut, flags).
+        Returns (chat and prompt text with control strings masked, the mask table, answer text to
+        score, characters cut, flags).
         """
-        chat = normalize_messages(messages)
-        flags: list[str] = []
+        chat, table = self._literal_chat(normalize_messages(messages), answer)
+        flags: list[str] = ["control_tokens"] if table else []
         start = 0
-        prompt_text = self._render(chat, add_generation_prompt=True)
+        masked_prompt = self._render(chat, add_generation_prompt=True)
+        prompt_text = self._unmask(masked_prompt, table)
+        chat_text = [{**m, "content": self._unmask(m["content"], table)} for m in chat]
         echoes = [prompt_text]
-        if len(chat) == 1 and chat[0]["role"] == "user":
+        # The prompt as a pipeline decodes it (skip_special_tokens=True): its turns, their role
+        # names and text, without the control tokens.
+        last = chat_text[-1]["content"] if chat_text else ""
+        if last and last in answer:  # an echo holds the last message: else skip the encode + decode
+            decoded = self.tokenizer.decode(
+                self._encode_masked(masked_prompt, table), skip_special_tokens=True
+            )
+            bare = "".join(m["content"] for m in chat_text).strip()
+            if decoded.strip() not in ("", bare) and decoded != prompt_text:  # only with template context
+                echoes.append(decoded)
+        raw = None
+        if len(chat) == 1 and chat[0]["role"] == "user" and _whole_prompt(chat_text[0]["content"]):
             # A text-completion pipeline (HuggingFacePipeline with return_full_text=True) returns its
             # raw prompt + completion; LangChain hands the prompt over as one user message.
-            echoes.append(chat[0]["content"])
+            raw = chat_text[0]["content"]
+            echoes.append(raw)
         for echo in echoes:
-            if echo and answer.startswith(echo) and len(answer) > len(echo):
+            if (
+                echo
+                and answer.startswith(echo)
+                and len(answer) > len(echo)
+                and (echo is not raw or answer[len(echo)].isspace())
+            ):
                 if self.echo == "refuse":
                     raise PromptEchoError(
                         "the answer begins with the prompt (the pipeline echoes its input: set "
@@ -382,8 +464,9 @@ class SemGradScorer:
                     f"({[t for t in self._control_strings if t in text][:3]}); refusing it as configured "
                     "(control_tokens='refuse'); with control_tokens='score' it is scored as literal text"
                 )
-            flags.append("control_tokens")
-        return chat, prompt_text, text, start, flags
+            if "control_tokens" not in flags:
+                flags.append("control_tokens")
+        return chat, masked_prompt, table, text, start, flags
 
     def _check_lengths(self, x: list[int], y: list[int]) -> None:
         if len(x) + len(y) > self.context_window:
@@ -393,9 +476,9 @@ class SemGradScorer:
     def check(self, messages: Messages, answer: str) -> None:
         """Raise what :meth:`score` would raise on this pair's input (chat, control tokens, context
         length), without running the model: tokenizing only, so a batch can be refused before any scoring."""
-        chat, prompt_text, text, _, _ = self._prepare(messages, answer)
-        x = self._encode(prompt_text)
-        self._check_lengths(x, self._answer_ids(chat, text, x, prompt_text))
+        chat, prompt_text, table, text, _, _ = self._prepare(messages, answer)
+        x = self._encode_masked(prompt_text, table)
+        self._check_lengths(x, self._answer_ids(chat, text, x, prompt_text, table))
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, messages: Messages, answer: str) -> ScoreResult:
@@ -412,9 +495,9 @@ class SemGradScorer:
         pairs = _check_pairs(pairs)
         examples, notes = [], []
         for messages, answer in pairs:
-            chat, prompt_text, text, start, flags = self._prepare(messages, answer)
-            x = self._encode(prompt_text)
-            y = self._answer_ids(chat, text, x, prompt_text)
+            chat, prompt_text, table, text, start, flags = self._prepare(messages, answer)
+            x = self._encode_masked(prompt_text, table)
+            y = self._answer_ids(chat, text, x, prompt_text, table)
             self._check_lengths(x, y)
             examples.append(ScoringInput(x, y))
             notes.append((start, flags))
@@ -679,6 +762,16 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 class ProfileNotice(UserWarning):
     """Shown once when a model has no shipped profile (visible, not only logged)."""
+
+
+def _whole_prompt(text: str) -> bool:
+    """Whether an answer starting with ``text`` is taken for an echo of the raw prompt.
+
+    Only a prompt an answer would not legitimately repeat: at least three words, ending a sentence
+    or a line ("When does water boil?"). "Paris" -> "Paris is the capital of France." and
+    "2+2" -> "2+2 = 4." are answers, not echoes.
+    """
+    return len(text.split()) >= 3 and (text.endswith("\n") or text.rstrip()[-1:] in ".?!:;")
 
 
 def _control_strings(tokenizer: Any) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from ..config import TypedConfig
-from ..errors import ConfigurationError, ProfileError
+from ..config import TypedConfig, format_validation_error
+from ..errors import ProfileError
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +94,14 @@ class ModelProfile(TypedConfig):
     @classmethod
     def load(cls, path: str | Path) -> ModelProfile:
         """Load a profile from a JSON file."""
+        from .._files import read_config_text
+
+        text = read_config_text(path, "profile")
         try:
-            return cls.model_validate_json(Path(path).read_text())
-        except FileNotFoundError as e:
-            raise ConfigurationError(f"profile file {path} does not exist") from e
+            return cls.model_validate_json(text)
         except ValidationError as e:
-            raise ProfileError(f"profile file {path} is invalid: {e}") from e
+            # Not str(e): pydantic quotes the input, and the file may be anything.
+            raise ProfileError(f"profile file {path} is invalid: {format_validation_error(e)}") from None
 
     def save(self, path: str | Path) -> None:
         """Write the profile as JSON."""

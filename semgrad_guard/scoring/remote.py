@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from .. import errors
 from ..errors import (
@@ -21,7 +21,7 @@ from ..errors import (
     ServiceError,
     ServiceUnavailableError,
 )
-from ..messages import Messages, normalize_messages
+from ..messages import Messages, check_text, normalize_messages
 from ..results import ScoreResult
 
 try:
@@ -29,7 +29,15 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise MissingDependencyError("httpx", "serve", "RemoteScorer") from e
 
+_T = TypeVar("_T")
+
 TOKEN_ENV = "SEMGRAD_GUARD_TOKEN"
+RETRIED = (httpx.ConnectError, httpx.ConnectTimeout)
+"""Retried on every call: the request never reached the service."""
+RETRIED_IF_IDEMPOTENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+"""Also retried on scoring and the model listing (pure functions of their input), not on
+``generate``: the connection dropped mid-call (a stale keep-alive, a restarted or killed replica)."""
+
 GENERATE_KWARGS = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "seed"})
 """Generation settings sent to the service (what the Guard's retry strategies change)."""
 
@@ -100,7 +108,8 @@ class _Wire:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def score_body(self, messages: Messages, answer: str) -> dict[str, Any]:
-        return {"messages": normalize_messages(messages), "answer": answer}
+        # Checked here as in process: a lone surrogate is a ScoringError, not httpx's UnicodeEncodeError.
+        return {"messages": normalize_messages(messages), "answer": check_text(answer, "answer")}
 
     def batch_body(self, pairs: Sequence[tuple[Messages, str]]) -> dict[str, Any]:
         return {"items": [self.score_body(m, a) for m, a in pairs]}
@@ -119,7 +128,14 @@ class _Wire:
     def read(self, response: httpx.Response) -> Any:
         """The JSON of a success; raises the typed error of a failure (503 as _Overloaded, to be retried)."""
         if response.is_success:
-            return response.json()
+            try:
+                return response.json()
+            except ValueError as e:
+                raise ServiceError(
+                    f"{self.url} answered {response.status_code} with a body that is not JSON; "
+                    "is this a semgrad-guard service?",
+                    status=response.status_code,
+                ) from e
         try:
             body = response.json()
         except ValueError:
@@ -128,6 +144,21 @@ class _Wire:
         if response.status_code == 503 and isinstance(err, ServiceUnavailableError):
             raise _Overloaded(err)
         raise err
+
+    def parse(self, path: str, build: Callable[[], _T]) -> _T:
+        """``build()`` over a success body, a malformed one being a :class:`ServiceError` (cause chained)."""
+        try:
+            return build()
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+        ) as e:  # pydantic's ValidationError is a ValueError
+            raise ServiceError(
+                f"{self.url}{path} answered a body that is not a semgrad-guard answer ({type(e).__name__}); "
+                "is this a semgrad-guard service of the same version?"
+            ) from e
 
     def check_model(self, listing: Any) -> dict[str, Any]:
         """The served model's description, after checking it is the one named (id or alias, weights hash)."""
@@ -164,7 +195,9 @@ class _Wire:
                 return p.weights_sha256
         return None
 
-    def retrying(self, attempts: int, max_wait: float, *, asynchronous: bool, sleep: Any = None) -> Any:
+    def retrying(
+        self, attempts: int, max_wait: float, *, asynchronous: bool, idempotent: bool, sleep: Any = None
+    ) -> Any:
         import tenacity
 
         def wait(state: tenacity.RetryCallState) -> float:
@@ -179,20 +212,36 @@ class _Wire:
             **extra,
             stop=tenacity.stop_after_attempt(attempts),
             wait=wait,
-            retry=tenacity.retry_if_exception_type((_Overloaded, httpx.ConnectError, httpx.ConnectTimeout)),
+            retry=tenacity.retry_if_exception_type(
+                (_Overloaded, *RETRIED, *(RETRIED_IF_IDEMPOTENT if idempotent else ()))
+            ),
             reraise=True,
         )
 
-    def unavailable(self, exc: BaseException, attempts: int) -> ServiceUnavailableError:
+    def failure(self, exc: BaseException, attempts: int, timeout: httpx.Timeout) -> errors.SemGradGuardError:
+        """The typed error a transport failure stands for (the caller chains ``exc`` as its cause)."""
         if isinstance(exc, _Overloaded):
             err = exc.error
             err.args = (f"{err} (after {attempts} attempts)",)
             return err
-        return ServiceUnavailableError(
-            f"cannot reach the scoring service at {self.url} after {attempts} attempts ({type(exc).__name__}: "
-            f"{exc}); is `semgrad-guard serve` running there?",
-            error_type=type(exc).__name__,
-        )
+        name = type(exc).__name__
+        if isinstance(exc, RETRIED):
+            message = (
+                f"cannot reach the scoring service at {self.url} after {attempts} attempts ({name}: {exc})"
+            )
+        elif isinstance(exc, httpx.TimeoutException):
+            # Not retried: a frozen service would hold the caller attempts x timeout.
+            message = (
+                f"the scoring service at {self.url} did not answer in time ({name}, timeout {timeout.read}s); "
+                "give RemoteScorer a larger timeout if it is busy scoring long answers"
+            )
+        elif isinstance(exc, httpx.TransportError):  # dropped mid-call; retried when idempotent
+            message = f"the connection to the scoring service at {self.url} failed ({name}: {exc})"
+        else:  # TooManyRedirects, DecodingError, ...: the service answered, but not as one
+            return ServiceError(
+                f"the request to the scoring service at {self.url} failed ({name}: {exc})", error_type=name
+            )
+        return ServiceUnavailableError(f"{message}; is `semgrad-guard serve` running there?", error_type=name)
 
 
 VERDICT_FIELDS = ("confidence", "action", "rule")
@@ -207,7 +256,10 @@ class RemoteScorer:
     """A scorer whose model runs in ``semgrad-guard serve``: works wherever a scorer is accepted.
 
     Sync and async (httpx), with timeouts, retries on connection errors and 503 only (waiting what
-    ``Retry-After`` says), and the service's typed errors raised as the same classes
+    ``Retry-After`` says; a connection dropped mid-call is retried for scoring, never for
+    ``generate``; a read timeout is never retried), every transport failure raised as a
+    :class:`ServiceUnavailableError` (or :class:`ServiceError`) whose ``__cause__`` is httpx's
+    exception, and the service's typed errors raised as the same classes
     (``ContextLengthError``, ``UnknownRoleError``, ...). At first use it checks, via ``/v1/models``, that
     the service holds the model named by ``model`` (and ``weights_hash``, or for the embedded model its
     shipped fingerprint): :class:`ServedModelMismatchError` otherwise.
@@ -268,23 +320,27 @@ class RemoteScorer:
     # ------------------------------------------------------------------ Scorer
     def score(self, messages: Messages, answer: str) -> ScoreResult:
         data = self._call("/v1/score", self._wire.score_body(messages, answer))
-        return ScoreResult.model_validate(data["result"])
+        return self._wire.parse("/v1/score", lambda: ScoreResult.model_validate(data["result"]))
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         if not pairs:
             return []
         data = self._call("/v1/score/batch", self._wire.batch_body(pairs))
-        return [ScoreResult.model_validate(item["result"]) for item in data["items"]]
+        return self._wire.parse(
+            "/v1/score/batch", lambda: [ScoreResult.model_validate(item["result"]) for item in data["items"]]
+        )
 
     async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
         data = await self._acall("/v1/score", self._wire.score_body(messages, answer))
-        return ScoreResult.model_validate(data["result"])
+        return self._wire.parse("/v1/score", lambda: ScoreResult.model_validate(data["result"]))
 
     async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         if not pairs:
             return []
         data = await self._acall("/v1/score/batch", self._wire.batch_body(pairs))
-        return [ScoreResult.model_validate(item["result"]) for item in data["items"]]
+        return self._wire.parse(
+            "/v1/score/batch", lambda: [ScoreResult.model_validate(item["result"]) for item in data["items"]]
+        )
 
     # ------------------------------------------------------------------ the server's verdict
     def score_with_verdict(self, messages: Messages, answer: str) -> tuple[ScoreResult, dict[str, Any]]:
@@ -307,12 +363,22 @@ class RemoteScorer:
     # ------------------------------------------------------------------ GeneratingScorer
     def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
         """The served model's answer (not guarded by the service) and its score, from one pass."""
-        data = self._call("/v1/generate", self._wire.generate_body(messages, generate_kwargs))
-        return str(data["answer"]), ScoreResult.model_validate(data["semgrad"]["result"])
+        data = self._call(
+            "/v1/generate", self._wire.generate_body(messages, generate_kwargs), idempotent=False
+        )
+        return self._wire.parse(
+            "/v1/generate",
+            lambda: (str(data["answer"]), ScoreResult.model_validate(data["semgrad"]["result"])),
+        )
 
     async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
-        data = await self._acall("/v1/generate", self._wire.generate_body(messages, generate_kwargs))
-        return str(data["answer"]), ScoreResult.model_validate(data["semgrad"]["result"])
+        data = await self._acall(
+            "/v1/generate", self._wire.generate_body(messages, generate_kwargs), idempotent=False
+        )
+        return self._wire.parse(
+            "/v1/generate",
+            lambda: (str(data["answer"]), ScoreResult.model_validate(data["semgrad"]["result"])),
+        )
 
     # ------------------------------------------------------------------ identity
     def describe(self) -> dict[str, Any]:
@@ -339,41 +405,41 @@ class RemoteScorer:
         self.served = info
 
     # ------------------------------------------------------------------ I/O shells
-    def _call(self, path: str, body: dict[str, Any]) -> Any:
+    def _call(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> Any:
         self.describe()
-        return self._send("POST", path, body)
+        return self._send("POST", path, body, idempotent=idempotent)
 
-    async def _acall(self, path: str, body: dict[str, Any]) -> Any:
+    async def _acall(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> Any:
         await self.adescribe()
-        return await self._asend("POST", path, body)
+        return await self._asend("POST", path, body, idempotent=idempotent)
 
-    def _send(self, method: str, path: str, body: Any) -> Any:
+    def _send(self, method: str, path: str, body: Any, *, idempotent: bool = True) -> Any:
         client = self._sync_client()
         try:
             for attempt in self._wire.retrying(
-                self.max_attempts, self.max_wait, asynchronous=False, sleep=self._sleep
+                self.max_attempts, self.max_wait, asynchronous=False, idempotent=idempotent, sleep=self._sleep
             ):
                 with attempt:
                     return self._wire.read(
                         client.request(method, self.url + path, json=body, headers=self._wire.headers())
                     )
-        except (_Overloaded, httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise self._wire.unavailable(e, self.max_attempts) from e
+        except (_Overloaded, httpx.HTTPError) as e:
+            raise self._wire.failure(e, self.max_attempts, self._timeout) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _asend(self, method: str, path: str, body: Any) -> Any:
+    async def _asend(self, method: str, path: str, body: Any, *, idempotent: bool = True) -> Any:
         client = self._async_client()
         try:
             async for attempt in self._wire.retrying(
-                self.max_attempts, self.max_wait, asynchronous=True, sleep=self._asleep
+                self.max_attempts, self.max_wait, asynchronous=True, idempotent=idempotent, sleep=self._asleep
             ):
                 with attempt:
                     response = await client.request(
                         method, self.url + path, json=body, headers=self._wire.headers()
                     )
                     return self._wire.read(response)
-        except (_Overloaded, httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise self._wire.unavailable(e, self.max_attempts) from e
+        except (_Overloaded, httpx.HTTPError) as e:
+            raise self._wire.failure(e, self.max_attempts, self._timeout) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sync_client(self) -> httpx.Client:

@@ -241,3 +241,127 @@ def test_a_remote_error_body_round_trips_through_json():
     back = error_from_response(400, json.loads(json.dumps(error_body(err))), {})
     assert type(back) is ContextLengthError and str(back) == str(err)
     assert (back.prompt_tokens, back.answer_tokens, back.limit) == (10, 5, 12)
+
+
+class RawServer:
+    """A real TCP server on 127.0.0.1 that misbehaves: each connection gets the next scripted act.
+
+    ``"drop"`` reads the request and closes without answering (a killed replica, a stale keep-alive),
+    ``"hang"`` reads it and never answers, bytes are sent as the raw HTTP answer.
+    """
+
+    def __init__(self, *acts):
+        import socket
+        import threading
+
+        self.acts, self.connections = list(acts), 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._held = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            act = self.acts[min(self.connections, len(self.acts) - 1)]
+            self.connections += 1
+            conn.settimeout(2)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536) or b"\r\n\r\n"
+            if act == "hang":
+                self._held.append(conn)
+                continue
+            if act != "drop":
+                conn.sendall(act)
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for c in self._held:
+            c.close()
+        self.sock.close()
+
+
+def _http(body: bytes | str, status: str = "200 OK", ctype: str = "application/json") -> bytes:
+    body = body.encode() if isinstance(body, str) else body
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+def _offline(url, **kwargs):
+    remote = RemoteScorer(url, max_attempts=3, **kwargs)
+    remote._sleep = lambda s: None
+    remote.served = {"id": "m"}  # skip the model check: these servers only misbehave
+    return remote
+
+
+def test_a_dropped_connection_is_retried_for_scoring_and_then_reported():
+    with RawServer("drop") as srv:
+        remote = _offline(srv.url)
+        with pytest.raises(ServiceUnavailableError, match="connection to the scoring service") as info:
+            remote.score("q", "a")
+        assert srv.connections == 3 and isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+        assert info.value.error_type == "RemoteProtocolError"
+
+
+def test_a_dropped_connection_then_an_answer_succeeds():
+    with RawServer("drop", _http(json.dumps(_result()))) as srv:
+        assert _offline(srv.url).score("q", "a").semgrad == 0.5
+        assert srv.connections == 2
+
+
+def test_generate_is_never_retried_after_the_request_was_sent():
+    with RawServer("drop") as srv:
+        remote = _offline(srv.url)
+        with pytest.raises(ServiceUnavailableError) as info:
+            remote.generate("q", max_new_tokens=2)
+        assert srv.connections == 1 and isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+
+
+async def test_a_frozen_service_is_a_typed_timeout_not_retried():
+    with RawServer("hang") as srv:
+        remote = _offline(srv.url, timeout=0.3)
+        with pytest.raises(ServiceUnavailableError, match="did not answer in time") as info:
+            remote.score("q", "a")
+        assert srv.connections == 1 and isinstance(info.value.__cause__, httpx.ReadTimeout)
+        remote._asleep = None
+        with pytest.raises(ServiceUnavailableError, match="did not answer in time"):
+            await remote.ascore("q", "a")
+        await remote.aclose()
+
+
+def test_a_lone_surrogate_is_a_scoring_error_before_anything_is_sent():
+    with RawServer("drop") as srv:
+        remote = _offline(srv.url)
+        for messages, answer in (("q", "bad \ud800"), ("bad \udfff", "a")):
+            with pytest.raises(ScoringError, match="lone surrogate"):
+                remote.score(messages, answer)
+        assert srv.connections == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [_http("<html>proxy</html>", ctype="text/html"), _http('{"result": {"semgrad": "x"}}'), _http("[]")],
+    ids=["not-json", "bad-result", "not-an-object"],
+)
+def test_a_success_that_is_not_a_semgrad_answer_is_a_service_error(raw):
+    from semgrad_guard import ServiceError
+
+    with RawServer(raw) as srv:
+        with pytest.raises(ServiceError, match="is this a semgrad-guard service") as info:
+            _offline(srv.url).score("q", "a")
+        assert info.value.__cause__ is not None

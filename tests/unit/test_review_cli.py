@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -38,7 +39,8 @@ def db(review_db):
     return path
 
 
-def test_list_shows_a_table(db, capsys) -> None:
+def test_list_shows_a_table(db, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")  # wide enough for the whole question
     assert main(["review", "list", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "Capital of Australia?" in out and "Sydney" in out and "0.310" in out and "0.0123" in out
@@ -106,6 +108,7 @@ def test_errors_exit_2_with_a_clear_message(db, tmp_path, capsys) -> None:
 def test_console_script_entry_point(db) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "semgrad_guard", "review", "list", "--db", str(db)],
+        env={**os.environ, "COLUMNS": "160"},
         capture_output=True,
         text=True,
         timeout=120,

@@ -34,12 +34,10 @@ from langchain_core.runnables import Runnable, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_semgrad import ChatSemGrad, guard_runnable
 from rich.console import Console
-from rich.table import Table
+from rich.padding import Padding
+from rich.text import Text
 
-from semgrad_guard.errors import SemGradGuardError
-from semgrad_guard.guard.outcomes import GuardResult
-from semgrad_guard.guard.policy import GuardPolicy
-from semgrad_guard.review.queue import SQLiteReviewQueue
+from semgrad_guard import GuardPolicy, GuardResult, SemGradGuardError, SQLiteReviewQueue
 
 DOCS = Path(__file__).parent / "data" / "orbitra_docs.jsonl"
 
@@ -94,7 +92,7 @@ def build_chain(chat: ChatSemGrad, k: int = 2) -> Runnable[str, str]:
 def shipped_calibrator(scorer: Any) -> tuple[Any, str]:
     """The calibrator shipped for the scorer's model and profile, or (None, why not)."""
     try:
-        from semgrad_guard.guard.calibration import Calibrator
+        from semgrad_guard import Calibrator
 
         calibrator = Calibrator.default_for(scorer.model_id)
         calibrator.check_compatible(scorer.model_id, scorer.profile)
@@ -121,13 +119,16 @@ def run(
     chat = ChatSemGrad(model="default", max_tokens=max_tokens)
     scorer = chat.scorer
     calibrator, why_not = shipped_calibrator(scorer)
-    db = review_db or str(Path(tempfile.mkdtemp(prefix="semgrad-rag-")) / "review.db")
+    # Without --review-db the queue lives in a temporary folder removed at the end of the run.
+    tmp = tempfile.TemporaryDirectory(prefix="semgrad-rag-") if review_db is None else None
+    db = review_db or str(Path(tmp.name if tmp else ".") / "review.db")
+    queue = SQLiteReviewQueue(db)
     guarded = guard_runnable(
         build_chain(chat),
         scorer,
         POLICY,
         calibrator=calibrator,
-        review_queue=SQLiteReviewQueue(db),
+        review_queue=queue,
         output="guard_result",
     )
     results: list[GuardResult] = []
@@ -136,38 +137,43 @@ def run(
             status.update(f"question {i}/{len(questions)}: {question}")
             results.append(guarded.invoke(question))
 
-    table = Table(title=f"Guarded RAG answers ({scorer.model_id}, policy over confidence)", show_lines=True)
-    for col in (
-        "question",
-        "in docs",
-        "model answer",
-        "semgrad",
-        "hybridgrad",
-        "mean_nll",
-        "confidence",
-        "action",
-        "returned",
-    ):
-        table.add_column(col, overflow="fold")
-    for (question, in_scope), r in zip(questions, results, strict=True):
-        best = r.best_attempt
-        s = r.result.scores() if r.result is not None else {}
-        table.add_row(
-            question,
-            "yes" if in_scope else "no",
-            (best.answer if best else "") or "",
-            f"{s.get('semgrad', float('nan')):.2e}",
-            f"{s.get('hybridgrad', float('nan')):.2e}",
-            f"{s.get('mean_nll', float('nan')):.3f}",
-            f"{r.confidence:.2f}" if r.confidence is not None else "n/a",
-            describe(r),
-            r.answer,
-        )
-    console.print(table)
+    render(
+        questions, results, console, title=f"Guarded RAG answers ({scorer.model_id}, policy over confidence)"
+    )
     if calibrator is None:
         console.print(f"confidence: n/a ({why_not}); every answer went to the policy's on_error action")
-    console.print(f"review queue: {db}  (semgrad-guard review list --db {db})")
+    if tmp is None:
+        console.print(f"review queue: {db}  (semgrad-guard review list --db {db})")
+    else:
+        console.print(f"review queue: {len(queue)} item(s), temporary (keep them: --review-db FILE)")
+        queue.close()
+        tmp.cleanup()
     return results
+
+
+def render(
+    questions: Sequence[tuple[str, bool]], results: Sequence[GuardResult], console: Console, *, title: str
+) -> None:
+    """One block per question, readable at 80 columns: the verdict line, then the answers in full width."""
+    console.print(Text(title, style="bold"))
+    for i, ((question, in_scope), r) in enumerate(zip(questions, results, strict=True), 1):
+        best = r.best_attempt
+        s = r.result.scores() if r.result is not None else {}
+        conf = f"{r.confidence:.2f}" if r.confidence is not None else "n/a"
+        head = Text.assemble(
+            (f"{i}. {question}", "bold"),
+            f"  ({'in the docs' if in_scope else 'not in the docs'})",
+        )
+        console.print(head)
+        console.print(
+            f"   confidence {conf}, semgrad {s.get('semgrad', float('nan')):.2e}, "
+            f"mean_nll {s.get('mean_nll', float('nan')):.3f}: {describe(r)}",
+            highlight=False,
+        )
+        model_answer = (best.answer if best else "") or ""
+        console.print(Padding(Text(f"model:    {model_answer}"), (0, 0, 0, 3)))
+        if r.answer != model_answer:
+            console.print(Padding(Text(f"returned: {r.answer}"), (0, 0, 0, 3)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

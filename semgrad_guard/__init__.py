@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
+from ._version import VERSION
 from .errors import (
     AlreadyDecidedError,
     AnswerRejectedError,
@@ -40,13 +40,15 @@ from .errors import (
     ServiceAuthError,
     ServiceError,
     ServiceUnavailableError,
+    ToolCallingUnsupportedError,
+    ToolCallParseError,
     UnknownRoleError,
 )
-from .generation import generation_overrides
+from .generation import generation_overrides, resolve_generation
 from .guard.calibration import Calibrator
 from .guard.guard import Guard, register_stop_exception
 from .guard.outcomes import Attempt, Generated, GuardResult
-from .guard.policy import Action, Decision, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
+from .guard.policy import Action, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
 from .guard.strategies import (
@@ -60,9 +62,17 @@ from .payload import PAYLOAD_KEY, ScorePayload
 from .results import SCORE_FIELDS, ScoreResult
 from .review.labels import LabelledExample, labelled
 from .review.postgres import PostgresReviewQueue
-from .review.queue import ReviewItem, ReviewQueue, ReviewStatus, SQLiteReviewQueue, open_review_queue
+from .review.queue import (
+    ReviewItem,
+    ReviewQueue,
+    ReviewStatus,
+    SQLiteReviewQueue,
+    apply_review_decision,
+    open_review_queue,
+)
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
+from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
 
 if TYPE_CHECKING:
     from .eval.profile_search import select_profile
@@ -81,7 +91,7 @@ _LAZY = {
     "StreamChunk": "scoring.streaming",
 }
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Action",
@@ -96,7 +106,6 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "ControlTokenError",
-    "Decision",
     "Generated",
     "GeneratingScorer",
     "Guard",
@@ -147,23 +156,27 @@ __all__ = [
     "ServiceUnavailableError",
     "StreamChunk",
     "ThresholdSelection",
+    "ToolCallParseError",
+    "ToolCallingUnsupportedError",
+    "ToolTurn",
     "UnknownRoleError",
     "Verdict",
     "WidenRetrievalStrategy",
+    "apply_review_decision",
     "compute_sps",
     "fetch_default_model",
+    "generate_tool_turn",
     "generation_overrides",
     "judge",
     "labelled",
     "open_review_queue",
     "recalibrate",
     "register_stop_exception",
+    "require_tool_support",
+    "resolve_generation",
     "select_profile",
     "select_threshold",
 ]
-
-
-_moved.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import CalibrationError, ConfigurationError
 from ._rows import read_jsonl_rows, row_chat
+from ._threads import add_threads_argument
 
 ANSWER_KEYS = ("references", "truthful answer", "answers")
 
@@ -76,6 +77,7 @@ def register(sub: Any) -> None:
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="target error rates")
     p.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of the bound")
     p.add_argument("--folds", type=int, default=5)
+    add_threads_argument(p)
     p.set_defaults(func=_calibrate)
 
 
@@ -119,6 +121,9 @@ def _labelled_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> t
             raise ConfigurationError(
                 f"--data line {row['_line']}: give scores + 'correct', 'answer' + 'correct', or 'references'"
             )
+    _check_enough(
+        rows, to_answer
+    )  # before any model loads: scoring 4 rows to be told 10 are needed helps nobody
     if to_score or to_answer:
         from rich.progress import Progress
 
@@ -143,6 +148,19 @@ def _labelled_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> t
                 correct[i] = is_correct(values, args.rule, threshold)
                 bar.advance(task)
     return results, [bool(c) for c in correct]
+
+
+def _check_enough(rows: list[dict[str, Any]], to_answer: list[int]) -> None:
+    """Fail on too few rows, or (where every label is known) too few of a class, as ``Calibrator.fit`` would."""
+    from ..guard.calibration import MIN_EXAMPLES
+
+    n_correct = sum(1 for r in rows if r.get("correct") is True)
+    n_wrong = sum(1 for r in rows if r.get("correct") is False)
+    if len(rows) < MIN_EXAMPLES or (not to_answer and min(n_correct, n_wrong) < 2):
+        raise CalibrationError(
+            f"--data has {len(rows)} rows ({n_correct} correct, {n_wrong} incorrect): a calibrator needs at "
+            f"least {MIN_EXAMPLES} labelled examples with at least 2 correct and 2 incorrect; add rows"
+        )
 
 
 def _calibrate(args: argparse.Namespace) -> int:

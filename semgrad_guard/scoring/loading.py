@@ -157,6 +157,13 @@ def _resolve_source(model: str | Path, gguf_file: str | None) -> tuple[str, bool
                     else ""
                 )
             )
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            # Checked here: transformers would treat the path as a hub id and print a broken hub URL.
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            raise ModelError(
+                f"GGUF file {gguf_file!r} is not in {name!r}; "
+                + (f"the GGUF files there: {found}" if found else "that directory holds no .gguf file")
+            )
         if gguf_file is None and not (path / "config.json").exists():
             raise ModelError(
                 f"model directory {name!r} has no config.json; give the directory of a Hugging Face checkpoint"

@@ -194,8 +194,9 @@ def test_shipped_calibrator_for_the_embedded_model() -> None:
     assert cal.data is not None and all(name in cal.data for name in ("sciq", "truthfulqa", "rag"))
     assert cal.cv_scheme is not None and cal.cv_scheme.startswith("leave-one-group-out")
     assert cal.n_samples == 600
-    with pytest.raises(ConfigurationError, match="no calibrator is shipped"):
+    with pytest.raises(ConfigurationError, match="no calibrator is shipped") as err:
         Calibrator.default_for("org/unknown")
+    assert "semgrad-guard calibrate" in str(err.value) and "Calibrator.load" in str(err.value)
 
 
 def test_groups_select_features_leaving_one_data_set_out() -> None:

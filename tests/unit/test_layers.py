@@ -119,7 +119,7 @@ ALLOWED = {
     "serve": {"serve", "scoring", "guard", "review", "payload"},  # nothing but cli imports serve
     "testing": {"testing", "scoring", "guard", "review"},
 }
-FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer", "_files"}
+FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer", "_files", "_version"}
 
 
 def test_each_layer_imports_only_what_it_may():
@@ -127,7 +127,7 @@ def test_each_layer_imports_only_what_it_may():
     for p in CORE.rglob("*.py"):
         parts = p.relative_to(CORE).with_suffix("").parts
         if len(parts) == 1:
-            layer = None if parts[0] in ("__init__", "__main__", "_moved") else "foundation"
+            layer = None if parts[0] in ("__init__", "__main__") else "foundation"
         else:
             layer = parts[0]
         if layer is None:
@@ -155,23 +155,6 @@ def test_deciding_modules_import_no_torch():
     ]:
         mods = _imports(p)
         assert not any(m.split(".")[0] in ("torch", "transformers") for m in mods), p.name
-
-
-def test_old_import_paths_warn_and_give_the_same_module():
-    import importlib
-    import warnings
-
-    import semgrad_guard._moved as moved
-
-    for old, new in moved.MOVED.items():
-        sys_mod = __import__("sys").modules
-        sys_mod.pop(old, None)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            got = importlib.import_module(old)
-        assert got is importlib.import_module(new), old
-        assert got.__spec__.name == new
-        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), old
 
 
 def test_no_module_imports_the_package_face():

@@ -225,11 +225,11 @@ def test_the_guard_runs_on_a_remote_scorer(tiny, server):
         {"rules": [{"field": "semgrad", "max": 1e9, "action": "accept"}], "retry": {"max_attempts": 1}}
     )
     remote = RemoteScorer(server.url, token="tok", model="tiny-random-llama")
-    result = Guard(remote, policy).run(CHAT)
+    result = Guard(policy, scorer=remote).run(CHAT)
     want_text, want = tiny.generate(CHAT)
     assert result.answer == want_text and result.action.value == "accept"
     close(result.result, want)
-    checked = Guard(remote, policy).check(CHAT, "Carbon dioxide.")
+    checked = Guard(policy, scorer=remote).check(CHAT, "Carbon dioxide.")
     close(checked.result, tiny.score(CHAT, "Carbon dioxide."))
 
 

@@ -159,6 +159,18 @@ def test_missing_local_path_is_reported_as_missing(path) -> None:
         SemGradScorer.from_pretrained(path)
 
 
+def test_a_gguf_file_typo_names_the_files_there_not_a_hub_url(tmp_path) -> None:
+    from semgrad_guard import ModelError
+
+    (tmp_path / "model-q8_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelError, match=r"'model-q8.gguf' is not in .*\['model-q8_0.gguf'\]") as err:
+        SemGradScorer.from_pretrained(str(tmp_path), gguf_file="model-q8.gguf")
+    assert "huggingface.co" not in str(err.value)
+    (tmp_path / "model-q8_0.gguf").unlink()
+    with pytest.raises(ModelError, match="holds no .gguf file"):
+        SemGradScorer.from_pretrained(str(tmp_path), gguf_file="model-q8.gguf")
+
+
 def test_unknown_hub_id_fails_fast_when_offline(monkeypatch) -> None:
     import time
 

@@ -9,16 +9,17 @@ generates (:class:`ChatSemGrad`).
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-from semgrad_guard.generation import generation_overrides
+from semgrad_guard import generation_overrides
 
 from . import _guarding  # noqa: F401  (registers LangGraph's control-flow exceptions with the core)
 from .callbacks import SCORE_EVENT, AsyncSemGradCallbackHandler, SemGradCallbackHandler
 from .chat_models import ChatSemGrad
 from .errors import LowConfidenceError
 from .messages import to_chat
-from .metadata import METADATA_KEY, read_payload, read_score
+from .metadata import read_payload, read_score
 from .output_parsers import SemGradOutputParser
 from .runnables import GuardedRunnable, guard_runnable
 
@@ -27,10 +28,9 @@ if TYPE_CHECKING:
 
 _LAZY = {"SemGradMiddleware": "middleware", "REVIEW_INTERRUPT_TYPE": "middleware"}
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("langchain-semgrad")  # one source: pyproject.toml
 
 __all__ = [
-    "METADATA_KEY",
     "REVIEW_INTERRUPT_TYPE",
     "SCORE_EVENT",
     "AsyncSemGradCallbackHandler",

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from semgrad_guard.guard.guard import Guard, register_stop_exception
-from semgrad_guard.guard.outcomes import GuardResult
-from semgrad_guard.guard.policy import Action
+from semgrad_guard import Action, Guard, GuardResult, register_stop_exception
 
 from .errors import LowConfidenceError
 

@@ -20,11 +20,7 @@ from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_cu
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 
-from semgrad_guard import Action
-from semgrad_guard.errors import ToolCallingUnsupportedError
-from semgrad_guard.guard.policy import Verdict, judge
-from semgrad_guard.results import ScoreResult
-from semgrad_guard.scorer import Scorer
+from semgrad_guard import Action, Scorer, ScoreResult, ToolCallingUnsupportedError, Verdict, judge
 
 from .errors import LowConfidenceError
 from .messages import is_tool_call_turn, to_chat

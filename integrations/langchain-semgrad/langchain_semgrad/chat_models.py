@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -18,13 +18,18 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, model_validator
 
-from semgrad_guard.errors import ConfigurationError
-from semgrad_guard.generation import resolve_generation
-from semgrad_guard.results import ScoreResult
-from semgrad_guard.scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
+from semgrad_guard import (
+    PAYLOAD_KEY,
+    ConfigurationError,
+    ScoreResult,
+    ToolTurn,
+    generate_tool_turn,
+    require_tool_support,
+    resolve_generation,
+)
 
 from .messages import to_chat
-from .metadata import METADATA_KEY, score_payload
+from .metadata import score_payload
 
 _SCORER_CACHE: dict[tuple[str, str], Any] = {}
 _SCORER_CACHE_LOCK = threading.Lock()
@@ -35,10 +40,14 @@ def _load_scorer(model: str, device: str) -> Any:
     with _SCORER_CACHE_LOCK:
         key = (model, device)
         if key not in _SCORER_CACHE:
-            from semgrad_guard.scoring.hf_scorer import SemGradScorer
+            from semgrad_guard import SemGradScorer
 
             _SCORER_CACHE[key] = SemGradScorer.from_pretrained(model, device=device)
         return _SCORER_CACHE[key]
+
+
+_Steps = Generator[tuple[str, Any, Any], Any, tuple[str, ScoreResult]]
+"""(kind, chat, arg) requests: ("generate", chat, kwargs) or ("score", chat, text); returns (text, result)."""
 
 
 class ChatSemGrad(BaseChatModel):
@@ -185,7 +194,7 @@ class ChatSemGrad(BaseChatModel):
 
     def _tool_message(self, turn: ToolTurn, result: ScoreResult) -> AIMessage:
         metadata, usage = self._message_fields(result)
-        metadata[METADATA_KEY]["turn"] = "tool_call"  # an intermediate step, not an answer
+        metadata[PAYLOAD_KEY]["turn"] = "tool_call"  # an intermediate step, not an answer
         calls = [ToolCall(name=c.name, args=c.arguments, id=c.id, type="tool_call") for c in turn.tool_calls]
         return AIMessage(
             content=turn.content, tool_calls=calls, response_metadata=metadata, usage_metadata=usage
@@ -193,7 +202,7 @@ class ChatSemGrad(BaseChatModel):
 
     def _tool_result(self, turn: ToolTurn, result: ScoreResult) -> ChatResult:
         message = self._tool_message(turn, result)
-        info = {METADATA_KEY: message.response_metadata[METADATA_KEY]}
+        info = {PAYLOAD_KEY: message.response_metadata[PAYLOAD_KEY]}
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
     def _tool_chunks(self, turn: ToolTurn, result: ScoreResult) -> list[ChatGenerationChunk]:
@@ -211,7 +220,7 @@ class ChatSemGrad(BaseChatModel):
         )
         return [
             ChatGenerationChunk(
-                message=last, generation_info={METADATA_KEY: last.response_metadata[METADATA_KEY]}
+                message=last, generation_info={PAYLOAD_KEY: last.response_metadata[PAYLOAD_KEY]}
             )
         ]
 
@@ -264,7 +273,7 @@ class ChatSemGrad(BaseChatModel):
 
     def _message_fields(self, result: ScoreResult) -> tuple[dict[str, Any], UsageMetadata]:
         metadata = {
-            METADATA_KEY: score_payload(result, source="chat_semgrad"),
+            PAYLOAD_KEY: score_payload(result, source="chat_semgrad"),
             "model_name": self.model_name,
             "model_provider": "semgrad",
         }
@@ -280,7 +289,7 @@ class ChatSemGrad(BaseChatModel):
         message = AIMessage(content=text, response_metadata=metadata, usage_metadata=usage)
         return ChatResult(
             generations=[
-                ChatGeneration(message=message, generation_info={METADATA_KEY: metadata[METADATA_KEY]})
+                ChatGeneration(message=message, generation_info={PAYLOAD_KEY: metadata[PAYLOAD_KEY]})
             ]
         )
 
@@ -293,36 +302,14 @@ class ChatSemGrad(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if self.streaming:
-            chunks = list(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
-            full = chunks[0]
-            for c in chunks[1:]:
-                full += c
-            msg = cast(AIMessageChunk, full.message)
-            return ChatResult(
-                generations=[
-                    ChatGeneration(
-                        message=AIMessage(
-                            content=msg.content,
-                            tool_calls=msg.tool_calls,
-                            response_metadata=msg.response_metadata,
-                            usage_metadata=msg.usage_metadata,
-                            id=msg.id,
-                        ),
-                        generation_info={METADATA_KEY: msg.response_metadata.get(METADATA_KEY)},
-                    )
-                ]
-            )
+            return _from_chunks(list(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs)))
         chat = to_chat(messages)
         stop = stop or self.stop
         tools = kwargs.get("tools")
         if tools:
             turn, result = self._run_tools(chat, tools, stop, self._generate_kwargs(stop, kwargs))
             return self._tool_result(turn, result) if turn.tool_calls else self._result(turn.content, result)
-        text, result = self.scorer.generate(chat, **self._generate_kwargs(stop, kwargs))
-        cut = self._cut_at_stop(text, stop)
-        if cut is not None:
-            text, result = cut, self.scorer.score(chat, cut)
-        return self._result(text, result)
+        return self._result(*self._drive(self._answer(chat, stop, self._generate_kwargs(stop, kwargs))))
 
     async def _agenerate(
         self,
@@ -332,23 +319,8 @@ class ChatSemGrad(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if self.streaming:
-            full: ChatGenerationChunk | None = None
-            async for c in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
-                full = c if full is None else full + c
-            assert full is not None
-            msg = cast(AIMessageChunk, full.message)
-            return ChatResult(
-                generations=[
-                    ChatGeneration(
-                        message=AIMessage(
-                            content=msg.content,
-                            tool_calls=msg.tool_calls,
-                            response_metadata=msg.response_metadata,
-                            usage_metadata=msg.usage_metadata,
-                        ),
-                        generation_info={METADATA_KEY: msg.response_metadata.get(METADATA_KEY)},
-                    )
-                ]
+            return _from_chunks(
+                [c async for c in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs)]
             )
         chat = to_chat(messages)
         stop = stop or self.stop
@@ -357,11 +329,43 @@ class ChatSemGrad(BaseChatModel):
             gen = self._generate_kwargs(stop, kwargs)
             turn, result = await asyncio.to_thread(self._run_tools, chat, tools, stop, gen)
             return self._tool_result(turn, result) if turn.tool_calls else self._result(turn.content, result)
-        text, result = await self.scorer.agenerate(chat, **self._generate_kwargs(stop, kwargs))
+        return self._result(
+            *await self._adrive(self._answer(chat, stop, self._generate_kwargs(stop, kwargs)))
+        )
+
+    # -- one answer, written once: the steps as a generator, run by a sync and an async driver ------
+    def _answer(
+        self, chat: list[dict[str, Any]], stop: list[str] | None, gen_kwargs: dict[str, Any]
+    ) -> _Steps:
+        """Generate, then cut at the first stop string and re-score the cut text (what is returned is what is scored)."""
+        text, result = yield ("generate", chat, gen_kwargs)
         cut = self._cut_at_stop(text, stop)
         if cut is not None:
-            text, result = cut, await self.scorer.ascore(chat, cut)
-        return self._result(text, result)
+            text, result = cut, (yield ("score", chat, cut))
+        return text, result
+
+    def _drive(self, steps: _Steps) -> tuple[str, ScoreResult]:
+        try:
+            kind, chat, arg = next(steps)
+            while True:
+                value = (
+                    self.scorer.generate(chat, **arg) if kind == "generate" else self.scorer.score(chat, arg)
+                )
+                kind, chat, arg = steps.send(value)
+        except StopIteration as done:
+            return cast(tuple[str, ScoreResult], done.value)
+
+    async def _adrive(self, steps: _Steps) -> tuple[str, ScoreResult]:
+        try:
+            kind, chat, arg = next(steps)
+            while True:
+                if kind == "generate":
+                    value = await self.scorer.agenerate(chat, **arg)
+                else:
+                    value = await self.scorer.ascore(chat, arg)
+                kind, chat, arg = steps.send(value)
+        except StopIteration as done:
+            return cast(tuple[str, ScoreResult], done.value)
 
     def _last_chunk(self, remainder: str, result: ScoreResult) -> ChatGenerationChunk:
         metadata, usage = self._message_fields(result)
@@ -369,7 +373,7 @@ class ChatSemGrad(BaseChatModel):
             message=AIMessageChunk(
                 content=remainder, response_metadata=metadata, usage_metadata=usage, chunk_position="last"
             ),
-            generation_info={METADATA_KEY: metadata[METADATA_KEY]},
+            generation_info={PAYLOAD_KEY: metadata[PAYLOAD_KEY]},
         )
 
     def _stream(
@@ -398,10 +402,7 @@ class ChatSemGrad(BaseChatModel):
         if not self._is_hf() or stop:
             # No token stream to tap (a test double), or stop strings that must be cut before the
             # text goes out: generate first, then emit the final text and the score.
-            text, result = self.scorer.generate(chat, **gen_kwargs)
-            cut = self._cut_at_stop(text, stop)
-            if cut is not None:
-                text, result = cut, self.scorer.score(chat, cut)
+            text, result = self._drive(self._answer(chat, stop, gen_kwargs))
             if text:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
                 if run_manager:
@@ -444,10 +445,7 @@ class ChatSemGrad(BaseChatModel):
             yield self._last_chunk("", result)
             return
         if not self._is_hf() or stop:
-            text, result = await self.scorer.agenerate(chat, **gen_kwargs)
-            cut = self._cut_at_stop(text, stop)
-            if cut is not None:
-                text, result = cut, await self.scorer.ascore(chat, cut)
+            text, result = await self._adrive(self._answer(chat, stop, gen_kwargs))
             if text:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
                 if run_manager:
@@ -464,6 +462,28 @@ class ChatSemGrad(BaseChatModel):
             if run_manager:
                 await run_manager.on_llm_new_token(piece.delta, chunk=chunk)
             yield chunk
+
+
+def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:
+    """A streamed answer as one ChatResult (sync and async alike: the message keeps the stream's id)."""
+    full = chunks[0]
+    for c in chunks[1:]:
+        full += c
+    msg = cast(AIMessageChunk, full.message)
+    message = AIMessage(
+        content=msg.content,
+        tool_calls=msg.tool_calls,
+        response_metadata=msg.response_metadata,
+        usage_metadata=msg.usage_metadata,
+        id=msg.id,
+    )
+    return ChatResult(
+        generations=[
+            ChatGeneration(
+                message=message, generation_info={PAYLOAD_KEY: msg.response_metadata.get(PAYLOAD_KEY)}
+            )
+        ]
+    )
 
 
 _ALL_TOOLS = ("auto", "any", "required")

@@ -6,7 +6,7 @@ from typing import Any
 
 from langchain_core.exceptions import OutputParserException
 
-from semgrad_guard.errors import SemGradGuardError
+from semgrad_guard import SemGradGuardError
 
 
 class LowConfidenceError(OutputParserException, SemGradGuardError):

@@ -21,7 +21,7 @@ from langchain_core.messages import (
 )
 from langchain_core.prompt_values import PromptValue
 
-from semgrad_guard.errors import ScoringError
+from semgrad_guard import ScoringError
 
 _ROLE_BY_TYPE: dict[type[BaseMessage], str] = {
     SystemMessage: "system",

@@ -12,38 +12,36 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
-from semgrad_guard.payload import PAYLOAD_KEY, ScorePayload
-from semgrad_guard.results import ScoreResult
+from semgrad_guard import PAYLOAD_KEY, ScorePayload, ScoreResult
 
-METADATA_KEY = PAYLOAD_KEY
-"""Key under ``response_metadata`` / ``generation_info`` holding the score payload."""
+# The payload sits under semgrad_guard.PAYLOAD_KEY in ``response_metadata`` / ``generation_info``.
 
 
 def score_payload(result: ScoreResult | None, verdict: Any = None, **fields: Any) -> dict[str, Any]:
-    """The JSON-able payload stored under :data:`METADATA_KEY` (see :meth:`ScorePayload.of`)."""
+    """The JSON-able payload stored under :data:`PAYLOAD_KEY` (see :meth:`ScorePayload.of`)."""
     return ScorePayload.of(result, verdict, **fields).to_json()
 
 
 def attach_payload(generation: Generation, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` into a generation's ``generation_info`` and its message's ``response_metadata``."""
     info = dict(generation.generation_info or {})
-    info[METADATA_KEY] = dict(payload)
+    info[PAYLOAD_KEY] = dict(payload)
     generation.generation_info = info
     if isinstance(generation, ChatGeneration):
-        generation.message.response_metadata[METADATA_KEY] = dict(payload)
+        generation.message.response_metadata[PAYLOAD_KEY] = dict(payload)
 
 
 def _read(obj: BaseMessage | Generation | Mapping[str, Any]) -> ScorePayload | None:
     """The typed payload on a message, a generation or a metadata mapping (validated once), or ``None``."""
     found: Any
     if isinstance(obj, ChatGeneration):
-        found = obj.message.response_metadata.get(METADATA_KEY)
+        found = obj.message.response_metadata.get(PAYLOAD_KEY)
         if found is None and obj.generation_info:
-            found = obj.generation_info.get(METADATA_KEY)
+            found = obj.generation_info.get(PAYLOAD_KEY)
     elif isinstance(obj, Generation):
-        found = (obj.generation_info or {}).get(METADATA_KEY)
+        found = (obj.generation_info or {}).get(PAYLOAD_KEY)
     elif isinstance(obj, BaseMessage):
-        found = obj.response_metadata.get(METADATA_KEY)
+        found = obj.response_metadata.get(PAYLOAD_KEY)
     else:
         found = obj
     return ScorePayload.read(found) if isinstance(found, Mapping) else None

@@ -8,17 +8,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-from semgrad_guard.errors import ConfigurationError, MissingDependencyError
-from semgrad_guard.generation import generation_overrides
-from semgrad_guard.guard.guard import Guard
-from semgrad_guard.guard.outcomes import GuardResult
-from semgrad_guard.guard.policy import Action
-from semgrad_guard.guard.strategies import AttemptContext
-from semgrad_guard.review.queue import apply_review_decision
+from semgrad_guard import (
+    PAYLOAD_KEY,
+    Action,
+    AttemptContext,
+    ConfigurationError,
+    Guard,
+    GuardResult,
+    MissingDependencyError,
+    apply_review_decision,
+    generation_overrides,
+)
 
 from ._guarding import make_guard
 from .messages import is_tool_call_turn, message_text, to_chat
-from .metadata import METADATA_KEY, read_payload, read_score, score_payload
+from .metadata import read_payload, read_score, score_payload
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
@@ -167,7 +171,7 @@ class SemGradMiddleware(AgentMiddleware):
             and result.action is Action.REVIEW
             and result.review_status == "pending",
         )
-        metadata = {**ai.response_metadata, METADATA_KEY: payload}
+        metadata = {**ai.response_metadata, PAYLOAD_KEY: payload}
         new = ai.model_copy(update={"content": result.answer, "response_metadata": metadata})
         return _replace_ai(response, new)
 
@@ -278,6 +282,6 @@ class SemGradMiddleware(AgentMiddleware):
         return last.model_copy(
             update={
                 "content": text,
-                "response_metadata": {**last.response_metadata, METADATA_KEY: new_payload},
+                "response_metadata": {**last.response_metadata, PAYLOAD_KEY: new_payload},
             }
         )

@@ -13,10 +13,7 @@ from langchain_core.outputs import ChatGenerationChunk, Generation, GenerationCh
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, PrivateAttr
 
-from semgrad_guard.errors import AnswerRejectedError
-from semgrad_guard.guard.guard import Guard
-from semgrad_guard.guard.outcomes import GuardResult
-from semgrad_guard.guard.policy import Action
+from semgrad_guard import Action, AnswerRejectedError, Guard, GuardResult
 
 from ._guarding import make_guard, retry_error
 from .metadata import read_payload, read_score
@@ -45,7 +42,7 @@ class SemGradOutputParser(BaseGenerationOutputParser[Any]):
     Example:
         >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.guard.policy import GuardPolicy
+        >>> from semgrad_guard import GuardPolicy
         >>> policy = GuardPolicy.from_dict({"rules": [
         ...     {"field": "semgrad", "max": 0.5, "action": "accept"},
         ...     {"field": "semgrad", "action": "abstain"}]})

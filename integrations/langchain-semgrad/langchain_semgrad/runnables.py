@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -19,17 +20,22 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import patch_config
 
-from semgrad_guard.errors import ConfigurationError, ScoringError
-from semgrad_guard.generation import generation_overrides
-from semgrad_guard.guard.guard import Guard
-from semgrad_guard.guard.outcomes import Generated, GuardResult
-from semgrad_guard.guard.policy import Action
-from semgrad_guard.guard.strategies import AttemptContext
-from semgrad_guard.results import ScoreResult
+from semgrad_guard import (
+    PAYLOAD_KEY,
+    Action,
+    AttemptContext,
+    ConfigurationError,
+    Generated,
+    Guard,
+    GuardResult,
+    ScoreResult,
+    ScoringError,
+    generation_overrides,
+)
 
 from ._guarding import make_guard, retry_error
 from .messages import input_to_chat, message_text, to_chat
-from .metadata import METADATA_KEY, read_score, score_payload
+from .metadata import read_score, score_payload
 
 Output = Literal["both", "text", "guard_result", "message"]
 AttemptInput = Callable[[Any, AttemptContext], Any]
@@ -133,20 +139,41 @@ class GuardedRunnable(Runnable[Any, Any]):
             )
         return self.guard.scorer
 
-    def _after(self, out: Any, capture: _LastModelCall, ctx: AttemptContext) -> str | Generated:
+    def _unseen(self, answer: str, chat_input: bool) -> str | Generated:
+        """No model call was seen: a chat input is scored by the guard; any other input has no prompt to score."""
+        if chat_input:
+            return answer
+        return Generated(
+            answer,
+            error=ScoringError(
+                f"{self.runnable.get_name()} ran no chat model that the guard could observe, and its input is "
+                "not a chat, so there is no prompt to score the answer against; make sure the chat model "
+                "inside receives the run's callbacks (config), or pass a string / messages as input"
+            ),
+        )
+
+    def _after(
+        self, out: Any, capture: _LastModelCall, ctx: AttemptContext, chat_input: bool = True
+    ) -> str | Generated:
         answer, known = self._seen(out, capture)
-        if known is not None or capture.chat is None:  # no model call seen: the guard scores it
-            return known or answer
+        if known is not None:
+            return known
+        if capture.chat is None:
+            return self._unseen(answer, chat_input)
         # Score against the prompt the model really saw (a RAG chain's retrieved context included).
         try:
             return Generated(answer, result=self._scorer().score(capture.chat, answer))
         except ScoringError as e:
             return Generated(answer, error=e)  # on_error, not a shorter re-score
 
-    async def _aafter(self, out: Any, capture: _LastModelCall, ctx: AttemptContext) -> str | Generated:
+    async def _aafter(
+        self, out: Any, capture: _LastModelCall, ctx: AttemptContext, chat_input: bool = True
+    ) -> str | Generated:
         answer, known = self._seen(out, capture)
-        if known is not None or capture.chat is None:
-            return known or answer
+        if known is not None:
+            return known
+        if capture.chat is None:
+            return self._unseen(answer, chat_input)
         try:
             return Generated(answer, result=await self._scorer().ascore(capture.chat, answer))
         except ScoringError as e:
@@ -175,7 +202,7 @@ class GuardedRunnable(Runnable[Any, Any]):
             return result
         if self.output == "message":
             payload = score_payload(result.result, result, source="guard")
-            return AIMessage(content=result.answer, response_metadata={METADATA_KEY: payload})
+            return AIMessage(content=result.answer, response_metadata={PAYLOAD_KEY: payload})
         return {"answer": result.answer, "guard_result": result}
 
     # -- Runnable API -------------------------------------------------------------------------------
@@ -191,11 +218,10 @@ class GuardedRunnable(Runnable[Any, Any]):
                 out = self.runnable.invoke(
                     self._input_for(input, ctx), self._attempt_config(child, capture, ctx)
                 )
-            return self._after(out, capture, ctx)
+            return self._after(out, capture, ctx, chat_input)
 
-        result = self.guard.run(
-            input_to_chat(input), generate, metadata={"runnable": self.runnable.get_name()}
-        )
+        chat, chat_input = _guard_chat(input)
+        result = self.guard.run(chat, generate, metadata={"runnable": self.runnable.get_name()})
         return self._shape(result)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
@@ -212,12 +238,29 @@ class GuardedRunnable(Runnable[Any, Any]):
                 out = await self.runnable.ainvoke(
                     self._input_for(input, ctx), self._attempt_config(child, capture, ctx)
                 )
-            return await self._aafter(out, capture, ctx)
+            return await self._aafter(out, capture, ctx, chat_input)
 
-        result = await self.guard.arun(
-            input_to_chat(input), generate, metadata={"runnable": self.runnable.get_name()}
-        )
+        chat, chat_input = _guard_chat(input)
+        result = await self.guard.arun(chat, generate, metadata={"runnable": self.runnable.get_name()})
         return self._shape(result)
+
+
+def _guard_chat(value: Any) -> tuple[list[dict[str, Any]], bool]:
+    """(the chat the guard starts from, whether the input is a chat).
+
+    An LCEL chain's input (``{"question": ...}``, any object) is not the prompt: the model's prompt is
+    captured from the model run inside and scored. Until then, the guard's chat (what a review item
+    shows as the question) is the input written out.
+    """
+    try:
+        return input_to_chat(value), True
+    except ScoringError:
+        if isinstance(value, dict):
+            strings = [v for v in value.values() if isinstance(v, str)]
+            text = strings[0] if len(strings) == 1 else json.dumps(value, default=str, ensure_ascii=False)
+        else:
+            text = str(value)
+        return [{"role": "user", "content": text}], False
 
 
 def _is_chat_input(value: Any) -> bool:
@@ -267,7 +310,7 @@ def guard_runnable(
     Example:
         >>> from langchain_semgrad import ChatSemGrad
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.guard.policy import GuardPolicy
+        >>> from semgrad_guard import GuardPolicy
         >>> scorer = MockScorer(lambda m, a: 0.1 if a == "Canberra" else 0.9, answers=["Sydney", "Canberra"])
         >>> policy = GuardPolicy.from_dict({"rules": [{"field": "semgrad", "max": 0.5, "action": "accept"},
         ...     {"field": "semgrad", "action": "retry"}], "retry": {"max_attempts": 2}})

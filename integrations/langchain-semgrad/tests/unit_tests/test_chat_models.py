@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
-from langchain_semgrad import ChatSemGrad, read_score
+from langchain_semgrad import ChatSemGrad, read_payload, read_score
 
 from semgrad_guard import MockScorer
 
@@ -143,3 +143,38 @@ def test_generation_precedence_is_defaults_then_call_then_guard_overrides() -> N
         {"max_new_tokens": 5, "do_sample": False, "seed": 4},
         {"max_new_tokens": 5, "do_sample": True, "temperature": 0.9, "seed": 7},
     ]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("stop", [None, ["Paris"]])
+def test_sync_and_async_give_the_same_messages_and_payloads(streaming: bool, stop: list[str] | None) -> None:
+    import asyncio
+
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from semgrad_guard import MockScorer
+
+    class RunIds(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.ids: list[Any] = []
+
+        def on_chat_model_start(self, *args: Any, run_id: Any, **kwargs: Any) -> None:
+            self.ids.append(run_id)
+
+    scorer = MockScorer(
+        lambda m, a: 0.25 if a.endswith("Paris") else 0.5, answers=["It is Paris, in France."]
+    )
+    chat = ChatSemGrad(scorer=scorer, streaming=streaming)
+    seen = RunIds()
+    sync = chat.invoke("Capital of France?", stop=stop, config={"callbacks": [seen]})
+    asyn = asyncio.run(chat.ainvoke("Capital of France?", stop=stop, config={"callbacks": [seen]}))
+    assert (sync.content, sync.usage_metadata, sync.tool_calls) == (
+        asyn.content,
+        asyn.usage_metadata,
+        asyn.tool_calls,
+    )
+    assert read_payload(sync) == read_payload(asyn)
+    # Each message keeps the id of its own run (the async streaming path used to drop it).
+    assert sync.id is not None and asyn.id is not None
+    assert sync.id.startswith(f"lc_run--{seen.ids[0]}") and asyn.id.startswith(f"lc_run--{seen.ids[1]}")
+    assert sync.id.removeprefix(f"lc_run--{seen.ids[0]}") == asyn.id.removeprefix(f"lc_run--{seen.ids[1]}")

@@ -118,6 +118,38 @@ def test_rag_chain_is_scored_against_the_prompt_the_model_saw() -> None:
     assert typed is not None and (typed.version, typed.source, typed.attempts) == (1, "guard", 1)
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_lcel_chain_called_with_a_dict_is_scored_on_the_captured_chat(
+    tmp_path: Path, asynchronous: bool
+) -> None:
+    # The usual LCEL call: a prompt template's variables in, the chat the model saw is what gets scored.
+    scorer = MockScorer(lambda m, a: 0.1)
+    prompt = ChatPromptTemplate.from_messages([("system", "Context: {context}"), ("human", "{question}")])
+    chain = prompt | FakeListChatModel(responses=["Canberra"])
+    guarded = guard_runnable(chain, scorer, band_policy(), output="guard_result")
+    question = {"context": "Canberra is the capital.", "question": "Capital of Australia?"}
+    result = asyncio.run(guarded.ainvoke(question)) if asynchronous else guarded.invoke(question)
+    assert (result.action, result.answer) == (Action.ACCEPT, "Canberra")
+    assert scorer.calls == [
+        (
+            [
+                {"role": "system", "content": "Context: Canberra is the capital."},
+                {"role": "user", "content": "Capital of Australia?"},
+            ],
+            "Canberra",
+        )
+    ]
+
+
+def test_a_dict_input_with_no_observable_model_call_fails_the_policy_way_not_silently(tmp_path: Path) -> None:
+    scorer = MockScorer(lambda m, a: 0.1)
+    chain = RunnableLambda(lambda d: "Canberra")  # no chat model inside: no prompt to score against
+    queue = SQLiteReviewQueue(tmp_path / "review.db")  # on_error: review
+    guarded = guard_runnable(chain, scorer, band_policy(), review_queue=queue, output="guard_result")
+    result = guarded.invoke({"question": "Q?"})
+    assert scorer.calls == [] and result.error is not None and "no chat model" in result.error
+
+
 def test_chain_with_chat_semgrad_gets_resample_settings_through_context() -> None:
     seen: list[dict[str, Any]] = []
     answers = iter(["Sydney", "Canberra"])

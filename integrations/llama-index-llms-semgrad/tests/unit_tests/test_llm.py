@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.llms.semgrad import SCORE_KEY, SemGradLLM, score_from_response
+from llama_index.llms.semgrad import SemGradLLM, score_from_response
 
-from semgrad_guard import ConfigurationError, MockScorer, ScorePayload, ScoreResult
+from semgrad_guard import PAYLOAD_KEY, ConfigurationError, MockScorer, ScorePayload, ScoreResult
 
 QUESTION = [
     ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
@@ -27,7 +27,7 @@ def test_chat_scores_exactly_what_the_scorer_generates(tiny: Any) -> None:
     assert response.message.content == answer
     assert response.message.role == MessageRole.ASSISTANT
     got = score_from_response(response)
-    assert isinstance(response.additional_kwargs[SCORE_KEY], dict)  # JSON-safe, Cleanlab's convention
+    assert isinstance(response.additional_kwargs[PAYLOAD_KEY], dict)  # JSON-safe, Cleanlab's convention
     payload = ScorePayload.read(response.additional_kwargs)  # the one schema every adapter writes
     assert payload is not None and (payload.version, payload.source, payload.result) == (1, "llm", expected)
     assert got == expected
@@ -57,7 +57,7 @@ def test_stream_chat_puts_the_score_on_the_last_chunk_only(tiny: Any) -> None:
     llm = SemGradLLM(tiny, max_new_tokens=8)
     chunks = list(llm.stream_chat(QUESTION))
     assert len(chunks) >= 2
-    assert all(SCORE_KEY not in c.additional_kwargs for c in chunks[:-1])
+    assert all(PAYLOAD_KEY not in c.additional_kwargs for c in chunks[:-1])
     final = chunks[-1]
     assert "".join(c.delta or "" for c in chunks) == final.message.content
     # Greedy decoding: the streamed answer and its score are the non-streamed ones.

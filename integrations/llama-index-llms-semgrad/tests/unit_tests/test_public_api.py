@@ -31,10 +31,8 @@ def test_docstring_examples_run(name: str) -> None:
     assert failed == 0
 
 
-def test_names_moved_to_their_modules_still_import_with_a_warning() -> None:
-    for name, module in pkg._MOVED.items():
-        with pytest.warns(DeprecationWarning, match=f"llama_index.llms.semgrad.{module}"):
-            old = getattr(pkg, name)
-        assert old is getattr(importlib.import_module(f"llama_index.llms.semgrad.{module}"), name)
-    with pytest.raises(AttributeError):
-        pkg.NoSuchThing  # noqa: B018
+def test_names_live_in_their_modules_only() -> None:
+    # No aliases on the package: each name has one import path (the module docstring lists them).
+    for name in ("SemGradEventHandler", "SemGradEvaluator", "SemGradQueryEngine", "generation_overrides"):
+        with pytest.raises(AttributeError):
+            getattr(pkg, name)

@@ -7,12 +7,9 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
 
-from semgrad_guard import ScoreResult
-from semgrad_guard.payload import PAYLOAD_KEY, ScorePayload
+from semgrad_guard import PAYLOAD_KEY, ScorePayload, ScoreResult
 
-SCORE_KEY = PAYLOAD_KEY
-"""Key of the score payload in ``response.additional_kwargs`` (Cleanlab's convention for LlamaIndex LLMs)."""
-
+# The payload sits under semgrad_guard.PAYLOAD_KEY in ``response.additional_kwargs`` (Cleanlab's convention).
 # LlamaIndex has roles that chat templates do not know; map them to the template's names.
 _ROLE_ALIASES = {"model": "assistant", "chatbot": "assistant", "function": "tool"}
 
@@ -51,7 +48,7 @@ def score_from_response(response: Any) -> ScoreResult | None:
     """
     for holder in (response, getattr(response, "message", None)):
         kwargs = getattr(holder, "additional_kwargs", None)
-        if isinstance(kwargs, Mapping) and SCORE_KEY in kwargs:
+        if isinstance(kwargs, Mapping) and PAYLOAD_KEY in kwargs:
             payload = ScorePayload.read(kwargs)
             return payload.result if payload is not None else None
     return None

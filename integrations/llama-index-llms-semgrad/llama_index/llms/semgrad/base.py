@@ -24,10 +24,9 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from semgrad_guard import ConfigurationError, ScoreResult
-from semgrad_guard.generation import resolve_generation
+from semgrad_guard import PAYLOAD_KEY, ConfigurationError, ScoreResult, resolve_generation
 
-from ._convert import SCORE_KEY, prompt_as_chat, score_payload, to_chat
+from ._convert import prompt_as_chat, score_payload, to_chat
 
 # Per-call keyword arguments that reach the scorer's ``generate``; LlamaIndex passes others
 # (``formatted``, tool settings) that a local model has no use for.
@@ -156,7 +155,7 @@ class SemGradLLM(CustomLLM):
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
             delta=delta,
-            additional_kwargs={SCORE_KEY: score_payload(result, source="llm")},
+            additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")},
         )
 
     @staticmethod
@@ -164,7 +163,7 @@ class SemGradLLM(CustomLLM):
         answer: str, result: ScoreResult, delta: str | None = None
     ) -> CompletionResponse:
         return CompletionResponse(
-            text=answer, delta=delta, additional_kwargs={SCORE_KEY: score_payload(result, source="llm")}
+            text=answer, delta=delta, additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")}
         )
 
     def _stream(

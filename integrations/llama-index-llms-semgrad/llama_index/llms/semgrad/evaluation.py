@@ -52,7 +52,7 @@ class SemGradEvaluator(BaseEvaluator):
 
     Example:
         >>> from semgrad_guard import MockScorer
-        >>> from semgrad_guard.guard.policy import GuardPolicy
+        >>> from semgrad_guard import GuardPolicy
         >>> policy = GuardPolicy(rules=[{"field": "semgrad", "max": 0.5, "action": "accept"}],
         ...                      default_action="abstain")
         >>> ev = SemGradEvaluator(MockScorer(lambda m, a: 0.9 if "maybe" in a else 0.1), policy)
@@ -124,8 +124,7 @@ class SemGradEvaluator(BaseEvaluator):
                 invalid_result=True,
                 invalid_reason=str(error),
             )
-        decision = verdict.decision
-        assert decision is not None
+        decision = verdict
         scores = ", ".join(f"{k}={v:.4g}" for k, v in result.scores().items())
         if decision.rule is None:
             why = "no rule matched (default action)"

@@ -13,7 +13,9 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from semgrad_guard import (
+    PAYLOAD_KEY,
     Action,
+    AttemptContext,
     ConfigurationError,
     Generated,
     Guard,
@@ -22,18 +24,17 @@ from semgrad_guard import (
     ScoreResult,
     ScoringError,
     WidenRetrievalStrategy,
+    generation_overrides,
 )
-from semgrad_guard.generation import generation_overrides
-from semgrad_guard.guard.strategies import AttemptContext
 
-from ._convert import SCORE_KEY, score_payload
+from ._convert import score_payload
 from .evaluation import default_qa_messages
 from .handlers import SemGradEventHandler, capture_scores
 
 STATUS_KEY = "semgrad_status"
 """Metadata key set on the source nodes of an answer that was not accepted (``abstained``, ``pending_review``, ...)."""
 
-RESULT_KEY = SCORE_KEY
+RESULT_KEY = PAYLOAD_KEY
 GUARD_RESULT_KEY = "semgrad_guard_result"
 """Metadata key of the whole :class:`~semgrad_guard.GuardResult` (every attempt); ``metadata["semgrad"]`` holds
 the score payload every adapter writes."""

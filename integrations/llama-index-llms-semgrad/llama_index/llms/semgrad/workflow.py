@@ -16,8 +16,7 @@ from llama_index.core.workflow import (
     step,
 )
 
-from semgrad_guard import Action, ConfigurationError
-from semgrad_guard.review.queue import apply_review_decision
+from semgrad_guard import Action, ConfigurationError, apply_review_decision
 
 from .query_engine import (
     GUARD_RESULT_KEY,

@@ -1,0 +1,65 @@
+"""The adapter uses only the core's public surface: names imported from ``semgrad_guard`` itself.
+
+Internal paths (``semgrad_guard.guard.policy``, ``semgrad_guard.scoring...``) may move at any time;
+``semgrad_guard.testing`` (the public test helpers) is allowed. The README's examples are held to the
+same rule.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _internal_imports(source: str, where: str) -> list[str]:
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        modules = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module]
+        elif isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        for m in modules:
+            internal = m.startswith("semgrad_guard.") and not m.startswith("semgrad_guard.testing")
+            if internal:
+                bad.append(f"{where}:{node.lineno} imports {m}")
+    return bad
+
+
+def test_the_package_imports_only_public_core_names() -> None:
+    sources = [p for p in PACKAGE_ROOT.rglob("*.py") if "tests" not in p.relative_to(PACKAGE_ROOT).parts]
+    assert sources
+    bad = [b for p in sources for b in _internal_imports(p.read_text(), str(p.relative_to(PACKAGE_ROOT)))]
+    assert bad == []
+
+
+def test_docstring_examples_import_only_public_core_names() -> None:
+    sources = [p for p in PACKAGE_ROOT.rglob("*.py") if "tests" not in p.relative_to(PACKAGE_ROOT).parts]
+    bad = []
+    for p in sources:
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            code = line.strip().removeprefix(">>> ")
+            if line.strip().startswith(">>> ") and code.startswith(("from ", "import ")):
+                bad += _internal_imports(code, f"{p.relative_to(PACKAGE_ROOT)}:{i}")
+    assert bad == []
+
+
+def test_the_readme_teaches_only_public_core_names() -> None:
+    readme = (PACKAGE_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    bad = [b for i, code in enumerate(blocks) for b in _internal_imports(code, f"README block {i + 1}")]
+    assert bad == []
+
+
+def test_the_payload_key_has_one_name() -> None:
+    import llama_index.llms.semgrad as pkg
+    import llama_index.llms.semgrad._convert as convert
+
+    from semgrad_guard import PAYLOAD_KEY
+
+    assert PAYLOAD_KEY == "semgrad"
+    assert not hasattr(pkg, "SCORE_KEY") and not hasattr(convert, "SCORE_KEY")

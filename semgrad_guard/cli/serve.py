@@ -234,12 +234,13 @@ def build_app(args: argparse.Namespace) -> Any:
         # POST /admin/calibrator {} and SIGHUP reload this file (calibrate --from-reviews --out it).
         app.state.semgrad_calibrator_path = str(args.calibrator)
     if review_tokens is not None:
-        from ..review.queue import SQLiteReviewQueue, default_review_db_path
+        from ..review.queue import open_review_queue
         from ..serve.review_ui import mount_review_ui
 
-        # The pages show the queue the policy's review items go to.
-        path = (policy.review.path if policy is not None else None) or default_review_db_path()
-        mount_review_ui(app, SQLiteReviewQueue(path), tokens=review_tokens)
+        # The pages show the queue the policy's review items go to (a path or a postgresql:// URL;
+        # none: $SEMGRAD_GUARD_REVIEW_DB, else the default file).
+        spec = policy.review.path if policy is not None else None
+        mount_review_ui(app, open_review_queue(spec), tokens=review_tokens)
     return app, settings
 
 

@@ -187,11 +187,13 @@ def _review_runs(db):
     yield ["review", "reject", ids[5], "--db", str(db), "--reviewer", HOSTILE[4], "--note", HOSTILE[2]]
     yield ["review", "edit", ids[6], "--db", str(db), "--answer", HOSTILE[1], "--reviewer", HOSTILE[5]]
     yield ["review", "reopen", ids[6], "--db", str(db), "--reviewer", HOSTILE[6], "--note", HOSTILE[3]]
+    yield ["review", "cannot-tell", ids[7], "--db", str(db), "--reviewer", HOSTILE[2], "--note", HOSTILE[5]]
     yield ["review", "show", ids[6], "--db", str(db)]
 
 
 def test_the_review_walk_covers_every_review_command(hostile_db):
-    walked = {argv[1] for argv in _review_runs(hostile_db)} | {"export"}
+    # export has its own test; ui serves pages (escaping tested in tests/browser and test_review_ui).
+    walked = {argv[1] for argv in _review_runs(hostile_db)} | {"export", "ui"}
     assert walked == {c[1] for c, _ in COMMANDS if c[0] == "review"}
 
 

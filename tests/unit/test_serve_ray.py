@@ -120,7 +120,9 @@ def test_errors_token_and_remote_scorer_through_ray(ray_url, tiny):
             remote.score([{"role": "wizard", "content": "hi"}], "x")
         text, result = remote.generate(CHAT, max_new_tokens=6)
         want_text, want = tiny.generate(CHAT, max_new_tokens=6)
-        assert text == want_text and close(result.semgrad, want.semgrad, 1e-6)
+        # Generation's recorded pass in a replica vs in this process: float32 reductions may differ in
+        # order (1.4e-6 relative seen); the documented parity bound is rel 1e-5.
+        assert text == want_text and close(result.semgrad, want.semgrad, 1e-5)
     finally:
         remote.close()
 

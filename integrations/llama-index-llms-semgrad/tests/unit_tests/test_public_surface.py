@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import ast
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _parse(source: str) -> ast.Module:
+    # In a fresh thread: CPython 3.11.7's ast.parse can raise "AST constructor recursion depth
+    # mismatch" in a thread whose recursion counter an earlier test left off (python/cpython#106905).
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(ast.parse, source).result()
+
+
 def _internal_imports(source: str, where: str) -> list[str]:
     bad = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_parse(source)):
         modules = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules = [node.module]

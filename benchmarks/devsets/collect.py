@@ -15,7 +15,16 @@ Data sets (development only; see benchmarks/devsets/README.md):
 - ``rag``: ``benchmarks/devsets/rag_dev.jsonl`` (fictional facts, 3 retrieved documents); correct =
   the fact for answerable questions (``contains``), an explicit "I don't know" for unanswerable ones.
 
-Resumable: rows already in the output are skipped. Writes ``benchmarks/results/devsets/<name>.jsonl``.
+Each row also holds what the single-pass attention baselines need (:mod:`semgrad_guard.eval.single_pass`),
+from one more teacher-forced pass with eager attention: every answer token's log-probability, per layer the
+previous-token attention of RAUQ's head (the head attending most to the previous token over this answer),
+and per layer the head-mean log-diagonal of the attention map (LLM-Check's attention score), over the
+whole sequence and over the answer alone. Answers come from the library's own
+:meth:`~semgrad_guard.SemGradScorer.generate` (greedy), which also scores them with the model's profile:
+``generate_s`` is generation alone, ``score_s`` that profile score, as the product pays them.
+
+Resumable: rows already in the output are skipped (and rows of an earlier run without the attention
+fields get them, from their recorded answer ids). Writes ``benchmarks/results/devsets/<name>.jsonl``.
 
 Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 200] [--threads 1] [--model NAME]
 """
@@ -105,11 +114,36 @@ def label(name: str, row: dict[str, Any], answer: str) -> tuple[bool, dict[str, 
     return values["embedding"] >= 0.7, values
 
 
+class _Timer:
+    """Wraps a function and adds up the seconds spent in it since the last :meth:`take`."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def take(self) -> float:
+        out, self.seconds = self.seconds, 0.0
+        return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="+", choices=["sciq", "truthfulqa", "rag"])
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--exgrad-weight",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also record exgrad in the research code's weight mode (one more backward); default: "
+        "only for the default model, whose profile search compared both modes",
+    )
     parser.add_argument(
         "--model",
         default="default",
@@ -118,32 +152,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out_dir = OUT_DIR if args.model == "default" else OUT_DIR / args.model
+    if args.exgrad_weight is None:
+        args.exgrad_weight = args.model == "default"
 
     import torch
 
     from semgrad_guard import SemGradScorer
+    from semgrad_guard.eval.single_pass import attention_features
+    from semgrad_guard.scoring import hf_scorer
     from semgrad_guard.scoring.fastpath import ScoringInput, exgrad_weight, score_ids
+
+    timer = _Timer(hf_scorer.score_ids)
+    hf_scorer.score_ids = timer  # generate()'s own profile score, timed apart from generation
 
     if args.threads:
         torch.set_num_threads(args.threads)
     scorer = SemGradScorer.from_pretrained(args.model)
     layers = list(range(scorer.adapter.num_layers))
-    eos = scorer.eos_token_ids
     out_dir.mkdir(parents=True, exist_ok=True)
     # Round-robin over the data sets, so that a run stopped early still has some of each.
     todos: dict[str, list[dict[str, Any]]] = {}
     for name in args.datasets:
         rows = load(name, args.limit)
+        everything = {r["id"]: r for r in load(name, None)}
         out = out_dir / f"{name}.jsonl"
         done = set()
         if out.exists():
             good = []
             for line in out.read_text().splitlines():
                 try:
-                    done.add(json.loads(line)["id"])
-                    good.append(line)
+                    old = json.loads(line)
+                    done.add(old["id"])
                 except (ValueError, KeyError):
                     break
+                if "token_logprobs" not in old:  # an earlier run's row: add the attention fields
+                    x = scorer.prompt_ids(everything[old["id"]]["messages"])
+                    old.update(attention_features(scorer.model, x, old["answer_ids"]))
+                    line = json.dumps(old)
+                good.append(line)
             out.write_text("".join(g + "\n" for g in good))
         todos[name] = [r for r in rows if r["id"] not in done]
     order = [
@@ -158,32 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         for n, (name, row) in enumerate(order, 1):
             fh = handles[name]
             x = scorer.prompt_ids(row["messages"])
-            ids = torch.tensor([x])
             t0 = time.perf_counter()
-            with torch.no_grad():
-                seq = scorer.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=MAX_NEW_TOKENS[name],
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    eos_token_id=eos,
-                    pad_token_id=eos[0],
-                )[0, len(x) :].tolist()
-            y = seq
-            for i, t in enumerate(seq):
-                if t in eos:
-                    y = seq[: i + 1]
-                    break
-            y = y or [eos[0]]
-            answer = scorer.tokenizer.decode([t for t in y if t not in eos], skip_special_tokens=True)
+            answer, result = scorer.generate(row["messages"], max_new_tokens=MAX_NEW_TOKENS[name])
             t1 = time.perf_counter()
+            score_s = timer.take()
+            y = scorer.answer_ids(row["messages"], answer, prompt_ids=x)
             example = ScoringInput(x, y)
             raw = score_ids(scorer.adapter, [example], anchor_offset=-WINDOW, layers=layers, window=True)[0]
-            ex_w = exgrad_weight(scorer.adapter, example)
+            ex_w = exgrad_weight(scorer.adapter, example) if args.exgrad_weight else None
             t2 = time.perf_counter()  # the window pass costs more than a profile's one score
+            attn = attention_features(scorer.model, x, y)
+            t3 = time.perf_counter()
             correct, values = label(name, row, answer)
             record = {
                 "id": row["id"],
@@ -191,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 "question": row["question"],
                 "answer": answer,
                 "answer_ids": y,
-                "stopped": y[-1] in eos,
+                "stopped": "truncated" not in result.flags,
                 "prompt_tokens": len(x),
                 "answer_tokens": len(y),
                 "correct": bool(correct),
@@ -201,11 +232,15 @@ def main(argv: list[str] | None = None) -> int:
                 "mean_nll": raw.mean_nll,
                 "mean_entropy": raw.mean_entropy,
                 "exgrad_logits": raw.exgrad,
-                "exgrad_weight": ex_w,
+                **({"exgrad_weight": ex_w} if ex_w is not None else {}),
                 # window[j][l]: semgrad at offset -WINDOW + j, hidden-state index l
                 "window": [[float(f"{v:.6g}") for v in r] for r in raw.window_semgrad],
-                "generate_s": round(t1 - t0, 3),
+                **attn,
+                "flags": result.flags,
+                "generate_s": round(t1 - t0 - score_s, 3),
+                "score_s": round(score_s, 3),
                 "window_score_s": round(t2 - t1, 3),
+                "attention_s": round(t3 - t2, 3),
             }
             fh.write(json.dumps(record) + "\n")
             fh.flush()

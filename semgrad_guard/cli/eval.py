@@ -35,8 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--methods",
         default="all",
-        help="comma-separated: semgrad,hybridgrad,exgrad,nll,mean_nll,mean_entropy,semantic_entropy,"
-        "lexical_similarity,num_meanings; 'all' or 'single-pass' (default: all)",
+        help="comma-separated: semgrad,hybridgrad,exgrad,nll,mean_nll,mean_entropy,rauq,attention_score,"
+        "semantic_entropy,lexical_similarity,num_meanings; 'all' or 'single-pass' (default: all)",
     )
     p.add_argument(
         "--samples", type=int, default=10, help="K samples per question for sampling baselines (default 10)"
@@ -88,12 +88,12 @@ def register(subparsers: Any) -> None:
 
 
 def _methods(value: str) -> list[str]:
-    from ..eval.runner import ALL_METHODS, SINGLE_PASS_METHODS
+    from ..eval.runner import ALL_METHODS, PEER_METHODS, SINGLE_PASS_METHODS
 
     if value == "all":
         return list(ALL_METHODS)
     if value == "single-pass":
-        return list(SINGLE_PASS_METHODS)
+        return list(SINGLE_PASS_METHODS + PEER_METHODS)
     return [m.strip() for m in value.split(",") if m.strip()]
 
 

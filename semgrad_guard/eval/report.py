@@ -15,6 +15,8 @@ METHOD_NOTES: dict[str, str] = {
     "nll": "sum of the answer's token NLLs",
     "mean_nll": "NLL per answer token",
     "mean_entropy": "mean predictive entropy over the answer",
+    "rauq": "RAUQ: token probabilities carried through previous-token attention (1 eager forward)",
+    "attention_score": "LLM-Check: minus the mean log-diagonal of the middle layer's attention",
     "semantic_entropy": "entropy of meaning clusters of K samples (MiniLM clustering)",
     "lexical_similarity": "1 - mean pairwise ROUGE-L of K samples",
     "num_meanings": "number of meaning clusters among K samples",

@@ -38,11 +38,14 @@ from .cache import JsonlCache, settings_key
 from .correctness import RULES, check_rule, is_correct, rule_values
 from .data import PromptTemplate, Question
 from .metrics import auprc, auroc, bootstrap, prr, risk_coverage
+from .single_pass import SINGLE_PASS_PEERS
 
 logger = logging.getLogger(__name__)
 
 SINGLE_PASS_METHODS: tuple[str, ...] = SCORE_FIELDS
-ALL_METHODS: tuple[str, ...] = SINGLE_PASS_METHODS + SAMPLING_METHODS
+PEER_METHODS: tuple[str, ...] = SINGLE_PASS_PEERS
+"""Single-pass peers read from one more teacher-forced pass with eager attention (a local model only)."""
+ALL_METHODS: tuple[str, ...] = SINGLE_PASS_METHODS + PEER_METHODS + SAMPLING_METHODS
 GRADIENT_METHODS: frozenset[str] = frozenset({"semgrad", "hybridgrad", "exgrad"})
 
 METRICS: dict[str, Callable[[Any, Any], float]] = {
@@ -266,6 +269,62 @@ def draw_samples(
     return {q.id: cache.get(q.id) for q in questions}  # type: ignore[misc]
 
 
+def peer_scores(
+    scorer: Any,
+    questions: Sequence[Question],
+    generations: dict[str, dict[str, Any]],
+    out_dir: Path,
+    config: EvalConfig,
+    *,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """RAUQ and the attention score of every cached answer, cached in ``peers.jsonl``.
+
+    One teacher-forced pass with eager attention per answer (:func:`.single_pass.attention_features`),
+    over the ids the answer was scored with; ``seconds`` is that pass, the peers' cost over generation.
+
+    Raises:
+        ConfigurationError: the scorer is not a local Hugging Face model (no ``model`` to read the
+            attention of, e.g. a remote or mock scorer).
+    """
+    from .single_pass import attention_features, attention_score, middle_layers, rauq
+
+    if not all(hasattr(scorer, name) for name in ("model", "prompt_ids", "answer_ids")):
+        raise ConfigurationError(
+            f"{', '.join(PEER_METHODS)} read the attention maps of a local Hugging Face model; "
+            f"{type(scorer).__name__} has none: drop them from the methods (--methods single-pass "
+            "scores without them)"
+        )
+    cache = JsonlCache(out_dir / "peers.jsonl", settings_key(_model_settings(scorer, config)))
+    todo = [
+        q
+        for q in random_order(questions, config.seed)
+        if (cache.get(q.id) or {}).get("answer") != generations[q.id]["answer"]
+    ]
+    with progress_display(progress) as bar:
+        task = bar.add_task(f"attention pass ({len(questions) - len(todo)} cached)", total=len(todo))
+        for q in todo:
+            chat = config.template.messages(q.question)
+            (example,) = scoring_inputs(scorer, [chat], [generations[q.id]])
+            t0 = time.perf_counter()
+            f = attention_features(scorer.model, example.prompt_ids, example.answer_ids)
+            n = len(f["attention_logdiag"])
+            scores = {
+                "rauq": rauq(f["token_logprobs"], f["rauq_attention"], layers=middle_layers(n)),
+                "attention_score": attention_score(f["attention_logdiag"], layer=n // 2),
+            }
+            cache.put(
+                q.id,
+                {
+                    "answer": generations[q.id]["answer"],
+                    "scores": scores,
+                    "seconds": time.perf_counter() - t0,
+                },
+            )
+            bar.advance(task)
+    return {q.id: cache.get(q.id) for q in questions}  # type: ignore[misc]
+
+
 def _stable_index(qid: str) -> int:
     return int(qid) if qid.isdigit() else int(settings_key({"id": qid}), 16) % 1_000_000
 
@@ -326,9 +385,20 @@ def _cost(
     generations: dict[str, dict[str, Any]],
     samples: dict[str, dict[str, Any]] | None,
     cluster_seconds: dict[str, float],
+    peers: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     gen_s = float(np.mean([generations[i]["seconds"] for i in ids]))
     gen_tokens = float(np.mean([generations[i]["answer_tokens"] for i in ids]))
+    if method in PEER_METHODS:
+        assert peers is not None
+        extra = float(np.mean([peers[i]["seconds"] for i in ids]))
+        return {
+            "seconds": gen_s + extra,
+            "extra_seconds": extra,
+            "forward_passes": gen_tokens + 2.0,
+            "backward_passes": 0.0,  # seconds include generate()'s own score, which the peers do not need
+            "generated_tokens": gen_tokens,
+        }
     if method in SINGLE_PASS_METHODS:
         backward = 1.0 if method in GRADIENT_METHODS else 0.0
         return {
@@ -415,21 +485,28 @@ def run_eval(
             )
             cluster_seconds[q.id] = time.perf_counter() - t0
 
+    peers = None
+    if any(m in PEER_METHODS for m in config.methods):
+        peers = peer_scores(scorer, questions, generations, out, config, progress=progress)
+
     rule_vals, correct, label_source = label_answers(questions, generations, config, labels)
 
     def score_of(method: str, qid: str) -> float:
         if method in SINGLE_PASS_METHODS:
             return float(generations[qid]["scores"][method])
+        if method in PEER_METHODS:
+            assert peers is not None
+            return float(peers[qid]["scores"][method])
         return sample_scores[qid][method]
 
-    single = [m for m in config.methods if m in SINGLE_PASS_METHODS]
+    single = [m for m in config.methods if m in SINGLE_PASS_METHODS or m in PEER_METHODS]
 
     def block(qs: Sequence[Question], methods: Sequence[str]) -> dict[str, Any]:
         ids = [q.id for q in qs]
         errors = [not correct[i] for i in ids]
         table = _metric_table({m: [score_of(m, i) for i in ids] for m in methods}, errors, config)
         for m in methods:
-            table[m]["cost"] = _cost(m, ids, generations, samples, cluster_seconds)
+            table[m]["cost"] = _cost(m, ids, generations, samples, cluster_seconds, peers)
         return {
             "n": len(ids),
             "accuracy": float(np.mean([correct[i] for i in ids])),
@@ -463,7 +540,7 @@ def run_eval(
             "correct": correct[q.id],
             "label_source": label_source[q.id],
             "rule_values": rule_vals[q.id],
-            "scores": dict(g["scores"]),
+            "scores": {**g["scores"], **(peers[q.id]["scores"] if peers else {})},
             "answer_tokens": g["answer_tokens"],
             "seconds": g["seconds"],
         }

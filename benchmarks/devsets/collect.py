@@ -59,6 +59,8 @@ REFUSAL = re.compile(
     re.IGNORECASE,
 )
 MAX_NEW_TOKENS = {"sciq": 16, "truthfulqa": 24, "rag": 24}
+ATTENTION_FIELDS = 2
+"""Version of the attention fields (2: RAUQ's attentions aligned as LM-Polygraph reads them)."""
 
 
 def is_refusal(answer: str) -> bool:
@@ -185,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                     done.add(old["id"])
                 except (ValueError, KeyError):
                     break
-                if "token_logprobs" not in old:  # an earlier run's row: add the attention fields
+                if old.get("attention_fields") != ATTENTION_FIELDS:  # an earlier run's row: (re)add them
                     x = scorer.prompt_ids(everything[old["id"]]["messages"])
                     old.update(attention_features(scorer.model, x, old["answer_ids"]))
+                    old["attention_fields"] = ATTENTION_FIELDS
                     line = json.dumps(old)
                 good.append(line)
             out.write_text("".join(g + "\n" for g in good))
@@ -236,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 # window[j][l]: semgrad at offset -WINDOW + j, hidden-state index l
                 "window": [[float(f"{v:.6g}") for v in r] for r in raw.window_semgrad],
                 **attn,
+                "attention_fields": ATTENTION_FIELDS,
                 "flags": result.flags,
                 "generate_s": round(t1 - t0 - score_s, 3),
                 "score_s": round(score_s, 3),

@@ -5,9 +5,11 @@ fused kernels do not return the weights), so they cost one forward and no sampli
 
 - **RAUQ** (Vazhentsev et al., 2025, arXiv 2505.20045): per layer, the head that attends most to the
   previous token over the answer; a confidence carried token by token,
-  ``c_0 = p(y_0)``, ``c_i = alpha * p(y_i) + (1 - alpha) * a_{i,i-1} * c_{i-1}``; the layer's
+  ``c_0 = p(y_0)``, ``c_i = alpha * p(y_i) + (1 - alpha) * a_i * c_{i-1}``; the layer's
   uncertainty ``1 - mean_i log c_i``; the maximum over the middle third of the layers.
-  ``alpha = 0.5`` for instruction-tuned models, as LM-Polygraph sets it.
+  ``alpha = 0.5`` for instruction-tuned models, as LM-Polygraph sets it. ``a_i`` is the attention
+  of the step that generates ``y_i`` to the previous token ``y_{i-1}``: the position holding
+  ``y_{i-1}`` attending to itself, as LM-Polygraph reads it from generation's attention maps.
 - **Attention score** (Sriramanan et al., 2024, "LLM-Check"): minus the head-mean of
   ``sum_i log a_{ii}`` (the attention map's log-determinant, as it is triangular) at the middle layer.
 
@@ -56,7 +58,7 @@ def rauq(
     """RAUQ uncertainty of one answer.
 
     ``token_logprobs[i]`` is ``log p(y_i | x, y_<i)``; ``prev_attention[l][i - 1]`` the attention of
-    answer token ``i`` to token ``i - 1`` in layer ``l``'s selected head (:func:`attention_features`).
+    the step generating ``y_i`` to ``y_{i-1}`` in layer ``l``'s selected head (:func:`attention_features`).
     ``layers`` default to the middle third of ``len(prev_attention)``.
     """
     if not 0.0 < alpha <= 1.0:
@@ -119,8 +121,8 @@ def attention_features(model: Any, prompt_ids: Sequence[int], answer_ids: Sequen
     """What RAUQ and the attention score need, from one teacher-forced pass over ``prompt_ids + answer_ids``.
 
     Returns ``token_logprobs`` (one per answer token), per layer ``rauq_heads`` (the head with the
-    highest mean attention of answer token ``i`` to token ``i - 1``) and ``rauq_attention`` (those
-    attentions, ``len(answer_ids) - 1`` of them), and per layer the head-mean of ``sum log a_ii``
+    highest mean attention of the step generating ``y_i`` to ``y_{i-1}``, i ≥ 1) and ``rauq_attention``
+    (those attentions, ``len(answer_ids) - 1`` of them), and per layer the head-mean of ``sum log a_ii``
     over the whole sequence (``attention_logdiag``) and over the answer but its last token
     (``attention_logdiag_answer``, LM-Polygraph's ``gen_only``).
     """
@@ -142,10 +144,12 @@ def attention_features(model: Any, prompt_ids: Sequence[int], answer_ids: Sequen
     prev: list[list[float]] = []
     logdiag: list[float] = []
     logdiag_answer: list[float] = []
-    rows = torch.arange(p + 1, p + t, device=device)
+    # The step generating y_i is the position of y_{i-1}; its "previous token" y_{i-1} is that same
+    # position, so RAUQ's attentions are the diagonal at p .. p + t - 2 (LM-Polygraph's alignment).
+    rows = torch.arange(p, p + t - 1, device=device)
     for layer_attention in out.attentions:
         a = layer_attention[0].float()  # (heads, n, n)
-        prev_all = a[:, rows, rows - 1]  # (heads, t - 1): answer token i to token i - 1
+        prev_all = a[:, rows, rows]  # (heads, t - 1)
         head = int(prev_all.mean(-1).argmax()) if t > 1 else 0
         heads.append(head)
         prev.append(prev_all[head].tolist())

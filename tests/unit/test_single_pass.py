@@ -82,7 +82,8 @@ def test_features_match_the_model_and_the_scorer(scorer):
     # the token log-probabilities add up to the scorer's nll of the same ids
     (raw,) = scorer.score_token_ids([ScoringInput(x, y)])
     assert -sum(f["token_logprobs"]) == pytest.approx(raw.nll, rel=1e-4)
-    # the previous-token attentions are those of the eager attention map, in RAUQ's head
+    # the previous-token attentions are those of the eager attention map, in RAUQ's head (the
+    # alignment is LM-Polygraph's: benchmarks/parity_lm_polygraph.py checks against it)
     scorer.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
@@ -92,7 +93,8 @@ def test_features_match_the_model_and_the_scorer(scorer):
     p, t = len(x), len(y)
     assert len(f["rauq_attention"]) == len(att) == scorer.adapter.num_layers
     for layer, a in enumerate(att):
-        prev = torch.stack([a[0, :, p + i, p + i - 1] for i in range(1, t)], dim=1)  # (heads, t - 1)
+        # generating y_i (position p + i - 1) attends to y_{i-1} (the same position)
+        prev = torch.stack([a[0, :, p + i - 1, p + i - 1] for i in range(1, t)], dim=1)  # (heads, t - 1)
         head = int(prev.mean(1).argmax())
         assert f["rauq_heads"][layer] == head
         assert f["rauq_attention"][layer] == pytest.approx(prev[head].tolist(), rel=1e-4)

@@ -30,8 +30,10 @@ sysdeps:
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
 
+# MODEL: a registry name (semgrad-guard models), e.g. make demo MODEL=qwen2.5-coder-0.5b
+MODEL ?= default
 demo: install
-	$(PY) cookbook/langchain_rag_gating.py
+	$(PY) cookbook/langchain_rag_gating.py --model $(MODEL)
 
 # Lint, format and types first (seconds), then every test, the doctests included.
 # The PostgreSQL queue tests must run here (missing server binaries fail them instead of skipping).

@@ -114,9 +114,10 @@ def run(
     max_tokens: int = 40,
     review_db: str | None = None,
     console: Console | None = None,
+    model: str = "default",
 ) -> list[GuardResult]:
     console = console or Console()
-    chat = ChatSemGrad(model="default", max_tokens=max_tokens)
+    chat = ChatSemGrad(model=model, max_tokens=max_tokens)
     scorer = chat.scorer
     calibrator, why_not = shipped_calibrator(scorer)
     # Without --review-db the queue lives in a temporary folder removed at the end of the run.
@@ -181,9 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--review-db", default=None, help="SQLite review queue (default: a temporary file)")
     parser.add_argument("--summary", default=None, help="also write the GuardResults as JSON lines here")
+    parser.add_argument(
+        "--model", default="default", help="a registry name (semgrad-guard models), e.g. qwen2.5-coder-0.5b"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
-    results = run(max_tokens=args.max_tokens, review_db=args.review_db)
+    results = run(max_tokens=args.max_tokens, review_db=args.review_db, model=args.model)
     if args.summary:
         Path(args.summary).write_text("".join(r.model_dump_json() + "\n" for r in results))
     return 0

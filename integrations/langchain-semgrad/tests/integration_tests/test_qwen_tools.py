@@ -69,3 +69,23 @@ def test_an_agent_runs_the_tool_and_finishes_with_a_scored_gated_answer(qwen: An
     assert "391" in final.content and "{" not in final.content  # an answer, not tool-call JSON
     assert read_score(final) is not None and read_payload(final)["action"] == "accept"
     assert len(middleware.results) == 1  # only the final answer went through the gate
+
+
+def test_the_two_tool_cookbook_agent_calls_the_right_tool_and_gates_its_answers(qwen: Any) -> None:
+    import runpy
+
+    cookbook = runpy.run_path(str(Path(__file__).resolve().parents[4] / "cookbook" / "agent_two_tools.py"))
+    rows = cookbook["run"]()
+    assert len(rows) == len(cookbook["QUESTIONS"])
+    for row, (question, tool_name) in zip(rows, cookbook["QUESTIONS"], strict=True):
+        assert row["question"] == question
+        assert [name for name, _ in row["tool_calls"]] == [tool_name]  # one call, to the right tool
+        assert not row["final_is_tool_call"] and "<tool_call>" not in row["answer"]
+        assert '"arguments"' not in row["answer"]  # never tool-call JSON passed off as an answer
+        assert row["mean_nll"] is not None  # the final answer was scored...
+        assert row["action"] in ("accept", "abstain")  # ...and gated
+    product, founder = rows
+    assert float(product["tool_results"][0]) == 84.0
+    assert "Varga" in founder["tool_results"][0]
+    if product["action"] == "accept":
+        assert "84" in product["answer"]

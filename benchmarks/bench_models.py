@@ -1,89 +1,344 @@
-"""One table across models: accuracy, AUROC of each single score, and seconds per answer, per dev set.
+"""One table across models, on development answers held out from every choice that is scored.
 
 Reads the rows ``benchmarks/devsets/collect.py`` wrote (``results/devsets/*.jsonl`` for the embedded
-model, ``results/devsets/<registry name>/*.jsonl`` for the others); needs no model. SemGrad is shown
-at the default rule (anchor -3, upper half of the layers) and at the best cell of the sweep (chosen
-on the same rows: optimistic, a ceiling, not a held-out number). AUROC is for detecting wrong answers
-(higher score = less trustworthy); "-" where a set has only one class.
+model, ``results/devsets/<registry name>/*.jsonl`` for the others); needs no model. Per model and
+development set, leaving that set out of every choice: the SemGrad profile (anchor offset x layer
+band, by mean per-set AUROC on the other two sets) and the default confidence (the calibrator fitted
+on the other two sets, its features chosen leaving one of those out, as the shipped ones are). Then:
+accuracy, AUROC and PRR (wrong answer = positive) of every single score, of the single-pass peers
+(RAUQ, LLM-Check's attention score: ``semgrad_guard.eval.single_pass``) and of the confidence, the
+confidence's ECE, seconds per answer (generation) and the profile score's overhead over it.
 
-Usage: python benchmarks/bench_models.py [--out benchmarks/results/models.md]
+Beside it, how the profile is chosen: the default rule, SPS for a fixed band (upper half), SPS
+choosing the band too, and the supervised choice (5-fold cross-validated), each by the mean of the
+per-set AUROCs of its SemGrad. SPS tables: the shipped profile's (embedded model) or
+``results/sps/<name>.json`` (``benchmarks/sps_table.py``).
+
+``--write NAME`` also writes NAME's shipped profile and calibrator, fitted on all its rows.
+
+Usage: python benchmarks/bench_models.py [--write qwen2.5-coder-0.5b]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import math
+import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.devsets.devdata import DEVSETS, NAMES, OFFSETS, load  # noqa: E402
-from semgrad_guard.eval.metrics import auroc  # noqa: E402
-from semgrad_guard.eval.profile_search import layer_bands  # noqa: E402
+from benchmarks.devsets.devdata import DEVSETS, NAMES, OFFSETS, DevSet, load  # noqa: E402
+from semgrad_guard import Calibrator, ModelProfile  # noqa: E402
+from semgrad_guard.eval.metrics import auroc, prr  # noqa: E402
+from semgrad_guard.eval.profile_search import layer_bands, select_from_window  # noqa: E402
+from semgrad_guard.eval.single_pass import attention_score, middle_layers, rauq  # noqa: E402
+from semgrad_guard.guard.calibration import expected_calibration_error  # noqa: E402
 
-MODELS = {
-    "SmolLM2-135M": DEVSETS,
-    "Qwen-0.5B": DEVSETS / "qwen2.5-coder-0.5b",
-    "Qwen-1.5B": DEVSETS / "qwen2.5-coder-1.5b",
-}
-SINGLE = ("nll", "mean_nll", "mean_entropy", "exgrad_logits")
+OUT_MD = ROOT / "benchmarks" / "results" / "models.md"
+OUT_JSON = ROOT / "benchmarks" / "results" / "models.json"
+SPS_DIR = ROOT / "benchmarks" / "results" / "sps"
+PACKAGE = ROOT / "semgrad_guard"
+# label, registry name, rows, shipped file stem
+MODELS = [
+    ("SmolLM2-135M", "default", DEVSETS, "smollm2-135m-instruct"),
+    ("Qwen-0.5B", "qwen2.5-coder-0.5b", DEVSETS / "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct"),
+    ("Qwen-1.5B", "qwen2.5-coder-1.5b", DEVSETS / "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct"),
+]
+SINGLE = ("nll", "mean_nll", "mean_entropy", "exgrad", "semgrad", "hybridgrad")
+PEERS = ("rauq", "attention_score")
+DEFAULT_RULE = -3  # offset of the default rule, over the upper half of the layers
 
 
-def _auroc(scores: np.ndarray, errors: np.ndarray) -> str:
-    if errors.all() or not errors.any():
-        return "-"
-    return f"{auroc(scores, errors):.2f}"
+def _model_id(name: str) -> str:
+    from semgrad_guard.scoring.registry import get_model
+
+    return get_model(name).model_id
 
 
-def rows_for(label: str, folder: Path) -> list[str]:
-    names = tuple(n for n in NAMES if (folder / f"{n}.jsonl").exists())
-    if not names:
-        return [f"| {label} | not run | | | | | | | | |"]
-    out = []
-    for name in names:
-        d = load((name,), folder)
-        errors = ~d.correct
-        n_layers = d.window.shape[2]
-        default = d.window[:, OFFSETS.index(-3), layer_bands(n_layers)["upper half"]].mean(axis=1)
-        cells = (
-            [
-                (auroc(d.window[:, j, ls].mean(axis=1), errors), o, b)
-                for j, o in enumerate(OFFSETS)
-                for b, ls in layer_bands(n_layers).items()
-            ]
-            if errors.any() and not errors.all()
-            else []
-        )
-        best = f"{max(cells)[0]:.2f}" if cells else "-"
-        singles = [_auroc(np.asarray([r[k] for r in d.rows], float), errors) for k in SINGLE]
-        gen = [r["generate_s"] for r in d.rows if "generate_s" in r]
-        sc = [r["window_score_s"] for r in d.rows if "window_score_s" in r]
-        secs = f"{np.mean(gen):.1f}+{np.mean(sc):.1f}" if gen else "-"
-        out.append(
-            f"| {label} | {name} | {len(d)} | {d.correct.mean():.2f} | "
-            + " | ".join(singles)
-            + f" | {_auroc(default, errors)} | {best} | {secs} |"
-        )
+def _auroc(scores: np.ndarray, correct: np.ndarray) -> float:
+    s = np.asarray(scores, dtype=float)
+    if correct.all() or not correct.any() or not np.isfinite(s).all():
+        return math.nan
+    return float(auroc(s, ~correct))
+
+
+def _prr(scores: np.ndarray, correct: np.ndarray) -> float:
+    s = np.asarray(scores, dtype=float)
+    if correct.all() or not correct.any() or not np.isfinite(s).all():
+        return math.nan
+    return float(prr(s, ~correct))
+
+
+def peer_scores(rows: list[dict]) -> dict[str, np.ndarray]:
+    """RAUQ (middle third of the layers, alpha 0.5) and the attention score (middle layer) per row."""
+    out: dict[str, list[float]] = {p: [] for p in PEERS}
+    for r in rows:
+        if "rauq_attention" not in r:
+            out["rauq"].append(math.nan)
+            out["attention_score"].append(math.nan)
+            continue
+        n = len(r["rauq_attention"])
+        out["rauq"].append(rauq(r["token_logprobs"], r["rauq_attention"], layers=middle_layers(n)))
+        out["attention_score"].append(attention_score(r["attention_logdiag"], layer=n // 2))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def choose_profile(data: DevSet) -> tuple[int, str, list[int], float]:
+    """Supervised choice: (offset, band, layers, 5-fold CV estimate of the mean per-set AUROC)."""
+    bands = layer_bands(data.window.shape[2])
+    best, _, cv, _ = select_from_window(
+        data.window, ~data.correct, offsets=OFFSETS, bands=bands, groups=data.groups, folds=5, n_boot=0
+    )
+    return best.offset, best.band, best.layers, float(cv)
+
+
+def _fit(data: DevSet, offset: int, layers: list[int], **kwargs: Any) -> Calibrator:
+    groups = list(data.groups) if len(set(data.groups)) >= 2 else None
+    return Calibrator.fit(data.results(offset, layers), data.correct, groups=groups, **kwargs)
+
+
+def held_out(data: DevSet, held: str) -> dict[str, Any]:
+    """Every number of one set, with the profile and the calibrator chosen on the other sets."""
+    tr, te = np.flatnonzero(data.groups != held), np.flatnonzero(data.groups == held)
+    train, test = data.subset(tr), data.subset(te)
+    offset, band, layers, _ = choose_profile(train)
+    cal = _fit(train, offset, layers)
+    results = test.results(offset, layers)
+    conf = cal.predict(results, check=False)
+    y = test.correct
+    scores = {f: np.asarray([getattr(r, f) for r in results]) for f in SINGLE}
+    scores.update(peer_scores(test.rows))
+    scores["confidence"] = -conf
+    gen = [r["generate_s"] for r in test.rows if "score_s" in r]
+    score_s = [r["score_s"] for r in test.rows if "score_s" in r]
+    return {
+        "n": len(te),
+        "accuracy": float(y.mean()),
+        "profile": {"offset": offset, "band": band},
+        "features": f"{cal.method}:{'+'.join(cal.features)}",
+        "auroc": {k: _auroc(v, y) for k, v in scores.items()},
+        "prr": {k: _prr(v, y) for k, v in scores.items()},
+        "ece": float(expected_calibration_error(conf, y)),
+        "generate_s": float(np.mean(gen)) if gen else None,
+        "score_s": float(np.mean(score_s)) if score_s else None,
+    }
+
+
+def sps_table(name: str, stem: str) -> dict[int, list[float]] | None:
+    path = SPS_DIR / f"{name}.json"
+    if path.exists():
+        raw = json.loads(path.read_text())["table"]
+    else:
+        shipped = PACKAGE / "profiles" / f"{stem}.json"
+        raw = json.loads(shipped.read_text()).get("sps_table") if shipped.exists() else None
+    return None if raw is None else {int(k): v for k, v in raw.items()}
+
+
+def profile_choices(data: DevSet, table: dict[int, list[float]] | None) -> dict[str, Any]:
+    """Mean per-set AUROC of SemGrad where the default rule, SPS and the supervised search look."""
+    n_layers = data.window.shape[2]
+    bands = layer_bands(n_layers)
+
+    def mean_auroc(offset: int, layers: list[int]) -> float:
+        sem = data.window[:, OFFSETS.index(offset), layers].mean(axis=1)
+        vals = [_auroc(sem[data.groups == g], data.correct[data.groups == g]) for g in NAMES]
+        return float(np.nanmean(vals))
+
+    out: dict[str, Any] = {}
+    out["default rule"] = {"offset": DEFAULT_RULE, "band": "upper half"}
+    if table is not None:
+        upper = bands["upper half"]
+        o = max(table, key=lambda k: np.mean([table[k][i] for i in upper]))
+        out["SPS, upper half"] = {
+            "offset": o,
+            "band": "upper half",
+            "sps": float(np.mean([table[o][i] for i in upper])),
+        }
+        cells = [(float(np.mean([table[k][i] for i in ls])), k, b) for k in table for b, ls in bands.items()]
+        s, o, b = max(cells)
+        out["SPS, band too"] = {"offset": o, "band": b, "sps": s}
+    offset, band, _, cv = choose_profile(data)
+    out["supervised (CV)"] = {"offset": offset, "band": band, "cv_auroc": cv}
+    for v in out.values():
+        v["auroc"] = mean_auroc(v["offset"], bands[v["band"]])
     return out
+
+
+def evaluate(label: str, name: str, folder: Path, stem: str) -> dict[str, Any] | None:
+    names = tuple(n for n in NAMES if (folder / f"{n}.jsonl").exists())
+    if len(names) < len(NAMES):
+        return None
+    data = load(names, folder, model_id=_model_id(name))
+    return {
+        "label": label,
+        "name": name,
+        "sets": {held: held_out(data, held) for held in NAMES},
+        "choices": profile_choices(data, sps_table(name, stem)),
+    }
+
+
+def write_shipped(name: str, stem: str, folder: Path) -> str:
+    """Fit NAME's profile (supervised) and calibrator on all its rows; write them into the package."""
+    from semgrad_guard import SemGradScorer
+    from semgrad_guard.scoring.identity import weights_fingerprint
+    from semgrad_guard.scoring.profile import chat_template_hash
+
+    data = load(NAMES, folder, model_id=_model_id(name))
+    offset, band, layers, cv = choose_profile(data)
+    scorer = SemGradScorer.from_pretrained(name)
+    counts = ", ".join(f"{n} {int((data.groups == n).sum())}" for n in NAMES)
+    table = sps_table(name, stem)
+    choices = profile_choices(data, table)
+    lodo = {}
+    for held in NAMES:
+        o, b, _, _ = choose_profile(data.subset(np.flatnonzero(data.groups != held)))
+        lodo[held] = {"offset": o, "band": b}
+    profile = ModelProfile(
+        anchor_offset=offset,
+        layers=layers,
+        exgrad_mode="logits",
+        model_id=data.model_id,
+        weights_sha256=weights_fingerprint(scorer.model),
+        chat_template_hash=chat_template_hash(scorer.tokenizer),
+        data=f"development sets answered by the model (benchmarks/devsets, {name}): {counts}",
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        source="supervised",
+        sps_table={str(k): v for k, v in table.items()} if table else None,
+        selection={
+            "criterion": "mean over data sets of semgrad AUROC for wrong answers; 5-fold cross-validated",
+            "band": band,
+            "cv_auroc": cv,
+            "leave_one_data_set_out": lodo,
+            "beside": choices,
+            "report": "benchmarks/results/models.md",
+        },
+    )
+    profile.save(PACKAGE / "profiles" / f"{stem}.json")
+    cal = _fit(
+        data,
+        offset,
+        layers,
+        profile=profile,
+        data=f"development sets (benchmarks/devsets, {name}; labels in benchmarks/devsets/README.md): "
+        f"{counts}; features chosen leaving one data set out",
+    )
+    cal.save(PACKAGE / "calibrators" / f"{stem}.json")
+    return f"wrote profiles/{stem}.json ({offset}, {band}) and calibrators/{stem}.json ({cal.method}:{cal.features})"
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+COLS = [
+    ("nll", "nll"),
+    ("mean_nll", "mnll"),
+    ("mean_entropy", "ment"),
+    ("exgrad", "exgr"),
+    ("semgrad", "sg"),
+    ("rauq", "rauq"),
+    ("attention_score", "attn"),
+    ("confidence", "conf"),
+]
+
+
+def render(models: list[dict[str, Any]], skipped: list[str], machine: str) -> str:
+    lines = [
+        "# One table across models (development sets, each held out from the choices scored on it)",
+        "",
+        "Made by `python benchmarks/bench_models.py` from the rows `benchmarks/devsets/collect.py --model NAME`",
+        "wrote (labels as in [devsets/README.md](../devsets/README.md)). For each set, the SemGrad profile",
+        "and the calibrator behind `conf` (the default confidence) were chosen on the other two sets only.",
+        "",
+        "## AUROC for wrong answers",
+        "",
+        "| model | set | n | acc | " + " | ".join(c for _, c in COLS) + " |",
+        "|---|---|--:|--:|" + "--:|" * len(COLS),
+    ]
+    for m in models:
+        for s, r in m["sets"].items():
+            lines.append(
+                f"| {m['label']} | {s} | {r['n']} | {r['accuracy']:.2f} | "
+                + " | ".join(_f(r["auroc"].get(k)) for k, _ in COLS)
+                + " |"
+            )
+    lines += ["", "## PRR (prediction rejection ratio) and calibration", ""]
+    lines += [
+        "| model | set | " + " | ".join(c for _, c in COLS) + " | ECE |",
+        "|---|---|" + "--:|" * (len(COLS) + 1),
+    ]
+    for m in models:
+        for s, r in m["sets"].items():
+            lines.append(
+                f"| {m['label']} | {s} | "
+                + " | ".join(_f(r["prr"].get(k)) for k, _ in COLS)
+                + f" | {_f(r['ece'], 3)} |"
+            )
+    lines += ["", "## Cost and what was chosen", ""]
+    lines += [
+        "| model | set | gen s/ans | score s | overhead | profile | confidence features |",
+        "|---|---|--:|--:|--:|---|---|",
+    ]
+    for m in models:
+        for s, r in m["sets"].items():
+            g, sc = r["generate_s"], r["score_s"]
+            over = f"{100 * sc / g:.0f}%" if g and sc is not None else "-"
+            lines.append(
+                f"| {m['label']} | {s} | {_f(g, 1)} | {_f(sc, 1)} | {over} | "
+                f"{r['profile']['offset']} / {r['profile']['band']} | {r['features']} |"
+            )
+    lines += ["", "## Where SemGrad looks: default rule, SPS, supervised", ""]
+    lines += ["| model | choice | offset / band | SPS | mean AUROC |", "|---|---|---|--:|--:|"]
+    for m in models:
+        for label, c in m["choices"].items():
+            sps = _f(c.get("sps"), 3)
+            lines.append(
+                f"| {m['label']} | {label} | {c['offset']} / {c['band']} | {sps} | {_f(c['auroc'], 3)} |"
+            )
+    lines += [
+        "",
+        "Columns: nll, mean_nll (mnll), mean_entropy (ment), exgrad (exgr), SemGrad at the held-out",
+        "profile (sg), RAUQ (middle third of the layers, alpha 0.5), the attention score (attn, middle",
+        "layer) and the default confidence (conf); `-` where a set has one class or a score is missing.",
+        "ECE over 10 bins of the held-out confidence. `gen s/ans` is generation alone, `score s` the",
+        "profile score `generate()` adds (from generation's own cache): the scoring overhead.",
+        "Mean AUROC is over the three sets, on all rows; SPS is label-free (its AUROC is held out), the",
+        "supervised cell is chosen on the same rows (its 5-fold estimate is in models.json).",
+        "",
+        f"Machine: {machine}.",
+    ]
+    lines += [f"{s}: not run on this machine (no development answers collected)." for s in skipped]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--write", default=None, help="write this registry name's shipped profile and calibrator"
+    )
+    parser.add_argument("--machine", default=f"{platform.machine()} CPU, {platform.system()}")
     args = parser.parse_args(argv)
-    lines = [
-        "| model | set | n | acc | nll | mnll | ment | exgr | sg-3 | sg* | s/ans |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for label, folder in MODELS.items():
-        lines += rows_for(label, folder)
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    if args.write:
+        spec = next(m for m in MODELS if m[1] == args.write)
+        print(write_shipped(args.write, spec[3], spec[2]))
+    models, skipped = [], []
+    for label, name, folder, stem in MODELS:
+        r = evaluate(label, name, folder, stem)
+        if r is None:
+            skipped.append(label)
+        else:
+            models.append(r)
+    OUT_JSON.write_text(json.dumps({"models": models, "skipped": skipped}, indent=1, default=float) + "\n")
+    OUT_MD.write_text(render(models, skipped, args.machine))
+    print(OUT_MD.read_text())
     return 0
 
 

@@ -34,6 +34,7 @@ class DevSet:
     window: np.ndarray  # (N, 8, L): semgrad at offset -8..-1 and hidden-state index l
     correct: np.ndarray
     groups: np.ndarray
+    model_id: str = MODEL_ID
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -55,7 +56,9 @@ class DevSet:
         return np.asarray(a), np.asarray(b)
 
     def subset(self, idx: np.ndarray) -> DevSet:
-        return DevSet([self.rows[i] for i in idx], self.window[idx], self.correct[idx], self.groups[idx])
+        return DevSet(
+            [self.rows[i] for i in idx], self.window[idx], self.correct[idx], self.groups[idx], self.model_id
+        )
 
     def results(
         self, anchor_offset: int, layers: list[int], exgrad_mode: str = "logits"
@@ -79,14 +82,15 @@ class DevSet:
                     prompt_tokens=r["prompt_tokens"],
                     anchor_offset=anchor_offset,
                     layers=list(layers),
-                    model_id=MODEL_ID,
+                    model_id=self.model_id,
                     exgrad_mode=exgrad_mode,  # type: ignore[arg-type]
                 )
             )
         return out
 
 
-def load(names: tuple[str, ...] = NAMES, folder: Path = DEVSETS) -> DevSet:
+def load(names: tuple[str, ...] = NAMES, folder: Path = DEVSETS, model_id: str = MODEL_ID) -> DevSet:
+    """The rows of ``names`` in ``folder`` (a model other than the default: ``DEVSETS / <registry name>``)."""
     rows = []
     for name in names:
         path = folder / f"{name}.jsonl"
@@ -101,4 +105,5 @@ def load(names: tuple[str, ...] = NAMES, folder: Path = DEVSETS) -> DevSet:
         window=np.asarray([r["window"] for r in rows], dtype=float),
         correct=np.asarray([r["correct"] for r in rows], dtype=bool),
         groups=np.asarray([r["dataset"] for r in rows]),
+        model_id=model_id,
     )

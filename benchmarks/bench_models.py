@@ -41,6 +41,7 @@ from semgrad_guard.eval.metrics import auroc, prr  # noqa: E402
 from semgrad_guard.eval.profile_search import layer_bands, select_from_window  # noqa: E402
 from semgrad_guard.eval.single_pass import attention_score, middle_layers, rauq  # noqa: E402
 from semgrad_guard.guard.calibration import expected_calibration_error  # noqa: E402
+from semgrad_guard.scoring.sps import best_cell  # noqa: E402
 
 OUT_MD = ROOT / "benchmarks" / "results" / "models.md"
 OUT_JSON = ROOT / "benchmarks" / "results" / "models.json"
@@ -162,9 +163,8 @@ def profile_choices(data: DevSet, table: dict[int, list[float]] | None) -> dict[
             "band": "upper half",
             "sps": float(np.mean([table[o][i] for i in upper])),
         }
-        cells = [(float(np.mean([table[k][i] for i in ls])), k, b) for k in table for b, ls in bands.items()]
-        s, o, b = max(cells)
-        out["SPS, band too"] = {"offset": o, "band": b, "sps": s}
+        o, b, _, s = best_cell(table, bands)
+        out["SPS, band too"] = {"offset": o, "band": b, "sps": float(s)}
     offset, band, _, cv = choose_profile(data)
     out["supervised (CV)"] = {"offset": offset, "band": band, "cv_auroc": cv}
     for v in out.values():
@@ -207,7 +207,7 @@ def write_shipped(name: str, stem: str, folder: Path) -> str:
         exgrad_mode="logits",
         model_id=data.model_id,
         weights_sha256=weights_fingerprint(scorer.model),
-        chat_template_hash=chat_template_hash(scorer.tokenizer),
+        chat_template_hash=chat_template_hash(scorer.chat_template),
         data=f"development sets answered by the model (benchmarks/devsets, {name}): {counts}",
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         source="supervised",

@@ -20,9 +20,9 @@ estimators is ``benchmarks/parity_lm_polygraph.py``.
 
 Example:
     >>> round(rauq([-0.1, -0.2, -0.05], [[0.9, 0.8]], layers=[0], alpha=0.5), 4)
-    1.2052
+    1.1743
     >>> attention_score([[-3.0, -1.0]], layer=0)
-    3.0
+    2.0
 """
 
 from __future__ import annotations

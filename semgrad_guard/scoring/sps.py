@@ -8,7 +8,7 @@ groups. The profile's anchor is the offset whose mean SPS over the layer set is 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,32 @@ def load_paraphrase_groups(
     return groups
 
 
+def best_cell(
+    table: Mapping[int, Sequence[float]], bands: Mapping[str, Sequence[int]]
+) -> tuple[int, str, list[int], float]:
+    """The (offset, band) cell of an SPS table with the highest mean SPS over the band's layers.
+
+    Returns ``(offset, band name, layers, mean SPS)``; ties go to the offset nearer the end, then the
+    band listed first.
+
+    Example:
+        >>> best_cell({-1: [0.0, 0.2, 0.6], -2: [0.0, 0.5, 0.5]}, {"top": [2], "upper": [1, 2]})
+        (-1, 'top', [2], 0.6)
+    """
+    if not table or not bands or any(not layers for layers in bands.values()):
+        raise ConfigurationError("choosing an SPS cell needs a non-empty table and non-empty layer bands")
+    cells = []
+    for rank, (name, layers) in enumerate(bands.items()):
+        for offset, row in table.items():
+            if any(not 0 <= layer < len(row) for layer in layers):
+                raise ConfigurationError(f"band {name!r} has layers outside the table's {len(row)}")
+            cells.append(
+                (sum(row[layer] for layer in layers) / len(layers), offset, -rank, name, list(layers))
+            )
+    sps, offset, _, name, layers = max(cells)
+    return offset, name, layers, sps
+
+
 @torch.no_grad()
 def compute_sps(
     scorer: SemGradScorer,
@@ -62,6 +88,7 @@ def compute_sps(
     batch_size: int = 16,
     data: str | None = None,
     progress: Callable[[int], Any] | None = None,
+    bands: Mapping[str, Sequence[int]] | None = None,
 ) -> SPSResult:
     """Compute SPS(o, l) for o in -1..-window and every hidden-state index, and the resulting profile.
 
@@ -72,6 +99,10 @@ def compute_sps(
         system_prompt / user_template: how a question is rendered in deployment.
         layers: the layer set S the anchor is chosen for (default: the upper half).
         progress: called with the number of prompts done after each batch.
+        bands: candidate layer sets by name (``semgrad_guard.eval.profile_search.layer_bands``): SPS
+            then chooses the band too, the (offset, band) cell of highest mean SPS (:func:`best_cell`),
+            and ``layers`` is ignored. Off by default: on the development sets it helped on neither
+            the embedded model nor Qwen2.5-Coder-0.5B (benchmarks/results/models.md).
     """
     if len(groups) < 2 or any(len(g) < 2 for g in groups):
         raise ConfigurationError("SPS needs at least 2 groups, each of at least 2 equivalent questions")
@@ -130,8 +161,11 @@ def compute_sps(
             row.append(float(cos[same_pairs].mean() - cos[diff_pairs].mean()))
         table[o] = row
     layer_set = list(layers) if layers is not None else default_layers(num_layers)
-    means = {o: sum(row[layer] for layer in layer_set) / len(layer_set) for o, row in table.items()}
-    best = max(means, key=lambda o: means[o])
+    if bands is not None:
+        best, _, layer_set, _ = best_cell(table, bands)
+    else:
+        means = {o: sum(row[layer] for layer in layer_set) / len(layer_set) for o, row in table.items()}
+        best = max(means, key=lambda o: means[o])
     first = prompts[0]
     anchor_tokens = {o: scorer.tokenizer.decode([first[len(first) + o]]) for o in table}
     profile = ModelProfile(

@@ -70,3 +70,28 @@ def test_bad_groups_are_rejected(tmp_path):
     f.write_text(json.dumps({"question": "q"}) + "\n")
     with pytest.raises(ConfigurationError, match="paraphrases"):
         load_paraphrase_groups(f)
+
+
+def test_sps_can_choose_the_band_too():
+    from semgrad_guard.scoring.sps import best_cell
+
+    model, tok = tiny_chat_model("qwen2")
+    scorer = SemGradScorer(model, tok)
+    groups = [["What is DNA?", "Explain DNA."], ["Why is the sky blue?", "What makes the sky blue?"]]
+    bands = {"top": [3], "upper half": [2, 3], "lower": [1]}
+    result = compute_sps(scorer, groups, window=2, bands=bands)
+    offset, name, layers, sps = best_cell(result.table, bands)
+    assert (result.profile.anchor_offset, result.profile.layers) == (offset, layers)
+    means = {
+        (o, b): sum(result.table[o][i] for i in ls) / len(ls) for o in result.table for b, ls in bands.items()
+    }
+    assert sps == max(means.values()) == means[(offset, name)]
+
+
+def test_best_cell_refuses_bands_outside_the_table():
+    from semgrad_guard.scoring.sps import best_cell
+
+    with pytest.raises(ConfigurationError, match="outside the table's 2"):
+        best_cell({-1: [0.1, 0.2]}, {"far": [5]})
+    with pytest.raises(ConfigurationError, match="non-empty"):
+        best_cell({-1: [0.1]}, {"none": []})

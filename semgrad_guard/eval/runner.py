@@ -292,8 +292,8 @@ def peer_scores(
     if not all(hasattr(scorer, name) for name in ("model", "prompt_ids", "answer_ids")):
         raise ConfigurationError(
             f"{', '.join(PEER_METHODS)} read the attention maps of a local Hugging Face model; "
-            f"{type(scorer).__name__} has none: drop them from the methods (--methods single-pass "
-            "scores without them)"
+            f"{type(scorer).__name__} has none: drop them from the methods (e.g. --methods "
+            "semgrad,nll,mean_nll,semantic_entropy)"
         )
     cache = JsonlCache(out_dir / "peers.jsonl", settings_key(_model_settings(scorer, config)))
     todo = [

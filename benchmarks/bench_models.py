@@ -102,9 +102,9 @@ def choose_profile(data: DevSet) -> tuple[int, str, list[int], float]:
     return best.offset, best.band, best.layers, float(cv)
 
 
-def _fit(data: DevSet, offset: int, layers: list[int], **kwargs: Any) -> Calibrator:
-    groups = list(data.groups) if len(set(data.groups)) >= 2 else None
-    return Calibrator.fit(data.results(offset, layers), data.correct, groups=groups, **kwargs)
+def _fit(dev: DevSet, offset: int, layers: list[int], **kwargs: Any) -> Calibrator:
+    groups = list(dev.groups) if len(set(dev.groups)) >= 2 else None
+    return Calibrator.fit(dev.results(offset, layers), dev.correct, groups=groups, **kwargs)
 
 
 def held_out(data: DevSet, held: str) -> dict[str, Any]:

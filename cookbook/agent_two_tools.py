@@ -35,9 +35,11 @@ SYSTEM = (
     "You are the Orbitra Science Museum's assistant. Use the tools: museum_info for facts about the "
     "museum, multiply for arithmetic. Once a tool has returned, answer in one short sentence."
 )
+# Each question names its tool: with both offered, an open question ("how much do 7 tickets cost?")
+# made the 0.5B model emit call after call without stopping.
 QUESTIONS = [
-    ("How much do 7 adult tickets cost in total if one costs 12 euros?", "multiply"),
-    ("Who founded the Orbitra Science Museum?", "museum_info"),
+    ("What is 7 times 12? Use the multiply tool.", "multiply"),
+    ("Who founded the Orbitra Science Museum? Use the museum_info tool.", "museum_info"),
 ]
 POLICY = GuardPolicy.from_dict(
     {

@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from .scoring.hf_scorer import SemGradScorer
     from .scoring.remote import RemoteScorer
     from .scoring.sps import compute_sps
-    from .scoring.streaming import StreamChunk
+    from .scoring.streaming import STREAM_MODES, GateStop, StreamChunk, StreamMode, check_stream_mode
 
 _LAZY = {
     "RemoteScorer": "scoring.remote",
@@ -89,6 +89,10 @@ _LAZY = {
     "select_profile": "eval.profile_search",
     "fetch_default_model": "scoring.default_model",
     "StreamChunk": "scoring.streaming",
+    "GateStop": "scoring.streaming",
+    "StreamMode": "scoring.streaming",
+    "STREAM_MODES": "scoring.streaming",
+    "check_stream_mode": "scoring.streaming",
 }
 
 __version__ = VERSION
@@ -106,6 +110,7 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "ControlTokenError",
+    "GateStop",
     "Generated",
     "GeneratingScorer",
     "Guard",
@@ -144,6 +149,7 @@ __all__ = [
     "Rule",
     "SCORE_FIELDS",
     "SQLiteReviewQueue",
+    "STREAM_MODES",
     "ScorePayload",
     "ScoreResult",
     "Scorer",
@@ -155,6 +161,7 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailableError",
     "StreamChunk",
+    "StreamMode",
     "ThresholdSelection",
     "ToolCallParseError",
     "ToolCallingUnsupportedError",
@@ -163,6 +170,7 @@ __all__ = [
     "Verdict",
     "WidenRetrievalStrategy",
     "apply_review_decision",
+    "check_stream_mode",
     "compute_sps",
     "fetch_default_model",
     "generate_tool_turn",

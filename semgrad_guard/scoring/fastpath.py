@@ -239,6 +239,16 @@ class ModelAdapter:
             finally:
                 self._tls.record = None
 
+    @contextlib.contextmanager
+    def not_recording(self) -> Iterator[None]:
+        """A scoring pass inside a recorded generation on this thread (gate mode scores a sentence from
+        a stopping criterion, between two decode steps) is not recorded as generation's residuals."""
+        paused, self._tls.record = getattr(self._tls, "record", None), None
+        try:
+            yield
+        finally:
+            self._tls.record = paused
+
     # -- passes ------------------------------------------------------------------------------------
     def run(
         self,
@@ -254,7 +264,11 @@ class ModelAdapter:
         self._tls.capture = capture
         try:
             # The prefix pass (no capture) needs no hooks: it runs as the plain model does.
-            with torch.no_grad(), self.hooked() if capture is not None else contextlib.nullcontext():
+            with (
+                self.not_recording(),
+                torch.no_grad(),
+                self.hooked() if capture is not None else contextlib.nullcontext(),
+            ):
                 out = self.base(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
@@ -685,7 +699,7 @@ def exgrad_weight(adapter: ModelAdapter, example: ScoringInput, *, vocab_chunk: 
             )
     # A leaf of its own: gradients flow to it, never into the parameters.
     embeds = embeds.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), adapter.not_recording():
         out = adapter.base(
             inputs_embeds=embeds,
             position_ids=torch.arange(ids.shape[1], device=device)[None],

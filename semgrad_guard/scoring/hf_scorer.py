@@ -45,7 +45,7 @@ from .loading import check_causal
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 
 if TYPE_CHECKING:
-    from .streaming import StreamChunk
+    from .streaming import SpanJudge, SpanScorer, StreamChunk, StreamMode
 
 logger = logging.getLogger(__name__)
 
@@ -729,12 +729,26 @@ class SemGradScorer:
         """:meth:`generate` in a worker thread."""
         return await asyncio.to_thread(lambda: self.generate(messages, **kwargs))
 
-    def stream(self, messages: Messages, **generate_kwargs: Any) -> Iterator[StreamChunk]:
+    def stream(
+        self,
+        messages: Messages,
+        *,
+        mode: StreamMode = "observe",
+        span_judge: SpanJudge | None = None,
+        span_scorer: SpanScorer | None = None,
+        **generate_kwargs: Any,
+    ) -> Iterator[StreamChunk]:
         """:meth:`generate`, streamed: text chunks as they are generated, then one chunk with the score.
 
         Scoring starts the moment the last token is sampled, from generation's own KV cache and
         recorded residual states (no re-encoding); the last chunk's ``text`` is exactly what was
         scored and its ``result`` equals :meth:`generate`'s. ``generate_kwargs`` as for :meth:`generate`.
+
+        ``mode``: ``"observe"`` (text as generated), ``"gate"`` (one sentence at a time, each released
+        once ``span_judge.judge(span_score)`` keeps it; ``abstain`` stops generation there) or
+        ``"hold"`` (one chunk, once scored); see :mod:`semgrad_guard.scoring.streaming`.
+        ``span_scorer(messages, answer_so_far, (start, end))`` replaces the span scores gate mode
+        computes (a test double, say). Closing the iterator stops generation at the next token.
 
         Example:
             >>> from semgrad_guard.testing import tiny_scorer
@@ -744,13 +758,26 @@ class SemGradScorer:
         """
         from .streaming import stream
 
-        return stream(self, messages, **generate_kwargs)
+        return stream(
+            self, messages, mode=mode, span_judge=span_judge, span_scorer=span_scorer, **generate_kwargs
+        )
 
-    def astream(self, messages: Messages, **generate_kwargs: Any) -> AsyncIterator[StreamChunk]:
-        """:meth:`stream` for async code (``async for chunk in scorer.astream(...)``); never blocks the loop."""
+    def astream(
+        self,
+        messages: Messages,
+        *,
+        mode: StreamMode = "observe",
+        span_judge: SpanJudge | None = None,
+        span_scorer: SpanScorer | None = None,
+        **generate_kwargs: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """:meth:`stream` for async code (``async for chunk in scorer.astream(...)``); never blocks the loop.
+        Cancelling the consuming task, or ``aclose()``, stops generation at the next token."""
         from .streaming import astream
 
-        return astream(self, messages, **generate_kwargs)
+        return astream(
+            self, messages, mode=mode, span_judge=span_judge, span_scorer=span_scorer, **generate_kwargs
+        )
 
     def __repr__(self) -> str:
         return (

@@ -270,7 +270,9 @@ def _criteria(
                 ids = input_ids[0, self.prompt_len :].tolist()
                 if ids and ids[-1] not in eos:  # at an end of turn, the final judge runs after generate
                     # Decoded as generate decodes its answer, so offsets are offsets into the scored text.
-                    halt = gate.step(tokenizer.decode(ids, skip_special_tokens=False), final=False)
+                    # Generate runs under no_grad; a scoring pass expects torch's default mode.
+                    with torch.enable_grad():
+                        halt = gate.step(tokenizer.decode(ids, skip_special_tokens=False), final=False)
             return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([*(generate_kwargs.pop("stopping_criteria", None) or []), _Stop()])

@@ -239,7 +239,7 @@ class _Gate:
                 self.released = end
             else:  # review or abstain: nothing more is shown
                 halt = action == "abstain"
-                self.stopped = GateStop(span=span, decision=decision, generation_stopped=halt)
+                self.stopped = GateStop(span=span, decision=decision, generation_stopped=halt and not final)
                 self.withholding = True
                 if halt:
                     return True

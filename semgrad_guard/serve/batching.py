@@ -14,15 +14,18 @@ import asyncio
 import collections
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import SemGradGuardError, ServiceUnavailableError
 from ..messages import Messages
 from ..results import ScoreResult
 from ..scorer import GeneratingScorer, Scorer
+
+if TYPE_CHECKING:
+    from ..scoring.streaming import StreamChunk
 
 
 @runtime_checkable
@@ -118,6 +121,7 @@ class _Job:
     pair: tuple[Messages, str] | None = None
     messages: Messages | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    work: Callable[[], Any] | None = None  # a streamed generation: runs as it is, reports on its own
 
 
 class MicroBatcher:
@@ -198,6 +202,18 @@ class MicroBatcher:
         job = _Job("generate", loop.create_future(), messages=messages, kwargs=dict(generate_kwargs))
         (out,) = await self._submit([job])
         return out  # type: ignore[no-any-return]
+
+    def astream(self, messages: Messages, **stream_kwargs: Any) -> AsyncIterator[StreamChunk]:
+        """Generate and score one answer on the worker thread, streamed in a mode (see
+        :func:`semgrad_guard.scoring.streaming.astream`); queued like :meth:`agenerate`. Closing the
+        stream stops generation at the next token (or drops the job while it is still queued)."""
+        from ..scoring.streaming import astream
+
+        return astream(self.scorer, messages, runner=self._run_work, **stream_kwargs)  # type: ignore[arg-type]
+
+    async def _run_work(self, work: Callable[[], None]) -> None:
+        loop = self._start()
+        await self._submit([_Job("generate", loop.create_future(), work=work)])
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the worker thread (between passes): checks that tokenize, off the event loop."""
@@ -324,6 +340,13 @@ class MicroBatcher:
             self._observer("generate", 1)
         generate = getattr(self.scorer, "generate", None)
         loop = asyncio.get_running_loop()
+        if job.work is not None:
+            try:
+                await loop.run_in_executor(self._executor, job.work)
+            finally:
+                if not job.future.done():
+                    job.future.set_result(None)
+            return
         try:
             if generate is None:
                 raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")

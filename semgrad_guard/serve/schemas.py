@@ -100,6 +100,16 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+class SemGradOptions(BaseModel):
+    """The request's ``semgrad`` object (``extra_body={"semgrad": {...}}`` in the OpenAI client)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_mode: Literal["observe", "gate", "hold"] | None = None
+    """With ``stream=True``: text as generated (observe), a sentence at a time once judged (gate), or
+    all at once when judged (hold). Default: the service's (docs/serve.md, "Stream modes")."""
+
+
 class ChatCompletionRequest(BaseModel):
     """The OpenAI chat-completions request, the fields this service honours.
 
@@ -120,6 +130,7 @@ class ChatCompletionRequest(BaseModel):
     seed: Seed | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    semgrad: SemGradOptions | None = None
     n: StrictInt = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     tools: list[dict[str, Any]] | None = None

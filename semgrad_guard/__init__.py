@@ -80,7 +80,14 @@ if TYPE_CHECKING:
     from .scoring.hf_scorer import SemGradScorer
     from .scoring.remote import RemoteScorer
     from .scoring.sps import compute_sps
-    from .scoring.streaming import STREAM_MODES, GateStop, StreamChunk, StreamMode, check_stream_mode
+    from .scoring.streaming import (
+        STREAM_MODES,
+        GateStop,
+        StreamChunk,
+        StreamMode,
+        check_stream_mode,
+        stream_fields,
+    )
 
 _LAZY = {
     "RemoteScorer": "scoring.remote",
@@ -93,6 +100,7 @@ _LAZY = {
     "StreamMode": "scoring.streaming",
     "STREAM_MODES": "scoring.streaming",
     "check_stream_mode": "scoring.streaming",
+    "stream_fields": "scoring.streaming",
 }
 
 __version__ = VERSION
@@ -184,6 +192,7 @@ __all__ = [
     "resolve_generation",
     "select_profile",
     "select_threshold",
+    "stream_fields",
 ]
 
 

@@ -59,8 +59,9 @@ class PolicySpanJudge:
         self.layers = list(layers or [])
 
     def judge(self, span: Any) -> SentenceDecision:
+        fields: dict[str, Any] = {name: float(getattr(span, name)) for name in SCORE_FIELDS}
         result = ScoreResult(
-            **{name: float(getattr(span, name)) for name in SCORE_FIELDS},
+            **fields,
             answer_tokens=max(1, int(getattr(span, "token_end", 1)) - int(getattr(span, "token_start", 0))),
             anchor_offset=self.anchor_offset,
             layers=self.layers,

@@ -463,3 +463,38 @@ async def astream(
         stop.set()  # generation stops at the next token
         if not task.done():
             task.cancel()  # still queued: it never starts
+
+
+def span_json(span: Any) -> dict[str, Any]:
+    """A span score as plain JSON data (a ``SpanScore``'s fields; for other objects their offsets and text)."""
+    dump = getattr(span, "model_dump", None)
+    if callable(dump):
+        return dict(dump(mode="json"))
+    return {k: getattr(span, k) for k in ("start", "end", "text") if hasattr(span, k)}
+
+
+def stream_fields(chunk: StreamChunk) -> dict[str, Any]:
+    """What a streamed answer's payload says about its stream (nothing for ``observe``).
+
+    ``stream_mode``; in gate mode ``stopped`` (the sentence that ended the release: its span, the
+    decision's action, reason and confidence, and whether generation was cut there) and ``dropped``.
+
+    Example:
+        >>> stream_fields(StreamChunk(delta="", text="Hi.", mode="hold"))
+        {'stream_mode': 'hold'}
+    """
+    if chunk.mode == "observe":
+        return {}
+    out: dict[str, Any] = {"stream_mode": chunk.mode}
+    if chunk.stopped is not None:
+        decision = chunk.stopped.decision
+        out["stopped"] = {
+            **span_json(chunk.stopped.span),
+            "action": chunk.stopped.action,
+            "reason": getattr(decision, "reason", None),
+            "confidence": getattr(decision, "confidence", None),
+            "generation_stopped": chunk.stopped.generation_stopped,
+        }
+    if chunk.dropped:
+        out["dropped"] = [span_json(s) for s in chunk.dropped]
+    return out

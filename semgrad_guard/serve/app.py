@@ -40,7 +40,7 @@ from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
 from ..scorer import Scorer
-from ..scoring.streaming import SpanJudge, StreamChunk, StreamMode, check_stream_mode
+from ..scoring.streaming import SpanJudge, StreamChunk, StreamMode, check_stream_mode, stream_fields
 from .batching import MicroBatcher, ServiceBackend
 from .gate import INTERNAL_ERROR, Gate, clean_token
 from .metrics import ServiceMetrics
@@ -773,13 +773,6 @@ async def _live(
     )
 
 
-def _span_json(span: Any) -> dict[str, Any]:
-    dump = getattr(span, "model_dump", None)
-    if callable(dump):
-        return dict(dump(mode="json"))
-    return {k: getattr(span, k) for k in ("start", "end", "text") if hasattr(span, k)}
-
-
 async def _stream_end(
     state: ServiceState, chat: list[dict[str, Any]], last: StreamChunk
 ) -> tuple[str, str, ScorePayload, dict[str, int]]:
@@ -792,9 +785,7 @@ async def _stream_end(
     result = last.result
     assert result is not None
     usage = _usage(state, ScorePayload.of(result), None)
-    fields: dict[str, Any] = {"stream_mode": last.mode}
-    if last.dropped:
-        fields["dropped"] = [_span_json(s) for s in last.dropped]
+    fields: dict[str, Any] = {"stream_mode": last.mode, **stream_fields(last)}
     stopped = last.stopped
     if stopped is None:
         finish = "length" if "truncated" in result.flags else "stop"
@@ -805,14 +796,7 @@ async def _stream_end(
         )
         state.metrics.decisions.labels(action=guarded.action.value).inc()
         return "", finish, _payload(result, guarded, **fields), usage
-    decision = stopped.decision
-    fields["stopped"] = {
-        **_span_json(stopped.span),
-        "action": stopped.action,
-        "reason": getattr(decision, "reason", None),
-        "generation_stopped": stopped.generation_stopped,
-    }
-    confidence = getattr(decision, "confidence", None)
+    confidence = getattr(stopped.decision, "confidence", None)
     shown = last.text[: stopped.span.start].strip()  # what the client already has
     policy = state.policy
     message = policy.abstain_message if policy is not None else ""

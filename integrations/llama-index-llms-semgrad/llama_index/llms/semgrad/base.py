@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,7 +203,7 @@ class SemGradLLM(CustomLLM):
 
     def _stream(
         self, chat: list[dict[str, Any]], gen: dict[str, Any], how: dict[str, Any]
-    ) -> Iterator[_Item]:
+    ) -> Generator[_Item, None, None]:
         """Yield ``(text shown so far, delta, score or None, payload fields)``; only the last carries the score."""
         if getattr(self._scorer, "tokenizer", None) is None or not hasattr(self._scorer, "stream"):
             # A scorer without a tokenizer (MockScorer) cannot stream tokens: one chunk, scored.

@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
@@ -23,9 +23,11 @@ from semgrad_guard import (
     ConfigurationError,
     ScoreResult,
     ToolTurn,
+    check_stream_mode,
     generate_tool_turn,
     require_tool_support,
     resolve_generation,
+    stream_fields,
 )
 
 from .messages import to_chat
@@ -56,7 +58,9 @@ class ChatSemGrad(BaseChatModel):
     Generation and scoring share one pass (the scorer reuses generation's KV cache). The score is
     in ``response_metadata["semgrad"]`` (see :mod:`langchain_semgrad.metadata`); token counts are in
     ``usage_metadata``. Streaming yields text as it is generated and attaches the score to the last
-    chunk. Async methods run generation in a worker thread, so the event loop keeps running.
+    chunk (``stream_mode``: ``"observe"``, ``"gate"`` or ``"hold"``, below). Async methods run
+    generation in a worker thread, so the event loop keeps running. A consumer that stops reading a
+    stream (or a cancelled task) stops generation.
 
     Tool calling (:meth:`bind_tools`, hence ``create_agent`` and ``with_structured_output``): the
     tools are rendered through the model's chat template (``tools=``) and the calls are read from the
@@ -75,6 +79,11 @@ class ChatSemGrad(BaseChatModel):
         max_tokens: most new tokens per answer.
         stop: stop strings; the answer is cut before the first one and re-scored as cut.
         timeout: seconds of generation before it stops (``max_time`` in ``generate``).
+        stream_mode: how ``stream`` / ``astream`` stream: ``"observe"`` (text as generated),
+            ``"gate"`` (a sentence at a time, once ``span_policy`` keeps it; a failing one ends the
+            stream, see the payload's ``stopped``; ``abstain`` stops generation) or ``"hold"`` (all
+            at once, when scored). A per-call ``stream_mode=`` wins.
+        span_policy: judges each sentence in gate mode (``judge(span) -> decision``, a ``SpanPolicy``).
 
     Example:
         >>> from semgrad_guard import MockScorer
@@ -106,6 +115,10 @@ class ChatSemGrad(BaseChatModel):
     """Seconds of generation before it stops (passed as ``max_time``)."""
     streaming: bool = False
     """Make ``invoke`` stream internally (callbacks then see tokens)."""
+    stream_mode: Literal["observe", "gate", "hold"] = "observe"
+    """observe (text as generated), gate (sentences once judged by ``span_policy``) or hold."""
+    span_policy: Any = Field(default=None, exclude=True)
+    """Judges each sentence in gate mode (``judge(span) -> decision``)."""
 
     @model_validator(mode="after")
     def _resolve_scorer(self) -> ChatSemGrad:
@@ -241,6 +254,7 @@ class ChatSemGrad(BaseChatModel):
     def _generate_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
         kwargs.pop("model", None)  # one local model: a per-call name only labels traces
+        kwargs.pop("stream_mode", None)  # read by _stream_args
         for key in ("tools", "tool_choice", "ls_structured_output_format", "structured_output_format"):
             kwargs.pop(key, None)  # tools are rendered by the template, not passed to generate()
         # Model fields < per-call arguments < the guard's attempt overrides (semgrad_guard.generation).
@@ -367,8 +381,14 @@ class ChatSemGrad(BaseChatModel):
         except StopIteration as done:
             return cast(tuple[str, ScoreResult], done.value)
 
-    def _last_chunk(self, remainder: str, result: ScoreResult) -> ChatGenerationChunk:
+    def _stream_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        mode = check_stream_mode(kwargs.get("stream_mode", self.stream_mode))
+        return {"mode": mode, "span_judge": self.span_policy} if mode != "observe" else {}
+
+    def _last_chunk(self, remainder: str, result: ScoreResult, **fields: Any) -> ChatGenerationChunk:
         metadata, usage = self._message_fields(result)
+        if fields:  # how the answer was streamed (stream_mode, a gate's stop)
+            metadata[PAYLOAD_KEY] = {**metadata[PAYLOAD_KEY], **fields}
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content=remainder, response_metadata=metadata, usage_metadata=usage, chunk_position="last"
@@ -411,15 +431,19 @@ class ChatSemGrad(BaseChatModel):
             yield self._last_chunk("", result)
             return
 
-        # The core streams the text, then scores from generation's own state the moment it ends.
-        for piece in self.scorer.stream(chat, **gen_kwargs):
-            if piece.result is not None:
-                yield self._last_chunk(piece.delta, piece.result)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
-            if run_manager:
-                run_manager.on_llm_new_token(piece.delta, chunk=chunk)
-            yield chunk
+        # The core streams in the mode, then scores from generation's own state the moment it ends.
+        pieces = self.scorer.stream(chat, **self._stream_args(kwargs), **gen_kwargs)
+        try:
+            for piece in pieces:
+                if piece.result is not None:
+                    yield self._last_chunk(piece.delta, piece.result, **stream_fields(piece))
+                    return
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece.delta, chunk=chunk)
+                yield chunk
+        finally:
+            pieces.close()  # a consumer that stopped reading stops generation
 
     async def _astream(
         self,
@@ -454,14 +478,18 @@ class ChatSemGrad(BaseChatModel):
             yield self._last_chunk("", result)
             return
 
-        async for piece in self.scorer.astream(chat, **gen_kwargs):
-            if piece.result is not None:
-                yield self._last_chunk(piece.delta, piece.result)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
-            if run_manager:
-                await run_manager.on_llm_new_token(piece.delta, chunk=chunk)
-            yield chunk
+        pieces = self.scorer.astream(chat, **self._stream_args(kwargs), **gen_kwargs)
+        try:
+            async for piece in pieces:
+                if piece.result is not None:
+                    yield self._last_chunk(piece.delta, piece.result, **stream_fields(piece))
+                    return
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
+                if run_manager:
+                    await run_manager.on_llm_new_token(piece.delta, chunk=chunk)
+                yield chunk
+        finally:
+            await pieces.aclose()  # a cancelled consumer stops generation
 
 
 def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:

@@ -40,6 +40,7 @@ from .errors import (
     ServiceAuthError,
     ServiceError,
     ServiceUnavailableError,
+    SpanError,
     ToolCallingUnsupportedError,
     ToolCallParseError,
     UnknownRoleError,
@@ -73,6 +74,7 @@ from .review.queue import (
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
+from .spans import SpanScore, split_sentences
 
 if TYPE_CHECKING:
     from .eval.profile_search import select_profile
@@ -154,6 +156,8 @@ __all__ = [
     "ServiceAuthError",
     "ServiceError",
     "ServiceUnavailableError",
+    "SpanError",
+    "SpanScore",
     "StreamChunk",
     "ThresholdSelection",
     "ToolCallParseError",
@@ -176,6 +180,7 @@ __all__ = [
     "resolve_generation",
     "select_profile",
     "select_threshold",
+    "split_sentences",
 ]
 
 

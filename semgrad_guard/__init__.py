@@ -52,6 +52,7 @@ from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
+from .guard.spans import SpanPolicy
 from .guard.strategies import (
     AttemptContext,
     ReconsiderStrategy,
@@ -74,7 +75,7 @@ from .review.queue import (
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
-from .spans import SpanScore, split_sentences
+from .spans import SpanDecision, SpanScore, split_sentences
 
 if TYPE_CHECKING:
     from .eval.profile_search import select_profile
@@ -156,7 +157,9 @@ __all__ = [
     "ServiceAuthError",
     "ServiceError",
     "ServiceUnavailableError",
+    "SpanDecision",
     "SpanError",
+    "SpanPolicy",
     "SpanScore",
     "StreamChunk",
     "ThresholdSelection",

@@ -151,6 +151,34 @@ def token_ranges(
     return out
 
 
+SpanAction = Literal["keep", "flag", "drop", "review", "abstain"]
+"""What a span policy does with one span; ``abstain`` and ``review`` act on the whole answer."""
+
+
+class SpanDecision(BaseModel):
+    """What the span policy decided for one span, and why.
+
+    Example:
+        >>> SpanDecision(action="drop", confidence=0.12, reason="confidence 0.12 < drop_below 0.2").action
+        'drop'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: SpanAction
+    """keep, flag (marked in the text), drop (cut from the text), review or abstain (the whole answer)."""
+    confidence: float | None = None
+    """The span calibrator's P(the span is supported)."""
+    reason: str
+    """Why: the band that fired and the value, e.g. ``confidence 0.12 < drop_below 0.2``."""
+    start: int | None = None
+    """The span's first character in the scored answer (None when judged without a span)."""
+    end: int | None = None
+    """One past its last character."""
+    text: str | None = None
+    """The span's text."""
+
+
 class SpanScore(BaseModel):
     """The scores of one span (a sentence, or a range the caller passed) of a scored answer.
 

@@ -776,6 +776,8 @@ class Guard:
         out: dict[str, Any] = dict(metadata or {})
         out.setdefault("attempt", attempt.number)
         out.setdefault("attempts", len(attempts))
+        if attempt.spans is not None:  # what the span policy said of each sentence, for the reviewer
+            out.setdefault("span_decisions", [d.model_dump(mode="json") for d in attempt.spans])
         if attempt.error:
             out.setdefault("error", attempt.error)
         return out

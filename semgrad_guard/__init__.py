@@ -40,6 +40,7 @@ from .errors import (
     ServiceAuthError,
     ServiceError,
     ServiceUnavailableError,
+    SpanError,
     ToolCallingUnsupportedError,
     ToolCallParseError,
     UnknownRoleError,
@@ -51,6 +52,7 @@ from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
+from .guard.spans import SpanPolicy
 from .guard.strategies import (
     AttemptContext,
     ReconsiderStrategy,
@@ -73,6 +75,7 @@ from .review.queue import (
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
+from .spans import SpanDecision, SpanScore, split_sentences
 
 if TYPE_CHECKING:
     from .eval.profile_search import select_profile
@@ -168,6 +171,10 @@ __all__ = [
     "ServiceAuthError",
     "ServiceError",
     "ServiceUnavailableError",
+    "SpanDecision",
+    "SpanError",
+    "SpanPolicy",
+    "SpanScore",
     "StreamChunk",
     "StreamMode",
     "ThresholdSelection",
@@ -192,6 +199,7 @@ __all__ = [
     "resolve_generation",
     "select_profile",
     "select_threshold",
+    "split_sentences",
     "stream_fields",
 ]
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import copy_context
@@ -39,6 +38,7 @@ from typing import Any, Literal, Protocol, cast
 from ..errors import ConfigurationError
 from ..messages import Messages
 from ..results import ScoreResult
+from ..spans import split_sentences
 
 StreamMode = Literal["observe", "gate", "hold"]
 STREAM_MODES: tuple[str, ...] = ("observe", "gate", "hold")
@@ -177,14 +177,6 @@ class _Assembler:
 
 
 # ---------------------------------------------------------------------------------------------- the gate
-def _sentences(text: str) -> list[tuple[int, int]]:
-    try:
-        from ..spans import split_sentences  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # until the span scores land: ends of sentences, a newline ends a line
-        return [(m.start(), m.end()) for m in re.finditer(r"\S(?:.*?(?:[.!?](?=\s)|\n|$))", text, re.DOTALL)]
-    return cast(list[tuple[int, int]], split_sentences(text))
-
-
 def _action_of(decision: Any) -> str:
     action = getattr(decision, "action", decision)
     return str(getattr(action, "value", action))
@@ -220,7 +212,7 @@ class _Gate:
 
     def step(self, text: str, *, final: bool) -> bool:
         """Judge every sentence completed in ``text``; True when generation must stop now (abstain)."""
-        spans = _sentences(text)
+        spans = split_sentences(text)
         # The last sentence is complete only once something follows it (or generation ended): "3." may
         # still become "3.5".
         complete = spans if final else spans[:-1]

@@ -433,7 +433,11 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         state = await state_of()
         _check_model(state, request.model)
         chat = _pair(state, request, where="")
-        result = await state.backend.ascore(chat, request.answer)
+        if request.spans is None:
+            result = await state.backend.ascore(chat, request.answer)
+        else:
+            spans = request.spans if isinstance(request.spans, str) else [tuple(s) for s in request.spans]
+            result = await state.backend.ascore(chat, request.answer, spans=spans)  # type: ignore[call-arg]
         return _judged(state, result).to_json()
 
     @app.post("/v1/score/batch", tags=["score"])
@@ -640,6 +644,9 @@ def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
     if state.guard is not None:
         verdict: Verdict = state.guard.judge(result)
         state.metrics.decisions.labels(action=verdict.action.value).inc()
+        span_policy = state.guard.span_policy(result.model_id) if result.spans is not None else None
+        if span_policy is not None and result.spans is not None:
+            return _payload(result, verdict, span_decisions=[span_policy.judge(s) for s in result.spans])
         return _payload(result, verdict)
     calibrator = state.calibrator  # read once: a reload mid-request must not mix two calibrators
     if calibrator is not None:

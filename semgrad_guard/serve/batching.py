@@ -173,9 +173,11 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ Scorer
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
+    def score(self, messages: Messages, answer: str, *, spans: Any = None) -> ScoreResult:
         """The scorer's own ``score`` (direct: the queue is the async side)."""
-        return self.scorer.score(messages, answer)
+        if spans is None:
+            return self.scorer.score(messages, answer)
+        return self.scorer.score(messages, answer, spans=spans)  # type: ignore[call-arg]
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         """The scorer's own ``score_batch`` (direct)."""
@@ -185,10 +187,16 @@ class MicroBatcher:
         """The scorer's own ``generate`` (direct)."""
         return self.scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
 
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
-        """Score one pair through the queue (batched with other requests' pairs)."""
-        (result,) = await self.ascore_batch([(messages, answer)])
-        return result
+    async def ascore(self, messages: Messages, answer: str, *, spans: Any = None) -> ScoreResult:
+        """Score one pair through the queue (batched with other requests' pairs; with ``spans``, on
+        its own pass between batches)."""
+        if spans is None:
+            (result,) = await self.ascore_batch([(messages, answer)])
+            return result
+        loop = self._start()
+        job = _Job("score", loop.create_future(), pair=(messages, answer), kwargs={"spans": spans})
+        (out,) = await self._submit([job])
+        return out  # type: ignore[no-any-return]
 
     async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         """Score pairs through the queue, admitted all together or refused all together (503)."""
@@ -312,10 +320,17 @@ class MicroBatcher:
             return
         if self._observer is not None:
             self._observer("score", len(live))
-        pairs = [j.pair for j in live]
+        # Pairs with spans are scored one by one (their spans differ); the others as one batch.
+        plain = [j for j in live if not j.kwargs]
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._score_batch, pairs)
-        for j, out in zip(live, outcomes, strict=True):
+        outcomes: list[Any] = []
+        if plain:
+            outcomes = await loop.run_in_executor(self._executor, self._score_batch, [j.pair for j in plain])
+        for j in live:
+            if j.kwargs:
+                plain.append(j)
+                outcomes.append(await loop.run_in_executor(self._executor, self._score_one, j.pair, j.kwargs))
+        for j, out in zip(plain, outcomes, strict=True):
             if j.future.done():
                 continue
             if isinstance(out, BaseException):
@@ -328,6 +343,12 @@ class MicroBatcher:
         if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
             release_memory()
         return outcomes
+
+    def _score_one(self, pair: Any, kwargs: dict[str, Any]) -> ScoreResult | Exception:
+        try:
+            return self.scorer.score(*pair, **kwargs)
+        except Exception as e:
+            return e
 
     def _generate(self, generate: Callable[..., Any], messages: Any, kwargs: dict[str, Any]) -> Any:
         out = generate(messages, **kwargs)

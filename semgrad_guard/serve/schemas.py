@@ -51,6 +51,11 @@ class ScoreRequest(BaseModel):
     )
     answer: str = Field(description="The answer to score.")
     model: str | None = Field(default=None, description="The model the caller expects (checked when given).")
+    spans: Literal["sentences"] | list[tuple[StrictInt, StrictInt]] | None = Field(
+        default=None,
+        description="Also score spans of the answer: 'sentences', or [start, end] character offsets "
+        "(result.spans; with a span policy, span_decisions too).",
+    )
 
 
 class BatchScoreRequest(BaseModel):

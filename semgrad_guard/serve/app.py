@@ -243,7 +243,8 @@ def create_app(
         backend_factory: ``(scorer, settings, metrics) -> ServiceBackend`` replacing the
             :class:`MicroBatcher` (e.g. a Ray Serve ``@serve.batch`` backend).
         span_policy: Judges each sentence in the ``gate`` stream mode (``judge(span) -> decision``);
-            default: the answer policy applied to each sentence (:class:`PolicySpanJudge`).
+            default: the policy's ``spans:`` section, else the answer policy applied to each sentence
+            (:class:`PolicySpanJudge`).
 
     The state is at ``app.state.semgrad`` (a :class:`ServiceState`, once loaded).
 
@@ -726,8 +727,14 @@ def _stream_mode(state: ServiceState, asked: str | None) -> StreamMode:
 
 
 def _span_judge(state: ServiceState) -> SpanJudge | None:
+    """Gate mode's judge: the app's span policy, else the policy's ``spans:`` section, else the answer
+    policy applied to each sentence."""
     if state.span_policy is not None:
         return state.span_policy
+    if state.guard is not None:
+        configured = state.guard.span_policy(state.model_id)
+        if configured is not None:
+            return configured
     if state.policy is None:
         return None
     profile = getattr(state.scorer, "profile", None)

@@ -233,3 +233,31 @@ async def test_a_bad_stream_mode_is_a_422_naming_the_modes():
 def test_check_stream_mode_is_the_one_check():
     with pytest.raises(ConfigurationError, match="got 'live'"):
         streaming.check_stream_mode("live")
+
+
+def test_without_a_span_policy_gate_judges_each_sentence_by_the_answer_policy(paced, monkeypatch):
+    from types import SimpleNamespace
+
+    def scored(scorer, messages, answer, span):
+        value = 0.9 if "Three" in answer[span[0] : span[1]] else 0.1
+        fields = dict.fromkeys(("semgrad", "hybridgrad", "exgrad", "nll", "mean_nll", "mean_entropy"), value)
+        return SimpleNamespace(
+            start=span[0], end=span[1], text=answer[span[0] : span[1]], token_start=0, token_end=2, **fields
+        )
+
+    monkeypatch.setattr(streaming, "score_span", scored)
+    policy = GuardPolicy.from_dict(
+        {
+            "rules": [
+                {"name": "low", "field": "semgrad", "max": 0.5, "action": "accept"},
+                {"name": "high", "action": "abstain"},
+            ]
+        }
+    )
+    app = create_app(paced, policy=policy)
+    with BackgroundServer(app) as server:
+        oa = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        chunks = timed(oa, "gate")
+    assert [p for _, p in content(chunks)] == ["One.", " Two.", "\n\n" + policy.abstain_message]
+    stopped = ScorePayload.read(chunks[-1][1].choices[0].model_extra).model_extra["stopped"]
+    assert stopped["text"] == "Three." and "'high'" in stopped["reason"]

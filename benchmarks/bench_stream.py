@@ -1,0 +1,188 @@
+"""Stream modes on the embedded model: time to first text, the delay each mode adds, and the
+generation gate mode saves by stopping early.
+
+For each prompt (the RAG development set's retrieved documents, with a request for a multi-sentence
+answer, so there are sentences to gate), in-process and greedy:
+
+- ``generate``: plain ``scorer.generate`` (generation, then the fast-path score): the baseline;
+- ``observe`` / ``gate`` / ``hold``: ``scorer.stream(mode=...)``, timing the first non-empty text
+  and the last chunk (the score).
+
+Gate mode's span policy: ``SpanPolicy(abstain_below=0.2)`` over the shipped answer calibrator
+(Platt scaling of mean_entropy) applied to each sentence's span scores: the default policy's abstain
+band; no span calibrator is shipped for the embedded model yet. Writes
+``benchmarks/results/stream.md`` and ``.json`` with the machine and its load.
+
+    python benchmarks/bench_stream.py [--n 10] [--max-new-tokens 80] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "devsets"))
+from collect import rag_messages  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "stream"
+ASK = "Tell me what the documents say about each of the three, in full sentences."
+
+
+def prompts(n: int) -> list[list[dict[str, str]]]:
+    rows = [json.loads(x) for x in (ROOT / "benchmarks/devsets/rag_dev.jsonl").read_text().splitlines()]
+    return [rag_messages({**r, "question": ASK}) for r in rows[:n]]
+
+
+def timed_stream(scorer: Any, chat: Any, **kw: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    first = None
+    last = None
+    for chunk in scorer.stream(chat, **kw):
+        if first is None and chunk.delta:
+            first = time.perf_counter() - t0
+        last = chunk
+    total = time.perf_counter() - t0
+    assert last is not None and last.result is not None
+    return {
+        "first_text_s": first if first is not None else total,
+        "total_s": total,
+        "tokens": last.result.answer_tokens,
+        "shown_chars": len(last.text) if last.stopped is None else last.stopped.span.start,
+        "stopped": None if last.stopped is None else last.stopped.action,
+        "generation_stopped": bool(last.stopped and last.stopped.generation_stopped),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=80)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    from semgrad_guard import Calibrator, SemGradScorer, SpanPolicy
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    scorer = SemGradScorer.from_pretrained("default")
+    policy = SpanPolicy(calibrator=None, abstain_below=0.2).with_calibrator(
+        Calibrator.default_for(scorer.model_id)
+    )
+    counting = _Counting(policy)
+    rows = []
+    for i, chat in enumerate(prompts(args.n)):
+        kw = {"max_new_tokens": args.max_new_tokens}
+        scorer.generate(chat, max_new_tokens=4)  # warm (first-call allocations)
+        t0 = time.perf_counter()
+        _, r = scorer.generate(chat, **kw)
+        row: dict[str, Any] = {
+            "prompt": i,
+            "generate": {"total_s": time.perf_counter() - t0, "tokens": r.answer_tokens},
+        }
+        for mode in ("observe", "hold"):
+            row[mode] = timed_stream(scorer, chat, mode=mode, **kw)
+        counting.calls = 0
+        row["gate"] = timed_stream(scorer, chat, mode="gate", span_judge=counting, **kw)
+        row["gate"]["sentences_judged"] = counting.calls
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    load_after = os.getloadavg()
+    report(rows, args, load_before, load_after, scorer.model_id)
+
+
+class _Counting:
+    def __init__(self, policy: Any) -> None:
+        self.policy, self.calls = policy, 0
+
+    def judge(self, span: Any) -> Any:
+        self.calls += 1
+        return self.policy.judge(span)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report(rows: list[dict[str, Any]], args: Any, before: Any, after: Any, model_id: str) -> None:
+    n = len(rows)
+    base = med([r["generate"]["total_s"] for r in rows])
+    lines = []
+    for mode in ("observe", "gate", "hold"):
+        first = med([r[mode]["first_text_s"] for r in rows])
+        total = med([r[mode]["total_s"] for r in rows])
+        lines.append(f"| {mode} | {first:.2f} | {total:.2f} | {total - base:+.2f} |")
+    gate = [r["gate"] for r in rows]
+    stopped = [r for r in rows if r["gate"]["generation_stopped"]]
+    full_tokens = sum(r["observe"]["tokens"] for r in rows)
+    gate_tokens = sum(r["gate"]["tokens"] for r in rows)
+    saved_stopped = sum(r["observe"]["tokens"] - r["gate"]["tokens"] for r in stopped)
+    judged = sum(g["sentences_judged"] for g in gate)
+    extra = [r["gate"]["total_s"] - r["observe"]["total_s"] for r in rows if r["gate"]["sentences_judged"]]
+    per_sentence = [
+        (r["gate"]["total_s"] - r["observe"]["total_s"]) / r["gate"]["sentences_judged"]
+        for r in rows
+        if r["gate"]["sentences_judged"] and not r["gate"]["generation_stopped"]
+    ]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    md = f"""# Stream modes on CPU (embedded SmolLM2-135M-Instruct)
+
+`benchmarks/bench_stream.py`, {now}. Machine: {platform.machine()}, {os.cpu_count()} cores shared
+with other jobs, CPython {platform.python_version()}, torch threads: {args.threads}. Load average
+(1, 5, 15 min) before {[round(x, 2) for x in before]}, after {[round(x, 2) for x in after]}.
+
+Workload: {n} prompts from the RAG development set (three retrieved documents, about 170 prompt
+tokens) asking for a multi-sentence answer, greedy, at most {args.max_new_tokens} new tokens,
+in-process (`scorer.stream(mode=...)`). Gate's span policy: abstain below confidence 0.2 (the
+default policy's abstain band), the shipped answer calibrator applied to each sentence's span
+scores (no span calibrator is shipped for this model yet). Medians over the prompts, seconds;
+"added" is the total against plain `generate` (generation and its score: {base:.2f} s).
+
+| mode | first text | total | added |
+|---|---|---|---|
+{chr(10).join(lines)}
+
+- observe shows text after the prefill and first token; hold after the whole answer and its score.
+- gate shows the first sentence once it is judged: one span-scoring pass (forward and backward over
+  the prompt and the answer so far) per completed sentence, run between two decode steps.
+  {judged} sentences were judged over the {n} answers; the pass cost
+  {med(per_sentence):.2f} s per sentence (median, answers gate did not stop), the gate added
+  {med(extra):+.2f} s per answer against observe.
+- Early stops: gate stopped generation on {len(stopped)} of {n} answers (a sentence below the
+  abstain band). On those it generated {saved_stopped} fewer tokens than observe
+  ({_pct(saved_stopped, sum(r["observe"]["tokens"] for r in stopped))} of their tokens); over all
+  answers, {gate_tokens} tokens against {full_tokens} ({_pct(full_tokens - gate_tokens, full_tokens)} saved).
+"""
+    OUT.with_suffix(".md").write_text(md)
+    OUT.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "date": now,
+                "model": model_id,
+                "threads": args.threads,
+                "load_before": before,
+                "load_after": after,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
+    print(md)
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "n/a"
+
+
+if __name__ == "__main__":
+    main()

@@ -77,6 +77,13 @@ def register(sub: Any) -> None:
         help="let POST /v1/generate return unguarded answers (default: yes, unless the policy has review rules)",
     )
     p.add_argument(
+        "--stream-mode",
+        choices=("observe", "gate", "hold"),
+        default=None,
+        help="how stream=True chat completions stream when the request does not say (default: observe, "
+        "or hold when the policy abstains, reviews, retries or raises; docs/serve.md, 'Stream modes')",
+    )
+    p.add_argument(
         "--body-timeout",
         type=float,
         default=30.0,
@@ -188,6 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         max_new_tokens=args.max_new_tokens,
         body_timeout_s=args.body_timeout,
         generate_unreviewed=args.generate_unreviewed,
+        stream_mode=args.stream_mode,
         default_new_tokens=min(256, args.max_new_tokens),
         model_aliases=[args.model] if args.model == "default" else [],
     )

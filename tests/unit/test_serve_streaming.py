@@ -261,3 +261,19 @@ def test_without_a_span_policy_gate_judges_each_sentence_by_the_answer_policy(pa
     assert [p for _, p in content(chunks)] == ["One.", " Two.", "\n\n" + policy.abstain_message]
     stopped = ScorePayload.read(chunks[-1][1].choices[0].model_extra).model_extra["stopped"]
     assert stopped["text"] == "Three." and "'high'" in stopped["reason"]
+
+
+def test_the_cli_stream_mode_reaches_the_settings_and_is_the_default(monkeypatch):
+    from semgrad_guard import MockScorer
+    from semgrad_guard.cli import build_parser
+    from semgrad_guard.cli.serve import settings_from_args
+    from semgrad_guard.serve.app import _stream_mode, build_state
+
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["serve"]))[0].stream_mode is None
+    settings = settings_from_args(parse(["serve", "--stream-mode", "gate"]))[0]
+    assert settings.stream_mode == "gate"
+    state = build_state(MockScorer(lambda m, a: 0.1, answers=["x"]), policy=STRICT, settings=settings)
+    assert _stream_mode(state, None) == "gate" and _stream_mode(state, "hold") == "hold"
+    with pytest.raises(SystemExit):
+        parse(["serve", "--stream-mode", "live"])

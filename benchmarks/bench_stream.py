@@ -67,7 +67,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=80)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
+    if args.report_only:
+        data = json.loads(OUT.with_suffix(".json").read_text())
+        args.max_new_tokens = data.get("max_new_tokens", args.max_new_tokens)
+        report(data["rows"], args, data["load_before"], data["load_after"], data["model"], data["date"])
+        return
 
     import torch
 
@@ -114,14 +120,18 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def report(rows: list[dict[str, Any]], args: Any, before: Any, after: Any, model_id: str) -> None:
+def report(
+    rows: list[dict[str, Any]], args: Any, before: Any, after: Any, model_id: str, date: str | None = None
+) -> None:
     n = len(rows)
     base = med([r["generate"]["total_s"] for r in rows])
     lines = []
     for mode in ("observe", "gate", "hold"):
-        first = med([r[mode]["first_text_s"] for r in rows])
+        # First text: over the answers that showed any (a gate stopped at its first sentence shows none).
+        first = med([r[mode]["first_text_s"] for r in rows if r[mode]["shown_chars"]])
         total = med([r[mode]["total_s"] for r in rows])
         lines.append(f"| {mode} | {first:.2f} | {total:.2f} | {total - base:+.2f} |")
+    silent = sum(1 for r in rows if not r["gate"]["shown_chars"])
     gate = [r["gate"] for r in rows]
     stopped = [r for r in rows if r["gate"]["generation_stopped"]]
     full_tokens = sum(r["observe"]["tokens"] for r in rows)
@@ -134,7 +144,7 @@ def report(rows: list[dict[str, Any]], args: Any, before: Any, after: Any, model
         for r in rows
         if r["gate"]["sentences_judged"] and not r["gate"]["generation_stopped"]
     ]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     md = f"""# Stream modes on CPU (embedded SmolLM2-135M-Instruct)
 
 `benchmarks/bench_stream.py`, {now}. Machine: {platform.machine()}, {os.cpu_count()} cores shared
@@ -159,7 +169,7 @@ scores (no span calibrator is shipped for this model yet). Medians over the prom
   {med(per_sentence):.2f} s per sentence (median, answers gate did not stop), the gate added
   {med(extra):+.2f} s per answer against observe.
 - Early stops: gate stopped generation on {len(stopped)} of {n} answers (a sentence below the
-  abstain band). On those it generated {saved_stopped} fewer tokens than observe
+  abstain band), {silent} of them at the first sentence (nothing shown; not in "first text"). On those it generated {saved_stopped} fewer tokens than observe
   ({_pct(saved_stopped, sum(r["observe"]["tokens"] for r in stopped))} of their tokens); over all
   answers, {gate_tokens} tokens against {full_tokens} ({_pct(full_tokens - gate_tokens, full_tokens)} saved).
 """
@@ -170,6 +180,7 @@ scores (no span calibrator is shipped for this model yet). Medians over the prom
                 "date": now,
                 "model": model_id,
                 "threads": args.threads,
+                "max_new_tokens": args.max_new_tokens,
                 "load_before": before,
                 "load_after": after,
                 "rows": rows,

@@ -511,8 +511,12 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
             kwargs["seed"] = request.seed
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         if request.stream:
-            asked = request.semgrad.stream_mode if request.semgrad else None
-            mode = _stream_mode(state, asked or http_request.headers.get("x-semgrad-stream-mode"))
+            asked = (request.semgrad.stream_mode if request.semgrad else None) or http_request.headers.get(
+                "x-semgrad-stream-mode"
+            )
+            mode = _stream_mode(state, asked)
+            if asked is None and not callable(getattr(state.backend, "astream", None)):
+                mode = "hold"  # a backend that cannot stream (Ray Serve) answers as it always did
             if mode != "hold":
                 return await _live(state, chat, kwargs, mode, include_usage)
         text, payload, model_text = await _complete(state, chat, kwargs)

@@ -277,3 +277,22 @@ def test_the_cli_stream_mode_reaches_the_settings_and_is_the_default(monkeypatch
     assert _stream_mode(state, None) == "gate" and _stream_mode(state, "hold") == "hold"
     with pytest.raises(SystemExit):
         parse(["serve", "--stream-mode", "live"])
+
+
+async def test_a_backend_that_cannot_stream_holds_by_default_and_refuses_a_live_mode():
+    from semgrad_guard import MockScorer
+    from semgrad_guard.serve.batching import MicroBatcher
+
+    class NoStreams(MicroBatcher):
+        astream = None  # as the Ray Serve backend: no streamed generation
+
+    def factory(scorer, settings, metrics):
+        return NoStreams(scorer)
+
+    app = create_app(MockScorer(lambda m, a: 0.2, answers=[ANSWER]), backend_factory=factory)
+    body = {"model": "mock", "messages": CHAT, "stream": True}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.headers["x-semgrad-stream-mode"] == "hold"
+        r = await c.post("/v1/chat/completions", json={**body, "semgrad": {"stream_mode": "observe"}})
+        assert r.status_code == 400 and "ask for stream_mode 'hold'" in r.json()["message"]

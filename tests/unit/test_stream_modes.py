@@ -261,3 +261,22 @@ def test_a_sentence_scored_on_the_answer_so_far_equals_its_score_in_the_whole_an
     assert prefix.text == whole.text == "Two."
     for name in FIELDS:
         assert getattr(prefix, name) == pytest.approx(getattr(whole, name), rel=1e-5), name
+
+
+def test_gate_judges_each_sentence_on_the_span_scores_of_the_whole_answer(scorer):
+    # No stub: the span scores gate mode computes between decode steps (on the answer so far) are
+    # the whole answer's span scores.
+    judge = Judge()
+    _, kw = forced(scorer)
+    last = list(scorer.stream(CHAT, mode="gate", span_judge=judge, **kw))[-1]
+    whole = scorer.score(CHAT, ANSWER, spans="sentences").spans
+    assert last.text == ANSWER and [s.text for s in judge.seen] == [s.text for s in whole]
+    for got, want in zip(judge.seen, whole, strict=True):
+        assert (got.start, got.end, got.token_start, got.token_end) == (
+            want.start,
+            want.end,
+            want.token_start,
+            want.token_end,
+        )
+        for name in FIELDS:
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-5), (got.text, name)

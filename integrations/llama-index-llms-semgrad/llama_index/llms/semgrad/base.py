@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -71,6 +71,10 @@ class SemGradLLM(CustomLLM):
         default=DEFAULT_CONTEXT_WINDOW, gt=0, description="The model's context, in tokens."
     )
     model_name: str = Field(default="semgrad", description="The scorer's model id.")
+    spans: Literal["sentences"] | None = Field(
+        default=None,
+        description="'sentences': score each sentence of the answer too, in the same pass (result.spans in the payload).",
+    )
     generate_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra Hugging Face generate() settings, e.g. repetition_penalty (the score uses the raw model).",
@@ -148,6 +152,9 @@ class SemGradLLM(CustomLLM):
                 defaults, {k: kwargs[k] for k in (*_GENERATE_KEYS, "do_sample") if k in kwargs}
             )
         )
+        spans = kwargs.get("spans", self.spans)
+        if spans is not None:
+            out["spans"] = spans
         return out
 
     @staticmethod

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
@@ -46,8 +46,11 @@ class _ScoreRecorder:
         raise_error: bool,
         raise_on: Sequence[str],
         dispatch_events: bool,
+        spans: Literal["sentences"] | None = None,
     ) -> None:
         self.scorer = scorer
+        self.spans = spans
+        """``"sentences"``: each sentence is scored too (``result.spans`` in the payload)."""
         self.policy = policy
         self.calibrator = calibrator
         self.raise_error = raise_error
@@ -197,6 +200,8 @@ class _ScoreRecorder:
             result, verdict = score_with_verdict(chat, text)
             self._remember(result, verdict)
             return result  # type: ignore[no-any-return]
+        if self.spans is not None:
+            return scorer.score(chat, text, spans=self.spans)  # type: ignore[call-arg]
         return scorer.score(chat, text)
 
     def _remember(self, result: ScoreResult, verdict: dict[str, Any]) -> None:
@@ -261,6 +266,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
         raise_error: bool = False,
         raise_on: Sequence[str] = DEFAULT_RAISE_ON,
         dispatch_events: bool = True,
+        spans: Literal["sentences"] | None = None,
     ) -> None:
         self._init_recorder(
             scorer,
@@ -269,6 +275,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
             raise_error=raise_error,
             raise_on=raise_on,
             dispatch_events=dispatch_events,
+            spans=spans,
         )
 
     def on_chat_model_start(
@@ -359,6 +366,7 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
         raise_error: bool = False,
         raise_on: Sequence[str] = DEFAULT_RAISE_ON,
         dispatch_events: bool = True,
+        spans: Literal["sentences"] | None = None,
     ) -> None:
         self._init_recorder(
             scorer,
@@ -367,6 +375,7 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
             raise_error=raise_error,
             raise_on=raise_on,
             dispatch_events=dispatch_events,
+            spans=spans,
         )
 
     async def on_chat_model_start(
@@ -413,6 +422,9 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
                     result, verdict = await ascore_with_verdict(chat, text)
                     self._remember(result, verdict)
                     return result  # type: ignore[no-any-return]
+                if self.spans is not None:
+                    spanned: ScoreResult = await scorer.ascore(chat, text, spans=self.spans)
+                    return spanned
                 scored: ScoreResult = await scorer.ascore(chat, text)
                 return scored
             except Exception as e:

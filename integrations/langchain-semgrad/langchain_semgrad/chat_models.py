@@ -119,6 +119,9 @@ class ChatSemGrad(BaseChatModel):
     """observe (text as generated), gate (sentences once judged by ``span_policy``) or hold."""
     span_policy: Any = Field(default=None, exclude=True)
     """Judges each sentence in gate mode (``judge(span) -> decision``)."""
+    spans: Literal["sentences"] | None = None
+    """``"sentences"``: score each sentence of the answer too, in the same pass (``result.spans`` in
+    the payload; per call: ``invoke(..., spans="sentences")``)."""
 
     @model_validator(mode="after")
     def _resolve_scorer(self) -> ChatSemGrad:
@@ -271,6 +274,8 @@ class ChatSemGrad(BaseChatModel):
             per_call["max_new_tokens"] = kwargs.pop("max_tokens")
         out: dict[str, Any] = dict(kwargs)  # other generate() arguments pass through
         out.update(resolve_generation(defaults, per_call))
+        if self.spans is not None:
+            out.setdefault("spans", self.spans)
         if self._is_hf():
             if stop:
                 out.update(stop_strings=list(stop), tokenizer=self.scorer.tokenizer)
@@ -355,7 +360,7 @@ class ChatSemGrad(BaseChatModel):
         text, result = yield ("generate", chat, gen_kwargs)
         cut = self._cut_at_stop(text, stop)
         if cut is not None:
-            text, result = cut, (yield ("score", chat, cut))
+            text, result = cut, (yield ("score", chat, (cut, gen_kwargs.get("spans"))))
         return text, result
 
     def _drive(self, steps: _Steps) -> tuple[str, ScoreResult]:
@@ -363,7 +368,9 @@ class ChatSemGrad(BaseChatModel):
             kind, chat, arg = next(steps)
             while True:
                 value = (
-                    self.scorer.generate(chat, **arg) if kind == "generate" else self.scorer.score(chat, arg)
+                    self.scorer.generate(chat, **arg)
+                    if kind == "generate"
+                    else self.scorer.score(chat, arg[0], **_spanned(arg))
                 )
                 kind, chat, arg = steps.send(value)
         except StopIteration as done:
@@ -376,7 +383,7 @@ class ChatSemGrad(BaseChatModel):
                 if kind == "generate":
                     value = await self.scorer.agenerate(chat, **arg)
                 else:
-                    value = await self.scorer.ascore(chat, arg)
+                    value = await self.scorer.ascore(chat, arg[0], **_spanned(arg))
                 kind, chat, arg = steps.send(value)
         except StopIteration as done:
             return cast(tuple[str, ScoreResult], done.value)
@@ -490,6 +497,12 @@ class ChatSemGrad(BaseChatModel):
                 yield chunk
         finally:
             await pieces.aclose()  # a cancelled consumer stops generation
+
+
+def _spanned(arg: tuple[str, str | None]) -> dict[str, Any]:
+    """``score``'s keyword arguments for a re-score: the spans only when asked for (a scorer without
+    span support still works)."""
+    return {} if arg[1] is None else {"spans": arg[1]}
 
 
 def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:

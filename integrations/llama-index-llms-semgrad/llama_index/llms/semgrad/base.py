@@ -84,6 +84,10 @@ class SemGradLLM(CustomLLM):
         default=DEFAULT_CONTEXT_WINDOW, gt=0, description="The model's context, in tokens."
     )
     model_name: str = Field(default="semgrad", description="The scorer's model id.")
+    spans: Literal["sentences"] | None = Field(
+        default=None,
+        description="'sentences': score each sentence of the answer too, in the same pass (result.spans in the payload).",
+    )
     generate_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra Hugging Face generate() settings, e.g. repetition_penalty (the score uses the raw model).",
@@ -169,6 +173,9 @@ class SemGradLLM(CustomLLM):
                 defaults, {k: kwargs[k] for k in (*_GENERATE_KEYS, "do_sample") if k in kwargs}
             )
         )
+        spans = kwargs.get("spans", self.spans)
+        if spans is not None:
+            out["spans"] = spans
         return out
 
     @staticmethod

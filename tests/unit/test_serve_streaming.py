@@ -5,11 +5,9 @@ before, and a client that disconnects stopping generation."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import httpx
 import pytest
-import torch
 from transformers import LogitsProcessorList
 
 from semgrad_guard import ConfigurationError, GuardPolicy, ModelProfile, ScorePayload, SemGradScorer
@@ -17,6 +15,7 @@ from semgrad_guard.scoring import streaming
 from semgrad_guard.serve import BackgroundServer, ServeSettings, create_app
 from semgrad_guard.serve.app import default_stream_mode
 from semgrad_guard.testing import tiny_chat_model
+from semgrad_guard.testing.streams import FailOn, ForcedAnswer, stub_score_span
 
 openai = pytest.importorskip("openai")  # in the dev extra
 
@@ -26,28 +25,19 @@ STEP_S = 0.03  # per generated token: the stream has time to show it streams
 
 
 class Paced(SemGradScorer):
-    """The tiny model made to say ``ANSWER`` (or ``text``), ``STEP_S`` per token; counts the steps."""
+    """The tiny model made to say ``text``, ``STEP_S`` per token; ``steps``: the last generation's."""
 
     text = ANSWER
-    steps = 0
+    force: ForcedAnswer | None = None
 
     def generate(self, messages, **kwargs):
-        ids = self.tokenizer.encode(self.text, add_special_tokens=False)
-        eos, start = self.eos_token_ids[0], []
-        scorer = self
-
-        def force(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            if not start:
-                start.append(input_ids.shape[1])
-            scorer.steps += 1
-            time.sleep(STEP_S)
-            i = input_ids.shape[1] - start[0]
-            out = torch.full_like(scores, float("-inf"))
-            out[:, ids[i] if i < len(ids) else eos] = 0.0
-            return out
-
-        kwargs["logits_processor"] = LogitsProcessorList([force])
+        self.force = ForcedAnswer(self, self.text, STEP_S)
+        kwargs["logits_processor"] = LogitsProcessorList([self.force])
         return super().generate(messages, **kwargs)
+
+    @property
+    def steps(self) -> int:
+        return self.force.steps if self.force else 0
 
 
 @pytest.fixture
@@ -56,34 +46,10 @@ def paced():
     return Paced(model, tok, profile=ModelProfile(anchor_offset=-3, layers=[2, 3]), model_id="tiny")
 
 
-@dataclass(frozen=True)
-class Span:
-    start: int
-    end: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: str
-    confidence: float = 0.1
-    reason: str = "stub"
-
-
-class FailOn:
-    """A span policy stub: ``action`` for the sentence ``word``, keep for every other."""
-
-    def __init__(self, word: str, action: str = "abstain") -> None:
-        self.word, self.action = word, action
-
-    def judge(self, span: Span) -> Decision:
-        return Decision(self.action if self.word in span.text else "keep")
-
-
 @pytest.fixture
 def stub_spans(monkeypatch):
     """Span scores stubbed (the sentence's offsets and text) until the span scores land."""
-    monkeypatch.setattr(streaming, "score_span", lambda scorer, m, a, s: Span(s[0], s[1], a[s[0] : s[1]]))
+    monkeypatch.setattr(streaming, "score_span", stub_score_span)
 
 
 ACCEPT_ALL = GuardPolicy.from_dict({"rules": [{"name": "all", "action": "accept"}]})

@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,10 +113,17 @@ def main() -> None:
         )
         row["gate"]["sentences_judged"] = counting.calls
         row["gate"]["span_pass_s"] = passes
+        # The gate's own delay: every sentence judged and kept (each one waits for its pass).
+        row["gate_keep"] = timed_stream(scorer, chat, mode="gate", span_judge=_KeepAll(), **kw)
         rows.append(row)
         print(json.dumps(row), flush=True)
     load_after = os.getloadavg()
     report(rows, args, load_before, load_after, scorer.model_id)
+
+
+class _KeepAll:
+    def judge(self, span: Any) -> Any:
+        return SimpleNamespace(action="keep", confidence=None, reason="kept")
 
 
 class _Counting:
@@ -137,11 +145,15 @@ def report(
     n = len(rows)
     base = med([r["generate"]["total_s"] for r in rows])
     lines = []
-    for mode in ("observe", "gate", "hold"):
+    names = {"gate_keep": "gate, all kept", "gate": "gate, abstain < 0.2"}
+    for mode in ("observe", "gate_keep", "gate", "hold"):
+        if mode not in rows[0]:
+            continue
         # First text: over the answers that showed any (a gate stopped at its first sentence shows none).
-        first = med([r[mode]["first_text_s"] for r in rows if r[mode]["shown_chars"]])
+        shown = [r[mode]["first_text_s"] for r in rows if r[mode]["shown_chars"]]
+        first = f"{med(shown):.2f}" + ("" if len(shown) == n else f" ({len(shown)} of {n})")
         total = med([r[mode]["total_s"] for r in rows])
-        lines.append(f"| {mode} | {first:.2f} | {total:.2f} | {total - base:+.2f} |")
+        lines.append(f"| {names.get(mode, mode)} | {first} | {total:.2f} | {total - base:+.2f} |")
     silent = sum(1 for r in rows if not r["gate"]["shown_chars"])
     gate = [r["gate"] for r in rows]
     stopped = [r for r in rows if r["gate"]["generation_stopped"]]
@@ -169,7 +181,8 @@ tokens) asking for a multi-sentence answer, greedy, at most {args.max_new_tokens
 in-process (`scorer.stream(mode=...)`). Gate's span policy: abstain below confidence 0.2 (the
 default policy's abstain band), the shipped answer calibrator applied to each sentence's span
 scores (no span calibrator is shipped for this model yet). Medians over the prompts, seconds;
-"added" is the total against plain `generate` (generation and its score: {base:.2f} s).
+"added" is the total against plain `generate` (generation and its score: {base:.2f} s). "gate,
+all kept" judges every sentence and keeps it: the gate's own delay.
 
 | mode | first text | total | added |
 |---|---|---|---|
@@ -182,7 +195,7 @@ scores (no span calibrator is shipped for this model yet). Medians over the prom
   the prompt and the answer so far) per completed sentence, run between two decode steps.
   {judged} sentences were judged over the {n} answers; {pass_line}.
 - Early stops: gate stopped generation on {len(stopped)} of {n} answers (a sentence below the
-  abstain band), {silent} of them at the first sentence (nothing shown; not in "first text"). On those it generated {saved_stopped} fewer tokens than observe
+  abstain band); {silent} of the {n} showed no text at all (their first sentence was below it). On those it generated {saved_stopped} fewer tokens than observe
   ({_pct(saved_stopped, sum(r["observe"]["tokens"] for r in stopped))} of their tokens); over all
   answers, {gate_tokens} tokens against {full_tokens} ({_pct(full_tokens - gate_tokens, full_tokens)} saved).
 """

@@ -388,8 +388,14 @@ class ChatSemGrad(BaseChatModel):
         except StopIteration as done:
             return cast(tuple[str, ScoreResult], done.value)
 
-    def _stream_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _stream_args(self, kwargs: dict[str, Any], stop: list[str] | None = None) -> dict[str, Any]:
         mode = check_stream_mode(kwargs.get("stream_mode", self.stream_mode))
+        if mode == "gate" and (kwargs.get("tools") or stop or not self._is_hf()):
+            # Those paths generate the whole turn first: nothing could be gated, so say so.
+            raise ConfigurationError(
+                "stream_mode 'gate' needs ChatSemGrad on a SemGradScorer, without stop strings or bound "
+                "tools (those turns are generated whole before any text goes out); use 'hold' or 'observe'"
+            )
         return {"mode": mode, "span_judge": self.span_policy} if mode != "observe" else {}
 
     def _last_chunk(self, remainder: str, result: ScoreResult, **fields: Any) -> ChatGenerationChunk:
@@ -413,6 +419,7 @@ class ChatSemGrad(BaseChatModel):
         chat = to_chat(messages)
         stop = stop or self.stop
         gen_kwargs = self._generate_kwargs(stop, kwargs)
+        how = self._stream_args(kwargs, stop)
         if kwargs.get("tools"):
             # Tool calls are known only once the turn is complete: generate, then emit it whole.
             turn, result = self._run_tools(chat, kwargs["tools"], stop, gen_kwargs)
@@ -439,7 +446,7 @@ class ChatSemGrad(BaseChatModel):
             return
 
         # The core streams in the mode, then scores from generation's own state the moment it ends.
-        pieces = self.scorer.stream(chat, **self._stream_args(kwargs), **gen_kwargs)
+        pieces = self.scorer.stream(chat, **how, **gen_kwargs)
         try:
             for piece in pieces:
                 if piece.result is not None:
@@ -462,6 +469,7 @@ class ChatSemGrad(BaseChatModel):
         chat = to_chat(messages)
         stop = stop or self.stop
         gen_kwargs = self._generate_kwargs(stop, kwargs)
+        how = self._stream_args(kwargs, stop)
         if kwargs.get("tools"):
             turn, result = await asyncio.to_thread(self._run_tools, chat, kwargs["tools"], stop, gen_kwargs)
             if turn.tool_calls:
@@ -485,7 +493,7 @@ class ChatSemGrad(BaseChatModel):
             yield self._last_chunk("", result)
             return
 
-        pieces = self.scorer.astream(chat, **self._stream_args(kwargs), **gen_kwargs)
+        pieces = self.scorer.astream(chat, **how, **gen_kwargs)
         try:
             async for piece in pieces:
                 if piece.result is not None:

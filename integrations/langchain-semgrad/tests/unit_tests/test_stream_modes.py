@@ -99,3 +99,14 @@ async def test_a_cancelled_async_consumer_stops_generation(tiny: Any) -> None:
         await task
     await asyncio.to_thread(_wait_for_workers)
     assert force.steps < 30, f"generation ran {force.steps} of 60 steps after the consumer left"
+
+
+def test_gate_is_refused_where_the_turn_is_generated_whole(tiny: Any) -> None:
+    from semgrad_guard import MockScorer
+
+    mock = ChatSemGrad(scorer=MockScorer(lambda m, a: 0.1, answers=[ANSWER]), stream_mode="gate")
+    with pytest.raises(ConfigurationError, match="needs ChatSemGrad on a SemGradScorer"):
+        list(mock.stream("Count."))
+    chat = ChatSemGrad(scorer=tiny, stream_mode="gate", span_policy=FailOn("x"))
+    with pytest.raises(ConfigurationError, match="without stop strings"):
+        list(chat.stream("Count.", stop=["Four"]))

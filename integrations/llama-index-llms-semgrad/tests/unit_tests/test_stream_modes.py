@@ -107,3 +107,11 @@ def _wait_for_workers() -> None:
     for t in threading.enumerate():
         if t.name == "semgrad-stream":
             t.join(timeout=10)
+
+
+def test_gate_is_refused_on_a_scorer_that_generates_whole_answers() -> None:
+    from semgrad_guard import MockScorer
+
+    model = SemGradLLM(MockScorer(lambda m, a: 0.1, answers=[ANSWER]), stream_mode="gate")
+    with pytest.raises(ConfigurationError, match="needs a scorer that streams tokens"):
+        list(model.stream_complete("Count."))

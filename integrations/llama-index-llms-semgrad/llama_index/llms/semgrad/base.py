@@ -206,6 +206,12 @@ class SemGradLLM(CustomLLM):
 
     def _stream_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         mode = check_stream_mode(kwargs.get("stream_mode", self.stream_mode))
+        if mode == "gate" and getattr(self._scorer, "tokenizer", None) is None:
+            # Such a scorer generates the whole answer first: nothing could be gated, so say so.
+            raise ConfigurationError(
+                f"stream_mode 'gate' needs a scorer that streams tokens (a SemGradScorer), not "
+                f"{type(self._scorer).__name__}; use 'hold' or 'observe'"
+            )
         return {"mode": mode, "span_judge": self._span_policy} if mode != "observe" else {}
 
     def _stream(

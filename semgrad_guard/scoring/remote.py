@@ -36,17 +36,24 @@ RETRIED = (httpx.ConnectError, httpx.ConnectTimeout)
 """Retried on every call: the request never reached the service."""
 RETRIED_IF_IDEMPOTENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 """Also retried on scoring and the model listing (pure functions of their input), not on
-``generate``: the connection dropped mid-call (a stale keep-alive, a restarted or killed replica)."""
+``generate``: the connection dropped mid-call (a stale keep-alive, a restarted or killed replica).
+A 503 saying a Ray replica died with the request in flight (``details.replica_lost``) is treated
+the same way; every other 503 (queue full, no replica up) is retried on every call."""
 
 GENERATE_KWARGS = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "seed"})
 """Generation settings sent to the service (what the Guard's retry strategies change)."""
 
 
 class _Overloaded(Exception):
-    """A 503 inside the retry loop (retried; becomes ServiceUnavailableError when attempts run out)."""
+    """A 503 inside the retry loop (retried; becomes ServiceUnavailableError when attempts run out).
+
+    ``in_flight``: the request reached a replica that died before answering (Ray Serve's
+    ``details.replica_lost``), so it is retried only when idempotent, as a dropped connection is.
+    """
 
     def __init__(self, error: ServiceUnavailableError) -> None:
         self.error = error
+        self.in_flight = getattr(error, "replica_lost", False) is True
         super().__init__(str(error))
 
 
@@ -206,15 +213,20 @@ class _Wire:
                 return min(exc.error.retry_after, max_wait)  # the service said how long
             return float(min(0.2 * 2 ** (state.attempt_number - 1), max_wait))
 
+        retried = (*RETRIED, *(RETRIED_IF_IDEMPOTENT if idempotent else ()))
+
+        def retry(exc: BaseException) -> bool:
+            if isinstance(exc, _Overloaded):
+                return idempotent or not exc.in_flight
+            return isinstance(exc, retried)
+
         cls = tenacity.AsyncRetrying if asynchronous else tenacity.Retrying
         extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         return cls(
             **extra,
             stop=tenacity.stop_after_attempt(attempts),
             wait=wait,
-            retry=tenacity.retry_if_exception_type(
-                (_Overloaded, *RETRIED, *(RETRIED_IF_IDEMPOTENT if idempotent else ()))
-            ),
+            retry=tenacity.retry_if_exception(retry),
             reraise=True,
         )
 
@@ -256,8 +268,9 @@ class RemoteScorer:
     """A scorer whose model runs in ``semgrad-guard serve``: works wherever a scorer is accepted.
 
     Sync and async (httpx), with timeouts, retries on connection errors and 503 only (waiting what
-    ``Retry-After`` says; a connection dropped mid-call is retried for scoring, never for
-    ``generate``; a read timeout is never retried), every transport failure raised as a
+    ``Retry-After`` says; a connection dropped mid-call, or a Ray replica lost mid-call, is retried
+    for scoring, never for ``generate``; a read timeout is never retried), every transport failure
+    raised as a
     :class:`ServiceUnavailableError` (or :class:`ServiceError`) whose ``__cause__`` is httpx's
     exception, and the service's typed errors raised as the same classes
     (``ContextLengthError``, ``UnknownRoleError``, ...). At first use it checks, via ``/v1/models``, that

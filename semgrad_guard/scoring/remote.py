@@ -234,7 +234,7 @@ class _Wire:
         """The typed error a transport failure stands for (the caller chains ``exc`` as its cause)."""
         if isinstance(exc, _Overloaded):
             err = exc.error
-            err.args = (f"{err} (after {attempts} attempts)",)
+            err.args = (f"{err} (after {attempts} attempt{'s' if attempts != 1 else ''})",)
             return err
         name = type(exc).__name__
         if isinstance(exc, RETRIED):
@@ -428,31 +428,35 @@ class RemoteScorer:
 
     def _send(self, method: str, path: str, body: Any, *, idempotent: bool = True) -> Any:
         client = self._sync_client()
+        made = 0  # attempts made: a call that is not retried fails after one
         try:
             for attempt in self._wire.retrying(
                 self.max_attempts, self.max_wait, asynchronous=False, idempotent=idempotent, sleep=self._sleep
             ):
+                made += 1
                 with attempt:
                     return self._wire.read(
                         client.request(method, self.url + path, json=body, headers=self._wire.headers())
                     )
         except (_Overloaded, httpx.HTTPError) as e:
-            raise self._wire.failure(e, self.max_attempts, self._timeout) from e
+            raise self._wire.failure(e, made, self._timeout) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _asend(self, method: str, path: str, body: Any, *, idempotent: bool = True) -> Any:
         client = self._async_client()
+        made = 0
         try:
             async for attempt in self._wire.retrying(
                 self.max_attempts, self.max_wait, asynchronous=True, idempotent=idempotent, sleep=self._asleep
             ):
+                made += 1
                 with attempt:
                     response = await client.request(
                         method, self.url + path, json=body, headers=self._wire.headers()
                     )
                     return self._wire.read(response)
         except (_Overloaded, httpx.HTTPError) as e:
-            raise self._wire.failure(e, self.max_attempts, self._timeout) from e
+            raise self._wire.failure(e, made, self._timeout) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sync_client(self) -> httpx.Client:

@@ -410,3 +410,4 @@ def test_a_replica_lost_mid_generate_is_not_retried():
     with pytest.raises(ServiceUnavailableError, match="stopped before answering") as info:
         remote.generate("q", max_new_tokens=2)
     assert calls == ["/v1/generate"] and info.value.retry_after == 1.0 and info.value.status == 503
+    assert str(info.value).endswith("(after 1 attempt)")  # the attempts made, not the most allowed

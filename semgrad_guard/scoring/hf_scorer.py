@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -837,7 +837,7 @@ def _strings(value: Any) -> Iterator[str]:
     """Every string in a message, a chat or a tool list: values and keys, however deep."""
     if isinstance(value, str):
         yield value
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for k, v in value.items():
             yield from _strings(k)
             yield from _strings(v)
@@ -856,7 +856,7 @@ def _masked(value: Any, table: dict[str, str]) -> Any:
     def mask(v: Any) -> Any:
         if isinstance(v, str):
             return pattern.sub(lambda g: back[g.group(0)], v)
-        if isinstance(v, dict):
+        if isinstance(v, Mapping):
             return {mask(k): mask(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [mask(x) for x in v]

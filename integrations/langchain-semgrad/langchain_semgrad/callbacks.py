@@ -78,7 +78,6 @@ class _ScoreRecorder:
         self.raise_on = tuple(raise_on)
         self.dispatch_events = dispatch_events
         self._lock = threading.Lock()
-        self._server_verdicts: dict[int, dict[str, Any]] = {}
         self._prompts: dict[UUID, list[dict[str, Any]]] = {}
         self._tools: dict[UUID, list[dict[str, Any]]] = {}
         self.chats: dict[UUID, list[dict[str, Any]]] = {}
@@ -180,14 +179,13 @@ class _ScoreRecorder:
         chat: list[dict[str, Any]],
         generations: list[Generation],
         results: list[ScoreResult | None],
+        servers: list[dict[str, Any] | None],
     ) -> list[dict[str, Any]]:
         payloads = []
-        for generation, result in zip(generations, results, strict=True):
+        for generation, result, server in zip(generations, results, servers, strict=True):
             if result is None:
                 continue
             outcome = None
-            with self._lock:
-                server = self._server_verdicts.pop(id(result), None)
             if server is not None:  # a RemoteScorer's: the service's calibrator and policy judged it
                 outcome = _verdict(server)
             if self.policy is not None:
@@ -213,10 +211,6 @@ class _ScoreRecorder:
                 self.chats[run_id] = chat
         return payloads
 
-    def _remember(self, result: ScoreResult, verdict: dict[str, Any]) -> None:
-        with self._lock:  # keyed by identity: the result object lives until _record reads it
-            self._server_verdicts[id(result)] = verdict
-
     def _on_end(self, response: LLMResult, run_id: UUID) -> _Steps:
         """What happens when a run ends: score each generation, record, dispatch, maybe raise."""
         chat, generations = self._pending(response, run_id)
@@ -228,26 +222,23 @@ class _ScoreRecorder:
             hasattr(scorer, name) for name in ("score_with_verdict", "ascore_with_verdict")
         )
         results: list[ScoreResult | None] = []
+        servers: list[dict[str, Any] | None] = []  # the service's verdict on each, with_verdict
         for generation in generations:
             text = self._to_score(generation, run_id)
-            if text is None:
-                results.append(None)
-                continue
-            try:
-                scored = yield _Score(scorer, chat, text, with_verdict)
-            except Exception as e:
-                with self._lock:
-                    self.errors[run_id] = e
-                if self.raise_error:
-                    raise
-                logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
-                results.append(None)
-                continue
-            if with_verdict:
-                scored, verdict = scored
-                self._remember(scored, verdict)
-            results.append(scored)
-        payloads = self._record(run_id, chat, generations, results)
+            scored: Any = None
+            if text is not None:
+                try:
+                    scored = yield _Score(scorer, chat, text, with_verdict)
+                except Exception as e:
+                    with self._lock:
+                        self.errors[run_id] = e
+                    if self.raise_error:
+                        raise
+                    logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
+            result, server = scored if with_verdict and scored is not None else (scored, None)
+            results.append(result)
+            servers.append(server)
+        payloads = self._record(run_id, chat, generations, results, servers)
         if self.dispatch_events:
             for payload in payloads:
                 # Outside a traced run (a bare model.invoke) there is no parent to attach the event to.

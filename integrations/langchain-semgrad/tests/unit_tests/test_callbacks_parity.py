@@ -71,7 +71,7 @@ def _state(handler: Any, response: LLMResult) -> dict[str, Any]:
         "chats": handler.chats,
         "skipped": handler.skipped,
         "errors": {k: (type(e).__name__, str(e)) for k, e in handler.errors.items()},
-        "pending": (handler._prompts, handler._tools, handler._server_verdicts),
+        "pending": (handler._prompts, handler._tools),
     }
 
 

@@ -62,7 +62,9 @@ from semgrad_guard.cli import main
 db = sys.argv[1]
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     codes = [main(["models"]), main(["review", "list", "--db", db]), main(["review", "export", "--db", db])]
-    codes.append(main(["review", "show", "1", "--db", db]))  # no such item: an error, still no torch
+    for verb in ("show", "approve", "reject", "cannot-tell", "reopen"):  # no such item: an error, no torch
+        codes.append(main(["review", verb, "1", "--db", db]))
+    codes.append(main(["review", "edit", "1", "--answer", "x", "--db", db]))
     with mock.patch.object(uvicorn.Server, "run", lambda *a, **k: None):
         codes.append(main(["review", "ui", "--db", db, "--port", "0"]))
 print(codes, "torch" in sys.modules)
@@ -79,7 +81,7 @@ def test_the_commands_without_threads_never_import_torch(tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr
     codes, torch_loaded = proc.stdout.strip().rsplit(" ", 1)
-    assert codes == "[0, 0, 0, 2, 0]" and torch_loaded == "False"
+    assert codes == "[0, 0, 0, 2, 2, 2, 2, 2, 2, 0]" and torch_loaded == "False"
 
 
 _THREADS_RUN = r"""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -84,15 +84,15 @@ class SemGradLLM(CustomLLM):
         default=DEFAULT_CONTEXT_WINDOW, gt=0, description="The model's context, in tokens."
     )
     model_name: str = Field(default="semgrad", description="The scorer's model id.")
-    spans: Literal["sentences"] | None = Field(
-        default=None,
-        description="'sentences': score each sentence of the answer too, in the same pass (result.spans in the payload).",
-    )
     generate_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra Hugging Face generate() settings, e.g. repetition_penalty (the score uses the raw model).",
     )
 
+    spans: Literal["sentences"] | None = Field(
+        default=None,
+        description="'sentences': score each sentence of the answer too, in the same pass (result.spans in the payload).",
+    )
     stream_mode: Literal["observe", "gate", "hold"] = Field(
         default="observe", description="observe (text as generated), gate (judged sentences) or hold."
     )
@@ -178,31 +178,29 @@ class SemGradLLM(CustomLLM):
             out["spans"] = spans
         return out
 
+    # What a response is, written once for chat and completion, whole or streamed: ``(text, delta,
+    # score)`` in, the LlamaIndex response out; only a scored response carries the payload.
     @staticmethod
-    def _chat_response(answer: str, result: ScoreResult, delta: str | None = None) -> ChatResponse:
+    def _chat_response(
+        answer: str,
+        result: ScoreResult | None,
+        delta: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> ChatResponse:
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
             delta=delta,
-            additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")},
+            additional_kwargs=_payload(result, fields),
         )
 
     @staticmethod
     def _completion_response(
-        answer: str, result: ScoreResult, delta: str | None = None, **fields: Any
+        answer: str,
+        result: ScoreResult | None,
+        delta: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> CompletionResponse:
-        return CompletionResponse(
-            text=answer,
-            delta=delta,
-            additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm", **fields)},
-        )
-
-    @staticmethod
-    def _streamed_chat_response(answer: str, result: ScoreResult, delta: str, **fields: Any) -> ChatResponse:
-        return ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
-            delta=delta,
-            additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm", **fields)},
-        )
+        return CompletionResponse(text=answer, delta=delta, additional_kwargs=_payload(result, fields))
 
     def _stream_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         mode = check_stream_mode(kwargs.get("stream_mode", self.stream_mode))
@@ -216,7 +214,7 @@ class SemGradLLM(CustomLLM):
 
     def _stream(
         self, chat: list[dict[str, Any]], gen: dict[str, Any], how: dict[str, Any]
-    ) -> Generator[_Item, None, None]:
+    ) -> Iterator[_Item]:
         """Yield ``(text shown so far, delta, score or None, payload fields)``; only the last carries the score."""
         if getattr(self._scorer, "tokenizer", None) is None or not hasattr(self._scorer, "stream"):
             # A scorer without a tokenizer (MockScorer) cannot stream tokens: one chunk, scored.
@@ -235,7 +233,7 @@ class SemGradLLM(CustomLLM):
     async def _astream(
         self, chat: list[dict[str, Any]], gen: dict[str, Any], how: dict[str, Any]
     ) -> AsyncGenerator[_Item, None]:
-        """:meth:`_stream` for async code (the core's async stream: cancelling stops generation)."""
+        """:meth:`_stream` for async code: the core's async stream (cancelling it stops generation)."""
         if getattr(self._scorer, "tokenizer", None) is None or not hasattr(self._scorer, "astream"):
             answer, result = await self._agenerate(chat, gen)
             yield answer, answer, result, {}
@@ -252,49 +250,24 @@ class SemGradLLM(CustomLLM):
     # -- sync -------------------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer, result = self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs))
-        return self._chat_response(answer, result)
+        return self._chat_response(*self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs)))
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer, result = self._scorer.generate(prompt_as_chat(prompt), **self._generate_kwargs(kwargs))
-        return self._completion_response(answer, result)
+        chat = prompt_as_chat(prompt)
+        return self._completion_response(*self._scorer.generate(chat, **self._generate_kwargs(kwargs)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         items = self._stream(to_chat(messages), self._generate_kwargs(kwargs), self._stream_args(kwargs))
-
-        def gen() -> ChatResponseGen:
-            try:
-                for text, delta, result, fields in items:
-                    if result is None:
-                        yield ChatResponse(
-                            message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
-                        )
-                    else:
-                        yield self._streamed_chat_response(text, result, delta, **fields)
-            finally:
-                items.close()
-
-        return gen()
+        return _each(items, self._chat_response)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs), self._stream_args(kwargs))
+        return _each(items, self._completion_response)
 
-        def gen() -> CompletionResponseGen:
-            try:
-                for text, delta, result, fields in items:
-                    if result is None:
-                        yield CompletionResponse(text=text, delta=delta)
-                    else:
-                        yield self._completion_response(text, result, delta, **fields)
-            finally:
-                items.close()
-
-        return gen()
-
-    # -- async: generation runs in a worker thread, never on the event loop -----------------------
+    # -- async: the same steps, with generation in a worker thread, never on the event loop -------
     async def _agenerate(self, chat: list[dict[str, Any]], gen: dict[str, Any]) -> tuple[str, ScoreResult]:
         agenerate = getattr(self._scorer, "agenerate", None)
         if agenerate is not None:
@@ -305,31 +278,17 @@ class SemGradLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer, result = await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs))
-        return self._chat_response(answer, result)
+        return self._chat_response(*await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs)))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer, result = await self._agenerate(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
-        return self._completion_response(answer, result)
+        chat = prompt_as_chat(prompt)
+        return self._completion_response(*await self._agenerate(chat, self._generate_kwargs(kwargs)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         items = self._astream(to_chat(messages), self._generate_kwargs(kwargs), self._stream_args(kwargs))
-
-        async def gen() -> AsyncGenerator[ChatResponse, None]:
-            try:
-                async for text, delta, result, fields in items:
-                    if result is None:
-                        yield ChatResponse(
-                            message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
-                        )
-                    else:
-                        yield self._streamed_chat_response(text, result, delta, **fields)
-            finally:
-                await items.aclose()
-
-        return gen()
+        return _aeach(items, self._chat_response)
 
     @llm_completion_callback()
     async def astream_complete(
@@ -338,21 +297,40 @@ class SemGradLLM(CustomLLM):
         items = self._astream(
             prompt_as_chat(prompt), self._generate_kwargs(kwargs), self._stream_args(kwargs)
         )
-
-        async def gen() -> AsyncGenerator[CompletionResponse, None]:
-            try:
-                async for text, delta, result, fields in items:
-                    if result is None:
-                        yield CompletionResponse(text=text, delta=delta)
-                    else:
-                        yield self._completion_response(text, result, delta, **fields)
-            finally:
-                await items.aclose()
-
-        return gen()
+        return _aeach(items, self._completion_response)
 
 
+def _payload(result: ScoreResult | None, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {PAYLOAD_KEY: score_payload(result, source="llm", **(fields or {}))}
+
+
+_R = TypeVar("_R", ChatResponse, CompletionResponse)
 _Item = tuple[str, str, "ScoreResult | None", dict[str, Any]]
+_Build = Callable[[str, "ScoreResult | None", str, "dict[str, Any] | None"], _R]
+
+
+def _each(items: Iterator[_Item], build: _Build[_R]) -> Generator[_R, None, None]:
+    """The streamed ``(text, delta, score, fields)`` items as responses."""
+    try:
+        for text, delta, result, fields in items:
+            yield build(text, result, delta, fields)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # a consumer that stopped reading stops generation
+
+
+async def _aeach(items: AsyncIterator[_Item], build: _Build[_R]) -> AsyncGenerator[_R, None]:
+    """:func:`_each` for the async stream (cancelling the consumer stops generation)."""
+    try:
+        async for text, delta, result, fields in items:
+            yield build(text, result, delta, fields)
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _HoldOne:

@@ -379,9 +379,10 @@ def render(out: dict[str, Any], cost: dict[str, Any] | None) -> str:
     lines += [
         "",
         '"answer mean_entropy" gives every sentence its whole answer\'s score: what a whole-answer',
-        f"guard knows about a sentence. The span calibrator ({c['method']} on {', '.join(c['features'])},",
-        "chosen by cross-validation on half 0) gives held-out supported sentences a median confidence",
-        f"of {conf['supported_median']:.2f} and unsupported ones {conf['unsupported_median']:.2f}.",
+        f"guard knows about a sentence. The span calibrator ({c['method']}, chosen with its features by",
+        "cross-validation on half 0) gives held-out supported sentences a median confidence of",
+        f"{conf['supported_median']:.2f} and unsupported ones {conf['unsupported_median']:.2f}. Features:",
+        f"{', '.join(c['features'])}.",
         "",
         f"Collection: {out['collect']['seconds']} s, {out['collect']['machine']}.",
         "",

@@ -341,7 +341,7 @@ def render(out: dict[str, Any], cost: dict[str, Any] | None) -> str:
             f"torch thread(s). Batched backward: "
             f"{cost['batched_backward']}. Machine: {cost['machine']} ({cost['date']}).",
             "",
-            "| sentences | answer tok | prompt tok | whole (ms) | spans (ms) | ratio | each alone (ms) |",
+            "| sentences | answer tok | prompt tok | whole ms | spans ms | ratio | alone ms |",
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in cost["rows"]:
@@ -352,7 +352,7 @@ def render(out: dict[str, Any], cost: dict[str, Any] | None) -> str:
             )
         lines += [
             "",
-            '"each alone": one pass per sentence (the span\'s loss on its own backward), what the batched',
+            '"alone": one pass per sentence (the span\'s loss on its own backward), what the batched',
             "backward replaces.",
             "",
         ]

@@ -63,7 +63,8 @@ class Recalibration:
     correct: np.ndarray
     weights: np.ndarray
     thresholds: list[ThresholdSelection] = field(default_factory=list)
-    """``select_threshold`` on the out-of-fold confidences and weighted labels, one per alpha."""
+    """``select_threshold`` on the out-of-fold confidences and weighted labels, one per alpha (on
+    distinct answers: copies of one answer count once, with their summed weight)."""
 
     def reliability(self) -> list[dict[str, float]]:
         """Reliability table of the out-of-fold confidences."""
@@ -120,7 +121,8 @@ def recalibrate(
         except CalibratorMismatchError as e:
             raise CalibratorMismatchError(f"review item {lab.item_id}: {e}") from e
     w = np.asarray([float(lab.weight) for lab in labels])
-    splits = _folds(y, folds, seed, groups=_answer_groups(results))
+    groups = _answer_groups(results)
+    splits = _folds(y, folds, seed, groups=groups)
     tried: dict[str, np.ndarray] = {}
     p_base = z = None
     if base is not None:
@@ -194,8 +196,16 @@ def recalibrate(
     )
     out = Calibrator.model_validate(out.model_dump())  # fresh private state: fingerprint, drift monitor
     oof = tried[chosen]
+    # Certified on distinct answers: copies of one answer are one piece of evidence about the next
+    # answer, however often traffic repeated it (each keeps its copies' summed weight).
+    key = groups * 2 + (y > 0)  # a reviewer who labelled two copies differently: both kept
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    w_answer = np.bincount(inverse, weights=w)
     thresholds = [
-        select_threshold(oof, y.astype(bool), alpha=a_, delta=delta, strict=False, weights=w) for a_ in alphas
+        select_threshold(
+            oof[first], y[first].astype(bool), alpha=a_, delta=delta, strict=False, weights=w_answer
+        )
+        for a_ in alphas
     ]
     return Recalibration(
         calibrator=out,

@@ -193,7 +193,7 @@ def one_order(
             "exceed": exceed,
             "refused": sum(run["checkpoints"][n]["refused"] for _, run in runs),
             "distinct": float(np.mean([run["checkpoints"][n]["distinct"] for _, run in runs])),
-            "steps": [run["checkpoints"][n]["step"] for _, run in runs],
+            "steps": [str(run["checkpoints"][n]["step"]) for _, run in runs],
         }
     for key in ("band_only", "unweighted"):
         conf = np.zeros(len(y_h))

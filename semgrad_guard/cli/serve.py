@@ -341,7 +341,7 @@ def _serve_ray(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     hup = threading.Event()
-    path = args.calibrator if args.calibrator and args.calibrator != "shipped" else None
+    path: str | None = args.calibrator if args.calibrator and args.calibrator != "shipped" else None
     current = None
     if path is not None:
         from ..guard.calibration import Calibrator
@@ -360,7 +360,7 @@ def _serve_ray(args: argparse.Namespace) -> int:
         url = run_on_ray(application, host=settings.host, port=settings.port, address=args.ray_address)
         print(f"semgrad-guard: Ray Serve is ready on {url}", file=sys.stderr, flush=True)
         while True:
-            if not hup.wait(3600):
+            if not hup.wait(3600) or path is None:
                 continue
             hup.clear()
             try:

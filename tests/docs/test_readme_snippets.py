@@ -3,7 +3,8 @@
 How the blocks run (so a README author knows what a block may assume):
 
 - The ``python`` blocks of one README run in order, in one interpreter and one namespace: a later
-  block may use what an earlier one of the same file defined. Top-level ``await`` is allowed.
+  block may use what an earlier one of the same file defined. Each block, not-run ones too, is
+  plain Python a reader can paste into a script: no top-level ``await`` (use ``asyncio.run``).
 - Each ``bash`` block runs on its own (``bash -euo pipefail``); ``semgrad-guard`` is the CLI of the
   interpreter running the tests (an executable on ``PATH``: a block may start it in the background
   and kill ``$!``).
@@ -91,17 +92,13 @@ def _workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 # Runs the blocks of one file in one namespace; compiled with top-level await allowed.
 _DRIVER = r"""
-import ast, asyncio, json, sys, traceback
+import json, sys, traceback
 blocks = json.load(sys.stdin)
 ns = {"__name__": "__main__"}
 for where, code in blocks:
     print(f"--- {where}", flush=True)
     try:
-        compiled = compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-        if compiled.co_flags & 0x80:  # CO_COROUTINE: the block awaits at top level
-            asyncio.run(eval(compiled, ns))
-        else:
-            exec(compiled, ns)
+        exec(compile(code, where, "exec"), ns)
     except BaseException:
         traceback.print_exc()
         print(f"FAILED {where}", flush=True)
@@ -132,6 +129,15 @@ def test_the_extractor_reads_fences_and_markers(tmp_path: Path) -> None:
     md.write_text("<!-- not-run -->\n```bash\nls\n```\n")
     with pytest.raises(AssertionError, match="not-run: <reason>"):
         extract(md)
+
+
+def test_every_python_block_is_plain_python() -> None:
+    # Top-level await runs in a notebook, not in the script a newcomer pastes a block into.
+    for snippet in (s for s in ALL if s.lang == "python"):
+        try:
+            compile(snippet.code, snippet.where, "exec")
+        except SyntaxError as e:
+            raise AssertionError(f"{snippet.where}: {e.msg} (line {e.lineno} of the block)") from None
 
 
 def test_every_readme_has_runnable_blocks() -> None:

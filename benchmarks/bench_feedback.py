@@ -315,20 +315,24 @@ def render(r: dict) -> str:
     lines = [
         "# The feedback loop: review labels -> recalibration",
         "",
-        f"`python benchmarks/bench_feedback.py --orders {r['orders']} --audit-rate {r['audit_rate']}"
-        f" --refit-every {r['refit_every']}`",
-        f"({m['date']}, {m['cpu']}, load average {m['load'][0]} at the start and {m['load'][1]} at",
-        f"the end, on the shared machine; {m['seconds']} s). No model runs: scores and labels are the",
-        "collected development rows. Per held-out set: the base calibrator is fitted on the other",
-        "two sets; each order splits the set into two halves, one the traffic (drawn with",
-        "replacement), the other judged, then the other way round. The README policy plus audit",
-        "routes traffic with the calibrator running at the time; every",
-        f"{r['refit_every']} labels (review.refit_every) and at each checkpoint it is refitted and",
-        "swapped in. Reviewers answer from the labels. All numbers are on answers the loop never labelled: median [10th, 90th",
-        "percentile] over random orders. `floor`: the median ECE of a perfectly calibrated",
-        "predictor with the same confidences (labels drawn from them; same n, 10 bins), the",
-        "estimator's own noise; an ECE near it is as good as this n can show. `answers`: distinct",
-        "answers among the labels (traffic repeats them).",
+        "`python benchmarks/bench_feedback.py --orders "
+        f"{r['orders']} --audit-rate {r['audit_rate']} --refit-every {r['refit_every']}`",
+        f"({m['date']}, {m['cpu']}, load average {m['load'][0]} at the start and",
+        f"{m['load'][1]} at the end, on the shared machine; {m['seconds']} s). No model runs: scores",
+        "and labels are the collected development rows.",
+        "",
+        "Per held-out set: the base calibrator is fitted on the other two sets; each",
+        "order splits the set into two halves, one the traffic (drawn with replacement),",
+        "the other judged, then the other way round. The README policy plus audit routes",
+        f"traffic with the calibrator running at the time; every {r['refit_every']} labels",
+        "(review.refit_every) and at each checkpoint it is refitted and swapped in.",
+        "Reviewers answer from the labels. `ref.`: refits refused (too few of a class).",
+        "",
+        "All numbers are on answers the loop never labelled: median [10th, 90th",
+        "percentile] over random orders. `floor`: the median ECE of a perfectly",
+        "calibrated predictor with the same confidences (labels drawn from them; same n,",
+        "10 bins), the estimator's own noise: an ECE near it is as good as this n can",
+        "show. `answers`: distinct answers among the labels (traffic repeats them).",
         "",
     ]
     for name, s in r["sets"].items():
@@ -339,15 +343,15 @@ def render(r: dict) -> str:
             f"Before any label: ECE {f(b['ece'])} (floor {f(b['floor'])}), coverage {f(b['coverage'])},",
             f"error among accepted {f(b['error'])}.",
             "",
-            "| reviews | answers | ECE                  | floor | coverage | error acc. | refused |",
-            "|--------:|--------:|:---------------------|------:|---------:|-----------:|--------:|",
+            "| reviews | answers | ECE                  | floor | cover. | err. acc. | ref. |",
+            "|--------:|--------:|:---------------------|------:|-------:|----------:|-----:|",
         ]
         for n, row in s["after"].items():
             e = row["ece"]
             ece = f"{f(e[0])} [{f(e[1])}, {f(e[2])}]"
             lines.append(
                 f"| {n:>7} | {row['distinct']:>7.0f} | {ece:<20} | {f(row['floor'][0]):>5} "
-                f"| {f(row['coverage'][0]):>8} | {f(row['error'][0]):>10} | {row['refused']:>7} |"
+                f"| {f(row['coverage'][0]):>6} | {f(row['error'][0]):>9} | {row['refused']:>4} |"
             )
         lines += [
             "",
@@ -371,7 +375,23 @@ def render(r: dict) -> str:
             f"{f(bias['review_band_only'])}.",
             "",
         ]
-    lines += ["![ECE against reviews](feedback_ece.png)", ""]
+    lines += [
+        "## Against the target (ECE <= 0.10 after 50 reviews, <= 0.06 after 200)",
+        "",
+        "Median ECE on the unlabelled answers; `excess`: ECE minus its noise floor.",
+        "",
+        "| set        | ECE at 50 | met | ECE at 200 | met | floor | excess | answers |",
+        "|:-----------|----------:|:----|-----------:|:----|------:|-------:|--------:|",
+    ]
+    for name, s in r["sets"].items():
+        at50, at200 = s["after"]["50"]["ece"][0], s["after"]["200"]["ece"][0]
+        floor = s["after"]["200"]["floor"][0]
+        lines.append(
+            f"| {name:<10} | {f(at50):>9} | {'yes' if at50 <= 0.10 else 'no':<3} | {f(at200):>10} "
+            f"| {'yes' if at200 <= 0.06 else 'no':<3} | {f(floor):>5} | {f(at200 - floor):>6} "
+            f"| {s['after']['200']['distinct']:>7.0f} |"
+        )
+    lines += ["", "![ECE against reviews](feedback_ece.png)", ""]
     return "\n".join(lines)
 
 

@@ -341,7 +341,7 @@ def render(out: dict[str, Any], cost: dict[str, Any] | None) -> str:
             f"torch thread(s). Batched backward: "
             f"{cost['batched_backward']}. Machine: {cost['machine']} ({cost['date']}).",
             "",
-            "| sentences | answer tok | prompt tok | whole (ms) | spans (ms) | ratio | each alone (ms) |",
+            "| sentences | answer tok | prompt tok | whole ms | spans ms | ratio | alone ms |",
             "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in cost["rows"]:
@@ -352,7 +352,7 @@ def render(out: dict[str, Any], cost: dict[str, Any] | None) -> str:
             )
         lines += [
             "",
-            '"each alone": one pass per sentence (the span\'s loss on its own backward), what the batched',
+            '"alone": one pass per sentence (the span\'s loss on its own backward), what the batched',
             "backward replaces.",
             "",
         ]
@@ -379,9 +379,10 @@ def render(out: dict[str, Any], cost: dict[str, Any] | None) -> str:
     lines += [
         "",
         '"answer mean_entropy" gives every sentence its whole answer\'s score: what a whole-answer',
-        f"guard knows about a sentence. The span calibrator ({c['method']} on {', '.join(c['features'])},",
-        "chosen by cross-validation on half 0) gives held-out supported sentences a median confidence",
-        f"of {conf['supported_median']:.2f} and unsupported ones {conf['unsupported_median']:.2f}.",
+        f"guard knows about a sentence. The span calibrator ({c['method']}, chosen with its features by",
+        "cross-validation on half 0) gives held-out supported sentences a median confidence of",
+        f"{conf['supported_median']:.2f} and unsupported ones {conf['unsupported_median']:.2f}. Features:",
+        f"{', '.join(c['features'])}.",
         "",
         f"Collection: {out['collect']['seconds']} s, {out['collect']['machine']}.",
         "",

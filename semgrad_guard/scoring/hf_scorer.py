@@ -721,12 +721,16 @@ class SemGradScorer:
 
     async def ascore(self, messages: Messages, answer: str, *, spans: SpanRequest = None) -> ScoreResult:
         """:meth:`score` in a worker thread: the event loop keeps running."""
+        if spans is None:  # the two-argument call: a subclass or wrapper of score() keeps working
+            return await asyncio.to_thread(self.score, messages, answer)
         return await asyncio.to_thread(lambda: self.score(messages, answer, spans=spans))
 
     async def ascore_batch(
         self, pairs: Sequence[tuple[Messages, str]], *, spans: Literal["sentences"] | None = None
     ) -> list[ScoreResult]:
         """:meth:`score_batch` in a worker thread."""
+        if spans is None:
+            return await asyncio.to_thread(self.score_batch, list(pairs))
         return await asyncio.to_thread(lambda: self.score_batch(list(pairs), spans=spans))
 
     # -- generation -------------------------------------------------------------------------------

@@ -331,8 +331,8 @@ class RemoteScorer:
         self._asleep: Any = None
 
     # ------------------------------------------------------------------ Scorer
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
-        data = self._call("/v1/score", self._wire.score_body(messages, answer))
+    def score(self, messages: Messages, answer: str, *, spans: Any = None) -> ScoreResult:
+        data = self._call("/v1/score", _with_spans(self._wire.score_body(messages, answer), spans))
         return self._wire.parse("/v1/score", lambda: ScoreResult.model_validate(data["result"]))
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
@@ -343,8 +343,8 @@ class RemoteScorer:
             "/v1/score/batch", lambda: [ScoreResult.model_validate(item["result"]) for item in data["items"]]
         )
 
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
-        data = await self._acall("/v1/score", self._wire.score_body(messages, answer))
+    async def ascore(self, messages: Messages, answer: str, *, spans: Any = None) -> ScoreResult:
+        data = await self._acall("/v1/score", _with_spans(self._wire.score_body(messages, answer), spans))
         return self._wire.parse("/v1/score", lambda: ScoreResult.model_validate(data["result"]))
 
     async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
@@ -489,3 +489,10 @@ class RemoteScorer:
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.url!r}, model_id={self.model_id!r})"
+
+
+def _with_spans(body: dict[str, Any], spans: Any) -> dict[str, Any]:
+    """The /v1/score body with the ``spans`` field (``"sentences"`` or ``[[start, end], ...]``) when asked."""
+    if spans is None:
+        return body
+    return {**body, "spans": spans if isinstance(spans, str) else [list(s) for s in spans]}

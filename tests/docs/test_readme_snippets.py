@@ -6,7 +6,8 @@ How the blocks run (so a README author knows what a block may assume):
   block may use what an earlier one of the same file defined. Each block, not-run ones too, is
   plain Python a reader can paste into a script: no top-level ``await`` (use ``asyncio.run``).
 - Each ``bash`` block runs on its own (``bash -euo pipefail``); ``semgrad-guard`` is the CLI of the
-  interpreter running the tests.
+  interpreter running the tests (an executable on ``PATH``: a block may start it in the background
+  and kill ``$!``).
 - Both run in a fresh temporary directory that holds ``cookbook`` and ``benchmarks`` (links to the
   repository's), with the review queue and the user data directory inside it: a snippet never
   writes into the checkout or the user's home. Torch runs on one thread (``OMP_NUM_THREADS=1``).
@@ -173,9 +174,16 @@ def test_bash_block_runs(snippet: Snippet, tmp_path: Path) -> None:
     if snippet.skip_reason is not None:
         pytest.skip(f"not-run: {snippet.skip_reason}")
     work, env = _workdir(tmp_path)
-    prelude = f'semgrad-guard() {{ {sys.executable!s} -m semgrad_guard "$@"; }}\n'
+    # An executable, not a shell function: `semgrad-guard serve &` then gives $! the server's own pid
+    # (a function runs in a subshell, and killing that leaves the server running).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    cli = bindir / "semgrad-guard"
+    cli.write_text(f'#!/bin/sh\nexec {sys.executable!s} -m semgrad_guard "$@"\n')
+    cli.chmod(0o755)
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", prelude + snippet.code],
+        ["bash", "-euo", "pipefail", "-c", snippet.code],
         cwd=work,
         env=env,
         capture_output=True,

@@ -84,3 +84,20 @@ async def test_chat_completion_returns_the_answer_minus_dropped_spans_and_says_s
     # /v1/score reports the span decisions under the same policy.
     decisions = scored.json()["span_decisions"]
     assert [d["action"] for d in decisions] == ["keep", "drop", "keep"]
+
+
+async def test_remote_scorer_asks_the_service_for_spans():
+    from semgrad_guard import RemoteScorer
+
+    app = create_app(MockScorer(score_fn))
+    remote = RemoteScorer("http://test", async_transport=httpx.ASGITransport(app=app))
+    r = await remote.ascore(CHAT, ANSWER, spans="sentences")
+    assert [s.text for s in r.spans] == [
+        "Carbon dioxide, mostly.",
+        "The moon is made of cheese.",
+        "Plants also need water",
+    ]
+    assert r.spans[1].semgrad == 0.9
+    r = await remote.ascore(CHAT, ANSWER, spans=[(0, 6)])
+    assert [s.text for s in r.spans] == ["Carbon"]
+    assert (await remote.ascore(CHAT, ANSWER)).spans is None

@@ -132,3 +132,11 @@ def test_policy_yaml_round_trips_its_span_section():
         "rules: [{action: accept}]\nspans: {calibrator: cal.json, drop_below: 0.2, flag_below: 0.4}\n"
     )
     assert p.spans.drop_below == 0.2 and GuardPolicy.from_yaml(p.to_yaml()).spans == p.spans
+
+
+def test_the_embedded_models_span_calibrator_is_shipped():
+    cal = default_span_calibrator("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert cal.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and cal.profile is not None
+    assert "half 0" in (cal.data or "")  # fitted on one half of the span development set only
+    policy = SpanPolicy(flag_below=0.5).resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert policy.span_calibrator == cal

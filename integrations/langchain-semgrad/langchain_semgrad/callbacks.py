@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
@@ -42,7 +42,11 @@ class _Score:
     chat: list[dict[str, Any]]
     text: str
     with_verdict: bool
-    kwargs: dict[str, Any] = field(default_factory=dict)  # spans="sentences"
+    spans: str | None = None  # "sentences": score each sentence too
+
+    def kwargs(self) -> dict[str, Any]:
+        """``spans=`` only when asked (a scorer without span support keeps working)."""
+        return {"spans": self.spans} if self.spans is not None and not self.with_verdict else {}
 
 
 @dataclass(frozen=True)
@@ -232,8 +236,7 @@ class _ScoreRecorder:
             scored: Any = None
             if text is not None:
                 try:
-                    spans = {"spans": self.spans} if self.spans is not None and not with_verdict else {}
-                    scored = yield _Score(scorer, chat, text, with_verdict, spans)
+                    scored = yield _Score(scorer, chat, text, with_verdict, self.spans)
                 except Exception as e:
                     with self._lock:
                         self.errors[run_id] = e
@@ -346,7 +349,7 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
             try:
                 if isinstance(step, _Score):
                     score = step.scorer.score_with_verdict if step.with_verdict else step.scorer.score
-                    value = score(step.chat, step.text, **step.kwargs)
+                    value = score(step.chat, step.text, **step.kwargs())
                 else:
                     dispatch_custom_event(SCORE_EVENT, step.payload)
             except Exception as e:
@@ -415,7 +418,7 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
             try:
                 if isinstance(step, _Score):
                     ascore = step.scorer.ascore_with_verdict if step.with_verdict else step.scorer.ascore
-                    value = await ascore(step.chat, step.text, **step.kwargs)
+                    value = await ascore(step.chat, step.text, **step.kwargs())
                 else:
                     await adispatch_custom_event(SCORE_EVENT, step.payload)
             except Exception as e:

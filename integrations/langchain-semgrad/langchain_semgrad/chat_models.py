@@ -50,7 +50,7 @@ def _load_scorer(model: str, device: str) -> Any:
 
 
 _Steps = Generator[tuple[str, Any, Any], Any, tuple[str, ScoreResult]]
-"""(kind, chat, arg) requests: ("generate", chat, kwargs) or ("score", chat, text); returns (text, result)."""
+"""(kind, chat, arg) requests: ("generate", chat, kwargs) or ("score", chat, (text, spans)); returns (text, result)."""
 
 
 class ChatSemGrad(BaseChatModel):
@@ -553,12 +553,6 @@ class _Next:
     stream: Any
 
 
-def _spanned(arg: tuple[str, str | None]) -> dict[str, Any]:
-    """``score``'s keyword arguments for a re-score: the spans only when asked for (a scorer without
-    span support still works)."""
-    return {} if arg[1] is None else {"spans": arg[1]}
-
-
 def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:
     """A streamed answer as one ChatResult (sync and async alike: the message keeps the stream's id)."""
     full = chunks[0]
@@ -600,3 +594,9 @@ def _choose_tools(
         offered = [t["function"]["name"] for t in tools]
         raise ConfigurationError(f"tool_choice={tool_choice!r} names no bound tool; tools are {offered}")
     return chosen
+
+
+def _spanned(arg: tuple[str, str | None]) -> dict[str, Any]:
+    """``score``'s keyword arguments for a re-score: the spans only when asked for (a scorer without
+    span support still works)."""
+    return {} if arg[1] is None else {"spans": arg[1]}

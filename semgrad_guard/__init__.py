@@ -40,6 +40,7 @@ from .errors import (
     ServiceAuthError,
     ServiceError,
     ServiceUnavailableError,
+    SpanError,
     ToolCallingUnsupportedError,
     ToolCallParseError,
     UnknownRoleError,
@@ -51,6 +52,7 @@ from .guard.outcomes import Attempt, Generated, GuardResult
 from .guard.policy import Action, GuardPolicy, RetrySettings, ReviewSettings, Rule, Verdict, judge
 from .guard.recalibrate import Recalibration, recalibrate
 from .guard.risk import ThresholdSelection, select_threshold
+from .guard.spans import SpanPolicy
 from .guard.strategies import (
     AttemptContext,
     ReconsiderStrategy,
@@ -73,6 +75,7 @@ from .review.queue import (
 from .scorer import GeneratingScorer, MockScorer, Scorer
 from .scoring.profile import ModelProfile
 from .scoring.tool_calls import ToolTurn, generate_tool_turn, require_tool_support
+from .spans import SpanDecision, SpanScore, split_sentences
 
 if TYPE_CHECKING:
     from .eval.profile_search import select_profile
@@ -80,7 +83,14 @@ if TYPE_CHECKING:
     from .scoring.hf_scorer import SemGradScorer
     from .scoring.remote import RemoteScorer
     from .scoring.sps import compute_sps
-    from .scoring.streaming import StreamChunk
+    from .scoring.streaming import (
+        STREAM_MODES,
+        GateStop,
+        StreamChunk,
+        StreamMode,
+        check_stream_mode,
+        stream_fields,
+    )
 
 _LAZY = {
     "RemoteScorer": "scoring.remote",
@@ -89,6 +99,11 @@ _LAZY = {
     "select_profile": "eval.profile_search",
     "fetch_default_model": "scoring.default_model",
     "StreamChunk": "scoring.streaming",
+    "GateStop": "scoring.streaming",
+    "StreamMode": "scoring.streaming",
+    "STREAM_MODES": "scoring.streaming",
+    "check_stream_mode": "scoring.streaming",
+    "stream_fields": "scoring.streaming",
 }
 
 __version__ = VERSION
@@ -106,6 +121,7 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "ControlTokenError",
+    "GateStop",
     "Generated",
     "GeneratingScorer",
     "Guard",
@@ -144,6 +160,7 @@ __all__ = [
     "Rule",
     "SCORE_FIELDS",
     "SQLiteReviewQueue",
+    "STREAM_MODES",
     "ScorePayload",
     "ScoreResult",
     "Scorer",
@@ -154,7 +171,12 @@ __all__ = [
     "ServiceAuthError",
     "ServiceError",
     "ServiceUnavailableError",
+    "SpanDecision",
+    "SpanError",
+    "SpanPolicy",
+    "SpanScore",
     "StreamChunk",
+    "StreamMode",
     "ThresholdSelection",
     "ToolCallParseError",
     "ToolCallingUnsupportedError",
@@ -163,6 +185,7 @@ __all__ = [
     "Verdict",
     "WidenRetrievalStrategy",
     "apply_review_decision",
+    "check_stream_mode",
     "compute_sps",
     "fetch_default_model",
     "generate_tool_turn",
@@ -176,6 +199,8 @@ __all__ = [
     "resolve_generation",
     "select_profile",
     "select_threshold",
+    "split_sentences",
+    "stream_fields",
 ]
 
 

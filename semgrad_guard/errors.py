@@ -224,3 +224,8 @@ class ServedModelMismatchError(ConfigurationError):
 class InputTooLargeError(RequestTooLargeError):
     """Scoring the input would need more memory than the scorer's budget (``max_memory``); refused
     before anything runs. The service answers 413."""
+
+
+class SpanError(ScoringError):
+    """Spans asked of a scorer are malformed (not ``None``, ``"sentences"`` or ``(start, end)`` character
+    offsets inside the answer) or cover no scored token; the message says which span."""

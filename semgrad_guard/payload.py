@@ -10,7 +10,10 @@ Plain data, JSON round-trips, no torch::
      "confidence": 0.41 | null, "action": "accept" | ... | null, "rule": "..." | null,
      "review_id": 12 | null, "review_status": "pending" | ... | null, "attempts": 1 | null,
      "answer": "..." | null, "annotation": "..." | null, "turn": "answer" | "tool_call" | null,
-     "source": "callback" | ..., "run_id": "..." | null, "calibrator_version": "3f2a..." | null}
+     "source": "callback" | ..., "run_id": "..." | null, "calibrator_version": "3f2a..." | null,
+     "span_decisions": [{"action": "drop", "confidence": 0.1, "reason": "...", "start": 0, ...}] | null}
+
+``result.spans`` holds each span's scores when spans were asked for (``ScoreResult.spans``).
 
 Adapters may add keys of their own (LangGraph's ``interrupt`` flag, say); readers keep them.
 """
@@ -24,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .errors import ConfigurationError
 from .results import ScoreResult
+from .spans import SpanDecision
 
 PAYLOAD_KEY = "semgrad"
 """The metadata key every adapter stores the payload under."""
@@ -76,6 +80,12 @@ class ScorePayload(BaseModel):
         description="Fingerprint of the calibrator that gave the confidence (Calibrator.fingerprint), so "
         "each past decision stays explainable after a recalibration.",
     )
+    span_decisions: list[SpanDecision] | None = Field(
+        default=None,
+        description="The span policy's decision on each span of the answer (keep, flag, drop, review, "
+        "abstain, with confidence and reason); the span scores themselves are in result.spans. When spans "
+        "were dropped or marked, 'answer' holds the answer as scored.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -97,6 +107,10 @@ class ScorePayload(BaseModel):
                     fields.setdefault(name, getattr(verdict, name))
             if getattr(verdict, "attempts", None) is not None:
                 fields.setdefault("attempts", len(verdict.attempts))
+            if getattr(verdict, "spans", None) is not None:
+                fields.setdefault("span_decisions", verdict.spans)
+            if getattr(verdict, "scored_answer", None) is not None:
+                fields.setdefault("answer", verdict.scored_answer)
         if fields.get("run_id") is not None:
             fields["run_id"] = str(fields["run_id"])
         return cls(result=result, **fields)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .spans import SpanScore
+
 SCORE_FIELDS: tuple[str, ...] = ("semgrad", "hybridgrad", "exgrad", "nll", "mean_nll", "mean_entropy")
 """Score fields of :class:`ScoreResult`; higher means more uncertain for every one of them."""
 
@@ -63,6 +65,12 @@ class ScoreResult(BaseModel):
         ge=0,
         description="Characters cut from the front of the given answer before scoring (an echoed "
         "prompt); the scored text is answer[answer_start:].",
+    )
+
+    spans: list[SpanScore] | None = Field(
+        default=None,
+        description="The scores of each span (sentence, or the caller's ranges) of the answer, in order, "
+        "when spans were asked for (score(..., spans='sentences')); None otherwise.",
     )
 
     def scored_text(self, answer: str) -> str:

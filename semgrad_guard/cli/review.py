@@ -275,6 +275,13 @@ def _show(args: argparse.Namespace) -> int:
             scores.add_column(name, justify="right")
         scores.add_row(*(f"{v:.4g}" for v in it.result.scores().values()))
         console.print(scores)
+        if it.result.spans is not None:
+            from ..spans import SpanDecision
+            from ._spans import span_table
+
+            raw = (it.metadata or {}).get("span_decisions")
+            decisions = [SpanDecision.model_validate(d) for d in raw] if isinstance(raw, list) else None
+            console.print(span_table(it.result.spans, decisions))
     if it.metadata:
         console.print(_plain(f"metadata: {it.metadata}"))
     audit = Table(title="audit trail")

@@ -30,6 +30,7 @@ from ..scorer import Scorer
 from .calibration import Calibrator
 from .outcomes import Attempt, Generated, GuardResult
 from .policy import Action, GuardPolicy, Verdict, judge
+from .spans import SpanPolicy
 from .strategies import AttemptContext, RetryStrategy, resolve_strategies
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class _Exhausted:
 class _Score:
     messages: list[Message]
     answer: str
+    spans: str | None = None  # "sentences" when the policy judges spans
 
 
 @dataclass
@@ -201,6 +203,7 @@ class Guard:
         if self.policy.review.refit_every is not None:
             self.review_queue.on_resolved(self._on_decision)
         first = self.policy.rules[0].field
+        self._span_policy: SpanPolicy | None = None
         self._rank_field = self.policy.rank_by or ("confidence" if calibrator is not None else first)
         if self._rank_field == "confidence" and calibrator is None:
             self._rank_field = "semgrad"
@@ -382,7 +385,12 @@ class Guard:
             value, error = None, None
             try:
                 if isinstance(effect, _Score):
-                    value = self._need_scorer().score(effect.messages, effect.answer)
+                    scorer = self._need_scorer()
+                    value = (
+                        scorer.score(effect.messages, effect.answer, spans=effect.spans)  # type: ignore[call-arg]
+                        if effect.spans
+                        else scorer.score(effect.messages, effect.answer)
+                    )
                 elif isinstance(effect, _Generate):
                     value = effect.fn(effect.messages, effect.ctx)
                 elif isinstance(effect, _Prepare):
@@ -409,7 +417,12 @@ class Guard:
             value, error = None, None
             try:
                 if isinstance(effect, _Score):
-                    value = await self._need_scorer().ascore(effect.messages, effect.answer)
+                    scorer = self._need_scorer()
+                    value = await (
+                        scorer.ascore(effect.messages, effect.answer, spans=effect.spans)  # type: ignore[call-arg]
+                        if effect.spans
+                        else scorer.ascore(effect.messages, effect.answer)
+                    )
                 elif isinstance(effect, _Generate):
                     value = await effect.fn(effect.messages, effect.ctx)
                 elif isinstance(effect, _Prepare):
@@ -484,9 +497,11 @@ class Guard:
     def _score(self, attempt: Attempt, ctx: AttemptContext, answer: str, given: ScoreResult | None) -> _Steps:
         t = time.perf_counter()
         result = given
-        if result is None:
+        spans = "sentences" if self.policy.spans is not None else None
+        if result is None or (spans and result.spans is None):
+            # A given score without spans is scored again with them, when the policy judges spans.
             try:
-                result = yield _Score(ctx.score_messages, answer)
+                result = yield _Score(ctx.score_messages, answer, spans)
             except Exception as e:
                 if is_stop_exception(e) or (isinstance(e, ConfigurationError) and self.scorer is None):
                     raise
@@ -597,10 +612,12 @@ class Guard:
             if asynchronous:
 
                 async def agen(messages: list[Message], ctx: AttemptContext) -> Any:
-                    return await scorer.agenerate(messages, **ctx.generate_kwargs)
+                    return await scorer.agenerate(messages, **self._span_kwargs(), **ctx.generate_kwargs)
 
                 return agen
-            return lambda messages, ctx: scorer.generate(messages, **ctx.generate_kwargs)
+            return lambda messages, ctx: scorer.generate(
+                messages, **self._span_kwargs(), **ctx.generate_kwargs
+            )
         if not callable(generate_fn):
             raise ConfigurationError("generate_fn must be callable as generate_fn(messages, context)")
         if not asynchronous:
@@ -656,14 +673,48 @@ class Guard:
         attempt.action = self.policy.on_error
         attempt.rule = "on_error"
 
+    def _span_kwargs(self) -> dict[str, Any]:
+        return {"spans": "sentences"} if self.policy.spans is not None else {}
+
+    def span_policy(self, model_id: str | None = None) -> SpanPolicy | None:
+        """The policy's span policy with its calibrator loaded (None when the policy has no ``spans``)."""
+        if self.policy.spans is None:
+            return None
+        if self._span_policy is None:
+            model = getattr(self.scorer, "model_id", None) or model_id
+            self._span_policy = self.policy.spans.resolve(model)
+        return self._span_policy
+
     def _judge(self, attempt: Attempt, result: ScoreResult) -> None:
         attempt.result = result
         if result.answer_start and attempt.answer is not None:
             # The scorer cut an echoed prompt off the front: return exactly the text it scored.
             attempt.answer = result.scored_text(attempt.answer)
+            if result.spans is not None:
+                # Span offsets index the text given to the scorer; the answer now starts where scoring did.
+                cut = result.answer_start
+                result = result.model_copy(
+                    update={
+                        "spans": [
+                            s.model_copy(update={"start": s.start - cut, "end": s.end - cut})
+                            for s in result.spans
+                        ]
+                    }
+                )
+                attempt.result = result
         verdict = self.judge(result)
         attempt.confidence, attempt.action, attempt.rule = verdict.confidence, verdict.action, verdict.rule
         attempt.calibrator_version = verdict.calibrator_version
+        spans = self.span_policy(result.model_id)
+        if spans is not None and result.spans is not None and attempt.answer is not None:
+            outcome = spans.apply(attempt.answer, result)
+            attempt.spans = outcome.decisions
+            attempt.delivered = outcome.text if outcome.text != attempt.answer else None
+            worst = outcome.worst
+            if attempt.action in (Action.ACCEPT, Action.ANNOTATE) and worst in ("abstain", "review"):
+                # A sentence below the abstain or review band decides for the whole answer.
+                attempt.action = Action.ABSTAIN if worst == "abstain" else Action.REVIEW
+                attempt.rule = f"spans.{worst}_below"
 
     def _rank(self, attempt: Attempt) -> float:
         if self._rank_field == "confidence":
@@ -725,6 +776,8 @@ class Guard:
         out: dict[str, Any] = dict(metadata or {})
         out.setdefault("attempt", attempt.number)
         out.setdefault("attempts", len(attempts))
+        if attempt.spans is not None:  # what the span policy said of each sentence, for the reviewer
+            out.setdefault("span_decisions", [d.model_dump(mode="json") for d in attempt.spans])
         if attempt.error:
             out.setdefault("error", attempt.error)
         return out
@@ -753,9 +806,8 @@ class Guard:
         assert action is not None
         message = self._rule_message(attempt.rule)
         annotation = None
-        answer = (
-            (message or self.policy.abstain_message) if action is Action.ABSTAIN else (attempt.answer or "")
-        )
+        delivered = attempt.delivered if attempt.delivered is not None else attempt.answer
+        answer = (message or self.policy.abstain_message) if action is Action.ABSTAIN else (delivered or "")
         if action is Action.ANNOTATE:
             annotation = message or self.policy.annotate_message
         result = self._result(action, attempt, attempts, t0, answer=answer, rule=attempt.rule)
@@ -795,4 +847,6 @@ class Guard:
             error=errors[0] if errors else attempt.error,
             timings=timings,
             calibrator_version=attempt.calibrator_version,
+            spans=attempt.spans,
+            scored_answer=attempt.answer if attempt.delivered is not None else None,
         )

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..results import ScoreResult
+from ..spans import SpanDecision
 from .policy import Action
 
 
@@ -62,6 +63,10 @@ class Attempt(BaseModel):
     """Seconds spent: generate_s, score_s."""
     calibrator_version: str | None = None
     """Fingerprint of the calibrator that judged this attempt (None without one)."""
+    spans: list[SpanDecision] | None = None
+    """The span policy's decision on each span of the answer (when the policy has ``spans``)."""
+    delivered: str | None = None
+    """The text the span policy delivers (the answer with spans dropped or marked), when it differs."""
 
 
 class GuardResult(BaseModel):
@@ -107,6 +112,15 @@ class GuardResult(BaseModel):
     """:attr:`~semgrad_guard.Calibrator.fingerprint` of the calibrator that judged it (None without one)."""
     audit_id: int | None = None
     """Review item id of this answer's audit copy, when audit sampling picked it (the answer is unchanged)."""
+    spans: list[SpanDecision] | None = None
+    """The span policy's decision on each span (sentence) of the answer, when the policy has ``spans``."""
+    scored_answer: str | None = None
+    """The answer as scored, when the span policy changed the text returned (spans dropped or marked)."""
+
+    @property
+    def removed_spans(self) -> list[SpanDecision]:
+        """The spans the span policy cut from the answer, with why."""
+        return [d for d in self.spans or [] if d.action == "drop"]
 
     @property
     def accepted(self) -> bool:

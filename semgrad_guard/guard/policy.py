@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import TypedConfig, format_validation_error
 from ..errors import ConfigurationError
 from ..results import SCORE_FIELDS, ScoreResult
+from .spans import SpanPolicy
 
 RULE_FIELDS: tuple[str, ...] = ("confidence", *SCORE_FIELDS)
 """What a rule's band can be over: the calibrated ``confidence`` or a raw score field."""
@@ -291,6 +292,9 @@ class GuardPolicy(TypedConfig):
     """Field ranking attempts when retries run out (default: confidence with a calibrator, else the first rule's field)."""
     audit: AuditSettings | None = None
     """Audit sampling of served answers (off by default), e.g. ``audit: {rate: 0.05}``."""
+    spans: SpanPolicy | None = None
+    """Span policy (off by default): flag, drop or review the sentences whose span confidence is low,
+    e.g. ``spans: {drop_below: 0.2, flag_below: 0.4}`` (docs/spans.md)."""
 
     @field_validator("rules")
     @classmethod

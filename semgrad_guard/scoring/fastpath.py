@@ -25,7 +25,7 @@ import inspect
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,20 @@ class ScoringInput:
 
 
 @dataclass
+class RawSpan:
+    """The scores of the loss of answer tokens ``token_start .. token_end - 1`` alone."""
+
+    token_start: int
+    token_end: int
+    semgrad: float
+    exgrad: float
+    hybridgrad: float
+    nll: float
+    mean_nll: float
+    mean_entropy: float
+
+
+@dataclass
 class RawScores:
     semgrad: float
     exgrad: float
@@ -56,6 +70,7 @@ class RawScores:
     layer_semgrad: list[float] = field(default_factory=list)  # per layer of the profile, in its order
     # window_semgrad[j][i]: semgrad at offset anchor_offset + j, layer i of the profile (score_ids(window=True))
     window_semgrad: list[list[float]] = field(default_factory=list)
+    spans: list[RawSpan] | None = None  # when score_ids was given token spans for this example
 
 
 @dataclass
@@ -138,6 +153,8 @@ class ModelAdapter:
         self._wrapped: list[tuple[nn.Module, Any, Any]] = []
         self._users = 0  # threads inside a pass that needs the hooks
         self._users_lock = threading.Lock()
+        # Whether a batched backward (is_grads_batched) works through this model: None until tried.
+        self.batched_grads: bool | None = None
 
     def _install(self) -> None:
         self._handles = [
@@ -239,6 +256,16 @@ class ModelAdapter:
             finally:
                 self._tls.record = None
 
+    @contextlib.contextmanager
+    def not_recording(self) -> Iterator[None]:
+        """A scoring pass inside a recorded generation on this thread (gate mode scores a sentence from
+        a stopping criterion, between two decode steps) is not recorded as generation's residuals."""
+        paused, self._tls.record = getattr(self._tls, "record", None), None
+        try:
+            yield
+        finally:
+            self._tls.record = paused
+
     # -- passes ------------------------------------------------------------------------------------
     def run(
         self,
@@ -254,7 +281,11 @@ class ModelAdapter:
         self._tls.capture = capture
         try:
             # The prefix pass (no capture) needs no hooks: it runs as the plain model does.
-            with torch.no_grad(), self.hooked() if capture is not None else contextlib.nullcontext():
+            with (
+                self.not_recording(),
+                torch.no_grad(),
+                self.hooked() if capture is not None else contextlib.nullcontext(),
+            ):
                 out = self.base(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
@@ -497,11 +528,15 @@ class _LogitHeads:
             self._chain(G, z)
             yield G
 
-    def exgrad(self, vocab_chunk: int) -> torch.Tensor:
-        """mean |dL/dW_out| through the logits per example, never materialising dL/dW_out."""
+    def exgrad(
+        self, vocab_chunk: int, spans: Sequence[tuple[int, int, int]] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean |dL/dW_out| through the logits per example, never materialising dL/dW_out; and the same
+        for each span ``(example, t0, t1)``'s loss (its rows of G rescaled from 1/T to 1/(t1 - t0))."""
         Hf = self.H.float()
         B, V, d = Hf.shape[0], self.W.shape[0], Hf.shape[-1]
         ex = torch.zeros(B, dtype=torch.float32, device=Hf.device)
+        span_ex = torch.zeros(len(spans), dtype=torch.float32, device=Hf.device)
         buf: torch.Tensor | None = None
         for G in self._slices(vocab_chunk):
             # One buffer for every chunk, |.| in place: an allocation and a copy per chunk cost as much
@@ -511,7 +546,11 @@ class _LogitHeads:
             # (B, chunk, T) @ (B, T, d): one chunk of dL/dW_out per example.
             torch.bmm(G.transpose(1, 2), Hf, out=buf)
             ex += buf.abs_().sum((1, 2))
-        return ex / (V * d)
+            for j, (i, t0, t1) in enumerate(spans):
+                # The span's rows alone: its chunk of dL_span/dW_out, up to the factor T / (t1 - t0).
+                torch.mm(G[i, t0:t1].T, Hf[i, t0:t1], out=buf[0])
+                span_ex[j] += buf[0].abs_().sum()
+        return ex / (V * d), span_ex / (V * d)
 
 
 def score_ids(
@@ -525,6 +564,7 @@ def score_ids(
     prefix_cache: Any = None,
     window: bool = False,
     residuals: torch.Tensor | None = None,
+    spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
 ) -> list[RawScores]:
     """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
     that already holds exactly the prefix ``x[:a]`` (from generation).
@@ -535,7 +575,12 @@ def score_ids(
 
     ``window=True`` also returns the SemGrad of every prompt position from the anchor to the end of
     the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
-    gives every candidate anchor of a profile search."""
+    gives every candidate anchor of a profile search.
+
+    ``spans[i]`` (optional, per example) are answer-token ranges ``(t0, t1)``; each gets the scores of
+    its own loss ``sum_{t0 <= t < t1} H_t nll_t / (t1 - t0)`` from the same pass: the backward through
+    the upper layers runs once for the answer and its spans together (a batched vector-Jacobian
+    product), and exgrad reuses the answer's dL/dlogits."""
     device = adapter.output_weight.device
     if device.type == "meta":
         raise ModelError(
@@ -599,9 +644,25 @@ def score_ids(
     T = torch.tensor(lengths_t, dtype=torch.float32, device=device)
     heads = _LogitHeads(adapter, H.detach(), targets, valid, T, logit_chunk)
     inputs = [capture.captured[layer] for layer in layers]
-    with torch.enable_grad():
-        # dL/dH from the closed form, so no vocabulary-sized graph is ever recorded.
-        hidden_grads = torch.autograd.grad(H, inputs, grad_outputs=heads.grad_hidden)
+    flat = _flat_spans(spans, lengths_t)
+    if flat:
+        # Span j's loss is the answer's restricted to its rows, rescaled from 1/T to 1/T_j (the
+        # entropy weights are constants), so its dL/dH is rows of the answer's, times T / T_j.
+        slots_n = 1 + max(sum(1 for f in flat if f[0] == i) for i in range(B))
+        outputs = torch.zeros(slots_n, *heads.grad_hidden.shape, dtype=heads.grad_hidden.dtype, device=device)
+        outputs[0] = heads.grad_hidden
+        slot = [0] * B
+        where = []
+        for i, t0, t1 in flat:
+            slot[i] += 1
+            outputs[slot[i], i, t0:t1] = heads.grad_hidden[i, t0:t1] * (lengths_t[i] / (t1 - t0))
+            where.append(slot[i])
+        batched = _batched_grad(adapter, H, inputs, outputs)
+        hidden_grads = tuple(g[0] for g in batched)
+    else:
+        with torch.enable_grad():
+            # dL/dH from the closed form, so no vocabulary-sized graph is ever recorded.
+            hidden_grads = torch.autograd.grad(H, inputs, grad_outputs=heads.grad_hidden)
     entropy, nll = heads.entropy, heads.nll
 
     d = hidden_grads[0].shape[-1]
@@ -612,13 +673,40 @@ def score_ids(
     if window:
         w = torch.stack([g[:, :k].float().abs().sum(-1) / d for g in hidden_grads], dim=2)  # (B, k, L)
         win = w.cpu().tolist()
-    ex = heads.exgrad(vocab_chunk)
+    ex, span_ex = heads.exgrad(vocab_chunk, flat)
 
     mean_entropy = entropy.sum(-1) / T
     alpha = torch.exp(-mean_entropy)
     hybrid = alpha * ex + (1 - alpha) * sem
     nll_sum = nll.sum(-1)
     values = torch.stack([sem, ex, hybrid, nll_sum, nll_sum / T, mean_entropy], dim=1).cpu()
+    span_raw: list[list[RawSpan] | None] = [None] * B
+    if spans is not None:
+        span_raw = [[] if s is not None else None for s in spans]
+    if flat:
+        rows = torch.tensor([f[0] for f in flat], device=device)
+        slots = torch.tensor(where, device=device)
+        scale = torch.tensor([lengths_t[i] / (t1 - t0) for i, t0, t1 in flat], device=device)
+        counts = torch.tensor([float(t1 - t0) for _, t0, t1 in flat], device=device)
+        # (layers, spans): each span's anchor gradient, mean |.| over the hidden size
+        span_sem = torch.stack([g[slots, rows, 0].float().abs().sum(-1) / d for g in batched]).mean(0)
+        span_exg = span_ex * scale
+        ent_sum = torch.stack([entropy[i, t0:t1].sum() for i, t0, t1 in flat])
+        nll_span = torch.stack([nll[i, t0:t1].sum() for i, t0, t1 in flat])
+        span_me = ent_sum / counts
+        span_alpha = torch.exp(-span_me)
+        span_values = torch.stack(
+            [span_sem, span_exg, span_alpha * span_exg + (1 - span_alpha) * span_sem, nll_span,
+             nll_span / counts, span_me],
+            dim=1,
+        ).cpu()  # fmt: skip
+        for j, (i, t0, t1) in enumerate(flat):
+            if not torch.isfinite(span_values[j]).all():
+                values[i, 0] = float("nan")  # reported below, with the example's index
+            sg, ex_j, hy, n_j, mn, me = (float(v) for v in span_values[j])
+            target = span_raw[i]
+            assert target is not None
+            target.append(RawSpan(t0, t1, sg, ex_j, hy, n_j, mn, me))
     if not torch.isfinite(values).all():
         bad = [i for i in range(B) if not torch.isfinite(values[i]).all()]
         raise NonFiniteGradientError(
@@ -640,9 +728,56 @@ def score_ids(
                 prompt_tokens=len(e.prompt_ids),
                 layer_semgrad=per_layer[i].tolist(),
                 window_semgrad=win[i],
+                spans=span_raw[i],
             )
         )
     return out
+
+
+def _flat_spans(
+    spans: Sequence[Sequence[tuple[int, int]] | None] | None, lengths: list[int]
+) -> list[tuple[int, int, int]]:
+    """``(example, t0, t1)`` for every span of every example, checked against its answer's length."""
+    if spans is None:
+        return []
+    if len(spans) != len(lengths):
+        raise ModelError(f"spans for {len(spans)} examples, but {len(lengths)} examples to score")
+    flat = []
+    for i, ranges in enumerate(spans):
+        for t0, t1 in ranges or ():
+            if not 0 <= t0 < t1 <= lengths[i]:
+                raise ModelError(
+                    f"token span ({t0}, {t1}) is not inside example {i}'s {lengths[i]} answer tokens"
+                )
+            flat.append((i, int(t0), int(t1)))
+    return flat
+
+
+def _batched_grad(
+    adapter: ModelAdapter, H: torch.Tensor, inputs: list[torch.Tensor], outputs: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The vector-Jacobian products of ``H`` w.r.t. ``inputs`` for each ``outputs[k]``, stacked.
+
+    One batched backward (``is_grads_batched``, vmap over the graph) where the model's backward ops
+    support it, else one backward per row on the retained graph; which one works is found once per model.
+    """
+    with torch.enable_grad():
+        if adapter.batched_grads is not False:
+            try:
+                grads = torch.autograd.grad(
+                    H, inputs, grad_outputs=outputs, is_grads_batched=True, retain_graph=True
+                )
+                adapter.batched_grads = True
+                return grads
+            except RuntimeError:
+                if adapter.batched_grads:
+                    raise  # it worked for this model before: a real failure
+                adapter.batched_grads = False  # an op without a batching rule: loop instead
+        rows = [
+            torch.autograd.grad(H, inputs, grad_outputs=outputs[k], retain_graph=k + 1 < len(outputs))
+            for k in range(len(outputs))
+        ]
+    return tuple(torch.stack([r[n] for r in rows]) for n in range(len(inputs)))
 
 
 EXGRAD_MODES: tuple[str, ...] = ("logits", "weight")
@@ -658,14 +793,20 @@ def embeddings_are_tied(model: Any) -> bool:
     return bool(inp.weight is out.weight or inp.weight.data_ptr() == out.weight.data_ptr())
 
 
-def exgrad_weight(adapter: ModelAdapter, example: ScoringInput, *, vocab_chunk: int = 8192) -> float:
+def exgrad_weight(
+    adapter: ModelAdapter,
+    example: ScoringInput,
+    *,
+    vocab_chunk: int = 8192,
+    span: tuple[int, int] | None = None,
+) -> float:
     """exgrad as the research code computes it: mean |d L / d lm_head.weight| over all its entries.
 
     For an untied model this equals the logits-path exgrad of :func:`score_ids`. For a tied model the
     shared matrix also receives dL/d(input embedding) of every token of the sequence (prompt and
     answer, the embedding's padding row excepted), so the whole sequence runs forward and backward
     from the embeddings. Absolute values are summed in float64 (a float32 sum over tens of millions
-    of entries under-counts by a few per cent).
+    of entries under-counts by a few per cent). ``span = (t0, t1)``: the same for that span's loss.
     """
     model = adapter.model
     device = adapter.output_weight.device
@@ -685,7 +826,7 @@ def exgrad_weight(adapter: ModelAdapter, example: ScoringInput, *, vocab_chunk: 
             )
     # A leaf of its own: gradients flow to it, never into the parameters.
     embeds = embeds.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), adapter.not_recording():
         out = adapter.base(
             inputs_embeds=embeds,
             position_ids=torch.arange(ids.shape[1], device=device)[None],
@@ -697,7 +838,8 @@ def exgrad_weight(adapter: ModelAdapter, example: ScoringInput, *, vocab_chunk: 
         logp = torch.log_softmax(adapter.final_logits(raw), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1).detach()
         nll = -logp.gather(-1, torch.tensor(y, device=device)[:, None]).squeeze(-1)
-        loss = (entropy * nll).sum() / T
+        t0, t1 = span or (0, T)
+        loss = (entropy * nll)[t0:t1].sum() / (t1 - t0)
         G, dE = torch.autograd.grad(loss, [raw, embeds])
     Hf = H.detach().float()
     V, d = G.shape[-1], Hf.shape[-1]

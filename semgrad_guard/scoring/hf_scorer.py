@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,15 +23,18 @@ from ..errors import (
     ModelError,
     PromptEchoError,
     ScoringError,
+    SpanError,
 )
 from ..messages import Message, Messages, check_text, normalize_messages
 from ..results import ScoreResult
+from ..spans import SpanRequest, SpanScore, offsets_by_decoding, resolve_spans, token_ranges
 from .adapters import acquire_adapter
 from .fastpath import (
     EXGRAD_MODES,
     LOGIT_CHUNK,
     ModelAdapter,
     RawScores,
+    RawSpan,
     ScoringInput,
     crop_cache,
     embeddings_are_tied,
@@ -45,7 +48,7 @@ from .loading import check_causal
 from .profile import ModelProfile, chat_template_hash, default_layers, find_profile, profile_from_any
 
 if TYPE_CHECKING:
-    from .streaming import StreamChunk
+    from .streaming import SpanJudge, SpanScorer, StreamChunk, StreamMode
 
 logger = logging.getLogger(__name__)
 
@@ -277,23 +280,40 @@ class SemGradScorer:
         return -n if n > 0 else -1
 
     # -- tokenisation -----------------------------------------------------------------------------
-    def _render(self, chat: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    def _render(
+        self,
+        chat: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        table: dict[str, str] | None = None,
+    ) -> str:
+        # ``table``: the chat's from _literal_chat; the tools are rendered with the same sentinels.
+        tools = _masked(self.tools, table) if table and self.tools else self.tools
         try:
             text = self.tokenizer.apply_chat_template(
                 chat,
                 chat_template=self.chat_template,
                 add_generation_prompt=add_generation_prompt,
                 tokenize=False,
-                **({"tools": self.tools} if self.tools else {}),
+                **({"tools": tools} if tools else {}),
             )
         except Exception as e:  # jinja raises its own TemplateError (e.g. "System role not supported")
             raise ChatTemplateError(f"the chat template of {self.model_id} rejected the chat: {e}") from e
         return str(text)
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _encode(self, text: str, offsets: list[tuple[int, int]] | None = None, shift: int = 0) -> list[int]:
+        """Token ids of ``text``; with ``offsets``, each token's character range (+ ``shift``) is appended to it."""
+        if offsets is None:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets.extend((shift + a, shift + b) for a, b in enc["offset_mapping"])
+            return list(enc["input_ids"])
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        offsets.extend((shift + a, shift + b) for a, b in offsets_by_decoding(self.tokenizer, ids, text))
+        return ids
 
-    def _encode_literal(self, text: str) -> list[int]:
+    def _encode_literal(self, text: str, offsets: list[tuple[int, int]] | None = None) -> list[int]:
         """Token ids of ``text`` as plain text: control-token strings in it are not parsed.
 
         Each control string is encoded in two pieces (its first character, then the rest), so the
@@ -302,43 +322,49 @@ class SemGradScorer:
         every other thread encoding a prompt at the same moment.
         """
         if not self._control_pattern or not self._control_pattern.search(text):
-            return self._encode(text)
+            return self._encode(text, offsets)
         ids: list[int] = []
+        pos = 0
         for i, piece in enumerate(self._control_pattern.split(text)):
             if not piece:
                 continue
             if i % 2:  # a control string, kept by the capturing group
-                ids += self._encode(piece[:1]) + self._encode(piece[1:])
+                ids += self._encode(piece[:1], offsets, pos) + self._encode(piece[1:], offsets, pos + 1)
             else:
-                ids += self._encode(piece)
+                ids += self._encode(piece, offsets, pos)
+            pos += len(piece)
         return ids
 
     def _literal_chat(self, chat: list[Message], *others: str) -> tuple[list[Message], dict[str, str]]:
-        """``chat`` with each control string in a message's content replaced by a sentinel.
+        """``chat`` with each control string in a message replaced by a sentinel.
 
-        The template is rendered from this chat and :meth:`_encode_masked` encodes each sentinel
-        as its control string's literal text, so an ``<|im_end|>`` a user typed is characters,
-        never a turn boundary (a forged assistant or system turn). Returns the chat and the
-        sentinel -> control string table (empty, and the chat itself, when there is nothing to
-        hide). Under ``control_tokens="refuse"`` such a chat raises :class:`ControlTokenError`.
+        Every string of a message counts, not only its content: an assistant turn's tool calls (name,
+        arguments, their keys), a tool result's name and call id; so do the tools a scorer renders
+        (:meth:`with_tools`). The template is rendered from this chat and :meth:`_encode_masked`
+        encodes each sentinel as its control string's literal text, so an ``<|im_end|>`` a user typed
+        (or a tool call carried) is characters, never a turn boundary (a forged assistant or system
+        turn). Returns the chat and the sentinel -> control string table (empty, and the chat itself,
+        when there is nothing to hide). Under ``control_tokens="refuse"`` such a chat raises
+        :class:`ControlTokenError`.
         """
         pattern = self._control_pattern
-        if pattern is None or not any(pattern.search(m["content"]) for m in chat):
+        if pattern is None:
             return chat, {}
-        found = sorted({t for m in chat for t in pattern.findall(m["content"])})
+        texts = [*_strings(chat), *_strings(self.tools), *others]
+        found = sorted({t for text in texts[: len(texts) - len(others)] for t in pattern.findall(text)})
+        if not found:
+            return chat, {}
         if self.control_tokens == "refuse":
             raise ControlTokenError(
                 f"a message holds chat-template control tokens ({found[:3]}); refusing it as "
                 "configured (control_tokens='refuse'); with control_tokens='score' it is read as literal text"
             )
-        texts = [m["content"] for m in chat] + list(others)
         # Plain ASCII letters: the sentinel survives any filter a template applies (trim, tojson).
         mark = "SGCTRLX"
         while any(mark in t for t in texts):
             mark += "X"
         table = {f"{mark}{i}_": t for i, t in enumerate(found)}
-        back = {t: k for k, t in table.items()}
-        masked = [{**m, "content": pattern.sub(lambda g: back[g.group(0)], m["content"])} for m in chat]
+        masked: list[Message] = _masked(chat, table)
         return masked, table
 
     def _encode_masked(self, text: str, table: dict[str, str]) -> list[int]:
@@ -372,7 +398,7 @@ class SemGradScorer:
         message (``<|im_end|>``, ``<|im_start|>``) is its characters, not a turn boundary.
         """
         chat, table = self._literal_chat(normalize_messages(messages))
-        return self._encode_masked(self._render(chat, add_generation_prompt=True), table)
+        return self._encode_masked(self._render(chat, add_generation_prompt=True, table=table), table)
 
     def answer_ids(self, messages: Messages, answer: str, prompt_ids: list[int] | None = None) -> list[int]:
         """Answer token ids ``y``, ending with the end-of-turn token (docs/method.md, "Inputs").
@@ -391,12 +417,16 @@ class SemGradScorer:
         x: list[int],
         prompt_text: str | None = None,
         table: dict[str, str] | None = None,
+        offsets: list[tuple[int, int]] | None = None,
     ) -> list[int]:
         # ``chat`` and ``prompt_text`` come from _literal_chat (sentinels in place of control strings).
+        # ``offsets`` (for spans) receives each answer token's character range in ``answer``.
         table = table or {}
         if prompt_text is None:
-            prompt_text = self._render(chat, add_generation_prompt=True)
-        full = self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+            prompt_text = self._render(chat, add_generation_prompt=True, table=table)
+        full = self._render(
+            [*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False, table=table
+        )
         if full.startswith(prompt_text):
             rest = full[len(prompt_text) :]
             # The template may trim the content; find it as rendered.
@@ -407,14 +437,29 @@ class SemGradScorer:
             # with the content, as the model would have produced it (" Paris" is one token).
             cut = max((before.rfind(t) + len(t) for t in self._control_strings if t in before), default=0)
             head = self._encode(before[:cut]) if cut else []
-            body = self._encode_literal(before[cut:] + content)
+            body_offsets: list[tuple[int, int]] | None = [] if offsets is not None else None
+            body = self._encode_literal(before[cut:] + content, body_offsets)
             tail = self._encode(after)
             if self._encode_masked(prompt_text + before[:cut], table) == x + head:
                 for i, t in enumerate(tail):
                     if t in self.eos_token_ids:
+                        if offsets is not None and body_offsets is not None:
+                            # Body offsets count from before[cut:]; the content sits at c0 in the answer.
+                            lead, c0 = len(before) - cut, answer.find(content) if content else 0
+                            lo, hi = c0, c0 + len(content)
+                            offsets.extend([(0, 0)] * len(head))
+                            offsets.extend(
+                                (min(max(a - lead + c0, lo), hi), min(max(b - lead + c0, lo), hi))
+                                for a, b in body_offsets
+                            )
+                            offsets.extend([(len(answer), len(answer))] * (i + 1))
                         return head + body + tail[: i + 1]
         # The template rewrote history or has no end-of-turn marker: tokenize the answer alone.
-        return self._encode_literal(answer) + [self.eos_token_ids[0]]
+        alone: list[tuple[int, int]] | None = [] if offsets is not None else None
+        ids = self._encode_literal(answer, alone) + [self.eos_token_ids[0]]
+        if offsets is not None and alone is not None:
+            offsets.extend([*alone, (len(answer), len(answer))])
+        return ids
 
     def has_control_tokens(self, text: str) -> bool:
         """True if ``text`` holds one of the tokenizer's control-token strings (``<|im_end|>``, ...)."""
@@ -431,7 +476,7 @@ class SemGradScorer:
         chat, table = self._literal_chat(normalize_messages(messages), answer)
         flags: list[str] = ["control_tokens"] if table else []
         start = 0
-        masked_prompt = self._render(chat, add_generation_prompt=True)
+        masked_prompt = self._render(chat, add_generation_prompt=True, table=table)
         prompt_text = self._unmask(masked_prompt, table)
         chat_text = [{**m, "content": self._unmask(m["content"], table)} for m in chat]
         echoes = [prompt_text]
@@ -531,35 +576,77 @@ class SemGradScorer:
         self._check_lengths(x, self._answer_ids(chat, text, x, prompt_text, table))
 
     # -- scoring ----------------------------------------------------------------------------------
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
-        """SemGrad and companions for one answer. ``messages``: a string or a list of role/content dicts."""
-        return self.score_batch([(messages, answer)])[0]
+    def score(self, messages: Messages, answer: str, *, spans: SpanRequest = None) -> ScoreResult:
+        """SemGrad and companions for one answer. ``messages``: a string or a list of role/content dicts.
 
-    def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+        ``spans``: ``"sentences"`` (:func:`~semgrad_guard.split_sentences`) or ``(start, end)``
+        character offsets into ``answer`` also scores each span on its own tokens' loss, in the same
+        pass (``ScoreResult.spans``, docs/spans.md).
+
+        Raises:
+            SpanError: ``spans`` is malformed, out of range, or a span holds no scored token.
+        """
+        return self._score_pairs(_check_pairs([(messages, answer)]), [spans])[0]
+
+    def score_batch(
+        self, pairs: Sequence[tuple[Messages, str]], *, spans: Literal["sentences"] | None = None
+    ) -> list[ScoreResult]:
         """Score many answers, batched ``max_batch_size`` at a time (similar lengths together).
+
+        ``spans="sentences"`` scores each answer's sentences too (``ScoreResult.spans``).
 
         Raises:
             ScoringError: a pair is not ``(messages, answer)``, an answer or content is not a string
                 (or holds a lone surrogate), or a message is malformed; the message says which.
+            SpanError: ``spans`` is neither None nor ``"sentences"``.
         """
+        if spans not in (None, "sentences"):
+            raise SpanError(
+                f"score_batch takes spans=None or 'sentences', got {spans!r}; pass character offsets "
+                "to score(), one answer at a time"
+            )
         pairs = _check_pairs(pairs)
+        return self._score_pairs(pairs, [spans] * len(pairs))
+
+    def _score_pairs(self, pairs: list[tuple[Messages, str]], requests: list[Any]) -> list[ScoreResult]:
         examples, notes = [], []
-        for messages, answer in pairs:
+        token_spans: list[list[tuple[int, int]] | None] = []
+        for (messages, answer), request in zip(pairs, requests, strict=True):
             chat, prompt_text, table, text, start, flags = self._prepare(messages, answer)
             x = self._encode_masked(prompt_text, table)
-            y = self._answer_ids(chat, text, x, prompt_text, table)
+            offsets: list[tuple[int, int]] | None = [] if request is not None else None
+            y = self._answer_ids(chat, text, x, prompt_text, table, offsets)
             self._check_lengths(x, y)
+            chars = resolve_spans(request, answer, start)
+            if chars is not None and offsets is not None:
+                shifted = [(a + start, b + start) for a, b in offsets]  # into the caller's answer
+                token_spans.append(token_ranges(chars, shifted))
+            else:
+                token_spans.append(None)
             examples.append(ScoringInput(x, y))
-            notes.append((start, flags))
-        results = self.score_token_ids(examples)
-        return [
-            r.model_copy(update={"answer_start": start, "flags": flags}) if (start or flags) else r
-            for r, (start, flags) in zip(results, notes, strict=True)
-        ]
+            notes.append((answer, chars, start, flags))
+        any_spans = any(t is not None for t in token_spans)
+        results = self.score_token_ids(examples, spans=token_spans if any_spans else None)
+        out = []
+        for r, (answer, chars, start, flags) in zip(results, notes, strict=True):
+            update: dict[str, Any] = {"answer_start": start, "flags": flags} if (start or flags) else {}
+            if chars is not None and r.spans is not None:
+                update["spans"] = _with_text(r.spans, chars, answer)
+            out.append(r.model_copy(update=update) if update else r)
+        return out
 
-    def score_token_ids(self, examples: Sequence[ScoringInput]) -> list[ScoreResult]:
-        """Score examples given as token ids (answer ids must end where generation stopped)."""
-        raws = self._raw_scores(examples)
+    def score_token_ids(
+        self,
+        examples: Sequence[ScoringInput],
+        *,
+        spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    ) -> list[ScoreResult]:
+        """Score examples given as token ids (answer ids must end where generation stopped).
+
+        ``spans[i]``: answer-token ranges ``(t0, t1)`` of example i to score on their own; their
+        ``SpanScore`` s carry token offsets only (``start = end = 0``, ``text = ""``).
+        """
+        raws = self._raw_scores(examples, spans)
         if self.exgrad_mode == "weight":
             raws = [self._with_weight_exgrad(raw, e) for raw, e in zip(raws, examples, strict=True)]
         return [self._result(raw) for raw in raws]
@@ -569,7 +656,18 @@ class SemGradScorer:
             return raw  # untied: the weight's gradient is the logits path alone
         ex = exgrad_weight(self._adapter, example, vocab_chunk=self.vocab_chunk)
         alpha = math.exp(-raw.mean_entropy)
-        return dataclasses.replace(raw, exgrad=ex, hybridgrad=alpha * ex + (1 - alpha) * raw.semgrad)
+        spans = None
+        if raw.spans is not None:  # one full pass per span: a research mode
+            spans = []
+            for sp in raw.spans:
+                sx = exgrad_weight(
+                    self._adapter, example, vocab_chunk=self.vocab_chunk, span=(sp.token_start, sp.token_end)
+                )
+                a = math.exp(-sp.mean_entropy)
+                spans.append(dataclasses.replace(sp, exgrad=sx, hybridgrad=a * sx + (1 - a) * sp.semgrad))
+        return dataclasses.replace(
+            raw, exgrad=ex, hybridgrad=alpha * ex + (1 - alpha) * raw.semgrad, spans=spans
+        )
 
     def semgrad_by_layer(self, examples: Sequence[ScoringInput]) -> list[dict[int, float]]:
         """SemGrad of each of the profile's layers alone, at the profile's anchor, from one pass.
@@ -580,7 +678,11 @@ class SemGradScorer:
         layers = list(self.profile.layers)
         return [dict(zip(layers, raw.layer_semgrad, strict=True)) for raw in self._raw_scores(examples)]
 
-    def _raw_scores(self, examples: Sequence[ScoringInput]) -> list[RawScores]:
+    def _raw_scores(
+        self,
+        examples: Sequence[ScoringInput],
+        spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    ) -> list[RawScores]:
         order = sorted(
             range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids)
         )
@@ -594,6 +696,7 @@ class SemGradScorer:
                 layers=self.profile.layers,
                 vocab_chunk=self.vocab_chunk,
                 logit_chunk=self.logit_chunk,
+                spans=None if spans is None else [spans[i] for i in idx],
             )
             for i, raw in zip(idx, raws, strict=True):
                 results[i] = raw
@@ -613,15 +716,22 @@ class SemGradScorer:
             layers=list(self.profile.layers),
             model_id=self.model_id,
             exgrad_mode=self.exgrad_mode,  # type: ignore[arg-type]
+            spans=None if raw.spans is None else [_span_score(sp) for sp in raw.spans],
         )
 
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
+    async def ascore(self, messages: Messages, answer: str, *, spans: SpanRequest = None) -> ScoreResult:
         """:meth:`score` in a worker thread: the event loop keeps running."""
-        return await asyncio.to_thread(self.score, messages, answer)
+        if spans is None:  # the two-argument call: a subclass or wrapper of score() keeps working
+            return await asyncio.to_thread(self.score, messages, answer)
+        return await asyncio.to_thread(lambda: self.score(messages, answer, spans=spans))
 
-    async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
+    async def ascore_batch(
+        self, pairs: Sequence[tuple[Messages, str]], *, spans: Literal["sentences"] | None = None
+    ) -> list[ScoreResult]:
         """:meth:`score_batch` in a worker thread."""
-        return await asyncio.to_thread(self.score_batch, list(pairs))
+        if spans is None:
+            return await asyncio.to_thread(self.score_batch, list(pairs))
+        return await asyncio.to_thread(lambda: self.score_batch(list(pairs), spans=spans))
 
     # -- generation -------------------------------------------------------------------------------
     def generate(
@@ -633,11 +743,13 @@ class SemGradScorer:
         temperature: float = 1.0,
         top_p: float | None = None,
         seed: int | None = None,
+        spans: SpanRequest = None,
         **generate_kwargs: Any,
     ) -> tuple[str, ScoreResult]:
         """Generate an answer and score exactly the generated ids, reusing generation's KV cache.
 
-        Returns ``(answer_text, ScoreResult)``. With ``do_sample=True`` and a ``seed``, the tokens are drawn
+        Returns ``(answer_text, ScoreResult)``. ``spans="sentences"`` (or character offsets into the
+        answer, when known in advance) scores the answer's spans too, in the same pass (``result.spans``). With ``do_sample=True`` and a ``seed``, the tokens are drawn
         from a ``torch.Generator`` of this call alone: the same seed gives the same text in any thread,
         and torch's global RNG is never reseeded.
         """
@@ -705,6 +817,19 @@ class SemGradScorer:
             cache = getattr(out, "past_key_values", None)
         example = ScoringInput(x, y)
         self._check_lengths(x, y)
+        chars = resolve_spans(spans, text)
+        token_spans = None
+        if chars is not None:
+            offsets = offsets_by_decoding(self.tokenizer, body, text)
+            offsets += [(len(text), len(text))] * (len(y) - len(body))
+            token_spans = [token_ranges(chars, offsets)]
+
+        def finish(r: ScoreResult) -> tuple[str, ScoreResult]:
+            update: dict[str, Any] = {"flags": flags}
+            if chars is not None and r.spans is not None:
+                update["spans"] = _with_text(r.spans, chars, text)
+            return text, r.model_copy(update=update)
+
         if cache is not None and crop_cache(cache, a):
             # Fed: the prompt, then every generated token but the last; used: the anchor's tail + y[:-1].
             residuals = recorder.residuals(
@@ -719,22 +844,37 @@ class SemGradScorer:
                 logit_chunk=self.logit_chunk,
                 prefix_cache=cache,
                 residuals=residuals,
+                spans=token_spans,
             )[0]
             if self.exgrad_mode == "weight":
                 raw = self._with_weight_exgrad(raw, example)
-            return text, self._result(raw).model_copy(update={"flags": flags})
-        return text, self.score_token_ids([example])[0].model_copy(update={"flags": flags})
+            return finish(self._result(raw))
+        return finish(self.score_token_ids([example], spans=token_spans)[0])
 
     async def agenerate(self, messages: Messages, **kwargs: Any) -> tuple[str, ScoreResult]:
         """:meth:`generate` in a worker thread."""
         return await asyncio.to_thread(lambda: self.generate(messages, **kwargs))
 
-    def stream(self, messages: Messages, **generate_kwargs: Any) -> Iterator[StreamChunk]:
+    def stream(
+        self,
+        messages: Messages,
+        *,
+        mode: StreamMode = "observe",
+        span_judge: SpanJudge | None = None,
+        span_scorer: SpanScorer | None = None,
+        **generate_kwargs: Any,
+    ) -> Iterator[StreamChunk]:
         """:meth:`generate`, streamed: text chunks as they are generated, then one chunk with the score.
 
         Scoring starts the moment the last token is sampled, from generation's own KV cache and
         recorded residual states (no re-encoding); the last chunk's ``text`` is exactly what was
         scored and its ``result`` equals :meth:`generate`'s. ``generate_kwargs`` as for :meth:`generate`.
+
+        ``mode``: ``"observe"`` (text as generated), ``"gate"`` (one sentence at a time, each released
+        once ``span_judge.judge(span_score)`` keeps it; ``abstain`` stops generation there) or
+        ``"hold"`` (one chunk, once scored); see :mod:`semgrad_guard.scoring.streaming`.
+        ``span_scorer(messages, answer_so_far, (start, end))`` replaces the span scores gate mode
+        computes (a test double, say). Closing the iterator stops generation at the next token.
 
         Example:
             >>> from semgrad_guard.testing import tiny_scorer
@@ -744,13 +884,26 @@ class SemGradScorer:
         """
         from .streaming import stream
 
-        return stream(self, messages, **generate_kwargs)
+        return stream(
+            self, messages, mode=mode, span_judge=span_judge, span_scorer=span_scorer, **generate_kwargs
+        )
 
-    def astream(self, messages: Messages, **generate_kwargs: Any) -> AsyncIterator[StreamChunk]:
-        """:meth:`stream` for async code (``async for chunk in scorer.astream(...)``); never blocks the loop."""
+    def astream(
+        self,
+        messages: Messages,
+        *,
+        mode: StreamMode = "observe",
+        span_judge: SpanJudge | None = None,
+        span_scorer: SpanScorer | None = None,
+        **generate_kwargs: Any,
+    ) -> AsyncIterator[StreamChunk]:
+        """:meth:`stream` for async code (``async for chunk in scorer.astream(...)``); never blocks the loop.
+        Cancelling the consuming task, or ``aclose()``, stops generation at the next token."""
         from .streaming import astream
 
-        return astream(self, messages, **generate_kwargs)
+        return astream(
+            self, messages, mode=mode, span_judge=span_judge, span_scorer=span_scorer, **generate_kwargs
+        )
 
     def __repr__(self) -> str:
         return (
@@ -778,6 +931,30 @@ class _SeededSampler:
         pick = torch.multinomial(probs, num_samples=1, generator=self.generator)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, pick, 0.0)
+
+
+def _span_score(raw: RawSpan) -> SpanScore:
+    return SpanScore(
+        start=0,
+        end=0,
+        token_start=raw.token_start,
+        token_end=raw.token_end,
+        text="",
+        semgrad=raw.semgrad,
+        exgrad=raw.exgrad,
+        hybridgrad=raw.hybridgrad,
+        nll=raw.nll,
+        mean_nll=raw.mean_nll,
+        mean_entropy=raw.mean_entropy,
+    )
+
+
+def _with_text(spans: list[SpanScore], chars: list[tuple[int, int]], answer: str) -> list[SpanScore]:
+    """Token-only span scores with their character offsets and text in ``answer``."""
+    return [
+        sp.model_copy(update={"start": a, "end": b, "text": answer[a:b]})
+        for sp, (a, b) in zip(spans, chars, strict=True)
+    ]
 
 
 def _check_pairs(pairs: Any) -> list[tuple[Messages, str]]:
@@ -817,6 +994,38 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 class ProfileNotice(UserWarning):
     """Shown once when a model has no shipped profile (visible, not only logged)."""
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a message, a chat or a tool list: values and keys, however deep."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _masked(value: Any, table: dict[str, str]) -> Any:
+    """``value`` (a chat, a tool list) with each control string of ``table`` replaced by its sentinel."""
+    if not table:
+        return value
+    back = {t: k for k, t in table.items()}
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(back, key=len, reverse=True)))
+
+    def mask(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(lambda g: back[g.group(0)], v)
+        if isinstance(v, Mapping):
+            return {mask(k): mask(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [mask(x) for x in v]
+        return v
+
+    return mask(value)
 
 
 def _whole_prompt(text: str) -> bool:

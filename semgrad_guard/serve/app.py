@@ -35,14 +35,16 @@ from ..guard.calibration import Calibrator
 from ..guard.guard import Guard
 from ..guard.outcomes import GuardResult
 from ..guard.policy import Action, GuardPolicy, Verdict
+from ..guard.sentence_gate import PolicySpanJudge
 from ..messages import Messages, check_text, normalize_messages
 from ..payload import ScorePayload
 from ..results import ScoreResult
 from ..scorer import Scorer
+from ..scoring.streaming import SpanJudge, StreamChunk, StreamMode, check_stream_mode, stream_fields
 from .batching import MicroBatcher, ServiceBackend
 from .gate import INTERNAL_ERROR, Gate, clean_token
 from .metrics import ServiceMetrics
-from .openai_wire import flatten_content, score_headers, sse
+from .openai_wire import flatten_content, live_sse, score_headers, sse
 from .schemas import (
     BatchScoreRequest,
     ChatCompletionRequest,
@@ -112,6 +114,7 @@ class ServiceState:
     guard: Guard | None = None
     token: str | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
+    span_policy: SpanJudge | None = None
 
     @property
     def model_id(self) -> str:
@@ -176,6 +179,7 @@ def build_state(
     token: str | None = None,
     settings: ServeSettings | None = None,
     backend_factory: BackendFactory | None = None,
+    span_policy: SpanJudge | None = None,
 ) -> ServiceState:
     """Everything :func:`create_app` serves, checked (calibrator against the model, policy against the calibrator)."""
     settings = settings or ServeSettings()
@@ -207,11 +211,31 @@ def build_state(
         guard=guard,
         token=clean_token(token),
         model_info=model_info(scorer, calibrator, the_policy),
+        span_policy=span_policy,
     )
     metrics.queue_depth.set_function(backend.queue_depth)
+    metrics.watch_calibration(lambda: state.calibrator, _label_count(guard))
     if guard is not None:  # an automatic refit (review.refit_every) also reaches /v1/score
         guard.on_calibrator_change(lambda cal: setattr(state, "calibrator", cal))
     return state
+
+
+def _label_count(guard: Guard | None) -> Callable[[], int | None] | None:
+    """The /metrics label count: the Guard's review queue, when its policy queues answers."""
+    policy = guard.policy if guard is not None else None
+    if guard is None or policy is None or (Action.REVIEW not in policy.actions and policy.audit is None):
+        return None
+
+    def count() -> int | None:
+        from ..review.labels import label_count
+
+        try:
+            return label_count(guard.review_queue)
+        except Exception:  # a scrape must not fail on the queue (e.g. PostgreSQL briefly away)
+            logger.warning("/metrics: the review queue's label count is unavailable", exc_info=True)
+            return None
+
+    return count
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -223,6 +247,7 @@ def create_app(
     token: str | None = None,
     settings: ServeSettings | None = None,
     backend_factory: BackendFactory | None = None,
+    span_policy: SpanJudge | None = None,
 ) -> FastAPI:
     """The scoring service as a FastAPI app.
 
@@ -236,6 +261,9 @@ def create_app(
         settings: Limits and batching (:class:`ServeSettings`).
         backend_factory: ``(scorer, settings, metrics) -> ServiceBackend`` replacing the
             :class:`MicroBatcher` (e.g. a Ray Serve ``@serve.batch`` backend).
+        span_policy: Judges each sentence in the ``gate`` stream mode (``judge(span) -> decision``);
+            default: the policy's ``spans:`` section, else the answer policy applied to each sentence
+            (:class:`PolicySpanJudge`).
 
     The state is at ``app.state.semgrad`` (a :class:`ServiceState`, once loaded).
 
@@ -260,6 +288,7 @@ def create_app(
             token=token,
             settings=settings or ServeSettings(),
             backend_factory=backend_factory,
+            span_policy=span_policy,
         ),
     )
     app.state.semgrad_holder = holder
@@ -397,7 +426,8 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
     async def metrics() -> Response:
         """Prometheus metrics (this app's own registry)."""
         state = await state_of()
-        body, content_type = state.metrics.render()
+        # In a thread: the label gauge asks the review queue (a database) at every scrape.
+        body, content_type = await asyncio.to_thread(state.metrics.render)
         return Response(content=body, media_type=content_type)
 
     @app.get("/v1/models", tags=["models"])
@@ -424,7 +454,11 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         state = await state_of()
         _check_model(state, request.model)
         chat = _pair(state, request, where="")
-        result = await state.backend.ascore(chat, request.answer)
+        if request.spans is None:
+            result = await state.backend.ascore(chat, request.answer)
+        else:
+            spans = request.spans if isinstance(request.spans, str) else [tuple(s) for s in request.spans]
+            result = await state.backend.ascore(chat, request.answer, spans=spans)  # type: ignore[call-arg]
         return _judged(state, result).to_json()
 
     @app.post("/v1/score/batch", tags=["score"])
@@ -470,8 +504,13 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
         return {"answer": text, "semgrad": _judged(state, result).to_json()}
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
-    async def chat_completions(request: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
-        """OpenAI-compatible chat completion, generated, scored and guarded by the server's policy."""
+    async def chat_completions(
+        request: ChatCompletionRequest, http_request: Request
+    ) -> JSONResponse | StreamingResponse:
+        """OpenAI-compatible chat completion, generated, scored and guarded by the server's policy.
+
+        With ``stream=True``, ``semgrad.stream_mode`` (or the ``x-semgrad-stream-mode`` header) says
+        how: ``observe``, ``gate`` or ``hold`` (docs/serve.md, "Stream modes")."""
         state = await state_of()
         _check_model(state, request.model, openai=True)
         _check_can_generate(state)
@@ -490,6 +529,16 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 kwargs["top_p"] = request.top_p
         if request.seed is not None:
             kwargs["seed"] = request.seed
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        if request.stream:
+            asked = (request.semgrad.stream_mode if request.semgrad else None) or http_request.headers.get(
+                "x-semgrad-stream-mode"
+            )
+            mode = _stream_mode(state, asked)
+            if asked is None and not callable(getattr(state.backend, "astream", None)):
+                mode = "hold"  # a backend that cannot stream (Ray Serve) answers as it always did
+            if mode != "hold":
+                return await _live(state, chat, kwargs, mode, include_usage)
         text, payload, model_text = await _complete(state, chat, kwargs)
         result = payload.result
         returned_model_text = model_text is not None and text == model_text
@@ -519,11 +568,10 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
                 "usage": usage,
             }
             return JSONResponse(body, headers=headers)
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return StreamingResponse(
             sse(cid, created, state.model_id, text, finish, payload, usage if include_usage else None),
             media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache"},
+            headers={**headers, "x-semgrad-stream-mode": "hold", "cache-control": "no-cache"},
         )
 
 
@@ -621,6 +669,9 @@ def _judged(state: ServiceState, result: ScoreResult) -> ScorePayload:
     if state.guard is not None:
         verdict: Verdict = state.guard.judge(result)
         state.metrics.decisions.labels(action=verdict.action.value).inc()
+        span_policy = state.guard.span_policy(result.model_id) if result.spans is not None else None
+        if span_policy is not None and result.spans is not None:
+            return _payload(result, verdict, span_decisions=[span_policy.judge(s) for s in result.spans])
         return _payload(result, verdict)
     calibrator = state.calibrator  # read once: a reload mid-request must not mix two calibrators
     if calibrator is not None:
@@ -667,3 +718,142 @@ def _usage(state: ServiceState, payload: ScorePayload, replaced: str | None) -> 
         # A short fixed message: tokenizing it on the loop costs microseconds.
         completion = len(encode(replaced, add_special_tokens=False)) if callable(encode) else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+# ---------------------------------------------------------------------------------------------- streams
+PROMISING = frozenset({Action.ABSTAIN, Action.REVIEW, Action.RETRY, Action.RAISE})
+"""Rule actions that promise something about the text a client sees, kept only by a judged answer."""
+
+
+def default_stream_mode(policy: GuardPolicy | None) -> StreamMode:
+    """``observe``, unless the policy has rules that abstain, review, retry or raise: then ``hold``
+    (text already shown cannot be withheld, replaced or asked again)."""
+    if policy is not None and any(r.action in PROMISING for r in policy.rules):
+        return "hold"
+    return "observe"
+
+
+def _stream_mode(state: ServiceState, asked: str | None) -> StreamMode:
+    if asked is None:
+        return state.settings.stream_mode or default_stream_mode(state.policy)
+    mode = check_stream_mode(asked, "semgrad.stream_mode (or the x-semgrad-stream-mode header)")
+    if mode == "observe" and default_stream_mode(state.policy) == "hold":
+        allowed = state.settings.generate_unreviewed
+        if allowed is None:
+            allowed = not any(r.action == Action.REVIEW for r in state.policy.rules)  # type: ignore[union-attr]
+        if not allowed:
+            raise ConfigurationError(
+                "this service's policy sends answers to human review, and stream_mode 'observe' would "
+                "show them unreviewed; use 'gate' (a sentence at a time, once judged) or 'hold', or "
+                "start the service with --generate-unreviewed"
+            )
+    return mode
+
+
+def _span_judge(state: ServiceState) -> SpanJudge | None:
+    """Gate mode's judge: the app's span policy, else the policy's ``spans:`` section, else the answer
+    policy applied to each sentence."""
+    if state.span_policy is not None:
+        return state.span_policy
+    if state.guard is not None:
+        configured = state.guard.span_policy(state.model_id)
+        if configured is not None:
+            return configured
+    if state.policy is None:
+        return None
+    profile = getattr(state.scorer, "profile", None)
+    return PolicySpanJudge(
+        state.policy,
+        state.calibrator,
+        anchor_offset=getattr(profile, "anchor_offset", -1),
+        layers=list(getattr(profile, "layers", []) or []),
+    )
+
+
+async def _live(
+    state: ServiceState,
+    chat: list[dict[str, Any]],
+    kwargs: dict[str, Any],
+    mode: StreamMode,
+    include_usage: bool,
+) -> StreamingResponse:
+    """A chat completion streamed while it is generated (observe, gate)."""
+    astream = getattr(state.backend, "astream", None)
+    if not callable(astream):
+        raise ConfigurationError(
+            f"stream_mode {mode!r} needs a backend that streams, and {type(state.backend).__name__} does "
+            "not; ask for stream_mode 'hold'"
+        )
+    judge = None
+    if mode == "gate":
+        judge = _span_judge(state)
+        if judge is None:
+            raise ConfigurationError(
+                "stream_mode 'gate' needs a span policy, and this service has neither a policy nor a "
+                "span policy; start it with --policy, or ask for 'observe' or 'hold'"
+            )
+    chunks = astream(chat, mode=mode, span_judge=judge, **kwargs)
+    # Errors before any text (context length, template, a full queue) are the request's own: typed 4xx.
+    first = await chunks.__anext__()
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    async def end(last: StreamChunk) -> tuple[str, str, ScorePayload, dict[str, int]]:
+        return await _stream_end(state, chat, last)
+
+    return StreamingResponse(
+        live_sse(cid, created, state.model_id, first, chunks, end, include_usage),
+        media_type="text/event-stream",
+        headers={
+            "x-semgrad-model": state.model_id.encode("ascii", "backslashreplace").decode("ascii"),
+            "x-semgrad-stream-mode": mode,
+            "cache-control": "no-cache",
+        },
+    )
+
+
+async def _stream_end(
+    state: ServiceState, chat: list[dict[str, Any]], last: StreamChunk
+) -> tuple[str, str, ScorePayload, dict[str, int]]:
+    """The verdict on a streamed answer: ``(text still to send, finish_reason, payload, usage)``.
+
+    Observe and a gate that released everything: the Guard's verdict on the whole answer, reported
+    (reviews and audits are queued as usual; the text was shown). A gate stopped by a sentence: that
+    sentence's action, its message (abstention, or pending review with the review id) as the last text.
+    """
+    result = last.result
+    assert result is not None
+    usage = _usage(state, ScorePayload.of(result), None)
+    fields: dict[str, Any] = {"stream_mode": last.mode, **stream_fields(last)}
+    stopped = last.stopped
+    if stopped is None:
+        finish = "length" if "truncated" in result.flags else "stop"
+        if state.guard is None:
+            return "", finish, _judged(state, result).model_copy(update=fields), usage
+        guarded = await state.guard.acheck(
+            chat, last.text, result=result, metadata={"source": "service", "stream_mode": last.mode}
+        )
+        state.metrics.decisions.labels(action=guarded.action.value).inc()
+        return "", finish, _payload(result, guarded, **fields), usage
+    confidence = getattr(stopped.decision, "confidence", None)
+    shown = last.text[: stopped.span.start].strip()  # what the client already has
+    policy = state.policy
+    message = policy.abstain_message if policy is not None else ""
+    if stopped.action == "review" and state.guard is not None:
+        queue = state.guard.review_queue
+        item_id = await asyncio.to_thread(
+            queue.enqueue,
+            chat,
+            last.text,
+            result=result,
+            confidence=confidence,
+            rule="span",
+            metadata={"source": "service", "stream_mode": "gate", "span": fields["stopped"]},
+            policy_version=state.guard.policy.fingerprint,
+        )
+        fields.update(review_id=item_id, review_status="pending")
+        message = state.guard.policy.review.pending_message
+    action = "review" if "review_id" in fields else "abstain"
+    state.metrics.decisions.labels(action=action).inc()
+    payload = _payload(result, action=action, rule="span", confidence=confidence, **fields)
+    rest = ("\n\n" if shown and message else "") + message
+    return rest, "content_filter", payload, usage

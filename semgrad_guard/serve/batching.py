@@ -14,15 +14,18 @@ import asyncio
 import collections
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import SemGradGuardError, ServiceUnavailableError
 from ..messages import Messages
 from ..results import ScoreResult
 from ..scorer import GeneratingScorer, Scorer
+
+if TYPE_CHECKING:
+    from ..scoring.streaming import StreamChunk
 
 
 @runtime_checkable
@@ -107,6 +110,25 @@ def _tokens_of(outcomes: Sequence[Any]) -> int:
     return sum(getattr(o, "answer_tokens", 0) for o in outcomes if not isinstance(o, BaseException))
 
 
+def score_batch_releasing(
+    scorer: Scorer, pairs: Sequence[tuple[Messages, str]]
+) -> list[ScoreResult | Exception]:
+    """:func:`score_batch_isolating`, then :func:`release_memory` after a pass of
+    :data:`RELEASE_AFTER_TOKENS` answer tokens or more (what a worker thread runs, here and on Ray)."""
+    outcomes = score_batch_isolating(scorer, pairs)
+    if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
+        release_memory()
+    return outcomes
+
+
+def generate_releasing(generate: Callable[..., Any], messages: Any, kwargs: Mapping[str, Any]) -> Any:
+    """``generate(messages, **kwargs)``, then :func:`release_memory` after a long answer."""
+    out = generate(messages, **kwargs)
+    if _tokens_of([out[1]]) >= RELEASE_AFTER_TOKENS:
+        release_memory()
+    return out
+
+
 BatchObserver = Callable[[str, int], None]
 """``observer(kind, size)``: called for every pass the worker runs (``"score"`` or ``"generate"``)."""
 
@@ -118,6 +140,7 @@ class _Job:
     pair: tuple[Messages, str] | None = None
     messages: Messages | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    work: Callable[[], Any] | None = None  # a streamed generation: runs as it is, reports on its own
 
 
 class MicroBatcher:
@@ -169,9 +192,11 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ Scorer
-    def score(self, messages: Messages, answer: str) -> ScoreResult:
+    def score(self, messages: Messages, answer: str, *, spans: Any = None) -> ScoreResult:
         """The scorer's own ``score`` (direct: the queue is the async side)."""
-        return self.scorer.score(messages, answer)
+        if spans is None:
+            return self.scorer.score(messages, answer)
+        return self.scorer.score(messages, answer, spans=spans)  # type: ignore[call-arg]
 
     def score_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         """The scorer's own ``score_batch`` (direct)."""
@@ -181,10 +206,16 @@ class MicroBatcher:
         """The scorer's own ``generate`` (direct)."""
         return self.scorer.generate(messages, **generate_kwargs)  # type: ignore[attr-defined,no-any-return]
 
-    async def ascore(self, messages: Messages, answer: str) -> ScoreResult:
-        """Score one pair through the queue (batched with other requests' pairs)."""
-        (result,) = await self.ascore_batch([(messages, answer)])
-        return result
+    async def ascore(self, messages: Messages, answer: str, *, spans: Any = None) -> ScoreResult:
+        """Score one pair through the queue (batched with other requests' pairs; with ``spans``, on
+        its own pass between batches)."""
+        if spans is None:
+            (result,) = await self.ascore_batch([(messages, answer)])
+            return result
+        loop = self._start()
+        job = _Job("score", loop.create_future(), pair=(messages, answer), kwargs={"spans": spans})
+        (out,) = await self._submit([job])
+        return out  # type: ignore[no-any-return]
 
     async def ascore_batch(self, pairs: Sequence[tuple[Messages, str]]) -> list[ScoreResult]:
         """Score pairs through the queue, admitted all together or refused all together (503)."""
@@ -198,6 +229,18 @@ class MicroBatcher:
         job = _Job("generate", loop.create_future(), messages=messages, kwargs=dict(generate_kwargs))
         (out,) = await self._submit([job])
         return out  # type: ignore[no-any-return]
+
+    def astream(self, messages: Messages, **stream_kwargs: Any) -> AsyncIterator[StreamChunk]:
+        """Generate and score one answer on the worker thread, streamed in a mode (see
+        :func:`semgrad_guard.scoring.streaming.astream`); queued like :meth:`agenerate`. Closing the
+        stream stops generation at the next token (or drops the job while it is still queued)."""
+        from ..scoring.streaming import astream
+
+        return astream(self.scorer, messages, runner=self._run_work, **stream_kwargs)  # type: ignore[arg-type]
+
+    async def _run_work(self, work: Callable[[], None]) -> None:
+        loop = self._start()
+        await self._submit([_Job("generate", loop.create_future(), work=work)])
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the worker thread (between passes): checks that tokenize, off the event loop."""
@@ -296,10 +339,17 @@ class MicroBatcher:
             return
         if self._observer is not None:
             self._observer("score", len(live))
-        pairs = [j.pair for j in live]
+        # Pairs with spans are scored one by one (their spans differ); the others as one batch.
+        plain = [j for j in live if not j.kwargs]
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._score_batch, pairs)
-        for j, out in zip(live, outcomes, strict=True):
+        outcomes: list[Any] = []
+        if plain:
+            outcomes = await loop.run_in_executor(self._executor, self._score_batch, [j.pair for j in plain])
+        for j in live:
+            if j.kwargs:
+                plain.append(j)
+                outcomes.append(await loop.run_in_executor(self._executor, self._score_one, j.pair, j.kwargs))
+        for j, out in zip(plain, outcomes, strict=True):
             if j.future.done():
                 continue
             if isinstance(out, BaseException):
@@ -308,27 +358,31 @@ class MicroBatcher:
                 j.future.set_result(out)
 
     def _score_batch(self, pairs: list[Any]) -> list[ScoreResult | Exception]:
-        outcomes = score_batch_isolating(self.scorer, pairs)
-        if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
-            release_memory()
-        return outcomes
+        return score_batch_releasing(self.scorer, pairs)
 
-    def _generate(self, generate: Callable[..., Any], messages: Any, kwargs: dict[str, Any]) -> Any:
-        out = generate(messages, **kwargs)
-        if _tokens_of([out[1]]) >= RELEASE_AFTER_TOKENS:
-            release_memory()
-        return out
+    def _score_one(self, pair: Any, kwargs: dict[str, Any]) -> ScoreResult | Exception:
+        try:
+            return self.scorer.score(*pair, **kwargs)
+        except Exception as e:
+            return e
 
     async def _run_generate(self, job: _Job) -> None:
         if self._observer is not None:
             self._observer("generate", 1)
         generate = getattr(self.scorer, "generate", None)
         loop = asyncio.get_running_loop()
+        if job.work is not None:
+            try:
+                await loop.run_in_executor(self._executor, job.work)
+            finally:
+                if not job.future.done():
+                    job.future.set_result(None)
+            return
         try:
             if generate is None:
                 raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")
             out = await loop.run_in_executor(
-                self._executor, self._generate, generate, job.messages, job.kwargs
+                self._executor, generate_releasing, generate, job.messages, job.kwargs
             )
         except Exception as e:
             if not job.future.done():

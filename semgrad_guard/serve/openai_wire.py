@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from ..errors import ScoringError
 from ..payload import ScorePayload
+from ..scoring.streaming import StreamChunk
 
 
 def flatten_content(message: Mapping[str, Any], i: int) -> dict[str, Any]:
@@ -52,6 +53,37 @@ def score_headers(model_id: str, payload: ScorePayload) -> dict[str, str]:
     return headers
 
 
+def _chunk(
+    cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any
+) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    choice.update(extra)
+    body: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _tail(cid: str, created: int, model: str, usage: dict[str, int] | None) -> list[bytes]:
+    out = []
+    if usage is not None:
+        tail = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        out.append(b"data: " + json.dumps(tail).encode() + b"\n\n")
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
 async def sse(
     cid: str,
     created: int,
@@ -62,39 +94,54 @@ async def sse(
     usage: dict[str, int] | None,
 ) -> AsyncIterator[bytes]:
     """The answer as OpenAI chunks; the guard decided before the first byte, the score rides on the last chunk."""
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "delta": delta,
-            "finish_reason": finish_reason,
-            "logprobs": None,
-        }
-        choice.update(extra)
-        body: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-        }
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
+    yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
     for piece in pieces(text):
-        yield chunk({"content": piece})
-    yield chunk({}, finish, semgrad=payload.to_json())
-    if usage is not None:
-        tail = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        yield b"data: " + json.dumps(tail).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        yield _chunk(cid, created, model, {"content": piece})
+    yield _chunk(cid, created, model, {}, finish, semgrad=payload.to_json())
+    for part in _tail(cid, created, model, usage):
+        yield part
+
+
+StreamEnd = Callable[[StreamChunk], Awaitable[tuple[str, str, ScorePayload, dict[str, int]]]]
+"""``end(last_chunk) -> (text still to send, finish_reason, payload, usage)``: the verdict on a stream."""
+
+
+async def live_sse(
+    cid: str,
+    created: int,
+    model: str,
+    first: StreamChunk,
+    chunks: AsyncIterator[StreamChunk],
+    end: StreamEnd,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """A stream's chunks (``first``, then the rest of ``chunks``) as OpenAI chunks while they are
+    generated; the verdict rides on the last one.
+
+    Closing this (the client disconnected) closes ``chunks``, which stops generation.
+    """
+
+    async def every() -> AsyncIterator[StreamChunk]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    try:
+        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+        async for chunk in every():
+            if chunk.result is None:
+                yield _chunk(cid, created, model, {"content": chunk.delta})
+                continue
+            rest, finish, payload, usage = await end(chunk)
+            text = chunk.delta + rest
+            if text:
+                yield _chunk(cid, created, model, {"content": text})
+            yield _chunk(cid, created, model, {}, finish, semgrad=payload.to_json())
+            for part in _tail(cid, created, model, usage if include_usage else None):
+                yield part
+            return
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def pieces(text: str, size: int = 64) -> list[str]:

@@ -51,6 +51,11 @@ class ScoreRequest(BaseModel):
     )
     answer: str = Field(description="The answer to score.")
     model: str | None = Field(default=None, description="The model the caller expects (checked when given).")
+    spans: Literal["sentences"] | list[tuple[StrictInt, StrictInt]] | None = Field(
+        default=None,
+        description="Also score spans of the answer: 'sentences', or [start, end] character offsets "
+        "(result.spans; with a span policy, span_decisions too).",
+    )
 
 
 class BatchScoreRequest(BaseModel):
@@ -100,6 +105,16 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+class SemGradOptions(BaseModel):
+    """The request's ``semgrad`` object (``extra_body={"semgrad": {...}}`` in the OpenAI client)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_mode: Literal["observe", "gate", "hold"] | None = None
+    """With ``stream=True``: text as generated (observe), a sentence at a time once judged (gate), or
+    all at once when judged (hold). Default: the service's (docs/serve.md, "Stream modes")."""
+
+
 class ChatCompletionRequest(BaseModel):
     """The OpenAI chat-completions request, the fields this service honours.
 
@@ -120,6 +135,7 @@ class ChatCompletionRequest(BaseModel):
     seed: Seed | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    semgrad: SemGradOptions | None = None
     n: StrictInt = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     tools: list[dict[str, Any]] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field
 
@@ -61,5 +62,9 @@ class ServeSettings(TypedConfig):
     policy has rules that send answers to review (then only ``/v1/chat/completions``, which withholds them)."""
     body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """Seconds a request body may take to arrive; a slower one gets 408 and its connection is closed."""
+    stream_mode: Literal["observe", "gate", "hold"] | None = None
+    """How ``stream=True`` chat completions stream when the request does not say (``semgrad.stream_mode``).
+    None (default): ``observe`` (text as generated), unless the policy has rules that abstain, review,
+    retry or raise, which can only keep their promise on a judged answer: then ``hold``."""
     model_aliases: list[str] = Field(default_factory=list)
     """Other names the served model answers to in requests' 'model' field (e.g. 'default')."""

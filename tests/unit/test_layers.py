@@ -109,7 +109,7 @@ def test_no_import_cycle_among_core_modules():
 
 
 # What each layer may import (module-level, TYPE_CHECKING and deferred imports alike), besides itself and
-# the foundation (the top-level modules: errors, results, messages, config, progress, scorer, _files).
+# the foundation (the top-level modules: errors, results, messages, config, progress, scorer, _files, spans).
 ALLOWED = {
     "scoring": {"scoring"},
     "guard": {"guard", "review", "scoring.profile"},  # a profile is plain data; scoring's torch parts are not
@@ -119,7 +119,7 @@ ALLOWED = {
     "serve": {"serve", "scoring", "guard", "review", "payload"},  # nothing but cli imports serve
     "testing": {"testing", "scoring", "guard", "review"},
 }
-FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer", "_files", "_version"}
+FOUNDATION = {"errors", "results", "messages", "config", "progress", "scorer", "_files", "_version", "spans"}
 
 
 def test_each_layer_imports_only_what_it_may():

@@ -536,3 +536,29 @@ def test_the_mounted_pages_redirect_their_bare_prefix_and_leave_other_paths_to_t
         assert c.get("/review").headers["location"] == "/review/"
         assert c.get("/reviewers").status_code == 401  # not under the prefix: the service's gate
         assert c.get("/healthz").json() == {"status": "ok"}
+
+
+def test_span_scores_are_marked_by_the_span_policys_decisions():
+    from semgrad_guard import SpanScore
+
+    answer = "Paris is the capital. It has 90 million people."
+
+    def span(start, end):
+        return SpanScore(
+            start=start, end=end, token_start=0, token_end=1, text=answer[start:end], semgrad=0.1,
+            exgrad=0.1, hybridgrad=0.1, nll=1.0, mean_nll=1.0, mean_entropy=1.0,
+        )  # fmt: skip
+
+    spans = [span(0, 21), span(22, len(answer))]
+    decisions = [
+        {"action": "keep", "confidence": 0.8, "reason": "r", "start": 0, "end": 21},
+        {"action": "drop", "confidence": 0.05, "reason": "r", "start": 22, "end": len(answer)},
+    ]
+    item = SimpleNamespace(
+        answer=answer, result=SimpleNamespace(spans=spans), metadata={"span_decisions": decisions}
+    )
+    seg = _segments(item)  # type: ignore[arg-type]
+    assert [(s["text"], s["score"]) for s in seg if s["shaky"]] == [("It has 90 million people.", 0.05)]
+    # Span scores nobody judged are not marked.
+    bare = SimpleNamespace(answer=answer, result=SimpleNamespace(spans=spans), metadata={})
+    assert _segments(bare) is None  # type: ignore[arg-type]

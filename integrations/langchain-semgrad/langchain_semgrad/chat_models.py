@@ -6,7 +6,8 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
@@ -23,9 +24,11 @@ from semgrad_guard import (
     ConfigurationError,
     ScoreResult,
     ToolTurn,
+    check_stream_mode,
     generate_tool_turn,
     require_tool_support,
     resolve_generation,
+    stream_fields,
 )
 
 from .messages import to_chat
@@ -47,7 +50,7 @@ def _load_scorer(model: str, device: str) -> Any:
 
 
 _Steps = Generator[tuple[str, Any, Any], Any, tuple[str, ScoreResult]]
-"""(kind, chat, arg) requests: ("generate", chat, kwargs) or ("score", chat, text); returns (text, result)."""
+"""(kind, chat, arg) requests: ("generate", chat, kwargs) or ("score", chat, (text, spans)); returns (text, result)."""
 
 
 class ChatSemGrad(BaseChatModel):
@@ -56,7 +59,9 @@ class ChatSemGrad(BaseChatModel):
     Generation and scoring share one pass (the scorer reuses generation's KV cache). The score is
     in ``response_metadata["semgrad"]`` (see :mod:`langchain_semgrad.metadata`); token counts are in
     ``usage_metadata``. Streaming yields text as it is generated and attaches the score to the last
-    chunk. Async methods run generation in a worker thread, so the event loop keeps running.
+    chunk (``stream_mode``: ``"observe"``, ``"gate"`` or ``"hold"``, below). Async methods run
+    generation in a worker thread, so the event loop keeps running. A consumer that stops reading a
+    stream (or a cancelled task) stops generation.
 
     Tool calling (:meth:`bind_tools`, hence ``create_agent`` and ``with_structured_output``): the
     tools are rendered through the model's chat template (``tools=``) and the calls are read from the
@@ -75,6 +80,11 @@ class ChatSemGrad(BaseChatModel):
         max_tokens: most new tokens per answer.
         stop: stop strings; the answer is cut before the first one and re-scored as cut.
         timeout: seconds of generation before it stops (``max_time`` in ``generate``).
+        stream_mode: how ``stream`` / ``astream`` stream: ``"observe"`` (text as generated),
+            ``"gate"`` (a sentence at a time, once ``span_policy`` keeps it; a failing one ends the
+            stream, see the payload's ``stopped``; ``abstain`` stops generation) or ``"hold"`` (all
+            at once, when scored). A per-call ``stream_mode=`` wins.
+        span_policy: judges each sentence in gate mode (``judge(span) -> decision``, a ``SpanPolicy``).
 
     Example:
         >>> from semgrad_guard import MockScorer
@@ -106,6 +116,13 @@ class ChatSemGrad(BaseChatModel):
     """Seconds of generation before it stops (passed as ``max_time``)."""
     streaming: bool = False
     """Make ``invoke`` stream internally (callbacks then see tokens)."""
+    stream_mode: Literal["observe", "gate", "hold"] = "observe"
+    """observe (text as generated), gate (sentences once judged by ``span_policy``) or hold."""
+    span_policy: Any = Field(default=None, exclude=True)
+    """Judges each sentence in gate mode (``judge(span) -> decision``)."""
+    spans: Literal["sentences"] | None = None
+    """``"sentences"``: score each sentence of the answer too, in the same pass (``result.spans`` in
+    the payload; per call: ``invoke(..., spans="sentences")``)."""
 
     @model_validator(mode="after")
     def _resolve_scorer(self) -> ChatSemGrad:
@@ -241,6 +258,7 @@ class ChatSemGrad(BaseChatModel):
     def _generate_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
         kwargs.pop("model", None)  # one local model: a per-call name only labels traces
+        kwargs.pop("stream_mode", None)  # read by _stream_args
         for key in ("tools", "tool_choice", "ls_structured_output_format", "structured_output_format"):
             kwargs.pop(key, None)  # tools are rendered by the template, not passed to generate()
         # Model fields < per-call arguments < the guard's attempt overrides (semgrad_guard.generation).
@@ -262,6 +280,8 @@ class ChatSemGrad(BaseChatModel):
                 out.update(stop_strings=list(stop), tokenizer=self.scorer.tokenizer)
             if self.timeout is not None:
                 out["max_time"] = float(self.timeout)
+        if self.spans is not None:
+            out.setdefault("spans", self.spans)
         return out
 
     @staticmethod
@@ -341,7 +361,7 @@ class ChatSemGrad(BaseChatModel):
         text, result = yield ("generate", chat, gen_kwargs)
         cut = self._cut_at_stop(text, stop)
         if cut is not None:
-            text, result = cut, (yield ("score", chat, cut))
+            text, result = cut, (yield ("score", chat, (cut, gen_kwargs.get("spans"))))
         return text, result
 
     def _drive(self, steps: _Steps) -> tuple[str, ScoreResult]:
@@ -349,7 +369,9 @@ class ChatSemGrad(BaseChatModel):
             kind, chat, arg = next(steps)
             while True:
                 value = (
-                    self.scorer.generate(chat, **arg) if kind == "generate" else self.scorer.score(chat, arg)
+                    self.scorer.generate(chat, **arg)
+                    if kind == "generate"
+                    else self.scorer.score(chat, arg[0], **_spanned(arg))
                 )
                 kind, chat, arg = steps.send(value)
         except StopIteration as done:
@@ -362,19 +384,64 @@ class ChatSemGrad(BaseChatModel):
                 if kind == "generate":
                     value = await self.scorer.agenerate(chat, **arg)
                 else:
-                    value = await self.scorer.ascore(chat, arg)
+                    value = await self.scorer.ascore(chat, arg[0], **_spanned(arg))
                 kind, chat, arg = steps.send(value)
         except StopIteration as done:
             return cast(tuple[str, ScoreResult], done.value)
 
-    def _last_chunk(self, remainder: str, result: ScoreResult) -> ChatGenerationChunk:
+    def _stream_args(self, kwargs: dict[str, Any], stop: list[str] | None = None) -> dict[str, Any]:
+        mode = check_stream_mode(kwargs.get("stream_mode", self.stream_mode))
+        if mode == "gate" and (kwargs.get("tools") or stop or not self._is_hf()):
+            # Those paths generate the whole turn first: nothing could be gated, so say so.
+            raise ConfigurationError(
+                "stream_mode 'gate' needs ChatSemGrad on a SemGradScorer, without stop strings or bound "
+                "tools (those turns are generated whole before any text goes out); use 'hold' or 'observe'"
+            )
+        return {"mode": mode, "span_judge": self.span_policy} if mode != "observe" else {}
+
+    def _last_chunk(self, remainder: str, result: ScoreResult, **fields: Any) -> ChatGenerationChunk:
         metadata, usage = self._message_fields(result)
+        if fields:  # how the answer was streamed (stream_mode, a gate's stop)
+            metadata[PAYLOAD_KEY] = {**metadata[PAYLOAD_KEY], **fields}
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content=remainder, response_metadata=metadata, usage_metadata=usage, chunk_position="last"
             ),
             generation_info={PAYLOAD_KEY: metadata[PAYLOAD_KEY]},
         )
+
+    # -- streaming, written once: _chunks yields what to emit and what it waits on; two drivers ----
+    def _chunks(
+        self,
+        chat: list[dict[str, Any]],
+        stop: list[str] | None,
+        gen: dict[str, Any],
+        tools: Any,
+        how: dict[str, Any],
+    ) -> Generator[Any, Any, None]:
+        """The chunks of one streamed answer (:class:`_Emit`), and the waits between them."""
+        if tools:
+            # Tool calls are known only once the turn is complete: generate, then emit it whole.
+            turn, result = yield _RunTools(chat, tools, stop, gen)
+            if turn.tool_calls:
+                for chunk in self._tool_chunks(turn, result):
+                    yield _Emit(chunk)
+                return
+            text = turn.content
+        elif not self._is_hf() or stop:
+            # No token stream to tap (a test double), or stop strings that must be cut before the
+            # text goes out: generate first, then emit the final text and the score.
+            text, result = yield _Drive(self._answer(chat, stop, gen))
+        else:
+            # The core streams the text, then scores from generation's own state the moment it ends.
+            stream = yield _Open(chat, gen, how)
+            while (piece := (yield _Next(stream))).result is None:
+                yield _Emit(ChatGenerationChunk(message=AIMessageChunk(content=piece.delta)), piece.delta)
+            yield _Emit(self._last_chunk(piece.delta, piece.result, **stream_fields(piece)))
+            return
+        if text:
+            yield _Emit(ChatGenerationChunk(message=AIMessageChunk(content=text)), text)
+        yield _Emit(self._last_chunk("", result))
 
     def _stream(
         self,
@@ -383,43 +450,35 @@ class ChatSemGrad(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        chat = to_chat(messages)
         stop = stop or self.stop
-        gen_kwargs = self._generate_kwargs(stop, kwargs)
-        if kwargs.get("tools"):
-            # Tool calls are known only once the turn is complete: generate, then emit it whole.
-            turn, result = self._run_tools(chat, kwargs["tools"], stop, gen_kwargs)
-            if turn.tool_calls:
-                yield from self._tool_chunks(turn, result)
-                return
-            if turn.content:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=turn.content))
-                if run_manager:
-                    run_manager.on_llm_new_token(turn.content, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
-        if not self._is_hf() or stop:
-            # No token stream to tap (a test double), or stop strings that must be cut before the
-            # text goes out: generate first, then emit the final text and the score.
-            text, result = self._drive(self._answer(chat, stop, gen_kwargs))
-            if text:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if run_manager:
-                    run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
-
-        # The core streams the text, then scores from generation's own state the moment it ends.
-        for piece in self.scorer.stream(chat, **gen_kwargs):
-            if piece.result is not None:
-                yield self._last_chunk(piece.delta, piece.result)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
-            if run_manager:
-                run_manager.on_llm_new_token(piece.delta, chunk=chunk)
-            yield chunk
+        gen = self._generate_kwargs(stop, kwargs)
+        steps = self._chunks(
+            to_chat(messages), stop, gen, kwargs.get("tools"), self._stream_args(kwargs, stop)
+        )
+        value: Any = None
+        opened: Any = None
+        try:
+            while True:
+                try:
+                    step = steps.send(value)
+                except StopIteration:
+                    return
+                value = None
+                if isinstance(step, _Emit):
+                    if step.token is not None and run_manager:
+                        run_manager.on_llm_new_token(step.token, chunk=step.chunk)
+                    yield step.chunk
+                elif isinstance(step, _RunTools):
+                    value = self._run_tools(step.chat, step.tools, step.stop, step.gen)
+                elif isinstance(step, _Drive):
+                    value = self._drive(step.steps)
+                elif isinstance(step, _Open):
+                    value = opened = self.scorer.stream(step.chat, **step.how, **step.gen)
+                else:
+                    value = next(step.stream)
+        finally:
+            if opened is not None:
+                opened.close()  # a consumer that stopped reading stops generation
 
     async def _astream(
         self,
@@ -428,40 +487,70 @@ class ChatSemGrad(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chat = to_chat(messages)
         stop = stop or self.stop
-        gen_kwargs = self._generate_kwargs(stop, kwargs)
-        if kwargs.get("tools"):
-            turn, result = await asyncio.to_thread(self._run_tools, chat, kwargs["tools"], stop, gen_kwargs)
-            if turn.tool_calls:
-                for c in self._tool_chunks(turn, result):
-                    yield c
-                return
-            if turn.content:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=turn.content))
-                if run_manager:
-                    await run_manager.on_llm_new_token(turn.content, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
-        if not self._is_hf() or stop:
-            text, result = await self._adrive(self._answer(chat, stop, gen_kwargs))
-            if text:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if run_manager:
-                    await run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
+        gen = self._generate_kwargs(stop, kwargs)
+        steps = self._chunks(
+            to_chat(messages), stop, gen, kwargs.get("tools"), self._stream_args(kwargs, stop)
+        )
+        value: Any = None
+        opened: Any = None
+        try:
+            while True:
+                try:
+                    step = steps.send(value)
+                except StopIteration:
+                    return
+                value = None
+                if isinstance(step, _Emit):
+                    if step.token is not None and run_manager:
+                        await run_manager.on_llm_new_token(step.token, chunk=step.chunk)
+                    yield step.chunk
+                elif isinstance(step, _RunTools):
+                    value = await asyncio.to_thread(
+                        self._run_tools, step.chat, step.tools, step.stop, step.gen
+                    )
+                elif isinstance(step, _Drive):
+                    value = await self._adrive(step.steps)
+                elif isinstance(step, _Open):
+                    value = opened = self.scorer.astream(step.chat, **step.how, **step.gen)
+                else:
+                    value = await anext(step.stream)
+        finally:
+            if opened is not None:
+                await opened.aclose()  # a cancelled consumer stops generation
 
-        async for piece in self.scorer.astream(chat, **gen_kwargs):
-            if piece.result is not None:
-                yield self._last_chunk(piece.delta, piece.result)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
-            if run_manager:
-                await run_manager.on_llm_new_token(piece.delta, chunk=chunk)
-            yield chunk
+
+@dataclass(frozen=True)
+class _Emit:
+    """Emit ``chunk``; ``token`` is its text for ``on_llm_new_token`` (None: the scored last chunk)."""
+
+    chunk: ChatGenerationChunk
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class _RunTools:
+    chat: list[dict[str, Any]]
+    tools: Any
+    stop: list[str] | None
+    gen: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Drive:
+    steps: _Steps
+
+
+@dataclass(frozen=True)
+class _Open:
+    chat: list[dict[str, Any]]
+    gen: dict[str, Any]
+    how: dict[str, Any]  # the stream mode and span policy (empty: observe)
+
+
+@dataclass(frozen=True)
+class _Next:
+    stream: Any
 
 
 def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:
@@ -505,3 +594,9 @@ def _choose_tools(
         offered = [t["function"]["name"] for t in tools]
         raise ConfigurationError(f"tool_choice={tool_choice!r} names no bound tool; tools are {offered}")
     return chosen
+
+
+def _spanned(arg: tuple[str, str | None]) -> dict[str, Any]:
+    """``score``'s keyword arguments for a re-score: the spans only when asked for (a scorer without
+    span support still works)."""
+    return {} if arg[1] is None else {"spans": arg[1]}

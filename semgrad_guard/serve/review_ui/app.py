@@ -525,20 +525,34 @@ def _field(span: Any, name: str) -> Any:
 def _segments(item: ReviewItem) -> list[dict[str, Any]] | None:
     """The answer cut at the shaky spans (``ScoreResult.spans``, where the scorer gives them), else None.
 
-    A span has character offsets ``start``/``end`` into the answer, a ``score`` and optionally
-    ``shaky``; spans that do not fit the answer are ignored rather than shown at the wrong place.
+    A span has character offsets ``start``/``end`` into the answer (a :class:`~semgrad_guard.SpanScore`).
+    It is shaky when the span policy's decision on it (``metadata["span_decisions"]``, written by the
+    Guard) is not ``keep``, and its score is that decision's confidence; a span with its own ``shaky``
+    and ``score`` fields says so itself. Spans that do not fit the answer are ignored rather than shown
+    at the wrong place.
     """
     spans = getattr(item.result, "spans", None) if item.result is not None else None
     if not spans:
         return None
+    decided = (getattr(item, "metadata", None) or {}).get("span_decisions")
+    decisions = {
+        (d.get("start"), d.get("end")): d
+        for d in (decided if isinstance(decided, list) else [])
+        if isinstance(d, dict)
+    }
     text = item.answer
     marks = []
     for s in spans:
         start, end = _field(s, "start"), _field(s, "end")
         if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start < end <= len(text):
             continue
-        shaky = _field(s, "shaky")
-        marks.append((start, end, _field(s, "score"), True if shaky is None else bool(shaky)))
+        shaky, score = _field(s, "shaky"), _field(s, "score")
+        decision = decisions.get((start, end))
+        if decision is not None:
+            shaky, score = decision.get("action") not in (None, "keep"), decision.get("confidence")
+        elif shaky is None:
+            shaky = score is not None  # a bare score from the scorer, undecided: shown as it says
+        marks.append((start, end, score, bool(shaky)))
     marks.sort()
     out: list[dict[str, Any]] = []
     at = 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -24,7 +24,14 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from semgrad_guard import PAYLOAD_KEY, ConfigurationError, ScoreResult, resolve_generation
+from semgrad_guard import (
+    PAYLOAD_KEY,
+    ConfigurationError,
+    ScoreResult,
+    check_stream_mode,
+    resolve_generation,
+    stream_fields,
+)
 
 from ._convert import prompt_as_chat, score_payload, to_chat
 
@@ -41,7 +48,8 @@ class SemGradLLM(CustomLLM):
     ``response.additional_kwargs["semgrad"]`` as a dict (Cleanlab's convention for scoring LLMs);
     :func:`score_from_response` turns it back into a ``ScoreResult``. Streaming yields text as it is
     generated and puts the score on the last chunk. Async methods run generation in a worker thread,
-    so the event loop keeps serving other requests.
+    so the event loop keeps serving other requests; a consumer that stops reading (or a cancelled
+    task) stops generation.
 
     Args:
         scorer: a :class:`~semgrad_guard.GeneratingScorer`, e.g. ``SemGradScorer.from_pretrained("default")``.
@@ -52,6 +60,11 @@ class SemGradLLM(CustomLLM):
         generate_kwargs: extra Hugging Face ``generate()`` settings (e.g. ``repetition_penalty``),
             passed on every call; a per-call keyword of the same name wins. They shape decoding only,
             the score is always the raw model's. Sampling, length and seed are set by the fields above.
+        stream_mode: how ``stream_*`` streams: ``"observe"`` (text as generated), ``"gate"`` (a
+            sentence at a time, once ``span_policy`` keeps it; a failing one ends the stream, see
+            ``additional_kwargs["semgrad"]["stopped"]``) or ``"hold"`` (all at once, when scored);
+            a per-call ``stream_mode=`` wins.
+        span_policy: judges each sentence in gate mode (``judge(span) -> decision``, a ``SpanPolicy``).
 
     Example:
         >>> from semgrad_guard import MockScorer
@@ -76,7 +89,15 @@ class SemGradLLM(CustomLLM):
         description="Extra Hugging Face generate() settings, e.g. repetition_penalty (the score uses the raw model).",
     )
 
+    spans: Literal["sentences"] | None = Field(
+        default=None,
+        description="'sentences': score each sentence of the answer too, in the same pass (result.spans in the payload).",
+    )
+    stream_mode: Literal["observe", "gate", "hold"] = Field(
+        default="observe", description="observe (text as generated), gate (judged sentences) or hold."
+    )
     _scorer: Any = PrivateAttr()
+    _span_policy: Any = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -87,6 +108,8 @@ class SemGradLLM(CustomLLM):
         top_p: float | None = None,
         seed: int | None = None,
         generate_kwargs: dict[str, Any] | None = None,
+        stream_mode: str = "observe",
+        span_policy: Any = None,
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
@@ -101,12 +124,14 @@ class SemGradLLM(CustomLLM):
             top_p=top_p,
             seed=seed,
             generate_kwargs=dict(generate_kwargs or {}),
+            stream_mode=check_stream_mode(stream_mode),
             context_window=int(getattr(scorer, "context_window", None) or DEFAULT_CONTEXT_WINDOW),
             model_name=str(getattr(scorer, "model_id", None) or "semgrad"),
             callback_manager=callback_manager,
             **kwargs,
         )
         self._scorer = scorer
+        self._span_policy = span_policy
 
     @classmethod
     def from_pretrained(
@@ -148,84 +173,101 @@ class SemGradLLM(CustomLLM):
                 defaults, {k: kwargs[k] for k in (*_GENERATE_KEYS, "do_sample") if k in kwargs}
             )
         )
+        spans = kwargs.get("spans", self.spans)
+        if spans is not None:
+            out["spans"] = spans
         return out
 
+    # What a response is, written once for chat and completion, whole or streamed: ``(text, delta,
+    # score)`` in, the LlamaIndex response out; only a scored response carries the payload.
     @staticmethod
-    def _chat_response(answer: str, result: ScoreResult, delta: str | None = None) -> ChatResponse:
+    def _chat_response(
+        answer: str,
+        result: ScoreResult | None,
+        delta: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> ChatResponse:
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
             delta=delta,
-            additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")},
+            additional_kwargs=_payload(result, fields),
         )
 
     @staticmethod
     def _completion_response(
-        answer: str, result: ScoreResult, delta: str | None = None
+        answer: str,
+        result: ScoreResult | None,
+        delta: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> CompletionResponse:
-        return CompletionResponse(
-            text=answer, delta=delta, additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")}
-        )
+        return CompletionResponse(text=answer, delta=delta, additional_kwargs=_payload(result, fields))
+
+    def _stream_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        mode = check_stream_mode(kwargs.get("stream_mode", self.stream_mode))
+        if mode == "gate" and getattr(self._scorer, "tokenizer", None) is None:
+            # Such a scorer generates the whole answer first: nothing could be gated, so say so.
+            raise ConfigurationError(
+                f"stream_mode 'gate' needs a scorer that streams tokens (a SemGradScorer), not "
+                f"{type(self._scorer).__name__}; use 'hold' or 'observe'"
+            )
+        return {"mode": mode, "span_judge": self._span_policy} if mode != "observe" else {}
 
     def _stream(
-        self, chat: list[dict[str, Any]], gen: dict[str, Any]
-    ) -> Iterator[tuple[str, str, ScoreResult | None]]:
-        """Yield ``(text so far, delta, score or None)``; only the last item carries the score."""
+        self, chat: list[dict[str, Any]], gen: dict[str, Any], how: dict[str, Any]
+    ) -> Iterator[_Item]:
+        """Yield ``(text shown so far, delta, score or None, payload fields)``; only the last carries the score."""
         if getattr(self._scorer, "tokenizer", None) is None or not hasattr(self._scorer, "stream"):
             # A scorer without a tokenizer (MockScorer) cannot stream tokens: one chunk, scored.
             answer, result = self._scorer.generate(chat, **gen)
-            yield answer, answer, result
+            yield answer, answer, result, {}
             return
-        # The core streams the text, then scores from generation's own state the moment it ends.
-        pending = ""
-        for piece in self._scorer.stream(chat, **gen):
-            if piece.result is not None:
-                yield piece.text, pending + piece.delta, piece.result
-                return
-            if pending:
-                yield piece.text[: -len(piece.delta)], pending, None
-            # Hold one chunk back: the last chunk must carry the score, which exists only after scoring.
-            pending = piece.delta
+        # The core streams in the mode, then scores from generation's own state the moment it ends.
+        pieces = self._scorer.stream(chat, **how, **gen)
+        try:
+            held = _HoldOne()
+            for piece in pieces:
+                yield from held.feed(piece)
+        finally:
+            pieces.close()  # a consumer that stopped reading stops generation
+
+    async def _astream(
+        self, chat: list[dict[str, Any]], gen: dict[str, Any], how: dict[str, Any]
+    ) -> AsyncGenerator[_Item, None]:
+        """:meth:`_stream` for async code: the core's async stream (cancelling it stops generation)."""
+        if getattr(self._scorer, "tokenizer", None) is None or not hasattr(self._scorer, "astream"):
+            answer, result = await self._agenerate(chat, gen)
+            yield answer, answer, result, {}
+            return
+        pieces = self._scorer.astream(chat, **how, **gen)
+        try:
+            held = _HoldOne()
+            async for piece in pieces:
+                for item in held.feed(piece):
+                    yield item
+        finally:
+            await pieces.aclose()
 
     # -- sync -------------------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer, result = self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs))
-        return self._chat_response(answer, result)
+        return self._chat_response(*self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs)))
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer, result = self._scorer.generate(prompt_as_chat(prompt), **self._generate_kwargs(kwargs))
-        return self._completion_response(answer, result)
+        chat = prompt_as_chat(prompt)
+        return self._completion_response(*self._scorer.generate(chat, **self._generate_kwargs(kwargs)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        items = self._stream(to_chat(messages), self._generate_kwargs(kwargs))
-
-        def gen() -> ChatResponseGen:
-            for text, delta, result in items:
-                if result is None:
-                    yield ChatResponse(
-                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
-                    )
-                else:
-                    yield self._chat_response(text, result, delta)
-
-        return gen()
+        items = self._stream(to_chat(messages), self._generate_kwargs(kwargs), self._stream_args(kwargs))
+        return _each(items, self._chat_response)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
+        items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs), self._stream_args(kwargs))
+        return _each(items, self._completion_response)
 
-        def gen() -> CompletionResponseGen:
-            for text, delta, result in items:
-                if result is None:
-                    yield CompletionResponse(text=text, delta=delta)
-                else:
-                    yield self._completion_response(text, result, delta)
-
-        return gen()
-
-    # -- async: generation runs in a worker thread, never on the event loop -----------------------
+    # -- async: the same steps, with generation in a worker thread, never on the event loop -------
     async def _agenerate(self, chat: list[dict[str, Any]], gen: dict[str, Any]) -> tuple[str, ScoreResult]:
         agenerate = getattr(self._scorer, "agenerate", None)
         if agenerate is not None:
@@ -236,52 +278,80 @@ class SemGradLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer, result = await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs))
-        return self._chat_response(answer, result)
+        return self._chat_response(*await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs)))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer, result = await self._agenerate(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
-        return self._completion_response(answer, result)
+        chat = prompt_as_chat(prompt)
+        return self._completion_response(*await self._agenerate(chat, self._generate_kwargs(kwargs)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        items = self._stream(to_chat(messages), self._generate_kwargs(kwargs))
-
-        async def gen() -> AsyncGenerator[ChatResponse, None]:
-            async for text, delta, result in _athread_iter(items):
-                if result is None:
-                    yield ChatResponse(
-                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
-                    )
-                else:
-                    yield self._chat_response(text, result, delta)
-
-        return gen()
+        items = self._astream(to_chat(messages), self._generate_kwargs(kwargs), self._stream_args(kwargs))
+        return _aeach(items, self._chat_response)
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
-
-        async def gen() -> AsyncGenerator[CompletionResponse, None]:
-            async for text, delta, result in _athread_iter(items):
-                if result is None:
-                    yield CompletionResponse(text=text, delta=delta)
-                else:
-                    yield self._completion_response(text, result, delta)
-
-        return gen()
+        items = self._astream(
+            prompt_as_chat(prompt), self._generate_kwargs(kwargs), self._stream_args(kwargs)
+        )
+        return _aeach(items, self._completion_response)
 
 
-_DONE = object()
+def _payload(result: ScoreResult | None, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {PAYLOAD_KEY: score_payload(result, source="llm", **(fields or {}))}
 
 
-async def _athread_iter(items: Iterator[Any]) -> AsyncGenerator[Any, None]:
-    """Iterate a blocking iterator from async code, one ``next`` per worker-thread call."""
-    while True:
-        item = await asyncio.to_thread(next, items, _DONE)
-        if item is _DONE:
-            return
-        yield item
+_R = TypeVar("_R", ChatResponse, CompletionResponse)
+_Item = tuple[str, str, "ScoreResult | None", dict[str, Any]]
+_Build = Callable[[str, "ScoreResult | None", str, "dict[str, Any] | None"], _R]
+
+
+def _each(items: Iterator[_Item], build: _Build[_R]) -> Generator[_R, None, None]:
+    """The streamed ``(text, delta, score, fields)`` items as responses."""
+    try:
+        for text, delta, result, fields in items:
+            yield build(text, result, delta, fields)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # a consumer that stopped reading stops generation
+
+
+async def _aeach(items: AsyncIterator[_Item], build: _Build[_R]) -> AsyncGenerator[_R, None]:
+    """:func:`_each` for the async stream (cancelling the consumer stops generation)."""
+    try:
+        async for text, delta, result, fields in items:
+            yield build(text, result, delta, fields)
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _HoldOne:
+    """Core stream chunks as ``(text shown so far, delta, score or None, payload fields)``.
+
+    One text chunk is held back: the last chunk must carry the score, which exists only after
+    scoring. The shown text is what the consumer got (in gate mode, the released sentences only).
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self.shown = ""
+
+    def feed(self, piece: Any) -> list[_Item]:
+        if piece.result is None:
+            out: list[_Item] = []
+            if self.pending:
+                self.shown += self.pending
+                out.append((self.shown, self.pending, None, {}))
+            self.pending = piece.delta
+            return out
+        delta = self.pending + piece.delta
+        self.shown += delta
+        return [(self.shown, delta, piece.result, stream_fields(piece))]

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -159,6 +159,7 @@ class _ScoringCore:
         raise_errors: bool,
         max_records: int,
         max_workers: int,
+        spans: Literal["sentences"] | None = None,
     ) -> None:
         if not callable(getattr(scorer, "score", None)):
             from semgrad_guard import ConfigurationError
@@ -167,6 +168,7 @@ class _ScoringCore:
                 f"a SemGrad handler needs a Scorer (with .score), got {type(scorer).__name__}"
             )
         self.scorer = scorer
+        self.spans = spans  # "sentences": each sentence is scored too (result.spans)
         self.prompt_to_messages = prompt_to_messages or prompt_as_chat
         self.only_captured = only_captured
         self.raise_errors = raise_errors
@@ -238,7 +240,8 @@ class _ScoringCore:
 
     def _score(self, event_id: str, kind: str, chat: list[dict[str, Any]], answer: str) -> ScoredAnswer:
         try:
-            return ScoredAnswer(event_id, kind, chat, answer, self.scorer.score(chat, answer))
+            extra = {} if self.spans is None else {"spans": self.spans}
+            return ScoredAnswer(event_id, kind, chat, answer, self.scorer.score(chat, answer, **extra))
         except Exception as e:  # recorded, not raised: observers must not break the LLM call
             logger.warning("SemGrad could not score the answer of LLM event %s: %s", event_id, e)
             return ScoredAnswer(event_id, kind, chat, answer, None, error=e)
@@ -346,6 +349,7 @@ class SemGradCallbackHandler(_RecordAccess, BaseCallbackHandler):
         only_captured: score only calls made inside :func:`capture_scores` blocks.
         raise_errors: re-raise scoring errors (a legacy handler that raises aborts the LLM call).
         max_records: how many scores to keep (oldest dropped first).
+        spans: ``"sentences"`` scores each sentence of the answer too (``result.spans``).
 
     Example:
         >>> from llama_index.core.callbacks import CallbackManager
@@ -367,6 +371,7 @@ class SemGradCallbackHandler(_RecordAccess, BaseCallbackHandler):
         raise_errors: bool = False,
         max_records: int = 10_000,
         max_workers: int = 2,
+        spans: Literal["sentences"] | None = None,
     ) -> None:
         ignored: list[CBEventType] = [t for t in CBEventType if t != CBEventType.LLM]
         BaseCallbackHandler.__init__(self, event_starts_to_ignore=ignored, event_ends_to_ignore=ignored)
@@ -377,6 +382,7 @@ class SemGradCallbackHandler(_RecordAccess, BaseCallbackHandler):
             raise_errors=raise_errors,
             max_records=max_records,
             max_workers=max_workers,
+            spans=spans,
         )
 
     def on_event_start(
@@ -449,6 +455,7 @@ class SemGradEventHandler(_RecordAccess, BaseEventHandler):
         raise_errors: bool = False,
         max_records: int = 10_000,
         max_workers: int = 2,
+        spans: Literal["sentences"] | None = None,
     ) -> None:
         super().__init__()
         self._core = _ScoringCore(
@@ -458,6 +465,7 @@ class SemGradEventHandler(_RecordAccess, BaseEventHandler):
             raise_errors=raise_errors,
             max_records=max_records,
             max_workers=max_workers,
+            spans=spans,
         )
 
     @classmethod

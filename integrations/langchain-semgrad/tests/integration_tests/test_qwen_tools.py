@@ -71,6 +71,12 @@ def test_an_agent_runs_the_tool_and_finishes_with_a_scored_gated_answer(qwen: An
     assert len(middleware.results) == 1  # only the final answer went through the gate
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, open: with two tools bound, after the tool result the 0.5B model emits bare JSON "
+    "calls one after another until max_tokens, and the cut-off last one raises ToolCallParseError "
+    "(seen 4 December; the complete calls before it should be kept or the turn retried)",
+)
 def test_the_two_tool_cookbook_agent_calls_the_right_tool_and_gates_its_answers(qwen: Any) -> None:
     import runpy
 

@@ -73,18 +73,23 @@ class _Capture:
 
 @dataclass
 class ResidualRecorder:
-    """Records, during ``generate``, the residual stream entering layer ``layer`` from position ``keep_from`` on.
+    """Records, during ``generate``, the residual stream entering layer ``layer`` from position ``keep_from`` on,
+    and the raw logits (the output projection's output) of every step, up to ``logit_rows`` steps.
 
     The prompt's positions come from the prefill step, each answer token's from its decode step. Any
     other feeding pattern (beams, assisted decoding re-running positions) marks the record unusable,
-    and the scorer falls back to running the suffix through every layer.
+    and the scorer falls back to running the suffix through every layer (and the output projection).
     """
 
     layer: int
     keep_from: int
+    logit_rows: int = 0
     steps: list[torch.Tensor] = field(default_factory=list)
     seen: int = 0
     usable: bool = True
+    logit_calls: int = 0
+    logits_usable: bool = True
+    _logits: torch.Tensor | None = None
 
     def add(self, hidden: torch.Tensor) -> None:
         if hidden.shape[0] != 1:
@@ -98,12 +103,30 @@ class ResidualRecorder:
         # Only the anchor's tail of a long prefill is kept (a copy, so the prefill's tensor can be freed).
         self.steps.append(hidden[:, cut:].detach().clone() if cut or n > 1 else hidden.detach())
 
+    def add_logits(self, raw: torch.Tensor) -> None:
+        """One generation step's raw logits ``(1, n, V)``: the prefill's last position, then one per step."""
+        step, self.logit_calls = self.logit_calls, self.logit_calls + 1
+        if raw.shape[0] != 1 or (step and raw.shape[1] != 1):
+            self.logits_usable = False
+        if not self.logits_usable or step >= self.logit_rows:
+            return
+        if self._logits is None:  # one buffer for every step: no per-step allocation, no final concat
+            self._logits = raw.new_empty(1, self.logit_rows, raw.shape[-1])
+        self._logits[:, step] = raw[:, -1].detach()
+
     def residuals(self, fed: int, length: int) -> torch.Tensor | None:
         """The first ``length`` recorded suffix positions, if exactly ``fed`` positions went through."""
         if not self.usable or self.seen != fed or not self.steps:
             return None
         states = torch.cat(self.steps, dim=1)
         return states[:, :length] if states.shape[1] >= length else None
+
+    def logits(self, steps: int, length: int) -> torch.Tensor | None:
+        """Raw logits of the first ``min(length, logit_rows)`` answer steps, ``(1, rows, V)``, if exactly
+        ``steps`` generation steps ran one position each (else None: the scorer recomputes them)."""
+        if not self.logits_usable or self.logit_calls != steps or self._logits is None:
+            return None
+        return self._logits[:, : min(length, self.logit_rows, steps)]
 
 
 class ModelAdapter:
@@ -138,6 +161,8 @@ class ModelAdapter:
         self._wrapped: list[tuple[nn.Module, Any, Any]] = []
         self._users = 0  # threads inside a pass that needs the hooks
         self._users_lock = threading.Lock()
+        # Recording hooks, shared by the threads recording the same layer: key -> (handle, holders).
+        self._recording: dict[object, tuple[Any, int]] = {}
 
     def _install(self) -> None:
         self._handles = [
@@ -182,9 +207,6 @@ class ModelAdapter:
 
     def _make_hook(self, index: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            rec: ResidualRecorder | None = getattr(self._tls, "record", None)
-            if rec is not None and index == rec.layer:
-                rec.add(args[0] if args else kwargs["hidden_states"])
             cap: _Capture | None = getattr(self._tls, "capture", None)
             if cap is None:
                 return None
@@ -215,6 +237,9 @@ class ModelAdapter:
         """Remove the hooks now (they are installed again by the next pass that needs them)."""
         with self._users_lock:
             self._uninstall()
+            for handle, _ in self._recording.values():
+                handle.remove()
+            self._recording = {}
 
     def _uninstall(self) -> None:
         for h in self._handles:
@@ -229,15 +254,58 @@ class ModelAdapter:
         self._wrapped = []
 
     @contextlib.contextmanager
-    def recording(self, layer: int, keep_from: int) -> Iterator[ResidualRecorder]:
-        """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread."""
-        rec = ResidualRecorder(layer=layer, keep_from=keep_from)
-        with self.hooked():
+    def recording(self, layer: int, keep_from: int, logit_rows: int = 0) -> Iterator[ResidualRecorder]:
+        """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread, and
+        the raw logits of the first ``logit_rows`` generation steps (:class:`ResidualRecorder`).
+
+        Only two hooks run per step: a pre-hook on ``layer`` and a forward hook on the output
+        projection; the scoring pass's hooks on every layer are not installed for generation.
+        """
+        rec = ResidualRecorder(layer=layer, keep_from=keep_from, logit_rows=max(0, int(logit_rows)))
+        head = self.model.get_output_embeddings()
+        with (
+            self._shared_hook(("layer", layer), lambda: self._hook_layer(layer)),
+            self._shared_hook("logits", lambda: head.register_forward_hook(self._record_logits)),
+        ):
             self._tls.record = rec
             try:
                 yield rec
             finally:
                 self._tls.record = None
+
+    def _hook_layer(self, index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            rec: ResidualRecorder | None = getattr(self._tls, "record", None)
+            if rec is not None and rec.layer == index:
+                rec.add(args[0] if args else kwargs["hidden_states"])
+
+        return self.layers[index].register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _record_logits(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        rec: ResidualRecorder | None = getattr(self._tls, "record", None)
+        if rec is not None and isinstance(output, torch.Tensor) and output.dim() == 3:
+            rec.add_logits(output)
+
+    @contextlib.contextmanager
+    def _shared_hook(self, key: object, install: Any) -> Iterator[None]:
+        """A hook installed by the first block that needs it and removed by the last (``install()`` returns
+        its handle)."""
+        with self._users_lock:
+            handle, holders = self._recording.get(key) or (None, 0)
+            if handle is None:
+                handle = install()
+            self._recording[key] = (handle, holders + 1)
+        try:
+            yield
+        finally:
+            with self._users_lock:
+                entry = self._recording.get(key)
+                if entry is not None:  # None: remove_hooks() ran meanwhile
+                    if entry[1] <= 1:
+                        entry[0].remove()
+                        del self._recording[key]
+                    else:
+                        self._recording[key] = (entry[0], entry[1] - 1)
 
     # -- passes ------------------------------------------------------------------------------------
     def run(
@@ -382,7 +450,8 @@ def memory_estimate(
 ) -> int:
     """Bytes a :func:`score_ids` pass allocates above the loaded model, from the model's shapes.
 
-    A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries and the exgrad buffer)
+    A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries, the exgrad buffer and
+    the logits generation recorded)
     plus terms linear in length: the KV cache over every position, and the autograd graph of the
     layers from ``min(layers)`` up over the suffix (``|anchor_offset| + answer - 1`` positions); and
     one layer's attention scores (suffix x every position x heads, float32) held in the backward. The
@@ -401,7 +470,9 @@ def memory_estimate(
     suffix = max(1, -anchor_offset + answer_tokens - 1)
     total = prompt_tokens + answer_tokens
     rows = B * max(1, answer_tokens)
+    # + generation's recorded raw logits (at most one chunk's entries, the model's dtype)
     vocab = 4 * min(logit_chunk, rows * V) * 4 + B * min(vocab_chunk, V) * d * 4
+    vocab += min(logit_chunk, rows * V) * esize
     kv = 2 * n_layers * kv_heads * head_dim * esize * total * B
     graph_layers = n_layers - min(layers)
     per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
@@ -434,8 +505,9 @@ class _LogitHeads:
         valid: torch.Tensor,
         T: torch.Tensor,
         logit_chunk: int,
+        given: torch.Tensor | None = None,
     ) -> None:
-        self.adapter, self.H, self.targets = adapter, H, targets
+        self.adapter, self.H, self.targets, self.given = adapter, H, targets, given
         W = adapter.output_weight.detach()
         self.W = W
         B, Tmax = targets.shape
@@ -449,8 +521,7 @@ class _LogitHeads:
         self.G: torch.Tensor | None = None  # (B, Tmax, V), kept when one chunk holds the whole answer
         for t0 in range(0, Tmax, step):
             t1 = min(Tmax, t0 + step)
-            raw = torch.nn.functional.linear(H[:, t0:t1], W).float()
-            z = adapter.final_logits(raw)
+            z = adapter.final_logits(self._raw(t0, t1))
             lse = torch.logsumexp(z, dim=-1)
             logp = z - lse.unsqueeze(-1)
             y = targets[:, t0:t1].unsqueeze(-1)
@@ -468,6 +539,17 @@ class _LogitHeads:
             if t0 == 0 and t1 == Tmax:
                 self.G = G
         self.weight = self.entropy / T.unsqueeze(-1)
+
+    def _raw(self, t0: int, t1: int) -> torch.Tensor:
+        """Raw float32 logits of answer steps ``t0 .. t1``: generation's where it recorded them (the same
+        product of the same states), the output projection's for the rest."""
+        have = 0 if self.given is None else min(t1, self.given.shape[1])
+        if self.given is not None and have >= t1:
+            return self.given[:, t0:t1].float()
+        rest = torch.nn.functional.linear(self.H[:, max(t0, have) : t1], self.W).float()
+        if self.given is not None and have > t0:
+            return torch.cat([self.given[:, t0:have].float(), rest], dim=1)
+        return rest
 
     def _chain(self, G: torch.Tensor, z: torch.Tensor) -> None:
         """dL/draw from dL/dz in place, through the model's logit scale and soft-capping."""
@@ -525,6 +607,7 @@ def score_ids(
     prefix_cache: Any = None,
     window: bool = False,
     residuals: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> list[RawScores]:
     """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
     that already holds exactly the prefix ``x[:a]`` (from generation).
@@ -532,6 +615,8 @@ def score_ids(
     ``residuals`` (step 4; with ``prefix_cache``, batch of one) are the residual states entering layer
     ``min(layers)`` at the suffix positions, shape ``(1, |offset| + T - 1, d)``, recorded during
     generation (:meth:`ModelAdapter.recording`): the layers below ``min(layers)`` then do not run again.
+    ``logits`` (batch of one) are generation's raw logits of the first answer steps, ``(1, rows, V)``
+    with ``rows <= len(answer)``: the output projection's forward pass is not run again for them.
 
     ``window=True`` also returns the SemGrad of every prompt position from the anchor to the end of
     the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
@@ -597,7 +682,13 @@ def score_ids(
         targets[i, : lengths_t[i]] = torch.tensor(e.answer_ids, device=device)
         valid[i, : lengths_t[i]] = True
     T = torch.tensor(lengths_t, dtype=torch.float32, device=device)
-    heads = _LogitHeads(adapter, H.detach(), targets, valid, T, logit_chunk)
+    if logits is not None and (
+        B != 1 or logits.shape[1] > Tmax or logits.shape[-1] != adapter.output_weight.shape[0]
+    ):
+        raise ModelError(
+            f"generation's logits of shape {tuple(logits.shape)} do not fit one answer of {Tmax} tokens"
+        )
+    heads = _LogitHeads(adapter, H.detach(), targets, valid, T, logit_chunk, logits)
     inputs = [capture.captured[layer] for layer in layers]
     with torch.enable_grad():
         # dL/dH from the closed form, so no vocabulary-sized graph is ever recorded.

@@ -676,10 +676,13 @@ class SemGradScorer:
             )
         a = len(x) + self.profile.anchor_offset
         # Step 4: record the residual stream entering layer min(S) from the anchor on, so scoring
-        # starts there and the layers below it never run again (docs/method.md, "The fast path").
+        # starts there and the layers below it never run again (docs/method.md, "The fast path"),
+        # and each step's raw logits (up to one logit chunk), so the output projection does not
+        # run again over the answer either.
+        logit_rows = min(max_new_tokens, self.logit_chunk // self._adapter.output_weight.shape[0])
         with (
             torch.no_grad(),
-            self._adapter.recording(min(self.profile.layers), keep_from=a) as recorder,
+            self._adapter.recording(min(self.profile.layers), keep_from=a, logit_rows=logit_rows) as recorder,
         ):
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
@@ -719,6 +722,7 @@ class SemGradScorer:
                 logit_chunk=self.logit_chunk,
                 prefix_cache=cache,
                 residuals=residuals,
+                logits=recorder.logits(steps=len(generated), length=len(y)),
             )[0]
             if self.exgrad_mode == "weight":
                 raw = self._with_weight_exgrad(raw, example)

@@ -69,6 +69,9 @@ class _Capture:
     # generation. When set, the layers below ``grad_start`` do not run; the hook substitutes these states.
     residuals: torch.Tensor | None = None
     substituted: bool = False
+    # Long answers: each layer from ``grad_start`` up keeps only its input and is recomputed in the
+    # backward (activation checkpointing), so the graph holds one layer's activations at a time.
+    checkpoint: bool = False
 
 
 @dataclass
@@ -201,6 +204,8 @@ class ModelAdapter:
             if cap is not None and cap.residuals is not None and index < cap.grad_start:
                 # Below min(S) with captured residuals: this layer's output is replaced anyway.
                 return args[0] if args else kwargs["hidden_states"]
+            if cap is not None and cap.checkpoint and index >= cap.grad_start:
+                return _checkpointed(original, index, args, kwargs)
             return original(*args, **kwargs)
 
         return forward
@@ -347,6 +352,38 @@ class ModelAdapter:
         return z
 
 
+def _checkpointed(original: Any, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One decoder layer under activation checkpointing: only its inputs are saved, and the backward
+    runs it again. The layer appends the suffix's keys and values to the KV cache; the rerun first
+    puts that cache layer back as it was, so it appends the same ones again (the cache is
+    :func:`restorable`, checked by the caller)."""
+    cache = next((kwargs[k] for k in ("cache", "past_key_values", "past_key_value") if k in kwargs), None)
+    held = getattr(cache, "layers", None)
+    layer = held[index] if held is not None and index < len(held) else None
+    state = dict(vars(layer)) if layer is not None else None
+
+    def run(*a: Any, **k: Any) -> Any:
+        if layer is not None and state is not None:
+            vars(layer).update(state)
+        return original(*a, **k)
+
+    # Eval mode: nothing random to replay, so the RNG state is not saved.
+    return torch.utils.checkpoint.checkpoint(
+        run, *args, use_reentrant=False, preserve_rng_state=False, **kwargs
+    )
+
+
+def restorable(cache: Any) -> bool:
+    """Whether every layer of a KV cache appends by concatenation (a rerun of a layer after putting its
+    attributes back appends the same entries), as dynamic caches do; None: the model makes a dynamic one."""
+    if cache is None:
+        return True
+    layers = getattr(cache, "layers", None)
+    return layers is not None and all(
+        type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers
+    )
+
+
 def _find_base_model(model: nn.Module) -> nn.Module:
     for attr in ("model", "transformer", "language_model"):
         sub = getattr(model, attr, None)
@@ -400,6 +437,11 @@ about four such tensors are alive (docs/method.md, "Memory"). The answer's posit
 chunks of ``LOGIT_CHUNK // vocabulary`` rows, so no vocabulary-sized tensor grows with the answer."""
 
 
+VOCAB_CHUNK = 2048
+"""Vocabulary rows of dL/dW_out reduced at once for exgrad: a (2048 x d) float32 block stays in cache;
+8,192 rows were about 30% slower on CPU at 40-token answers (benchmarks/results/scoring_cpu.md)."""
+
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -437,6 +479,36 @@ def parse_bytes(value: int | str, what: str = "memory") -> int:
     return int(n)
 
 
+CHECKPOINT_BYTES = 256 * 2**20
+"""Above this estimated autograd graph (the layers from min(S) up over the suffix), a scoring pass
+checkpoints each of those layers: the graph then holds each layer's input and one layer's activations
+at a time, for one more forward pass through the upper layers (docs/method.md, "Memory")."""
+
+
+def _graph_bytes(adapter: ModelAdapter, suffix: int, grad_start: int, batch: int) -> tuple[int, int]:
+    """(all layers' saved activations, one layer's plus every layer's input) over ``suffix`` positions."""
+    cfg = adapter.text_config
+    esize = adapter.output_weight.element_size()
+    d = adapter.output_weight.shape[1]
+    m = int(getattr(cfg, "intermediate_size", None) or 4 * d)
+    heads = int(getattr(cfg, "num_attention_heads", None) or 1)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
+    graph_layers = adapter.num_layers - grad_start
+    # The saved activations of a pre-norm decoder layer with some margin (measured against RSS growth
+    # in ``benchmarks/bench_scoring.py --memory``).
+    per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
+    full = graph_layers * per_position * suffix * batch
+    # Checkpointed: each layer's input (and its output, the next one's input, while it is rerun).
+    checkpointed = (2 * graph_layers * d * esize + per_position) * suffix * batch
+    return full, checkpointed
+
+
+def checkpoints(adapter: ModelAdapter, suffix: int, grad_start: int, batch: int = 1) -> bool:
+    """Whether a scoring pass over ``suffix`` positions checkpoints its layers (:data:`CHECKPOINT_BYTES`)."""
+    return _graph_bytes(adapter, suffix, grad_start, batch)[0] > CHECKPOINT_BYTES
+
+
 def memory_estimate(
     adapter: ModelAdapter,
     *,
@@ -446,22 +518,22 @@ def memory_estimate(
     layers: list[int],
     batch: int = 1,
     logit_chunk: int = LOGIT_CHUNK,
-    vocab_chunk: int = 8192,
+    vocab_chunk: int = VOCAB_CHUNK,
 ) -> int:
     """Bytes a :func:`score_ids` pass allocates above the loaded model, from the model's shapes.
 
     A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries, the exgrad buffer and
-    the logits generation recorded)
-    plus terms linear in length: the KV cache over every position, and the autograd graph of the
-    layers from ``min(layers)`` up over the suffix (``|anchor_offset| + answer - 1`` positions); and
-    one layer's attention scores (suffix x every position x heads, float32) held in the backward. The
-    per-position coefficients are the saved activations of a pre-norm decoder layer with some margin
-    (measured against RSS growth in ``benchmarks/bench_scoring.py --memory``).
+    the logits generation recorded) plus terms linear in length: the KV cache over every position,
+    and the autograd graph of the layers from ``min(layers)`` up over the suffix (``|anchor_offset| +
+    answer - 1`` positions), checkpointed above :data:`CHECKPOINT_BYTES` (each layer's input and one
+    layer's activations); and one layer's attention scores (suffix x every position x heads,
+    float32) held in the backward. The per-position coefficients are the saved activations of a
+    pre-norm decoder layer with some margin (measured against RSS growth in
+    ``benchmarks/bench_scoring.py --memory``).
     """
     cfg = adapter.text_config
     esize = adapter.output_weight.element_size()
     V, d = adapter.output_weight.shape
-    m = int(getattr(cfg, "intermediate_size", None) or 4 * d)
     heads = int(getattr(cfg, "num_attention_heads", None) or 1)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
@@ -470,13 +542,12 @@ def memory_estimate(
     suffix = max(1, -anchor_offset + answer_tokens - 1)
     total = prompt_tokens + answer_tokens
     rows = B * max(1, answer_tokens)
+    full, checkpointed = _graph_bytes(adapter, suffix, min(layers), B)
     # + generation's recorded raw logits (at most one chunk's entries, the model's dtype)
     vocab = 4 * min(logit_chunk, rows * V) * 4 + B * min(vocab_chunk, V) * d * 4
     vocab += min(logit_chunk, rows * V) * esize
     kv = 2 * n_layers * kv_heads * head_dim * esize * total * B
-    graph_layers = n_layers - min(layers)
-    per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
-    graph = graph_layers * per_position * suffix * B
+    graph = checkpointed if full > CHECKPOINT_BYTES else full
     grads = (len(layers) + 4) * d * 4 * suffix * B  # dL/dh per scored layer, H, dL/dH
     # One layer's attention scores at a time in the backward (float32, every head): the only term
     # that grows with length squared, measured at 0.6 GB for 4,000 answer tokens on the embedded model.
@@ -602,12 +673,13 @@ def score_ids(
     *,
     anchor_offset: int,
     layers: list[int],
-    vocab_chunk: int = 8192,
+    vocab_chunk: int = VOCAB_CHUNK,
     logit_chunk: int = LOGIT_CHUNK,
     prefix_cache: Any = None,
     window: bool = False,
     residuals: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
+    checkpoint: bool | None = None,
 ) -> list[RawScores]:
     """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
     that already holds exactly the prefix ``x[:a]`` (from generation).
@@ -620,7 +692,11 @@ def score_ids(
 
     ``window=True`` also returns the SemGrad of every prompt position from the anchor to the end of
     the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
-    gives every candidate anchor of a profile search."""
+    gives every candidate anchor of a profile search.
+
+    ``checkpoint``: recompute the layers from ``min(layers)`` up in the backward instead of keeping
+    their activations (default: when the graph would exceed :data:`CHECKPOINT_BYTES`, and the KV
+    cache is a dynamic one); the scores are the same."""
     device = adapter.output_weight.device
     if device.type == "meta":
         raise ModelError(
@@ -666,7 +742,14 @@ def score_ids(
             f"residuals of shape {tuple(residuals.shape)} need a prefix cache and one example whose "
             f"suffix has {S} positions"
         )
-    capture = _Capture(grad_start=grad_start, layers=frozenset(layers), residuals=residuals)
+    if checkpoint is None:
+        checkpoint = checkpoints(adapter, S, grad_start, B)
+    capture = _Capture(
+        grad_start=grad_start,
+        layers=frozenset(layers),
+        residuals=residuals,
+        checkpoint=checkpoint and restorable(cache),
+    )
     hidden, _ = adapter.run(ids, attention_mask=mask, position_ids=pos, cache=cache, capture=capture)
     if residuals is not None and not capture.substituted:
         raise ModelError("the captured residual states were not used: the decoder layers' hooks did not run")

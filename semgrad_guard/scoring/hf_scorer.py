@@ -30,6 +30,7 @@ from .adapters import acquire_adapter
 from .fastpath import (
     EXGRAD_MODES,
     LOGIT_CHUNK,
+    VOCAB_CHUNK,
     ModelAdapter,
     RawScores,
     ScoringInput,
@@ -102,7 +103,7 @@ class SemGradScorer:
         model_id: str | None = None,
         chat_template: str | None = None,
         max_batch_size: int = 8,
-        vocab_chunk: int = 8192,
+        vocab_chunk: int = VOCAB_CHUNK,
         logit_chunk: int = LOGIT_CHUNK,
         max_memory: int | str | None = "4GiB",
         exgrad_mode: Literal["logits", "weight"] | None = None,

@@ -15,6 +15,7 @@ p99 latency and errors; writes ``benchmarks/results/serve_cpu.md`` and ``.json``
 date and the load average before and after.
 
     python benchmarks/bench_serve.py [--levels 1,4,8] [--threads 1] [--only single,ray-1,ray-2]
+    python benchmarks/bench_serve.py --faults [...]   (load held, overload, SIGKILLs: bench_serve_faults.py)
 """
 
 from __future__ import annotations
@@ -240,6 +241,11 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--faults" in argv:  # the load-and-fault run: benchmarks/bench_serve_faults.py
+        from bench_serve_faults import main as faults_main
+
+        return faults_main([a for a in argv if a != "--faults"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,8", help="concurrency levels (comma-separated)")
     parser.add_argument("--min-requests", type=int, default=12, help="fewest measured requests per level")

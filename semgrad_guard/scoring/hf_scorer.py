@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -278,14 +278,22 @@ class SemGradScorer:
         return -n if n > 0 else -1
 
     # -- tokenisation -----------------------------------------------------------------------------
-    def _render(self, chat: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
+    def _render(
+        self,
+        chat: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        table: dict[str, str] | None = None,
+    ) -> str:
+        # ``table``: the chat's from _literal_chat; the tools are rendered with the same sentinels.
+        tools = _masked(self.tools, table) if table and self.tools else self.tools
         try:
             text = self.tokenizer.apply_chat_template(
                 chat,
                 chat_template=self.chat_template,
                 add_generation_prompt=add_generation_prompt,
                 tokenize=False,
-                **({"tools": self.tools} if self.tools else {}),
+                **({"tools": tools} if tools else {}),
             )
         except Exception as e:  # jinja raises its own TemplateError (e.g. "System role not supported")
             raise ChatTemplateError(f"the chat template of {self.model_id} rejected the chat: {e}") from e
@@ -315,31 +323,35 @@ class SemGradScorer:
         return ids
 
     def _literal_chat(self, chat: list[Message], *others: str) -> tuple[list[Message], dict[str, str]]:
-        """``chat`` with each control string in a message's content replaced by a sentinel.
+        """``chat`` with each control string in a message replaced by a sentinel.
 
-        The template is rendered from this chat and :meth:`_encode_masked` encodes each sentinel
-        as its control string's literal text, so an ``<|im_end|>`` a user typed is characters,
-        never a turn boundary (a forged assistant or system turn). Returns the chat and the
-        sentinel -> control string table (empty, and the chat itself, when there is nothing to
-        hide). Under ``control_tokens="refuse"`` such a chat raises :class:`ControlTokenError`.
+        Every string of a message counts, not only its content: an assistant turn's tool calls (name,
+        arguments, their keys), a tool result's name and call id; so do the tools a scorer renders
+        (:meth:`with_tools`). The template is rendered from this chat and :meth:`_encode_masked`
+        encodes each sentinel as its control string's literal text, so an ``<|im_end|>`` a user typed
+        (or a tool call carried) is characters, never a turn boundary (a forged assistant or system
+        turn). Returns the chat and the sentinel -> control string table (empty, and the chat itself,
+        when there is nothing to hide). Under ``control_tokens="refuse"`` such a chat raises
+        :class:`ControlTokenError`.
         """
         pattern = self._control_pattern
-        if pattern is None or not any(pattern.search(m["content"]) for m in chat):
+        if pattern is None:
             return chat, {}
-        found = sorted({t for m in chat for t in pattern.findall(m["content"])})
+        texts = [*_strings(chat), *_strings(self.tools), *others]
+        found = sorted({t for text in texts[: len(texts) - len(others)] for t in pattern.findall(text)})
+        if not found:
+            return chat, {}
         if self.control_tokens == "refuse":
             raise ControlTokenError(
                 f"a message holds chat-template control tokens ({found[:3]}); refusing it as "
                 "configured (control_tokens='refuse'); with control_tokens='score' it is read as literal text"
             )
-        texts = [m["content"] for m in chat] + list(others)
         # Plain ASCII letters: the sentinel survives any filter a template applies (trim, tojson).
         mark = "SGCTRLX"
         while any(mark in t for t in texts):
             mark += "X"
         table = {f"{mark}{i}_": t for i, t in enumerate(found)}
-        back = {t: k for k, t in table.items()}
-        masked = [{**m, "content": pattern.sub(lambda g: back[g.group(0)], m["content"])} for m in chat]
+        masked: list[Message] = _masked(chat, table)
         return masked, table
 
     def _encode_masked(self, text: str, table: dict[str, str]) -> list[int]:
@@ -373,7 +385,7 @@ class SemGradScorer:
         message (``<|im_end|>``, ``<|im_start|>``) is its characters, not a turn boundary.
         """
         chat, table = self._literal_chat(normalize_messages(messages))
-        return self._encode_masked(self._render(chat, add_generation_prompt=True), table)
+        return self._encode_masked(self._render(chat, add_generation_prompt=True, table=table), table)
 
     def answer_ids(self, messages: Messages, answer: str, prompt_ids: list[int] | None = None) -> list[int]:
         """Answer token ids ``y``, ending with the end-of-turn token (docs/method.md, "Inputs").
@@ -396,8 +408,10 @@ class SemGradScorer:
         # ``chat`` and ``prompt_text`` come from _literal_chat (sentinels in place of control strings).
         table = table or {}
         if prompt_text is None:
-            prompt_text = self._render(chat, add_generation_prompt=True)
-        full = self._render([*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+            prompt_text = self._render(chat, add_generation_prompt=True, table=table)
+        full = self._render(
+            [*chat, {"role": "assistant", "content": answer}], add_generation_prompt=False, table=table
+        )
         if full.startswith(prompt_text):
             rest = full[len(prompt_text) :]
             # The template may trim the content; find it as rendered.
@@ -432,7 +446,7 @@ class SemGradScorer:
         chat, table = self._literal_chat(normalize_messages(messages), answer)
         flags: list[str] = ["control_tokens"] if table else []
         start = 0
-        masked_prompt = self._render(chat, add_generation_prompt=True)
+        masked_prompt = self._render(chat, add_generation_prompt=True, table=table)
         prompt_text = self._unmask(masked_prompt, table)
         chat_text = [{**m, "content": self._unmask(m["content"], table)} for m in chat]
         echoes = [prompt_text]
@@ -822,6 +836,38 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 class ProfileNotice(UserWarning):
     """Shown once when a model has no shipped profile (visible, not only logged)."""
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a message, a chat or a tool list: values and keys, however deep."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _masked(value: Any, table: dict[str, str]) -> Any:
+    """``value`` (a chat, a tool list) with each control string of ``table`` replaced by its sentinel."""
+    if not table:
+        return value
+    back = {t: k for k, t in table.items()}
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(back, key=len, reverse=True)))
+
+    def mask(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(lambda g: back[g.group(0)], v)
+        if isinstance(v, Mapping):
+            return {mask(k): mask(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [mask(x) for x in v]
+        return v
+
+    return mask(value)
 
 
 def _whole_prompt(text: str) -> bool:

@@ -36,17 +36,24 @@ RETRIED = (httpx.ConnectError, httpx.ConnectTimeout)
 """Retried on every call: the request never reached the service."""
 RETRIED_IF_IDEMPOTENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 """Also retried on scoring and the model listing (pure functions of their input), not on
-``generate``: the connection dropped mid-call (a stale keep-alive, a restarted or killed replica)."""
+``generate``: the connection dropped mid-call (a stale keep-alive, a restarted or killed replica).
+A 503 saying a Ray replica died with the request in flight (``details.replica_lost``) is treated
+the same way; every other 503 (queue full, no replica up) is retried on every call."""
 
 GENERATE_KWARGS = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "seed"})
 """Generation settings sent to the service (what the Guard's retry strategies change)."""
 
 
 class _Overloaded(Exception):
-    """A 503 inside the retry loop (retried; becomes ServiceUnavailableError when attempts run out)."""
+    """A 503 inside the retry loop (retried; becomes ServiceUnavailableError when attempts run out).
+
+    ``in_flight``: the request reached a replica that died before answering (Ray Serve's
+    ``details.replica_lost``), so it is retried only when idempotent, as a dropped connection is.
+    """
 
     def __init__(self, error: ServiceUnavailableError) -> None:
         self.error = error
+        self.in_flight = getattr(error, "replica_lost", False) is True
         super().__init__(str(error))
 
 
@@ -206,15 +213,20 @@ class _Wire:
                 return min(exc.error.retry_after, max_wait)  # the service said how long
             return float(min(0.2 * 2 ** (state.attempt_number - 1), max_wait))
 
+        retried = (*RETRIED, *(RETRIED_IF_IDEMPOTENT if idempotent else ()))
+
+        def retry(exc: BaseException) -> bool:
+            if isinstance(exc, _Overloaded):
+                return idempotent or not exc.in_flight
+            return isinstance(exc, retried)
+
         cls = tenacity.AsyncRetrying if asynchronous else tenacity.Retrying
         extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         return cls(
             **extra,
             stop=tenacity.stop_after_attempt(attempts),
             wait=wait,
-            retry=tenacity.retry_if_exception_type(
-                (_Overloaded, *RETRIED, *(RETRIED_IF_IDEMPOTENT if idempotent else ()))
-            ),
+            retry=tenacity.retry_if_exception(retry),
             reraise=True,
         )
 
@@ -222,7 +234,7 @@ class _Wire:
         """The typed error a transport failure stands for (the caller chains ``exc`` as its cause)."""
         if isinstance(exc, _Overloaded):
             err = exc.error
-            err.args = (f"{err} (after {attempts} attempts)",)
+            err.args = (f"{err} (after {attempts} attempt{'s' if attempts != 1 else ''})",)
             return err
         name = type(exc).__name__
         if isinstance(exc, RETRIED):
@@ -256,8 +268,9 @@ class RemoteScorer:
     """A scorer whose model runs in ``semgrad-guard serve``: works wherever a scorer is accepted.
 
     Sync and async (httpx), with timeouts, retries on connection errors and 503 only (waiting what
-    ``Retry-After`` says; a connection dropped mid-call is retried for scoring, never for
-    ``generate``; a read timeout is never retried), every transport failure raised as a
+    ``Retry-After`` says; a connection dropped mid-call, or a Ray replica lost mid-call, is retried
+    for scoring, never for ``generate``; a read timeout is never retried), every transport failure
+    raised as a
     :class:`ServiceUnavailableError` (or :class:`ServiceError`) whose ``__cause__`` is httpx's
     exception, and the service's typed errors raised as the same classes
     (``ContextLengthError``, ``UnknownRoleError``, ...). At first use it checks, via ``/v1/models``, that
@@ -415,31 +428,35 @@ class RemoteScorer:
 
     def _send(self, method: str, path: str, body: Any, *, idempotent: bool = True) -> Any:
         client = self._sync_client()
+        made = 0  # attempts made: a call that is not retried fails after one
         try:
             for attempt in self._wire.retrying(
                 self.max_attempts, self.max_wait, asynchronous=False, idempotent=idempotent, sleep=self._sleep
             ):
+                made += 1
                 with attempt:
                     return self._wire.read(
                         client.request(method, self.url + path, json=body, headers=self._wire.headers())
                     )
         except (_Overloaded, httpx.HTTPError) as e:
-            raise self._wire.failure(e, self.max_attempts, self._timeout) from e
+            raise self._wire.failure(e, made, self._timeout) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _asend(self, method: str, path: str, body: Any, *, idempotent: bool = True) -> Any:
         client = self._async_client()
+        made = 0
         try:
             async for attempt in self._wire.retrying(
                 self.max_attempts, self.max_wait, asynchronous=True, idempotent=idempotent, sleep=self._asleep
             ):
+                made += 1
                 with attempt:
                     response = await client.request(
                         method, self.url + path, json=body, headers=self._wire.headers()
                     )
                     return self._wire.read(response)
         except (_Overloaded, httpx.HTTPError) as e:
-            raise self._wire.failure(e, self.max_attempts, self._timeout) from e
+            raise self._wire.failure(e, made, self._timeout) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sync_client(self) -> httpx.Client:

@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -105,6 +105,25 @@ def release_memory() -> bool:
 
 def _tokens_of(outcomes: Sequence[Any]) -> int:
     return sum(getattr(o, "answer_tokens", 0) for o in outcomes if not isinstance(o, BaseException))
+
+
+def score_batch_releasing(
+    scorer: Scorer, pairs: Sequence[tuple[Messages, str]]
+) -> list[ScoreResult | Exception]:
+    """:func:`score_batch_isolating`, then :func:`release_memory` after a pass of
+    :data:`RELEASE_AFTER_TOKENS` answer tokens or more (what a worker thread runs, here and on Ray)."""
+    outcomes = score_batch_isolating(scorer, pairs)
+    if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
+        release_memory()
+    return outcomes
+
+
+def generate_releasing(generate: Callable[..., Any], messages: Any, kwargs: Mapping[str, Any]) -> Any:
+    """``generate(messages, **kwargs)``, then :func:`release_memory` after a long answer."""
+    out = generate(messages, **kwargs)
+    if _tokens_of([out[1]]) >= RELEASE_AFTER_TOKENS:
+        release_memory()
+    return out
 
 
 BatchObserver = Callable[[str, int], None]
@@ -308,16 +327,7 @@ class MicroBatcher:
                 j.future.set_result(out)
 
     def _score_batch(self, pairs: list[Any]) -> list[ScoreResult | Exception]:
-        outcomes = score_batch_isolating(self.scorer, pairs)
-        if _tokens_of(outcomes) >= RELEASE_AFTER_TOKENS:
-            release_memory()
-        return outcomes
-
-    def _generate(self, generate: Callable[..., Any], messages: Any, kwargs: dict[str, Any]) -> Any:
-        out = generate(messages, **kwargs)
-        if _tokens_of([out[1]]) >= RELEASE_AFTER_TOKENS:
-            release_memory()
-        return out
+        return score_batch_releasing(self.scorer, pairs)
 
     async def _run_generate(self, job: _Job) -> None:
         if self._observer is not None:
@@ -328,7 +338,7 @@ class MicroBatcher:
             if generate is None:
                 raise TypeError(f"{type(self.scorer).__name__} cannot generate (not a GeneratingScorer)")
             out = await loop.run_in_executor(
-                self._executor, self._generate, generate, job.messages, job.kwargs
+                self._executor, generate_releasing, generate, job.messages, job.kwargs
             )
         except Exception as e:
             if not job.future.done():

@@ -10,15 +10,25 @@ proxy spreads requests over the replicas.
 
 ``semgrad-guard serve --ray --replicas N [--num-gpus G]`` runs it; :func:`ray_application` and
 :func:`run_on_ray` are the same from Python.
+
+What Ray's proxy answers by itself (a replica died with the request in flight, no replica is up, a
+Ray timeout) would be plain text; :class:`ProxyErrors`, installed in the proxy by :func:`start_ray`
+through Ray's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, makes those the service's JSON errors
+(503 with ``Retry-After``), so clients such as :class:`~semgrad_guard.RemoteScorer` read and retry them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
+import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 try:
     from ray import serve
@@ -33,9 +43,11 @@ from ..messages import Messages
 from ..results import ScoreResult
 from ..scorer import Scorer
 from .app import create_app
-from .batching import queue_full, score_batch_isolating
+from .batching import generate_releasing, queue_full, score_batch_releasing
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
+
+logger = logging.getLogger(__name__)
 
 APP_NAME = "semgrad-guard"
 """The Ray Serve application's name (``serve.status()``, ``serve.delete``)."""
@@ -66,7 +78,7 @@ class RayBatchBackend:
             if self._observe is not None:
                 self._observe("score", len(pairs))
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, score_batch_isolating, self.scorer, pairs)
+            return await loop.run_in_executor(self._executor, score_batch_releasing, self.scorer, pairs)
 
         # A closure, not a method: Ray's batch queue is per decorated function, so per backend here.
         self._batched = serve.batch(
@@ -109,7 +121,7 @@ class RayBatchBackend:
                 self._observe("generate", 1)
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(
-                self._executor, functools.partial(generate, messages, **generate_kwargs)
+                self._executor, generate_releasing, generate, messages, generate_kwargs
             )
         finally:
             self._in_flight -= 1
@@ -225,11 +237,118 @@ def ray_application(
     )
 
 
+REPLICA_LOST_RETRY_AFTER_S = 1
+"""``Retry-After`` of the 503 for a request whose replica died or that found none up: Ray routes the
+retry to a live replica (or waits for the replacement)."""
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "semgrad_guard.serve.ray_app:proxy_middlewares"
+"""The value :func:`start_ray` gives ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``; on a cluster this
+process does not start, set it in the environment of ``ray start`` on every node."""
+
+
+class ProxyErrors:
+    """Pure ASGI middleware in Ray Serve's HTTP proxy: its own answers become the service's JSON errors.
+
+    The service itself always answers JSON. When the proxy answers instead, it is Ray's doing: a
+    replica that died with the request in flight (the proxy sends nothing, and uvicorn would send a
+    plain-text 500), no replica up (plain-text 503), Ray's own request timeout (408). Those become
+    ``ServiceUnavailableError`` 503s with ``Retry-After`` (a died replica's with
+    ``details.replica_lost``: the request may have been partly handled, so only idempotent calls
+    should repeat it) and a JSON 408. Anything the service answered passes through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, retry_after_s: int = REPLICA_LOST_RETRY_AFTER_S) -> None:
+        self.app = app
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        held: Message | None = None  # the proxy's own plain-text error, replaced at its last body part
+        text = b""
+
+        async def sending(message: Message) -> None:
+            nonlocal started, held, text
+            if message["type"] == "http.response.start" and not started and _proxy_error(message):
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body":
+                text += message.get("body", b"")
+                if not message.get("more_body", False):
+                    started = True
+                    await self._answer(send, int(held["status"]), text.decode("utf-8", "replace"))
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if started:
+                raise
+            logger.exception("Ray Serve's proxy failed on %s", scope.get("path"))
+        if not started:
+            await self._answer(send, None, "")
+
+    async def _answer(self, send: Send, status: int | None, ray_says: str) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if status == 408:
+            body: dict[str, Any] = {
+                "type": "RequestTimeoutError",
+                "message": f"Ray Serve timed the request out ({ray_says.strip()[:200]}); send it again, "
+                "or raise Ray Serve's request_timeout_s",
+            }
+            out = 408
+        else:
+            out = 503
+            headers.append((b"retry-after", str(self.retry_after_s).encode()))
+            if status is None:
+                body = {
+                    "type": "ServiceUnavailableError",
+                    "message": "the replica handling this request stopped before answering (Ray Serve "
+                    f"replaces it); retry after {self.retry_after_s} s: another replica takes it. It may "
+                    "have been partly handled: repeat only what is safe to repeat (scoring is)",
+                    "details": {"replica_lost": True},
+                }
+            else:
+                body = {
+                    "type": "ServiceUnavailableError",
+                    "message": f"Ray Serve could not hand the request to a replica ({status}: "
+                    f"{ray_says.strip()[:200]}); retry after {self.retry_after_s} s",
+                }
+        raw = json.dumps(body).encode()
+        headers.append((b"content-length", str(len(raw)).encode()))
+        await send({"type": "http.response.start", "status": out, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+
+def _proxy_error(start: Message) -> bool:
+    """A response start that is Ray's own error: 408, 429 or 5xx, not JSON (the service's are)."""
+    status = int(start["status"])
+    if status != 408 and status != 429 and status < 500:
+        return False
+    types = [v for k, v in start.get("headers", []) if k.lower() == b"content-type"]
+    return not any(t.startswith(b"application/json") for t in types)
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """Ray Serve's HTTP proxy callback (:data:`PROXY_CALLBACK`): installs :class:`ProxyErrors`."""
+    return [Middleware(ProxyErrors)]
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start a local Ray (``num_cpus``: its size; default all cores) or join ``address``; no-op if started."""
+    """Start a local Ray (``num_cpus``: its size; default all cores) or join ``address``; no-op if started.
+
+    A local Ray's HTTP proxy gets :class:`ProxyErrors` (unless ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
+    is already set): Ray's processes inherit this environment when they start.
+    """
     import ray
 
     if not ray.is_initialized():
+        if address is None:
+            os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
         ray.init(
             address=address,
             num_cpus=num_cpus if address is None else None,

@@ -171,6 +171,17 @@ class ServeProcess:
                 raise ServiceUnavailableError(message)
             time.sleep(0.5)
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before :meth:`start`)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL the child, as a crash or the kernel's OOM killer would (fault tests, benchmarks)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def stop(self, timeout: float = 90.0) -> int | None:
         """SIGTERM (uvicorn stops; ``--ray`` shuts Ray Serve down), SIGKILL after ``timeout``; the exit code
         (None when it had to be killed)."""

@@ -365,3 +365,49 @@ def test_a_success_that_is_not_a_semgrad_answer_is_a_service_error(raw):
         with pytest.raises(ServiceError, match="is this a semgrad-guard service") as info:
             _offline(srv.url).score("q", "a")
         assert info.value.__cause__ is not None
+
+
+def replica_lost() -> httpx.Response:
+    """What ProxyErrors answers in Ray Serve's proxy for a request whose replica died."""
+    return httpx.Response(
+        503,
+        json={
+            "type": "ServiceUnavailableError",
+            "message": "the replica handling this request stopped before answering",
+            "details": {"replica_lost": True},
+        },
+        headers={"Retry-After": "1"},
+    )
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_replica_lost_mid_call_is_retried_for_scoring(asynchronous):
+    handle, calls = scripted(replica_lost(), httpx.Response(200, json=_result()))
+    waits: list[float] = []
+    if asynchronous:
+
+        async def ahandle(request):
+            return handle(request)
+
+        remote = RemoteScorer("http://svc", async_transport=httpx.MockTransport(ahandle), max_attempts=3)
+
+        async def asleep(s):
+            waits.append(s)
+
+        remote._asleep = asleep
+        assert (await remote.ascore("q", "a")).semgrad == 0.5
+    else:
+        remote = RemoteScorer("http://svc", transport=httpx.MockTransport(handle), max_attempts=3)
+        remote._sleep = waits.append
+        assert remote.score("q", "a").semgrad == 0.5
+    assert calls == ["/v1/score", "/v1/score"] and waits == [1.0]
+
+
+def test_a_replica_lost_mid_generate_is_not_retried():
+    handle, calls = scripted(replica_lost(), httpx.Response(200, json={"answer": "x", "semgrad": _result()}))
+    remote = RemoteScorer("http://svc", transport=httpx.MockTransport(handle), max_attempts=3)
+    remote._sleep = lambda s: pytest.fail("must not wait")
+    with pytest.raises(ServiceUnavailableError, match="stopped before answering") as info:
+        remote.generate("q", max_new_tokens=2)
+    assert calls == ["/v1/generate"] and info.value.retry_after == 1.0 and info.value.status == 503
+    assert str(info.value).endswith("(after 1 attempt)")  # the attempts made, not the most allowed

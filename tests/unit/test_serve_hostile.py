@@ -228,6 +228,27 @@ def test_a_body_that_never_arrives_gets_408_and_its_connection_closed():
     assert json.loads(body)["type"] == "RequestTimeoutError"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NOT-HTTP\r\n\r\n",
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+    ],
+    ids=["request-line", "content-length", "header"],
+)
+def test_broken_http_framing_gets_uvicorns_400_and_the_server_keeps_serving(raw):
+    # Documented in docs/serve.md: refused by the HTTP server before the app sees it (plain text).
+    with BackgroundServer(create_app(MockScorer(lambda m, a: 0.25))) as server:
+        with socket.create_connection((server.host, server.port), timeout=5) as s:
+            s.sendall(raw)
+            received = b""
+            while chunk := s.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 400"), received[:200]
+        assert httpx.get(f"http://{server.host}:{server.port}/healthz", timeout=5).status_code == 200
+
+
 # ------------------------------------------------------------------------------------------ disclosure
 async def test_models_does_not_disclose_the_review_database_path(tmp_path):
     policy = GuardPolicy.from_dict(

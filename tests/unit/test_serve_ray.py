@@ -17,7 +17,13 @@ pytest.importorskip("ray", reason="the 'ray' extra is not installed: pip install
 from semgrad_guard import MockScorer, RemoteScorer, ScorePayload  # noqa: E402
 from semgrad_guard.errors import ServiceUnavailableError, UnknownRoleError  # noqa: E402
 from semgrad_guard.serve import ServeSettings  # noqa: E402
-from semgrad_guard.serve.ray_app import RayBatchBackend, ray_application, run_on_ray, shutdown_ray  # noqa: E402
+from semgrad_guard.serve.ray_app import (  # noqa: E402
+    RayBatchBackend,
+    ray_application,
+    run_on_ray,
+    shutdown_ray,
+    start_ray,
+)
 from semgrad_guard.testing import tiny_scorer  # noqa: E402
 
 TOKEN = "ray-token"
@@ -37,9 +43,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def ray_url():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)  # as serve --ray does: its proxy answers Ray's own errors as JSON
     try:
         policy = {"rules": [{"name": "low", "field": "semgrad", "max": 1e9, "action": "accept"}]}
         app = ray_application(
@@ -134,6 +138,46 @@ def test_errors_token_and_remote_scorer_through_ray(ray_url, tiny):
     assert chat.status_code == 200, chat.text
     assert chat.headers["x-semgrad-action"] == "accept"
     assert chat.json()["choices"][0]["message"]["content"] == want_text
+
+
+def test_a_killed_replicas_request_is_a_json_503_and_remote_scoring_retries_it(ray_url, tmp_path):
+    import os
+    import time
+
+    from ray import serve
+
+    died = tmp_path / "died"
+
+    def score(messages, answer):
+        if answer == "die" and not died.exists():
+            died.touch()
+            os._exit(1)  # the replica dies with the request in flight
+        return 0.25
+
+    def answers(messages, **kwargs):
+        os._exit(1)
+
+    loader = functools.partial(MockScorer, score, answers=answers, model_id="dying")
+    app = ray_application(loader, replicas=1, num_cpus=0, threads=None)
+    serve.run(app, name="dying", route_prefix="/dying")
+    url = ray_url + "/dying"
+    try:
+        r = httpx.post(url + "/v1/score", json={"messages": "q", "answer": "die"}, timeout=60)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", (r.status_code, r.text)
+        assert r.json()["type"] == "ServiceUnavailableError" and r.json()["details"] == {"replica_lost": True}
+        died.unlink()
+        remote = RemoteScorer(url, model="dying", max_attempts=8, timeout=60)
+        try:
+            assert remote.score("q", "die").semgrad == 0.25  # died once, retried on the replacement
+            assert died.exists()
+            t0 = time.monotonic()
+            with pytest.raises(ServiceUnavailableError, match="stopped before answering"):
+                remote.generate("q", max_new_tokens=2)  # not retried: it may have been partly handled
+            assert time.monotonic() - t0 < 30
+        finally:
+            remote.close()
+    finally:
+        serve.delete("dying")
 
 
 def test_the_ray_backend_refuses_what_its_queue_cannot_hold():

@@ -530,9 +530,9 @@ def main() -> None:
     if mem_rows:
         lines += [
             "Peak memory of `scorer.score` against answer length (RSS growth in a fresh subprocess per",
-            "length, 1 thread, the embedded model, a one-line question). `before`: the code before",
-            f"({args.before}); `estimate`: `scorer.estimate_memory`, which the `max_memory` budget",
-            "checks; `ckpt`: the pass checkpointed the upper layers (graph over 256 MiB).",
+            "length, 1 thread, the embedded model, a one-line question). `before`: the code at",
+            f"{args.before or '--before (not run)'}; `estimate`: `scorer.estimate_memory`, which the",
+            "`max_memory` budget checks; `ckpt`: the pass checkpointed the upper layers (graph over 256 MiB).",
             "",
             *memory_table(mem_rows),
             "",

@@ -26,7 +26,9 @@ def read_config_text(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES)
         with p.open("rb") as f:
             data = f.read(limit + 1)  # /dev/zero stops here
     except FileNotFoundError as e:
-        raise ConfigurationError(f"{what} file {p} does not exist") from e
+        # A README's relative path (cookbook/policies/...) read from another directory: say where we looked.
+        where = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigurationError(f"{what} file {p} does not exist{where}") from e
     except IsADirectoryError as e:
         raise ConfigurationError(f"{what} file {p} is a directory; give a file") from e
     except OSError as e:

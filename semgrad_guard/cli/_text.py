@@ -15,3 +15,14 @@ def visible(text: str) -> str:
     return _CONTROL.sub(
         lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
     )
+
+
+def layer_span(layers: list[int]) -> str:
+    """Layers as runs, short enough for an 80-column table: ``[15, ..., 29]`` -> ``15-29``, ``[1, 3]`` -> ``1, 3``."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)

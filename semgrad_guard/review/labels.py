@@ -150,6 +150,16 @@ def label_counts(queue: ReviewQueue) -> LabelCounts:
     )
 
 
+def label_count(queue: ReviewQueue) -> int:
+    """How many decided items (approved, rejected, edited) the queue holds: one count query where
+    the queue has ``counts()`` (both shipped backends), else :func:`labelled`'s length."""
+    counts = getattr(queue, "counts", None)
+    if callable(counts):
+        by_status = counts()
+        return sum(int(by_status.get(s.value, 0)) for s in LABEL_STATUSES)
+    return len(labelled(queue))
+
+
 def weights_of(labels: Sequence[LabelledExample]) -> list[float]:
     """The labels' inverse-inclusion weights."""
     return [lab.weight for lab in labels]

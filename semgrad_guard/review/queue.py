@@ -204,18 +204,13 @@ class ReviewQueue(Protocol):
 
 def default_review_db() -> str:
     """The queue used when none is named: ``$SEMGRAD_GUARD_REVIEW_DB`` as given (a path or a
-    ``postgresql://`` URL), else ``review.db`` in the platform's user data dir."""
-    return os.environ.get(ENV_DB) or str(default_review_db_path())
-
-
-def default_review_db_path() -> Path:
-    """``$SEMGRAD_GUARD_REVIEW_DB``, else ``review.db`` in the platform's user data dir for semgrad-guard."""
+    ``postgresql://`` URL, never rewritten), else ``review.db`` in the platform's user data dir."""
     env = os.environ.get(ENV_DB)
     if env:
-        return Path(env).expanduser()
+        return env
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("semgrad-guard")) / "review.db"
+    return str(Path(user_data_dir("semgrad-guard")) / "review.db")
 
 
 def _now() -> str:

@@ -209,9 +209,28 @@ def build_state(
         model_info=model_info(scorer, calibrator, the_policy),
     )
     metrics.queue_depth.set_function(backend.queue_depth)
+    metrics.watch_calibration(lambda: state.calibrator, _label_count(guard))
     if guard is not None:  # an automatic refit (review.refit_every) also reaches /v1/score
         guard.on_calibrator_change(lambda cal: setattr(state, "calibrator", cal))
     return state
+
+
+def _label_count(guard: Guard | None) -> Callable[[], int | None] | None:
+    """The /metrics label count: the Guard's review queue, when its policy queues answers."""
+    policy = guard.policy if guard is not None else None
+    if guard is None or policy is None or (Action.REVIEW not in policy.actions and policy.audit is None):
+        return None
+
+    def count() -> int | None:
+        from ..review.labels import label_count
+
+        try:
+            return label_count(guard.review_queue)
+        except Exception:  # a scrape must not fail on the queue (e.g. PostgreSQL briefly away)
+            logger.warning("/metrics: the review queue's label count is unavailable", exc_info=True)
+            return None
+
+    return count
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -397,7 +416,8 @@ def _install_routes(app: FastAPI, holder: _StateHolder) -> None:
     async def metrics() -> Response:
         """Prometheus metrics (this app's own registry)."""
         state = await state_of()
-        body, content_type = state.metrics.render()
+        # In a thread: the label gauge asks the review queue (a database) at every scrape.
+        body, content_type = await asyncio.to_thread(state.metrics.render)
         return Response(content=body, media_type=content_type)
 
     @app.get("/v1/models", tags=["models"])

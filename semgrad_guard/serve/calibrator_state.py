@@ -98,6 +98,9 @@ def install_admin_routes(app: FastAPI, holder: Any) -> None:
         """Swap the calibrator without a restart (atomic); answers the old and new versions."""
         import asyncio
 
+        refusal = getattr(app.state, "semgrad_reload_refusal", None)
+        if refusal is not None:  # e.g. one Ray Serve replica of several
+            raise ConfigurationError(refusal)
         if holder.token is None:
             raise ConfigurationError(
                 "admin routes need a service started with a bearer token (SEMGRAD_GUARD_TOKEN or --token-file); "

@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -51,6 +52,13 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "semgrad-guard"
 """The Ray Serve application's name (``serve.status()``, ``serve.delete``)."""
+RELOAD_ON_RAY = (
+    "POST /admin/calibrator is refused on Ray Serve: it would reach one replica and leave the others on "
+    "the old calibrator. Reload every replica with `kill -HUP <pid of semgrad-guard serve --ray>` (it "
+    "re-reads the --calibrator file and redeploys, a rolling update; payloads' calibrator_version says "
+    "which one judged them)"
+)
+"""Why a replica refuses the admin reload, and what reloads all of them."""
 
 
 class RayBatchBackend:
@@ -145,7 +153,8 @@ class SemGradReplica:
 
     Args:
         loader: Zero-argument function returning the scorer (called once, in the replica).
-        calibrator: A :class:`Calibrator`, ``"shipped"`` (the one shipped for the loaded model) or None.
+        calibrator: A :class:`Calibrator` or its JSON dict, ``"shipped"`` (the one shipped for the loaded
+            model) or None.
         policy: A guard policy (or its dict), or None.
         token: Bearer token every route but health needs (None: open).
         settings: The app's :class:`ServeSettings` as a dict (batching: ``max_batch_size``, ``max_wait_ms``).
@@ -155,7 +164,7 @@ class SemGradReplica:
     def __init__(
         self,
         loader: Callable[[], Scorer],
-        calibrator: Calibrator | str | None = None,
+        calibrator: Calibrator | Mapping[str, Any] | str | None = None,
         policy: Mapping[str, Any] | None = None,
         token: str | None = None,
         settings: Mapping[str, Any] | None = None,
@@ -166,17 +175,17 @@ class SemGradReplica:
 
             torch.set_num_threads(threads)
         self._scorer = loader()  # before the replica reports ready: no request waits for the weights
-        self._calibrator = (
-            Calibrator.default_for(str(getattr(self._scorer, "model_id", "")))
-            if calibrator == "shipped"
-            else calibrator
-        )
+        if calibrator == "shipped":
+            calibrator = Calibrator.default_for(str(getattr(self._scorer, "model_id", "")))
+        elif isinstance(calibrator, Mapping):
+            calibrator = Calibrator.model_validate(dict(calibrator))
+        self._calibrator = calibrator
         self._policy = GuardPolicy.coerce(dict(policy)) if policy is not None else None
         self._token = token
         self._settings = ServeSettings(**dict(settings or {}))
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(
+        app = create_app(
             self._scorer,
             calibrator=self._calibrator if isinstance(self._calibrator, Calibrator) else None,
             policy=self._policy,
@@ -184,6 +193,8 @@ class SemGradReplica:
             settings=self._settings,
             backend_factory=RayBatchBackend,
         )
+        app.state.semgrad_reload_refusal = RELOAD_ON_RAY
+        return app
 
 
 def ray_application(
@@ -229,7 +240,9 @@ def ray_application(
     deployment = deployment.options(**options)
     return deployment.bind(
         loader,
-        calibrator,
+        # As JSON, like the policy: Ray pickles the replica's arguments again after it starts, and a
+        # Calibrator object the replica's Guard watches by then holds its review queue's connections.
+        calibrator.model_dump(mode="json") if isinstance(calibrator, Calibrator) else calibrator,
         the_policy.model_dump(mode="json") if the_policy is not None else None,
         token,
         settings.model_dump(mode="json"),
@@ -378,6 +391,34 @@ def run_on_ray(
     serve.start(http_options={"host": host, "port": port})
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{host}:{port}"
+
+
+def reload_calibrator_on_ray(
+    build: Callable[[Calibrator], Any], path: str | Path, current: Calibrator | None
+) -> Calibrator:
+    """Re-read the calibrator at ``path`` and redeploy the running application with it.
+
+    ``build(calibrator)`` makes the application (as :func:`ray_application`); Ray Serve updates the
+    deployment in place, replica by replica, each one judged by one calibrator throughout (the
+    payloads' ``calibrator_version`` says which). Returns when every replica runs the new one.
+
+    Raises:
+        CalibrationError: The file is not a calibrator.
+        CalibratorMismatchError: It was fitted on another model or profile than ``current``; nothing
+            is redeployed.
+    """
+    new = Calibrator.load(path)
+    if current is not None:
+        # The driver holds no weights: the running calibrator stands for the served model.
+        new.check_compatible(current.model_id, current.profile)
+    serve.run(build(new), name=APP_NAME, route_prefix="/")
+    logger.info(
+        "calibrator reloaded on every replica: %s -> %s (%s)",
+        current.fingerprint if current is not None else None,
+        new.fingerprint,
+        new.data,
+    )
+    return new
 
 
 def shutdown_ray(*, joined: bool = False) -> None:

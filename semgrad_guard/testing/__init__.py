@@ -18,6 +18,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..results import ScoreResult
     from ..scoring.hf_scorer import SemGradScorer
 
 ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "phi3")
@@ -142,3 +143,28 @@ def tiny_scorer(
     model, tok = tiny_chat_model(arch, tie_word_embeddings=tie_word_embeddings, seed=seed)
     scorer_kwargs.setdefault("model_id", f"tiny-random-{arch}")
     return SemGradScorer(model, tok, **scorer_kwargs)
+
+
+def score_result(**fields: Any) -> ScoreResult:
+    """A :class:`~semgrad_guard.ScoreResult` with plausible values, for tests of what consumes scores
+    (policies, calibration, the review queue); any field can be given, e.g. ``score_result(semgrad=0.5)``.
+
+    Example:
+        >>> score_result(semgrad=0.25).semgrad, score_result().answer_tokens
+        (0.25, 8)
+    """
+    from ..results import ScoreResult
+
+    values: dict[str, Any] = {
+        "semgrad": 1e-3,
+        "hybridgrad": 2e-3,
+        "exgrad": 3e-3,
+        "nll": 4.0,
+        "mean_nll": 0.5,
+        "mean_entropy": 1.2,
+        "answer_tokens": 8,
+        "anchor_offset": -4,
+        "layers": [15, 16],
+        "model_id": "m",
+    }
+    return ScoreResult(**{**values, **fields})

@@ -3,9 +3,11 @@
 How the blocks run (so a README author knows what a block may assume):
 
 - The ``python`` blocks of one README run in order, in one interpreter and one namespace: a later
-  block may use what an earlier one of the same file defined. Top-level ``await`` is allowed.
+  block may use what an earlier one of the same file defined. Each block, not-run ones too, is
+  plain Python a reader can paste into a script: no top-level ``await`` (use ``asyncio.run``).
 - Each ``bash`` block runs on its own (``bash -euo pipefail``); ``semgrad-guard`` is the CLI of the
-  interpreter running the tests.
+  interpreter running the tests (an executable on ``PATH``: a block may start it in the background
+  and kill ``$!``).
 - Both run in a fresh temporary directory that holds ``cookbook`` and ``benchmarks`` (links to the
   repository's), with the review queue and the user data directory inside it: a snippet never
   writes into the checkout or the user's home. Torch runs on one thread (``OMP_NUM_THREADS=1``).
@@ -90,17 +92,13 @@ def _workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 # Runs the blocks of one file in one namespace; compiled with top-level await allowed.
 _DRIVER = r"""
-import ast, asyncio, json, sys, traceback
+import json, sys, traceback
 blocks = json.load(sys.stdin)
 ns = {"__name__": "__main__"}
 for where, code in blocks:
     print(f"--- {where}", flush=True)
     try:
-        compiled = compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-        if compiled.co_flags & 0x80:  # CO_COROUTINE: the block awaits at top level
-            asyncio.run(eval(compiled, ns))
-        else:
-            exec(compiled, ns)
+        exec(compile(code, where, "exec"), ns)
     except BaseException:
         traceback.print_exc()
         print(f"FAILED {where}", flush=True)
@@ -131,6 +129,15 @@ def test_the_extractor_reads_fences_and_markers(tmp_path: Path) -> None:
     md.write_text("<!-- not-run -->\n```bash\nls\n```\n")
     with pytest.raises(AssertionError, match="not-run: <reason>"):
         extract(md)
+
+
+def test_every_python_block_is_plain_python() -> None:
+    # Top-level await runs in a notebook, not in the script a newcomer pastes a block into.
+    for snippet in (s for s in ALL if s.lang == "python"):
+        try:
+            compile(snippet.code, snippet.where, "exec")
+        except SyntaxError as e:
+            raise AssertionError(f"{snippet.where}: {e.msg} (line {e.lineno} of the block)") from None
 
 
 def test_every_readme_has_runnable_blocks() -> None:
@@ -167,9 +174,16 @@ def test_bash_block_runs(snippet: Snippet, tmp_path: Path) -> None:
     if snippet.skip_reason is not None:
         pytest.skip(f"not-run: {snippet.skip_reason}")
     work, env = _workdir(tmp_path)
-    prelude = f'semgrad-guard() {{ {sys.executable!s} -m semgrad_guard "$@"; }}\n'
+    # An executable, not a shell function: `semgrad-guard serve &` then gives $! the server's own pid
+    # (a function runs in a subshell, and killing that leaves the server running).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    cli = bindir / "semgrad-guard"
+    cli.write_text(f'#!/bin/sh\nexec {sys.executable!s} -m semgrad_guard "$@"\n')
+    cli.chmod(0o755)
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", prelude + snippet.code],
+        ["bash", "-euo", "pipefail", "-c", snippet.code],
         cwd=work,
         env=env,
         capture_output=True,

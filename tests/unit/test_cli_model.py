@@ -87,9 +87,29 @@ def test_score_with_messages_file_and_explicit_profile(model_dir, tmp_path, caps
     assert out["exgrad"] == pytest.approx(scorer.score(chat, "Scattering.").exgrad, rel=1e-6)
 
 
-def test_score_table_output(model_dir, capsys):
-    assert main(["score", "--model", str(model_dir), "--prompt", "Hi?", "--answer", "Hello."]) == 0
-    assert "semgrad" in capsys.readouterr().out
+def test_score_table_output(model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    argv = ["score", "--model", str(model_dir), "--prompt", "Hi?", "--answer", "Hello."]
+    assert main([*argv, "--anchor-offset", "-2", "--layers", "0,1,2,3"]) == 0
+    out = capsys.readouterr().out
+    assert "semgrad" in out and "-2 / 0-3" in out  # a layer band as a range, on one row
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(
+    ("layers", "shown"),
+    [
+        ([15, 16, 17, 18], "15-18"),
+        ([1, 3], "1, 3"),
+        ([1, 2], "1, 2"),
+        ([0, 1, 2, 5, 7, 8, 9], "0-2, 5, 7-9"),
+        ([], ""),
+    ],
+)
+def test_layers_are_shown_as_runs(layers, shown):
+    from semgrad_guard.cli._text import layer_span
+
+    assert layer_span(layers) == shown
 
 
 def test_bad_input_exits_with_a_clear_message(model_dir, tmp_path, capsys):

@@ -192,3 +192,17 @@ def test_from_threshold_builds_a_risk_controlled_policy() -> None:
     assert policy.decide(None, 0.83).action is Action.ACCEPT
     assert policy.decide(None, 0.7).action is Action.ANNOTATE
     assert policy.decide(None, 0.2).action is Action.ABSTAIN
+
+
+def test_a_missing_relative_policy_file_says_where_it_was_looked_for(tmp_path, monkeypatch) -> None:
+    # The READMEs name cookbook/policies/default.yaml; run from integrations/<pkg>/ it is not there.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        GuardPolicy.from_yaml("cookbook/policies/default.yaml")
+    assert (
+        str(info.value)
+        == f"policy file cookbook/policies/default.yaml does not exist (relative to {tmp_path})"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        GuardPolicy.from_yaml(tmp_path / "nope.yaml")
+    assert str(info.value) == f"policy file {tmp_path / 'nope.yaml'} does not exist"  # absolute: as given

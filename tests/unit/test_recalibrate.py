@@ -281,3 +281,28 @@ def test_cli_from_reviews_reads_a_postgres_queue_like_a_file(base, tmp_path, pos
     empty = postgres_url.rsplit("/", 1)[0] + "/postgres"  # a database that holds no queue
     assert main(["calibrate", "--from-reviews", empty, "--base", str(base_path), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_copies_of_one_answer_are_one_piece_of_evidence(base, tmp_path) -> None:
+    """Traffic repeats questions, so the queue holds copies of one answer: they stay in one
+    cross-validation fold and count once in the threshold certification (with their summed weight),
+    so five copies of 40 answers certify no more than the 40 answers did."""
+    from semgrad_guard.guard.recalibrate import _answer_groups, _folds
+
+    results, y = _world(40, 1.5, np.random.default_rng(7))
+    with _queue(tmp_path, results * 5, list(y) * 5) as q:
+        copies = recalibrate(base, labelled(q), alphas=(0.2, 0.3))
+    groups = _answer_groups(results * 5)
+    assert len(set(groups)) == 40
+    for train, test in _folds(np.asarray(list(y) * 5, dtype=float), 5, 0, groups):
+        assert not set(groups[train]) & set(groups[test])
+    assert np.allclose(copies.oof.reshape(5, 40), copies.oof[:40])  # copies share their fold's fit
+    overclaimed = []
+    for sel, alpha in zip(copies.thresholds, (0.2, 0.3), strict=True):
+        distinct = select_threshold(
+            copies.oof[:40], y, alpha=alpha, delta=0.1, strict=False, weights=[5.0] * 40
+        )
+        naive = select_threshold(copies.oof, list(y) * 5, alpha=alpha, delta=0.1, strict=False)
+        assert sel == distinct
+        overclaimed.append(naive.feasible and not sel.feasible)
+    assert any(overclaimed)  # 200 'independent' labels would certify what 40 answers cannot

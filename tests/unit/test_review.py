@@ -28,22 +28,11 @@ from semgrad_guard import (
     ReviewQueueError,
     ReviewStatus,
     ReviewTimeoutError,
-    ScoreResult,
     open_review_queue,
 )
+from semgrad_guard.testing import score_result
 
-RESULT = ScoreResult(
-    semgrad=1e-3,
-    hybridgrad=2e-3,
-    exgrad=3e-3,
-    nll=4.0,
-    mean_nll=0.5,
-    mean_entropy=1.2,
-    answer_tokens=8,
-    anchor_offset=-4,
-    layers=[15, 16],
-    model_id="m",
-)
+RESULT = score_result()
 
 
 @pytest.fixture
@@ -435,3 +424,20 @@ def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
         apply_review_decision(q, q.enqueue("q", "a"), "maybe")
     with pytest.raises(ConfigurationError, match="corrected answer"):
         apply_review_decision(q, q.enqueue("q", "a"), "edit")
+
+
+def test_the_default_queue_from_the_environment_is_kept_as_given(monkeypatch, tmp_path) -> None:
+    import semgrad_guard.review as review
+
+    # One helper names the default queue, a path or a URL (a Path of a URL was "postgresql:/h/db").
+    assert [n for n in review.__all__ if n.startswith("default_review")] == ["default_review_db"]
+    url = "postgresql://guard@db.internal:5432/reviews?sslmode=require"
+    monkeypatch.setenv(review.ENV_DB, url)
+    assert review.default_review_db() == url
+    assert review.review_db_name() == url
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(review.ENV_DB, "~/queues/review.db")
+    (tmp_path / "queues").mkdir()
+    assert review.default_review_db() == "~/queues/review.db"
+    with open_review_queue() as q:  # a path is expanded where the file is opened
+        assert Path(q.path) == tmp_path / "queues" / "review.db"

@@ -11,21 +11,11 @@ import sys
 
 import pytest
 
-from semgrad_guard import ScoreResult, open_review_queue
+from semgrad_guard import open_review_queue
 from semgrad_guard.cli import main
+from semgrad_guard.testing import score_result
 
-RESULT = ScoreResult(
-    semgrad=0.0123,
-    hybridgrad=2e-3,
-    exgrad=3e-3,
-    nll=4.0,
-    mean_nll=0.5,
-    mean_entropy=1.2,
-    answer_tokens=8,
-    anchor_offset=-4,
-    layers=[15, 16],
-    model_id="m",
-)
+RESULT = score_result(semgrad=0.0123)
 
 
 @pytest.fixture

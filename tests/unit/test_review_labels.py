@@ -19,21 +19,11 @@ from semgrad_guard import (
 from semgrad_guard.cli import main
 from semgrad_guard.review import label_counts, labelled
 from semgrad_guard.review.queue import APPLICATION_ID, SCHEMA_VERSION, apply_review_decision
+from semgrad_guard.testing import score_result
 
 
 def result(semgrad: float = 1e-3) -> ScoreResult:
-    return ScoreResult(
-        semgrad=semgrad,
-        hybridgrad=2e-3,
-        exgrad=3e-3,
-        nll=4.0,
-        mean_nll=0.5,
-        mean_entropy=1.2,
-        answer_tokens=8,
-        anchor_offset=-4,
-        layers=[15, 16],
-        model_id="m",
-    )
+    return score_result(semgrad=semgrad)
 
 
 @pytest.fixture

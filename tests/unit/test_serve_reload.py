@@ -152,3 +152,63 @@ async def test_sighup_and_an_empty_post_reload_the_started_file(tmp_path) -> Non
         assert app.state.semgrad.calibrator.fingerprint == a.fingerprint
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+async def test_metrics_show_drift_and_the_queues_labels_and_name_the_fix(tmp_path, caplog) -> None:
+    """/metrics carries the serving calibrator's drift (KS statistic and p-value) and the labels its
+    review queue holds; the help and the drift warning name `calibrate --from-reviews`."""
+    s = _scorer()
+    cal = Calibrator.fit(
+        [s.score("q", x) for x in ["right", "wrong"] * 100], [True, False] * 100, method="platt"
+    )
+    policy = GuardPolicy.from_dict(
+        {
+            "rules": [
+                {"name": "sure", "min": 0.5, "action": "accept"},
+                {"name": "unsure", "action": "review"},
+            ],
+            "review": {"path": str(tmp_path / "review.db")},
+        }
+    )
+    app = create_app(_scorer(), calibrator=cal, policy=policy, token=TOKEN)
+    async with client(app) as c:
+        fresh = (await c.get("/metrics", headers=AUTH)).text
+        queue = app.state.semgrad.guard.review_queue
+        for ok in (True, False, False):
+            i = queue.enqueue("q", "a", result=s.score("q", "right" if ok else "wrong"))
+            (queue.approve if ok else queue.reject)(i)
+        queue.enqueue("q", "a", result=s.score("q", "wrong"))  # pending: not a label
+        for _ in range(60):  # only wrong answers: unlike the fitting data's half and half
+            assert (
+                await c.post("/v1/score", json={"messages": "q", "answer": "wrong"}, headers=AUTH)
+            ).status_code == 200
+        text = (await c.get("/metrics", headers=AUTH)).text
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["semgrad_review_labels"] == 3.0
+    assert values["semgrad_calibrator_drift_statistic"] > 0.4
+    assert values["semgrad_calibrator_drift_p_value"] < 1e-3
+    assert "semgrad_calibrator_drift_p_value 1.0" in fresh and "semgrad_review_labels 0.0" in fresh
+    help_line = next(
+        line for line in text.splitlines() if line.startswith("# HELP semgrad_calibrator_drift_statistic")
+    )
+    assert "semgrad-guard calibrate --from-reviews" in help_line and "kill -HUP" in help_line
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "unlike those on its fitting data" in r.getMessage()
+    ]
+    assert "the queue holds 3 labels" in warning and "calibrate --from-reviews" in warning
+
+
+async def test_metrics_without_a_calibrator_or_queue_say_nan() -> None:
+    app = create_app(_scorer(), token=TOKEN)
+    async with client(app) as c:
+        text = (await c.get("/metrics", headers=AUTH)).text
+    for name in (
+        "semgrad_calibrator_drift_statistic",
+        "semgrad_calibrator_drift_p_value",
+        "semgrad_review_labels",
+    ):
+        assert f"{name} NaN" in text

@@ -7,11 +7,11 @@ Use them to *score and record*; gate with :class:`~langchain_semgrad.SemGradOutp
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -34,18 +34,42 @@ SCORE_EVENT = "semgrad_score"
 DEFAULT_RAISE_ON: tuple[str, ...] = ("retry", "abstain", "review", "raise")
 
 
-class _ScoreRecorder:
-    """Shared state of both handlers: pending prompts and the ``run_id -> ScoreResult`` registry."""
+@dataclass(frozen=True)
+class _Score:
+    """Score ``text`` against ``chat`` (with the service's verdict when ``with_verdict``)."""
 
-    def _init_recorder(
+    scorer: Any
+    chat: list[dict[str, Any]]
+    text: str
+    with_verdict: bool
+
+
+@dataclass(frozen=True)
+class _Dispatch:
+    """Dispatch :data:`SCORE_EVENT` with ``payload``."""
+
+    payload: dict[str, Any]
+
+
+_Steps = Generator[_Score | _Dispatch, Any, None]
+
+
+class _ScoreRecorder:
+    """Both handlers' logic, written once: the registry, and what happens when a run ends.
+
+    :meth:`_on_end` is a generator that yields the two things a handler waits on (:class:`_Score`,
+    :class:`_Dispatch`); the sync and async handlers differ only in how they carry those out.
+    """
+
+    def __init__(
         self,
         scorer: Scorer,
         *,
-        policy: Any,
-        calibrator: Any,
-        raise_error: bool,
-        raise_on: Sequence[str],
-        dispatch_events: bool,
+        policy: Any = None,
+        calibrator: Any = None,
+        raise_error: bool = False,
+        raise_on: Sequence[str] = DEFAULT_RAISE_ON,
+        dispatch_events: bool = True,
     ) -> None:
         self.scorer = scorer
         self.policy = policy
@@ -54,7 +78,6 @@ class _ScoreRecorder:
         self.raise_on = tuple(raise_on)
         self.dispatch_events = dispatch_events
         self._lock = threading.Lock()
-        self._server_verdicts: dict[int, dict[str, Any]] = {}
         self._prompts: dict[UUID, list[dict[str, Any]]] = {}
         self._tools: dict[UUID, list[dict[str, Any]]] = {}
         self.chats: dict[UUID, list[dict[str, Any]]] = {}
@@ -156,14 +179,13 @@ class _ScoreRecorder:
         chat: list[dict[str, Any]],
         generations: list[Generation],
         results: list[ScoreResult | None],
+        servers: list[dict[str, Any] | None],
     ) -> list[dict[str, Any]]:
         payloads = []
-        for generation, result in zip(generations, results, strict=True):
+        for generation, result, server in zip(generations, results, servers, strict=True):
             if result is None:
                 continue
             outcome = None
-            with self._lock:
-                server = self._server_verdicts.pop(id(result), None)
             if server is not None:  # a RemoteScorer's: the service's calibrator and policy judged it
                 outcome = _verdict(server)
             if self.policy is not None:
@@ -189,19 +211,45 @@ class _ScoreRecorder:
                 self.chats[run_id] = chat
         return payloads
 
-    def _score_remembering(self, scorer: Scorer, chat: list[dict[str, Any]], text: str) -> ScoreResult:
-        """``scorer.score``; from a scorer that reports its own verdict (RemoteScorer) when this handler
-        has no policy, that verdict is kept for :meth:`_record`."""
-        score_with_verdict = getattr(scorer, "score_with_verdict", None)
-        if self.policy is None and score_with_verdict is not None:
-            result, verdict = score_with_verdict(chat, text)
-            self._remember(result, verdict)
-            return result  # type: ignore[no-any-return]
-        return scorer.score(chat, text)
+    def _on_end(self, response: LLMResult, run_id: UUID) -> _Steps:
+        """What happens when a run ends: score each generation, record, dispatch, maybe raise."""
+        chat, generations = self._pending(response, run_id)
+        if chat is None:
+            return
+        scorer = self._scorer_for(run_id)
+        # A scorer that reports its own verdict (RemoteScorer) gives it when this handler has no policy.
+        with_verdict = self.policy is None and all(
+            hasattr(scorer, name) for name in ("score_with_verdict", "ascore_with_verdict")
+        )
+        results: list[ScoreResult | None] = []
+        servers: list[dict[str, Any] | None] = []  # the service's verdict on each, with_verdict
+        for generation in generations:
+            text = self._to_score(generation, run_id)
+            scored: Any = None
+            if text is not None:
+                try:
+                    scored = yield _Score(scorer, chat, text, with_verdict)
+                except Exception as e:
+                    with self._lock:
+                        self.errors[run_id] = e
+                    if self.raise_error:
+                        raise
+                    logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
+            result, server = scored if with_verdict and scored is not None else (scored, None)
+            results.append(result)
+            servers.append(server)
+        payloads = self._record(run_id, chat, generations, results, servers)
+        if self.dispatch_events:
+            for payload in payloads:
+                # Outside a traced run (a bare model.invoke) there is no parent to attach the event to.
+                with contextlib.suppress(RuntimeError):
+                    yield _Dispatch(payload)
+        self._check_raise(run_id, generations)
 
-    def _remember(self, result: ScoreResult, verdict: dict[str, Any]) -> None:
-        with self._lock:  # keyed by identity: the result object lives until _record reads it
-            self._server_verdicts[id(result)] = verdict
+    def _forget(self, run_id: UUID) -> None:
+        with self._lock:
+            self._prompts.pop(run_id, None)
+            self._tools.pop(run_id, None)
 
     def _check_raise(self, run_id: UUID, generations: list[Generation]) -> None:
         with self._lock:
@@ -252,25 +300,6 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
         0.25
     """
 
-    def __init__(
-        self,
-        scorer: Scorer,
-        *,
-        policy: Any = None,
-        calibrator: Any = None,
-        raise_error: bool = False,
-        raise_on: Sequence[str] = DEFAULT_RAISE_ON,
-        dispatch_events: bool = True,
-    ) -> None:
-        self._init_recorder(
-            scorer,
-            policy=policy,
-            calibrator=calibrator,
-            raise_error=raise_error,
-            raise_on=raise_on,
-            dispatch_events=dispatch_events,
-        )
-
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -300,44 +329,34 @@ class SemGradCallbackHandler(_ScoreRecorder, BaseCallbackHandler):
     def on_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        chat, generations = self._pending(response, run_id)
-        if chat is None:
-            return
-        scorer = self._scorer_for(run_id)
-        results: list[ScoreResult | None] = []
-        for generation in generations:
-            text = self._to_score(generation, run_id)
-            if text is None:
-                results.append(None)
-                continue
+        steps = self._on_end(response, run_id)
+        value: Any = None
+        error: Exception | None = None
+        while True:
             try:
-                results.append(self._score_remembering(scorer, chat, text))
+                step = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration:
+                return
+            value, error = None, None
+            try:
+                if isinstance(step, _Score):
+                    score = step.scorer.score_with_verdict if step.with_verdict else step.scorer.score
+                    value = score(step.chat, step.text)
+                else:
+                    dispatch_custom_event(SCORE_EVENT, step.payload)
             except Exception as e:
-                with self._lock:
-                    self.errors[run_id] = e
-                if self.raise_error:
-                    raise
-                logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
-                results.append(None)
-        payloads = self._record(run_id, chat, generations, results)
-        if self.dispatch_events:
-            for payload in payloads:
-                # Outside a traced run (a bare model.invoke) there is no parent to attach the event to.
-                with contextlib.suppress(RuntimeError):
-                    dispatch_custom_event(SCORE_EVENT, payload)
-        self._check_raise(run_id, generations)
+                error = e
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._lock:
-            self._prompts.pop(run_id, None)
-            self._tools.pop(run_id, None)
+        self._forget(run_id)
 
 
 class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
     """The async twin of :class:`SemGradCallbackHandler`: scoring runs in a worker thread.
 
     ``scorer.ascore`` is awaited (for the local scorer it runs in a thread), so other coroutines
-    keep running while an answer is scored. Same registry, metadata, event and policy options.
+    keep running while an answer is scored. Same registry, metadata, event and policy options, and
+    the same logic (:meth:`_ScoreRecorder._on_end`): only the waiting differs.
 
     Example:
         >>> import asyncio
@@ -349,25 +368,6 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
         >>> handler.last_result.semgrad
         0.5
     """
-
-    def __init__(
-        self,
-        scorer: Scorer,
-        *,
-        policy: Any = None,
-        calibrator: Any = None,
-        raise_error: bool = False,
-        raise_on: Sequence[str] = DEFAULT_RAISE_ON,
-        dispatch_events: bool = True,
-    ) -> None:
-        self._init_recorder(
-            scorer,
-            policy=policy,
-            calibrator=calibrator,
-            raise_error=raise_error,
-            raise_on=raise_on,
-            dispatch_events=dispatch_events,
-        )
 
     async def on_chat_model_start(
         self,
@@ -398,40 +398,23 @@ class AsyncSemGradCallbackHandler(_ScoreRecorder, AsyncCallbackHandler):
     async def on_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        chat, generations = self._pending(response, run_id)
-        if chat is None:
-            return
-        texts = [self._to_score(g, run_id) for g in generations]
-        scorer = self._scorer_for(run_id)
-
-        async def one(text: str | None) -> ScoreResult | None:
-            if text is None:
-                return None
+        steps = self._on_end(response, run_id)
+        value: Any = None
+        error: Exception | None = None
+        while True:
             try:
-                ascore_with_verdict = getattr(scorer, "ascore_with_verdict", None)
-                if self.policy is None and ascore_with_verdict is not None:
-                    result, verdict = await ascore_with_verdict(chat, text)
-                    self._remember(result, verdict)
-                    return result  # type: ignore[no-any-return]
-                scored: ScoreResult = await scorer.ascore(chat, text)
-                return scored
+                step = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration:
+                return
+            value, error = None, None
+            try:
+                if isinstance(step, _Score):
+                    ascore = step.scorer.ascore_with_verdict if step.with_verdict else step.scorer.ascore
+                    value = await ascore(step.chat, step.text)
+                else:
+                    await adispatch_custom_event(SCORE_EVENT, step.payload)
             except Exception as e:
-                with self._lock:
-                    self.errors[run_id] = e
-                if self.raise_error:
-                    raise
-                logger.warning("SemGrad scoring failed for run %s: %s", run_id, e)
-                return None
-
-        results = list(await asyncio.gather(*(one(t) for t in texts)))
-        payloads = self._record(run_id, chat, generations, results)
-        if self.dispatch_events:
-            for payload in payloads:
-                with contextlib.suppress(RuntimeError):  # not inside a traced run: no parent for the event
-                    await adispatch_custom_event(SCORE_EVENT, payload)
-        self._check_raise(run_id, generations)
+                error = e
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._lock:
-            self._prompts.pop(run_id, None)
-            self._tools.pop(run_id, None)
+        self._forget(run_id)

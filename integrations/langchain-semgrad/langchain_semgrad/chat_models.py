@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -376,6 +377,34 @@ class ChatSemGrad(BaseChatModel):
             generation_info={PAYLOAD_KEY: metadata[PAYLOAD_KEY]},
         )
 
+    # -- streaming, written once: _chunks yields what to emit and what it waits on; two drivers ----
+    def _chunks(
+        self, chat: list[dict[str, Any]], stop: list[str] | None, gen: dict[str, Any], tools: Any
+    ) -> Generator[Any, Any, None]:
+        """The chunks of one streamed answer (:class:`_Emit`), and the waits between them."""
+        if tools:
+            # Tool calls are known only once the turn is complete: generate, then emit it whole.
+            turn, result = yield _RunTools(chat, tools, stop, gen)
+            if turn.tool_calls:
+                for chunk in self._tool_chunks(turn, result):
+                    yield _Emit(chunk)
+                return
+            text = turn.content
+        elif not self._is_hf() or stop:
+            # No token stream to tap (a test double), or stop strings that must be cut before the
+            # text goes out: generate first, then emit the final text and the score.
+            text, result = yield _Drive(self._answer(chat, stop, gen))
+        else:
+            # The core streams the text, then scores from generation's own state the moment it ends.
+            stream = yield _Open(chat, gen)
+            while (piece := (yield _Next(stream))).result is None:
+                yield _Emit(ChatGenerationChunk(message=AIMessageChunk(content=piece.delta)), piece.delta)
+            yield _Emit(self._last_chunk(piece.delta, piece.result))
+            return
+        if text:
+            yield _Emit(ChatGenerationChunk(message=AIMessageChunk(content=text)), text)
+        yield _Emit(self._last_chunk("", result))
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -383,43 +412,29 @@ class ChatSemGrad(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        chat = to_chat(messages)
         stop = stop or self.stop
-        gen_kwargs = self._generate_kwargs(stop, kwargs)
-        if kwargs.get("tools"):
-            # Tool calls are known only once the turn is complete: generate, then emit it whole.
-            turn, result = self._run_tools(chat, kwargs["tools"], stop, gen_kwargs)
-            if turn.tool_calls:
-                yield from self._tool_chunks(turn, result)
+        steps = self._chunks(
+            to_chat(messages), stop, self._generate_kwargs(stop, kwargs), kwargs.get("tools")
+        )
+        value: Any = None
+        while True:
+            try:
+                step = steps.send(value)
+            except StopIteration:
                 return
-            if turn.content:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=turn.content))
-                if run_manager:
-                    run_manager.on_llm_new_token(turn.content, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
-        if not self._is_hf() or stop:
-            # No token stream to tap (a test double), or stop strings that must be cut before the
-            # text goes out: generate first, then emit the final text and the score.
-            text, result = self._drive(self._answer(chat, stop, gen_kwargs))
-            if text:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if run_manager:
-                    run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
-
-        # The core streams the text, then scores from generation's own state the moment it ends.
-        for piece in self.scorer.stream(chat, **gen_kwargs):
-            if piece.result is not None:
-                yield self._last_chunk(piece.delta, piece.result)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
-            if run_manager:
-                run_manager.on_llm_new_token(piece.delta, chunk=chunk)
-            yield chunk
+            value = None
+            if isinstance(step, _Emit):
+                if step.token is not None and run_manager:
+                    run_manager.on_llm_new_token(step.token, chunk=step.chunk)
+                yield step.chunk
+            elif isinstance(step, _RunTools):
+                value = self._run_tools(step.chat, step.tools, step.stop, step.gen)
+            elif isinstance(step, _Drive):
+                value = self._drive(step.steps)
+            elif isinstance(step, _Open):
+                value = iter(self.scorer.stream(step.chat, **step.gen))
+            else:
+                value = next(step.stream)
 
     async def _astream(
         self,
@@ -428,40 +443,61 @@ class ChatSemGrad(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chat = to_chat(messages)
         stop = stop or self.stop
-        gen_kwargs = self._generate_kwargs(stop, kwargs)
-        if kwargs.get("tools"):
-            turn, result = await asyncio.to_thread(self._run_tools, chat, kwargs["tools"], stop, gen_kwargs)
-            if turn.tool_calls:
-                for c in self._tool_chunks(turn, result):
-                    yield c
+        steps = self._chunks(
+            to_chat(messages), stop, self._generate_kwargs(stop, kwargs), kwargs.get("tools")
+        )
+        value: Any = None
+        while True:
+            try:
+                step = steps.send(value)
+            except StopIteration:
                 return
-            if turn.content:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=turn.content))
-                if run_manager:
-                    await run_manager.on_llm_new_token(turn.content, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
-        if not self._is_hf() or stop:
-            text, result = await self._adrive(self._answer(chat, stop, gen_kwargs))
-            if text:
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if run_manager:
-                    await run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-            yield self._last_chunk("", result)
-            return
+            value = None
+            if isinstance(step, _Emit):
+                if step.token is not None and run_manager:
+                    await run_manager.on_llm_new_token(step.token, chunk=step.chunk)
+                yield step.chunk
+            elif isinstance(step, _RunTools):
+                value = await asyncio.to_thread(self._run_tools, step.chat, step.tools, step.stop, step.gen)
+            elif isinstance(step, _Drive):
+                value = await self._adrive(step.steps)
+            elif isinstance(step, _Open):
+                value = aiter(self.scorer.astream(step.chat, **step.gen))
+            else:
+                value = await anext(step.stream)
 
-        async for piece in self.scorer.astream(chat, **gen_kwargs):
-            if piece.result is not None:
-                yield self._last_chunk(piece.delta, piece.result)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.delta))
-            if run_manager:
-                await run_manager.on_llm_new_token(piece.delta, chunk=chunk)
-            yield chunk
+
+@dataclass(frozen=True)
+class _Emit:
+    """Emit ``chunk``; ``token`` is its text for ``on_llm_new_token`` (None: the scored last chunk)."""
+
+    chunk: ChatGenerationChunk
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class _RunTools:
+    chat: list[dict[str, Any]]
+    tools: Any
+    stop: list[str] | None
+    gen: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Drive:
+    steps: _Steps
+
+
+@dataclass(frozen=True)
+class _Open:
+    chat: list[dict[str, Any]]
+    gen: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Next:
+    stream: Any
 
 
 def _from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -150,21 +150,21 @@ class SemGradLLM(CustomLLM):
         )
         return out
 
+    # What a response is, written once for chat and completion, whole or streamed: ``(text, delta,
+    # score)`` in, the LlamaIndex response out; only a scored response carries the payload.
     @staticmethod
-    def _chat_response(answer: str, result: ScoreResult, delta: str | None = None) -> ChatResponse:
+    def _chat_response(answer: str, result: ScoreResult | None, delta: str | None = None) -> ChatResponse:
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=answer),
             delta=delta,
-            additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")},
+            additional_kwargs=_payload(result),
         )
 
     @staticmethod
     def _completion_response(
-        answer: str, result: ScoreResult, delta: str | None = None
+        answer: str, result: ScoreResult | None, delta: str | None = None
     ) -> CompletionResponse:
-        return CompletionResponse(
-            text=answer, delta=delta, additional_kwargs={PAYLOAD_KEY: score_payload(result, source="llm")}
-        )
+        return CompletionResponse(text=answer, delta=delta, additional_kwargs=_payload(result))
 
     def _stream(
         self, chat: list[dict[str, Any]], gen: dict[str, Any]
@@ -189,43 +189,23 @@ class SemGradLLM(CustomLLM):
     # -- sync -------------------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer, result = self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs))
-        return self._chat_response(answer, result)
+        return self._chat_response(*self._scorer.generate(to_chat(messages), **self._generate_kwargs(kwargs)))
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer, result = self._scorer.generate(prompt_as_chat(prompt), **self._generate_kwargs(kwargs))
-        return self._completion_response(answer, result)
+        chat = prompt_as_chat(prompt)
+        return self._completion_response(*self._scorer.generate(chat, **self._generate_kwargs(kwargs)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        items = self._stream(to_chat(messages), self._generate_kwargs(kwargs))
-
-        def gen() -> ChatResponseGen:
-            for text, delta, result in items:
-                if result is None:
-                    yield ChatResponse(
-                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
-                    )
-                else:
-                    yield self._chat_response(text, result, delta)
-
-        return gen()
+        return _each(self._stream(to_chat(messages), self._generate_kwargs(kwargs)), self._chat_response)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
+        return _each(items, self._completion_response)
 
-        def gen() -> CompletionResponseGen:
-            for text, delta, result in items:
-                if result is None:
-                    yield CompletionResponse(text=text, delta=delta)
-                else:
-                    yield self._completion_response(text, result, delta)
-
-        return gen()
-
-    # -- async: generation runs in a worker thread, never on the event loop -----------------------
+    # -- async: the same steps, with generation in a worker thread, never on the event loop -------
     async def _agenerate(self, chat: list[dict[str, Any]], gen: dict[str, Any]) -> tuple[str, ScoreResult]:
         agenerate = getattr(self._scorer, "agenerate", None)
         if agenerate is not None:
@@ -236,52 +216,49 @@ class SemGradLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        answer, result = await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs))
-        return self._chat_response(answer, result)
+        return self._chat_response(*await self._agenerate(to_chat(messages), self._generate_kwargs(kwargs)))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer, result = await self._agenerate(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
-        return self._completion_response(answer, result)
+        chat = prompt_as_chat(prompt)
+        return self._completion_response(*await self._agenerate(chat, self._generate_kwargs(kwargs)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         items = self._stream(to_chat(messages), self._generate_kwargs(kwargs))
-
-        async def gen() -> AsyncGenerator[ChatResponse, None]:
-            async for text, delta, result in _athread_iter(items):
-                if result is None:
-                    yield ChatResponse(
-                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta
-                    )
-                else:
-                    yield self._chat_response(text, result, delta)
-
-        return gen()
+        return _aeach(items, self._chat_response)
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         items = self._stream(prompt_as_chat(prompt), self._generate_kwargs(kwargs))
-
-        async def gen() -> AsyncGenerator[CompletionResponse, None]:
-            async for text, delta, result in _athread_iter(items):
-                if result is None:
-                    yield CompletionResponse(text=text, delta=delta)
-                else:
-                    yield self._completion_response(text, result, delta)
-
-        return gen()
+        return _aeach(items, self._completion_response)
 
 
-_DONE = object()
+def _payload(result: ScoreResult | None) -> dict[str, Any]:
+    return {PAYLOAD_KEY: score_payload(result, source="llm")} if result is not None else {}
 
 
-async def _athread_iter(items: Iterator[Any]) -> AsyncGenerator[Any, None]:
-    """Iterate a blocking iterator from async code, one ``next`` per worker-thread call."""
+_R = TypeVar("_R", ChatResponse, CompletionResponse)
+_Item = tuple[str, str, ScoreResult | None]
+
+
+def _each(
+    items: Iterator[_Item], build: Callable[[str, ScoreResult | None, str], _R]
+) -> Generator[_R, None, None]:
+    """The streamed ``(text, delta, score)`` items as responses."""
+    for text, delta, result in items:
+        yield build(text, result, delta)
+
+
+async def _aeach(
+    items: Iterator[_Item], build: Callable[[str, ScoreResult | None, str], _R]
+) -> AsyncGenerator[_R, None]:
+    """:func:`_each` from async code: each ``next`` of the blocking stream runs in a worker thread."""
     while True:
-        item = await asyncio.to_thread(next, items, _DONE)
-        if item is _DONE:
+        item = await asyncio.to_thread(next, items, None)
+        if item is None:
             return
-        yield item
+        text, delta, result = item
+        yield build(text, result, delta)

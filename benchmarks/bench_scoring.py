@@ -12,7 +12,9 @@ Measures, in one process on one machine, for prompts of about 100 and 1,000 toke
 Times are medians over --repeats interleaved rounds; peak memory is the rise of the process's peak RSS
 (VmHWM, reset before each path) above the loaded model, on CPU, or torch's peak allocation on CUDA.
 
-    python benchmarks/bench_scoring.py                  # CPU, embedded model
+    python benchmarks/bench_scoring.py                  # CPU: the embedded model and Qwen2.5-Coder-0.5B,
+                                                        # memory against answer length (< 10 min quiet)
+    python benchmarks/bench_scoring.py --profile        # torch.profiler's top entries of the scoring pass
     python benchmarks/bench_scoring.py --device cuda --random-llama-8b   # GPU mode: bf16, prompts 256 and
                                                                          # 2,048, answers of 64 tokens
 """
@@ -30,7 +32,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -101,9 +105,22 @@ def memory_child(answer_tokens: int) -> None:
     with Peak("cpu") as p:
         r = scorer.score(chat, answer)
     estimate = scorer.estimate_memory(r.prompt_tokens, r.answer_tokens) if "max_memory" in params else None
+    try:
+        from semgrad_guard.scoring.fastpath import checkpoints
+
+        suffix = -scorer.profile.anchor_offset + r.answer_tokens - 1
+        ckpt: bool | None = checkpoints(scorer.adapter, suffix, min(scorer.profile.layers))
+    except ImportError:  # the code before checkpointing
+        ckpt = None
     print(
         json.dumps(
-            {"answer_tokens": r.answer_tokens, "peak": p.peak, "seconds": p.seconds, "estimate": estimate}
+            {
+                "answer_tokens": r.answer_tokens,
+                "peak": p.peak,
+                "seconds": p.seconds,
+                "estimate": estimate,
+                "checkpointed": ckpt,
+            }
         )
     )
 
@@ -117,7 +134,7 @@ def bench_memory(lengths: list[int], before: Path | None) -> list[dict[str, obje
     for n in lengths:
         for label, root in versions:
             if label == "before" and n > 2000:
-                continue  # grew by ~1.4 MiB per token: 8,000 tokens would take the shared machine down
+                continue  # grew by ~1.2 MiB per token: 8,000 tokens would take the shared machine down
             env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
             out = (
                 subprocess.run(
@@ -142,14 +159,16 @@ def memory_table(rows: list[dict[str, object]]) -> list[str]:
 
     before = {r["answer_tokens"]: r for r in rows if r["version"] == "before"}
     lines = [
-        "| answer tok | before MiB | after MiB | estimate MiB | after s |",
-        "|---:|---:|---:|---:|---:|",
+        "| answer tok | before MiB | after MiB | MiB/tok | estimate MiB | ckpt | after s |",
+        "|---:|---:|---:|---:|---:|:---:|---:|",
     ]
     for r in (r for r in rows if r["version"] == "after"):
         b = before.get(r["answer_tokens"], {})
+        per = float(r["peak"]) / 2**20 / int(r["answer_tokens"])  # type: ignore[arg-type]
         lines.append(
-            f"| {r['answer_tokens']} | {mib(b.get('peak')) or '-'} | {mib(r['peak'])} | "
-            f"{mib(r['estimate'])} | {float(r['seconds']):.1f} |"  # type: ignore[arg-type]
+            f"| {r['answer_tokens']} | {mib(b.get('peak')) or '-'} | {mib(r['peak'])} | {per:.2f} | "
+            f"{mib(r['estimate'])} | {'yes' if r.get('checkpointed') else 'no'} | "
+            f"{float(r['seconds']):.1f} |"  # type: ignore[arg-type]
         )
     return lines
 
@@ -169,7 +188,13 @@ def make_prompt(scorer: SemGradScorer, target_tokens: int) -> list[dict[str, str
 
 
 def bench_prompt(
-    scorer: SemGradScorer, plain: torch.nn.Module, target: int, repeats: int, device: str, full_run: bool
+    scorer: SemGradScorer,
+    plain: torch.nn.Module,
+    target: int,
+    repeats: int,
+    device: str,
+    full_run: bool,
+    hooked: bool = True,
 ) -> tuple[int, int, dict[str, float], dict[str, int]]:
     """Time every path for one prompt length; interleaved rounds after a warm-up.
 
@@ -177,6 +202,27 @@ def bench_prompt(
     """
     model = scorer.model
     delays: list[float] = []
+    passes: list[float] = []
+
+    def timed_pass(run: Callable[[], object]) -> None:
+        """Run ``scorer.generate``, timing its scoring pass alone (``score_ids`` after generation): a
+        short interval, so on a loaded machine 1 + pass / plain is a steadier ratio than gen+sc / plain."""
+        import semgrad_guard.scoring.hf_scorer as hf
+
+        original = hf.score_ids
+
+        def score_ids(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                passes.append(time.perf_counter() - t0)
+
+        hf.score_ids = score_ids
+        try:
+            run()
+        finally:
+            hf.score_ids = original
 
     def stream() -> None:
         last_text = time.perf_counter()
@@ -216,8 +262,8 @@ def bench_prompt(
     paths = {
         "generate": generate,
         "gen+hooks": generate_hooked,
-        "generate+score": lambda: scorer.generate(
-            chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS
+        "generate+score": lambda: timed_pass(
+            lambda: scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)
         ),
         "score(text)": lambda: scorer.score(chat, answer),
         "reference": lambda: reference_scores(
@@ -232,6 +278,8 @@ def bench_prompt(
     if not full_run:
         for k in ("reference", "forward", "stream"):
             del paths[k]
+    if not hooked:  # the hooks' cost is the code's, measured on the first model only
+        del paths["gen+hooks"]
     for fn in paths.values():  # warm-up
         fn()
     delays.clear()
@@ -245,6 +293,7 @@ def bench_prompt(
             peaks[k] = max(peaks[k], p.peak)
     med = {k: statistics.median(v) for k, v in times.items()}
     med["delay"] = statistics.median(delays) if delays else float("nan")
+    med["pass"] = statistics.median(passes[1:] or passes)  # the warm-up's pass left out
     print(
         f"prompt {len(x)} tokens, answer {len(y)} tokens: "
         + ", ".join(f"{k} {v:.3f}s" for k, v in med.items())
@@ -252,31 +301,53 @@ def bench_prompt(
     return len(x), len(y), med, peaks
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument(
-        "--random-llama-8b", action="store_true", help="random weights with Llama-3.1-8B's shape, bf16"
-    )
-    ap.add_argument("--prompts", default=None, help="default 100,1000 on CPU, 256,2048 on GPU")
-    ap.add_argument("--answer-tokens", type=int, default=None, help="default 40 on CPU, 64 on GPU")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--full", action="store_true", help="also time the reference, forward and stream")
-    ap.add_argument("--memory", default=None, help="answer lengths for the memory table, e.g. 250,1000")
-    ap.add_argument("--before", type=Path, default=None, help="a checkout of the code before, for --memory")
-    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if args.memory_child is not None:
-        memory_child(args.memory_child)
-        return
-    gpu = args.device.startswith("cuda")
-    args.prompts = args.prompts or ("256,2048" if gpu else "100,1000")
-    global ANSWER_TOKENS
-    ANSWER_TOKENS = args.answer_tokens or (64 if gpu else 40)
-    load = [f"{v:.2f}" for v in os.getloadavg()]
+def profile_scoring(scorer: SemGradScorer, targets: list[int], rows: int = 12) -> list[str]:
+    """torch.profiler's top entries (self CPU time) of the scoring pass that follows ``generate``."""
+    from torch.profiler import ProfilerActivity, profile
 
-    if args.random_llama_8b:
+    import semgrad_guard.scoring.hf_scorer as hf
+
+    original, on = hf.score_ids, {"now": False}
+    lines: list[str] = []
+
+    def profiled(*args: object, **kwargs: object) -> object:
+        if not on["now"]:
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            out = original(*args, **kwargs)  # type: ignore[arg-type]
+            seconds = time.perf_counter() - t0
+        table = prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40
+        )
+        lines.extend([f"scoring pass after generate, {n_prompt} prompt tokens: {seconds:.3f} s", "", "```"])
+        # Name, self CPU %, self CPU, calls: the columns that fit 80 characters.
+        for row in table.splitlines():
+            cells = [c for c in row.split("  ") if c.strip()]
+            if len(cells) >= 7 and not set(row) <= set("- "):
+                lines.append(
+                    f"{cells[0].strip()[:40]:<40} {cells[1].strip():>8} {cells[2].strip():>11} {cells[-1].strip():>7}"
+                )
+        lines.extend(["```", ""])
+        return out
+
+    hf.score_ids = profiled  # type: ignore[assignment]
+    try:
+        for target in targets:
+            chat = make_prompt(scorer, target)
+            n_prompt = len(scorer.prompt_ids(chat))
+            scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)  # warm-up
+            on["now"] = True
+            scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)
+            on["now"] = False
+    finally:
+        hf.score_ids = original  # type: ignore[assignment]
+    return lines
+
+
+def load_pair(name: str, device: str) -> tuple[SemGradScorer, torch.nn.Module, str]:
+    """A scorer and, as the baseline, a separately loaded copy of the same model that no scorer wraps."""
+    if name == "random-llama-8b":
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from semgrad_guard.testing import tiny_tokenizer
@@ -296,84 +367,59 @@ def main() -> None:
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.eos_token_id,
         )
-        with torch.device(args.device):
+        with torch.device(device):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
         plain = copy.deepcopy(model)  # before any scorer sees `model`: never hooked
         scorer = SemGradScorer(model, tok, model_id="random-llama-3.1-8b-shape")
-        name = "random-weight model with Llama-3.1-8B's shape, bf16"
-    else:
-        from semgrad_guard.scoring.loading import load_model_and_tokenizer
+        return scorer, plain, "random-weight model with Llama-3.1-8B's shape, bf16"
+    from semgrad_guard.scoring.loading import load_model_and_tokenizer
 
-        # The baseline: a second, separately loaded copy that no scorer ever wraps.
-        plain = load_model_and_tokenizer("default", device=args.device)[0].eval()
-        scorer = SemGradScorer.from_pretrained("default", device=args.device)
-        name = f"{scorer.model_id} (float32)"
-    device = args.device
-    rows = []
-    for target in [int(v) for v in args.prompts.split(",")]:
-        rows.append(bench_prompt(scorer, plain, target, args.repeats, device, args.full))
-    del plain
-    # After the timings, in subprocesses of their own: a long answer's peak does not disturb them.
-    mem_rows = bench_memory([int(v) for v in args.memory.split(",")], args.before) if args.memory else []
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    machine = (
-        torch.cuda.get_device_name()
-        if device.startswith("cuda")
-        else f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-    )
-    when = dt.datetime.now(dt.timezone.utc)
+    plain = load_model_and_tokenizer(name, device=device)[0].eval()
+    scorer = SemGradScorer.from_pretrained(name, device=device)
+    return scorer, plain, f"{scorer.model_id} ({str(scorer.adapter.output_weight.dtype).split('.')[-1]})"
+
+
+def timing_tables(name: str, scorer: SemGradScorer, rows: list, full: bool) -> list[str]:
+    hooked = "gen+hooks" in rows[0][2]
     lines = [
-        f"# SemGrad scoring cost: {name}",
+        f"### {name}",
         "",
-        f"Machine: {machine}; torch {torch.__version__}; {platform.platform()}.",
-        f"Run {when:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 min) at the start {' / '.join(load)}, at the "
-        f"end {' / '.join(f'{v:.2f}' for v in os.getloadavg())}.",
         f"Profile: anchor_offset={scorer.profile.anchor_offset}, layers={scorer.profile.layers[0]}.."
         f"{scorer.profile.layers[-1]} ({len(scorer.profile.layers)} of {scorer.adapter.num_layers}).",
-        f"Median of {args.repeats} interleaved rounds after a warm-up; {ANSWER_TOKENS}-token answers.",
-        "",
-        "`plain`: greedy generation on a separately loaded copy of the model that no scorer ever wrapped",
-        "(no hooks). `hooked`: the same generation on the scorer's model with its hooks installed and the",
-        "residual stream recorded, as `scorer.generate` does, without scoring. `gen+sc`: `scorer.generate`",
-        "(generation and scoring). `score`: `scorer.score` on text. `floor`: one forward pass without",
-        "gradients, logits only at the answer's positions. `hook x` = hooked / plain, `g+s x` = gen+sc /",
-        "plain, `sc/fl` = score / floor; `x`, `y`: prompt and answer tokens. Times in seconds.",
         "",
         "| x | y | plain | hooked | gen+sc | score | floor | hook x | g+s x | sc/fl |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for nx, ny, med, _ in rows:
+        hk = f"{med['gen+hooks']:.3f}" if hooked else "-"
+        hx = f"{med['gen+hooks'] / med['generate']:.3f}" if hooked else "-"
         lines.append(
-            f"| {nx} | {ny} | {med['generate']:.3f} | {med['gen+hooks']:.3f} | {med['generate+score']:.3f} | "
-            f"{med['score(text)']:.3f} | {med['forward(ans)']:.3f} | "
-            f"{med['gen+hooks'] / med['generate']:.3f} | {med['generate+score'] / med['generate']:.3f} | "
-            f"{med['score(text)'] / med['forward(ans)']:.2f} |"
+            f"| {nx} | {ny} | {med['generate']:.3f} | {hk} | {med['generate+score']:.3f} | "
+            f"{med['score(text)']:.3f} | {med['forward(ans)']:.3f} | {hx} | "
+            f"{med['generate+score'] / med['generate']:.3f} | {med['score(text)'] / med['forward(ans)']:.2f} |"
         )
     lines += [
         "",
-        "Peak memory of the same paths (MiB): rise of peak RSS above the loaded models (CPU), or the peak",
-        "CUDA allocation (GPU).",
+        "The scoring pass alone (timed inside `scorer.generate`), and what it adds to plain generation:",
+        "",
+        "| x tok | pass s | 1 + pass / plain |",
+        "|---:|---:|---:|",
+    ]
+    for nx, _, med, _ in rows:
+        lines.append(f"| {nx} | {med['pass']:.3f} | {1 + med['pass'] / med['generate']:.3f} |")
+    keys = ("generate", "gen+hooks", "generate+score", "score(text)", "forward(ans)")
+    lines += [
+        "",
+        "Peak memory of the same paths (MiB above the loaded models).",
         "",
         "| x tok | plain | hooked | gen+sc | score | floor |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for nx, _, _, peaks in rows:
         lines.append(
-            f"| {nx} | "
-            + " | ".join(
-                f"{peaks[k] / 2**20:.0f}"
-                for k in ("generate", "gen+hooks", "generate+score", "score(text)", "forward(ans)")
-            )
-            + " |"
+            f"| {nx} | " + " | ".join(f"{peaks[k] / 2**20:.0f}" if k in peaks else "-" for k in keys) + " |"
         )
-    if args.full:
+    if full:
         lines += [
             "",
             "| x tok | reference | forward | stream | stream delay | reference / score |",
@@ -384,23 +430,119 @@ def main() -> None:
                 f"| {nx} | {med['reference']:.3f} | {med['forward']:.3f} | {med['stream']:.3f} | "
                 f"{med['delay']:.3f} | {med['reference'] / med['score(text)']:.2f} |"
             )
+    return [*lines, ""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--random-llama-8b", action="store_true", help="random weights with Llama-3.1-8B's shape, bf16"
+    )
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated (default: default,qwen2.5-coder-0.5b on CPU; random-llama-8b on GPU)",
+    )
+    ap.add_argument("--prompts", default=None, help="default 100,1000 on CPU, 256,2048 on GPU")
+    ap.add_argument("--answer-tokens", type=int, default=None, help="default 40 on CPU, 64 on GPU")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds for the first model")
+    ap.add_argument("--repeats-others", type=int, default=2, help="rounds for the other models")
+    ap.add_argument("--full", action="store_true", help="also time the reference, forward and stream")
+    ap.add_argument(
+        "--memory",
+        default="1000,8000",
+        help="answer lengths for the memory table ('' for none); default up to the 8,192-token context",
+    )
+    ap.add_argument("--before", type=Path, default=None, help="a checkout of the code before, for --memory")
+    ap.add_argument("--profile", action="store_true", help="only profile the scoring pass (first model)")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child)
+        return
+    started = time.perf_counter()
+    gpu = args.device.startswith("cuda")
+    args.prompts = args.prompts or ("256,2048" if gpu else "100,1000")
+    global ANSWER_TOKENS
+    ANSWER_TOKENS = args.answer_tokens or (64 if gpu else 40)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    load = [f"{v:.2f}" for v in os.getloadavg()]
+    models = (
+        args.models or ("random-llama-8b" if gpu or args.random_llama_8b else "default,qwen2.5-coder-0.5b")
+    ).split(",")
+    targets = [int(v) for v in args.prompts.split(",")]
+    device = args.device
+    if args.profile:
+        scorer, plain, name = load_pair(models[0], device)
+        del plain
+        text = "\n".join([f"# Profile of the scoring pass: {name}", "", *profile_scoring(scorer, targets)])
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
+    sections: list[str] = []
+    results: dict[str, object] = {}
+    for i, model_name in enumerate(models):
+        scorer, plain, name = load_pair(model_name, device)
+        repeats = args.repeats if i == 0 else args.repeats_others
+        rows = [bench_prompt(scorer, plain, t, repeats, device, args.full, hooked=i == 0) for t in targets]
+        sections += timing_tables(f"{name}: median of {repeats} rounds", scorer, rows, args.full)
+        results[model_name] = [list(r) for r in rows]
+        del plain, scorer
+    # After the timings, in subprocesses of their own: a long answer's peak does not disturb them.
+    lengths = [int(v) for v in args.memory.split(",") if v.strip()] if not gpu else []
+    mem_rows = bench_memory(lengths, args.before) if lengths else []
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    machine = (
+        torch.cuda.get_device_name()
+        if gpu
+        else f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
+    when = dt.datetime.now(dt.timezone.utc)
+    lines = [
+        "# SemGrad scoring cost against a plain model" + (" (GPU)" if gpu else " (CPU)"),
+        "",
+        f"Machine: {machine}; torch {torch.__version__}; {platform.platform()}.",
+        f"Run {when:%Y-%m-%d %H:%M} UTC, {time.perf_counter() - started:.0f} s. Load average (1, 5, 15",
+        f"min) at the start {' / '.join(load)}, at the end {' / '.join(f'{v:.2f}' for v in os.getloadavg())}.",
+        f"Medians of interleaved rounds after a warm-up; {ANSWER_TOKENS}-token answers. Regenerate:",
+        "`python benchmarks/bench_scoring.py`" + (" --device cuda" if gpu else "") + ".",
+        "",
+        "`plain`: greedy generation on a separately loaded copy of the model that no scorer ever wrapped",
+        "(no hooks). `hooked`: the same generation on the scorer's model with its recording hooks (the",
+        "layer min(S) and lm_head), as `scorer.generate` runs it, without scoring. `gen+sc`:",
+        "`scorer.generate` (generation and scoring). `score`: `scorer.score` on text. `floor`: one",
+        "forward pass without gradients, logits only at the answer's positions. `hook x` = hooked /",
+        "plain, `g+s x` = gen+sc / plain (targets: <= 1.08 at ~100 prompt tokens, <= 1.05 at ~1,000),",
+        "`sc/fl` = score / floor; `x`, `y`: prompt and answer tokens. Times in seconds.",
+        "",
+        *sections,
+    ]
     if mem_rows:
         lines += [
-            "",
             "Peak memory of `scorer.score` against answer length (RSS growth in a fresh subprocess per",
-            "length, 1 thread, the embedded model, a one-line question). `before`: the code before chunking",
-            f"({args.before}); `estimate`: `scorer.estimate_memory`, which the `max_memory` budget checks.",
+            "length, 1 thread, the embedded model, a one-line question). `before`: the code at",
+            f"{args.before or '--before (not run)'}; `estimate`: `scorer.estimate_memory`, which the",
+            "`max_memory` budget checks; `ckpt`: the pass checkpointed the upper layers (graph over 256 MiB).",
             "",
             *memory_table(mem_rows),
+            "",
         ]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines)
     print(text)
-    out = args.out or ROOT / "benchmarks" / "results" / (
-        "scoring_gpu.md" if device.startswith("cuda") else "scoring_cpu.md"
-    )
+    out = args.out or ROOT / "benchmarks" / "results" / ("scoring_gpu.md" if gpu else "scoring_cpu.md")
     out.write_text(text)
     (out.with_suffix(".json")).write_text(
-        json.dumps({"rows": [list(r) for r in rows], "memory": mem_rows, "load_start": load}, indent=1) + "\n"
+        json.dumps({"rows": results, "memory": mem_rows, "load_start": load}, indent=1) + "\n"
     )
     print(f"written to {out}")
 

@@ -84,22 +84,30 @@ class _Capture:
     # generation. When set, the layers below ``grad_start`` do not run; the hook substitutes these states.
     residuals: torch.Tensor | None = None
     substituted: bool = False
+    # Long answers: each layer from ``grad_start`` up keeps only its input and is recomputed in the
+    # backward (activation checkpointing), so the graph holds one layer's activations at a time.
+    checkpoint: bool = False
 
 
 @dataclass
 class ResidualRecorder:
-    """Records, during ``generate``, the residual stream entering layer ``layer`` from position ``keep_from`` on.
+    """Records, during ``generate``, the residual stream entering layer ``layer`` from position ``keep_from`` on,
+    and the raw logits (the output projection's output) of every step, up to ``logit_rows`` steps.
 
     The prompt's positions come from the prefill step, each answer token's from its decode step. Any
     other feeding pattern (beams, assisted decoding re-running positions) marks the record unusable,
-    and the scorer falls back to running the suffix through every layer.
+    and the scorer falls back to running the suffix through every layer (and the output projection).
     """
 
     layer: int
     keep_from: int
+    logit_rows: int = 0
     steps: list[torch.Tensor] = field(default_factory=list)
     seen: int = 0
     usable: bool = True
+    logit_calls: int = 0
+    logits_usable: bool = True
+    _logits: torch.Tensor | None = None
 
     def add(self, hidden: torch.Tensor) -> None:
         if hidden.shape[0] != 1:
@@ -113,12 +121,30 @@ class ResidualRecorder:
         # Only the anchor's tail of a long prefill is kept (a copy, so the prefill's tensor can be freed).
         self.steps.append(hidden[:, cut:].detach().clone() if cut or n > 1 else hidden.detach())
 
+    def add_logits(self, raw: torch.Tensor) -> None:
+        """One generation step's raw logits ``(1, n, V)``: the prefill's last position, then one per step."""
+        step, self.logit_calls = self.logit_calls, self.logit_calls + 1
+        if raw.shape[0] != 1 or (step and raw.shape[1] != 1):
+            self.logits_usable = False
+        if not self.logits_usable or step >= self.logit_rows:
+            return
+        if self._logits is None:  # one buffer for every step: no per-step allocation, no final concat
+            self._logits = raw.new_empty(1, self.logit_rows, raw.shape[-1])
+        self._logits[:, step] = raw[:, -1].detach()
+
     def residuals(self, fed: int, length: int) -> torch.Tensor | None:
         """The first ``length`` recorded suffix positions, if exactly ``fed`` positions went through."""
         if not self.usable or self.seen != fed or not self.steps:
             return None
         states = torch.cat(self.steps, dim=1)
         return states[:, :length] if states.shape[1] >= length else None
+
+    def logits(self, steps: int, length: int) -> torch.Tensor | None:
+        """Raw logits of the first ``min(length, logit_rows)`` answer steps, ``(1, rows, V)``, if exactly
+        ``steps`` generation steps ran one position each (else None: the scorer recomputes them)."""
+        if not self.logits_usable or self.logit_calls != steps or self._logits is None:
+            return None
+        return self._logits[:, : min(length, self.logit_rows, steps)]
 
 
 class ModelAdapter:
@@ -155,6 +181,8 @@ class ModelAdapter:
         self._users_lock = threading.Lock()
         # Whether a batched backward (is_grads_batched) works through this model: None until tried.
         self.batched_grads: bool | None = None
+        # Recording hooks, shared by the threads recording the same layer: key -> (handle, holders).
+        self._recording: dict[object, tuple[Any, int]] = {}
 
     def _install(self) -> None:
         self._handles = [
@@ -193,15 +221,14 @@ class ModelAdapter:
             if cap is not None and cap.residuals is not None and index < cap.grad_start:
                 # Below min(S) with captured residuals: this layer's output is replaced anyway.
                 return args[0] if args else kwargs["hidden_states"]
+            if cap is not None and cap.checkpoint and index >= cap.grad_start:
+                return _checkpointed(original, index, args, kwargs)
             return original(*args, **kwargs)
 
         return forward
 
     def _make_hook(self, index: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            rec: ResidualRecorder | None = getattr(self._tls, "record", None)
-            if rec is not None and index == rec.layer:
-                rec.add(args[0] if args else kwargs["hidden_states"])
             cap: _Capture | None = getattr(self._tls, "capture", None)
             if cap is None:
                 return None
@@ -232,6 +259,9 @@ class ModelAdapter:
         """Remove the hooks now (they are installed again by the next pass that needs them)."""
         with self._users_lock:
             self._uninstall()
+            for handle, _ in self._recording.values():
+                handle.remove()
+            self._recording = {}
 
     def _uninstall(self) -> None:
         for h in self._handles:
@@ -246,10 +276,19 @@ class ModelAdapter:
         self._wrapped = []
 
     @contextlib.contextmanager
-    def recording(self, layer: int, keep_from: int) -> Iterator[ResidualRecorder]:
-        """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread."""
-        rec = ResidualRecorder(layer=layer, keep_from=keep_from)
-        with self.hooked():
+    def recording(self, layer: int, keep_from: int, logit_rows: int = 0) -> Iterator[ResidualRecorder]:
+        """Record the residual stream entering ``layer`` (positions >= ``keep_from``) on this thread, and
+        the raw logits of the first ``logit_rows`` generation steps (:class:`ResidualRecorder`).
+
+        Only two hooks run per step: a pre-hook on ``layer`` and a forward hook on the output
+        projection; the scoring pass's hooks on every layer are not installed for generation.
+        """
+        rec = ResidualRecorder(layer=layer, keep_from=keep_from, logit_rows=max(0, int(logit_rows)))
+        head = self.model.get_output_embeddings()
+        with (
+            self._shared_hook(("layer", layer), lambda: self._hook_layer(layer)),
+            self._shared_hook("logits", lambda: head.register_forward_hook(self._record_logits)),
+        ):
             self._tls.record = rec
             try:
                 yield rec
@@ -265,6 +304,40 @@ class ModelAdapter:
             yield
         finally:
             self._tls.record = paused
+
+    def _hook_layer(self, index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            rec: ResidualRecorder | None = getattr(self._tls, "record", None)
+            if rec is not None and rec.layer == index:
+                rec.add(args[0] if args else kwargs["hidden_states"])
+
+        return self.layers[index].register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _record_logits(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        rec: ResidualRecorder | None = getattr(self._tls, "record", None)
+        if rec is not None and isinstance(output, torch.Tensor) and output.dim() == 3:
+            rec.add_logits(output)
+
+    @contextlib.contextmanager
+    def _shared_hook(self, key: object, install: Any) -> Iterator[None]:
+        """A hook installed by the first block that needs it and removed by the last (``install()`` returns
+        its handle)."""
+        with self._users_lock:
+            handle, holders = self._recording.get(key) or (None, 0)
+            if handle is None:
+                handle = install()
+            self._recording[key] = (handle, holders + 1)
+        try:
+            yield
+        finally:
+            with self._users_lock:
+                entry = self._recording.get(key)
+                if entry is not None:  # None: remove_hooks() ran meanwhile
+                    if entry[1] <= 1:
+                        entry[0].remove()
+                        del self._recording[key]
+                    else:
+                        self._recording[key] = (entry[0], entry[1] - 1)
 
     # -- passes ------------------------------------------------------------------------------------
     def run(
@@ -308,6 +381,38 @@ class ModelAdapter:
         if self.softcap:
             z = torch.tanh(z / self.softcap) * self.softcap
         return z
+
+
+def _checkpointed(original: Any, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One decoder layer under activation checkpointing: only its inputs are saved, and the backward
+    runs it again. The layer appends the suffix's keys and values to the KV cache; the rerun first
+    puts that cache layer back as it was, so it appends the same ones again (the cache is
+    :func:`restorable`, checked by the caller)."""
+    cache = next((kwargs[k] for k in ("cache", "past_key_values", "past_key_value") if k in kwargs), None)
+    held = getattr(cache, "layers", None)
+    layer = held[index] if held is not None and index < len(held) else None
+    state = dict(vars(layer)) if layer is not None else None
+
+    def run(*a: Any, **k: Any) -> Any:
+        if layer is not None and state is not None:
+            vars(layer).update(state)
+        return original(*a, **k)
+
+    # Eval mode: nothing random to replay, so the RNG state is not saved.
+    return torch.utils.checkpoint.checkpoint(
+        run, *args, use_reentrant=False, preserve_rng_state=False, **kwargs
+    )
+
+
+def restorable(cache: Any) -> bool:
+    """Whether every layer of a KV cache appends by concatenation (a rerun of a layer after putting its
+    attributes back appends the same entries), as dynamic caches do; None: the model makes a dynamic one."""
+    if cache is None:
+        return True
+    layers = getattr(cache, "layers", None)
+    return layers is not None and all(
+        type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers
+    )
 
 
 def _find_base_model(model: nn.Module) -> nn.Module:
@@ -363,6 +468,11 @@ about four such tensors are alive (docs/method.md, "Memory"). The answer's posit
 chunks of ``LOGIT_CHUNK // vocabulary`` rows, so no vocabulary-sized tensor grows with the answer."""
 
 
+VOCAB_CHUNK = 2048
+"""Vocabulary rows of dL/dW_out reduced at once for exgrad: a (2048 x d) float32 block stays in cache;
+8,192 rows were about 30% slower on CPU at 40-token answers (benchmarks/results/scoring_cpu.md)."""
+
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -400,6 +510,38 @@ def parse_bytes(value: int | str, what: str = "memory") -> int:
     return int(n)
 
 
+CHECKPOINT_BYTES = 256 * 2**20
+"""Above this estimated autograd graph (the layers from min(S) up over the suffix), a scoring pass
+checkpoints each of those layers: the graph then holds each layer's input and one layer's activations
+at a time, for one more forward pass through the upper layers (docs/method.md, "Memory")."""
+
+
+def _graph_bytes(adapter: ModelAdapter, suffix: int, grad_start: int, batch: int) -> tuple[int, int]:
+    """(all layers' saved activations, one layer's plus every layer's input) over ``suffix`` positions."""
+    cfg = adapter.text_config
+    esize = adapter.output_weight.element_size()
+    d = adapter.output_weight.shape[1]
+    m = int(getattr(cfg, "intermediate_size", None) or 4 * d)
+    heads = int(getattr(cfg, "num_attention_heads", None) or 1)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
+    graph_layers = adapter.num_layers - grad_start
+    # The saved activations of a pre-norm decoder layer with some margin (measured against RSS growth
+    # in ``benchmarks/bench_scoring.py --memory``).
+    per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
+    full = graph_layers * per_position * suffix * batch
+    # Checkpointed: each layer's input (and its output, the next one's input, while it is rerun), and
+    # the rerun layer's activations twice (its recomputed forward and its backward's buffers: one
+    # layer's worth fell short of RSS growth at 4,000 tokens, 1,800 MiB measured).
+    checkpointed = 2 * (graph_layers * d * esize + per_position) * suffix * batch
+    return full, checkpointed
+
+
+def checkpoints(adapter: ModelAdapter, suffix: int, grad_start: int, batch: int = 1) -> bool:
+    """Whether a scoring pass over ``suffix`` positions checkpoints its layers (:data:`CHECKPOINT_BYTES`)."""
+    return _graph_bytes(adapter, suffix, grad_start, batch)[0] > CHECKPOINT_BYTES
+
+
 def memory_estimate(
     adapter: ModelAdapter,
     *,
@@ -409,21 +551,22 @@ def memory_estimate(
     layers: list[int],
     batch: int = 1,
     logit_chunk: int = LOGIT_CHUNK,
-    vocab_chunk: int = 8192,
+    vocab_chunk: int = VOCAB_CHUNK,
 ) -> int:
     """Bytes a :func:`score_ids` pass allocates above the loaded model, from the model's shapes.
 
-    A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries and the exgrad buffer)
-    plus terms linear in length: the KV cache over every position, and the autograd graph of the
-    layers from ``min(layers)`` up over the suffix (``|anchor_offset| + answer - 1`` positions); and
-    one layer's attention scores (suffix x every position x heads, float32) held in the backward. The
-    per-position coefficients are the saved activations of a pre-norm decoder layer with some margin
-    (measured against RSS growth in ``benchmarks/bench_scoring.py --memory``).
+    A fixed vocabulary term (four float32 tensors of ``logit_chunk`` entries, the exgrad buffer and
+    the logits generation recorded) plus terms linear in length: the KV cache over every position,
+    and the autograd graph of the layers from ``min(layers)`` up over the suffix (``|anchor_offset| +
+    answer - 1`` positions), checkpointed above :data:`CHECKPOINT_BYTES` (each layer's input and one
+    layer's activations); and one layer's attention scores (suffix x every position x heads,
+    float32) held in the backward. The per-position coefficients are the saved activations of a
+    pre-norm decoder layer with some margin (measured against RSS growth in
+    ``benchmarks/bench_scoring.py --memory``).
     """
     cfg = adapter.text_config
     esize = adapter.output_weight.element_size()
     V, d = adapter.output_weight.shape
-    m = int(getattr(cfg, "intermediate_size", None) or 4 * d)
     heads = int(getattr(cfg, "num_attention_heads", None) or 1)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
@@ -432,11 +575,12 @@ def memory_estimate(
     suffix = max(1, -anchor_offset + answer_tokens - 1)
     total = prompt_tokens + answer_tokens
     rows = B * max(1, answer_tokens)
+    full, checkpointed = _graph_bytes(adapter, suffix, min(layers), B)
+    # + generation's recorded raw logits (at most one chunk's entries, the model's dtype)
     vocab = 4 * min(logit_chunk, rows * V) * 4 + B * min(vocab_chunk, V) * d * 4
+    vocab += min(logit_chunk, rows * V) * esize
     kv = 2 * n_layers * kv_heads * head_dim * esize * total * B
-    graph_layers = n_layers - min(layers)
-    per_position = (16 * d + 6 * m + 4 * (heads + 2 * kv_heads) * head_dim) * esize
-    graph = graph_layers * per_position * suffix * B
+    graph = checkpointed if full > CHECKPOINT_BYTES else full
     grads = (len(layers) + 4) * d * 4 * suffix * B  # dL/dh per scored layer, H, dL/dH
     # One layer's attention scores at a time in the backward (float32, every head): the only term
     # that grows with length squared, measured at 0.6 GB for 4,000 answer tokens on the embedded model.
@@ -465,8 +609,9 @@ class _LogitHeads:
         valid: torch.Tensor,
         T: torch.Tensor,
         logit_chunk: int,
+        given: torch.Tensor | None = None,
     ) -> None:
-        self.adapter, self.H, self.targets = adapter, H, targets
+        self.adapter, self.H, self.targets, self.given = adapter, H, targets, given
         W = adapter.output_weight.detach()
         self.W = W
         B, Tmax = targets.shape
@@ -480,8 +625,7 @@ class _LogitHeads:
         self.G: torch.Tensor | None = None  # (B, Tmax, V), kept when one chunk holds the whole answer
         for t0 in range(0, Tmax, step):
             t1 = min(Tmax, t0 + step)
-            raw = torch.nn.functional.linear(H[:, t0:t1], W).float()
-            z = adapter.final_logits(raw)
+            z = adapter.final_logits(self._raw(t0, t1))
             lse = torch.logsumexp(z, dim=-1)
             logp = z - lse.unsqueeze(-1)
             y = targets[:, t0:t1].unsqueeze(-1)
@@ -499,6 +643,17 @@ class _LogitHeads:
             if t0 == 0 and t1 == Tmax:
                 self.G = G
         self.weight = self.entropy / T.unsqueeze(-1)
+
+    def _raw(self, t0: int, t1: int) -> torch.Tensor:
+        """Raw float32 logits of answer steps ``t0 .. t1``: generation's where it recorded them (the same
+        product of the same states), the output projection's for the rest."""
+        have = 0 if self.given is None else min(t1, self.given.shape[1])
+        if self.given is not None and have >= t1:
+            return self.given[:, t0:t1].float()
+        rest = torch.nn.functional.linear(self.H[:, max(t0, have) : t1], self.W).float()
+        if self.given is not None and have > t0:
+            return torch.cat([self.given[:, t0:have].float(), rest], dim=1)
+        return rest
 
     def _chain(self, G: torch.Tensor, z: torch.Tensor) -> None:
         """dL/draw from dL/dz in place, through the model's logit scale and soft-capping."""
@@ -559,12 +714,14 @@ def score_ids(
     *,
     anchor_offset: int,
     layers: list[int],
-    vocab_chunk: int = 8192,
+    vocab_chunk: int = VOCAB_CHUNK,
     logit_chunk: int = LOGIT_CHUNK,
     prefix_cache: Any = None,
     window: bool = False,
     residuals: torch.Tensor | None = None,
     spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    logits: torch.Tensor | None = None,
+    checkpoint: bool | None = None,
 ) -> list[RawScores]:
     """Score a batch of examples with the fast path. ``prefix_cache`` (batch of one only) is a KV cache
     that already holds exactly the prefix ``x[:a]`` (from generation).
@@ -572,6 +729,8 @@ def score_ids(
     ``residuals`` (step 4; with ``prefix_cache``, batch of one) are the residual states entering layer
     ``min(layers)`` at the suffix positions, shape ``(1, |offset| + T - 1, d)``, recorded during
     generation (:meth:`ModelAdapter.recording`): the layers below ``min(layers)`` then do not run again.
+    ``logits`` (batch of one) are generation's raw logits of the first answer steps, ``(1, rows, V)``
+    with ``rows <= len(answer)``: the output projection's forward pass is not run again for them.
 
     ``window=True`` also returns the SemGrad of every prompt position from the anchor to the end of
     the prompt (offsets ``anchor_offset .. -1``) per layer: the suffix already holds them, so one pass
@@ -580,7 +739,11 @@ def score_ids(
     ``spans[i]`` (optional, per example) are answer-token ranges ``(t0, t1)``; each gets the scores of
     its own loss ``sum_{t0 <= t < t1} H_t nll_t / (t1 - t0)`` from the same pass: the backward through
     the upper layers runs once for the answer and its spans together (a batched vector-Jacobian
-    product), and exgrad reuses the answer's dL/dlogits."""
+    product), and exgrad reuses the answer's dL/dlogits.
+
+    ``checkpoint``: recompute the layers from ``min(layers)`` up in the backward instead of keeping
+    their activations (default: when the graph would exceed :data:`CHECKPOINT_BYTES`, and the KV
+    cache is a dynamic one); the scores are the same."""
     device = adapter.output_weight.device
     if device.type == "meta":
         raise ModelError(
@@ -626,7 +789,14 @@ def score_ids(
             f"residuals of shape {tuple(residuals.shape)} need a prefix cache and one example whose "
             f"suffix has {S} positions"
         )
-    capture = _Capture(grad_start=grad_start, layers=frozenset(layers), residuals=residuals)
+    if checkpoint is None:
+        checkpoint = checkpoints(adapter, S, grad_start, B)
+    capture = _Capture(
+        grad_start=grad_start,
+        layers=frozenset(layers),
+        residuals=residuals,
+        checkpoint=checkpoint and restorable(cache),
+    )
     hidden, _ = adapter.run(ids, attention_mask=mask, position_ids=pos, cache=cache, capture=capture)
     if residuals is not None and not capture.substituted:
         raise ModelError("the captured residual states were not used: the decoder layers' hooks did not run")
@@ -642,7 +812,13 @@ def score_ids(
         targets[i, : lengths_t[i]] = torch.tensor(e.answer_ids, device=device)
         valid[i, : lengths_t[i]] = True
     T = torch.tensor(lengths_t, dtype=torch.float32, device=device)
-    heads = _LogitHeads(adapter, H.detach(), targets, valid, T, logit_chunk)
+    if logits is not None and (
+        B != 1 or logits.shape[1] > Tmax or logits.shape[-1] != adapter.output_weight.shape[0]
+    ):
+        raise ModelError(
+            f"generation's logits of shape {tuple(logits.shape)} do not fit one answer of {Tmax} tokens"
+        )
+    heads = _LogitHeads(adapter, H.detach(), targets, valid, T, logit_chunk, logits)
     inputs = [capture.captured[layer] for layer in layers]
     flat = _flat_spans(spans, lengths_t)
     if flat:

@@ -32,6 +32,7 @@ from .adapters import acquire_adapter
 from .fastpath import (
     EXGRAD_MODES,
     LOGIT_CHUNK,
+    VOCAB_CHUNK,
     ModelAdapter,
     RawScores,
     RawSpan,
@@ -105,7 +106,7 @@ class SemGradScorer:
         model_id: str | None = None,
         chat_template: str | None = None,
         max_batch_size: int = 8,
-        vocab_chunk: int = 8192,
+        vocab_chunk: int = VOCAB_CHUNK,
         logit_chunk: int = LOGIT_CHUNK,
         max_memory: int | str | None = "4GiB",
         exgrad_mode: Literal["logits", "weight"] | None = None,
@@ -788,10 +789,13 @@ class SemGradScorer:
             )
         a = len(x) + self.profile.anchor_offset
         # Step 4: record the residual stream entering layer min(S) from the anchor on, so scoring
-        # starts there and the layers below it never run again (docs/method.md, "The fast path").
+        # starts there and the layers below it never run again (docs/method.md, "The fast path"),
+        # and each step's raw logits (up to one logit chunk), so the output projection does not
+        # run again over the answer either.
+        logit_rows = min(max_new_tokens, self.logit_chunk // self._adapter.output_weight.shape[0])
         with (
             torch.no_grad(),
-            self._adapter.recording(min(self.profile.layers), keep_from=a) as recorder,
+            self._adapter.recording(min(self.profile.layers), keep_from=a, logit_rows=logit_rows) as recorder,
         ):
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
@@ -845,6 +849,7 @@ class SemGradScorer:
                 prefix_cache=cache,
                 residuals=residuals,
                 spans=token_spans,
+                logits=recorder.logits(steps=len(generated), length=len(y)),
             )[0]
             if self.exgrad_mode == "weight":
                 raw = self._with_weight_exgrad(raw, example)

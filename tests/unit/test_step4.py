@@ -138,3 +138,95 @@ def test_exgrad_chunks_that_do_not_divide_the_vocabulary_match_the_reference(chu
     for (chat, answer), r in zip(pairs, scorer.score_batch(pairs), strict=True):
         x, y = scorer.prompt_ids(chat), scorer.answer_ids(chat, answer)
         assert_close(r, reference_scores(model, x, y, -2, [2, 3]))
+
+
+def _count_output_products(monkeypatch, scorer: SemGradScorer) -> dict[str, int]:
+    """Counts calls of the output projection's product (the lm_head module's and the fast path's)."""
+    weight = scorer.adapter.output_weight
+    calls = {"n": 0}
+    linear = torch.nn.functional.linear
+
+    def counting(x, w, *rest):
+        if w.data_ptr() == weight.data_ptr() and w.shape == weight.shape:
+            calls["n"] += 1
+        return linear(x, w, *rest)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    return calls
+
+
+@pytest.mark.parametrize("arch,tie", [("llama", False), ("gemma2", False), ("qwen3", True)])
+def test_generate_scores_from_generations_own_logits(monkeypatch, arch, tie):
+    # gemma2: the recorded logits are raw (before soft-capping), as the fast path's own product.
+    model, tok = tiny_chat_model(arch, tie_word_embeddings=tie, num_hidden_layers=6)
+    profile = ModelProfile(anchor_offset=-2, layers=[3, 4, 5])
+    scorer = SemGradScorer(model, tok, profile=profile, model_id=arch)
+    x = scorer.prompt_ids(CHAT)
+    y, made = _greedy_ids(scorer, x, 10)
+    products = _count_output_products(monkeypatch, scorer)
+    _, r = scorer.generate(CHAT, max_new_tokens=10)
+    # One product per generation step; scoring adds none (it reuses them; exgrad is G^T H).
+    assert products["n"] == made
+    assert_close(r, reference_scores(model, x, y, profile.anchor_offset, profile.layers))
+
+
+def test_an_answer_longer_than_the_recorded_logits_recomputes_the_rest_and_matches_reference(monkeypatch):
+    model, tok = tiny_chat_model("qwen2", tie_word_embeddings=False, num_hidden_layers=6, seed=3)
+    V = model.get_output_embeddings().weight.shape[0]
+    profile = ModelProfile(anchor_offset=-3, layers=[2, 5])
+    # Logits of 3 steps are kept; the answer is processed in chunks of 3 positions.
+    scorer = SemGradScorer(model, tok, profile=profile, logit_chunk=3 * V)
+    x = scorer.prompt_ids(CHAT)
+    y, _ = _greedy_ids(scorer, x, 10)
+    assert len(y) > 3
+    _, r = scorer.generate(CHAT, max_new_tokens=10)
+    assert_close(r, reference_scores(model, x, y, profile.anchor_offset, profile.layers))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_logits_given_for_the_first_answer_steps_give_the_same_scores(rows):
+    model, tok = tiny_chat_model("llama", tie_word_embeddings=False, seed=4)
+    scorer = SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=-2, layers=[2, 3]))
+    x = scorer.prompt_ids(CHAT)
+    y = scorer.answer_ids(CHAT, "Carbon dioxide, mostly.")
+    with torch.no_grad():
+        raw = model(torch.tensor([x + y[:-1]])).logits[:, len(x) - 1 : len(x) - 1 + rows]
+    example = ScoringInput(x, y)
+    plain = score_ids(scorer.adapter, [example], anchor_offset=-2, layers=[2, 3])[0]
+    # A chunk of 2 positions: the given rows end inside a chunk too (rows=5), and after it (rows=1).
+    given = score_ids(
+        scorer.adapter, [example], anchor_offset=-2, layers=[2, 3], logits=raw, logit_chunk=2 * raw.shape[-1]
+    )[0]
+    for name in ("semgrad", "exgrad", "nll", "mean_entropy"):
+        assert getattr(given, name) == pytest.approx(getattr(plain, name), rel=1e-5), name
+    with pytest.raises(ModelError, match="logits of shape"):
+        score_ids(scorer.adapter, [example], anchor_offset=-2, layers=[2, 3], logits=raw[..., :-1])
+
+
+def test_recorded_logits_are_refused_unless_one_position_ran_per_step():
+    rec = ResidualRecorder(layer=1, keep_from=0, logit_rows=4)
+    rec.add_logits(torch.zeros(1, 5, 7))  # prefill without logits_to_keep: its last position
+    rec.add_logits(torch.ones(1, 1, 7))
+    got = rec.logits(steps=2, length=9)
+    assert got is not None and got.shape == (1, 2, 7) and got[0, 1].eq(1).all() and got[0, 0].eq(0).all()
+    assert rec.logits(steps=3, length=9) is None  # a step it did not see
+    rec.add_logits(torch.ones(1, 2, 7))  # assisted decoding: two positions in one step
+    assert rec.logits(steps=3, length=9) is None
+    beams = ResidualRecorder(layer=1, keep_from=0, logit_rows=4)
+    beams.add_logits(torch.zeros(2, 1, 7))
+    assert beams.logits(steps=1, length=1) is None
+
+
+def test_generation_calls_two_hooks_per_step_not_one_per_layer():
+    model, tok = tiny_chat_model("qwen2", num_hidden_layers=6)
+    scorer = SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=-2, layers=[3, 4, 5]))
+    layers = scorer.adapter.layers
+    head = model.get_output_embeddings()
+    with scorer.adapter.recording(3, keep_from=0, logit_rows=2):
+        assert [len(layer._forward_pre_hooks) for layer in layers] == [0, 0, 0, 1, 0, 0]
+        assert len(head._forward_hooks) == 1
+        assert not any("forward" in vars(layer) for layer in layers)  # no step-4 wrappers
+        with scorer.adapter.recording(3, keep_from=0):  # another thread's recording shares them
+            assert len(layers[3]._forward_pre_hooks) == 1 and len(head._forward_hooks) == 1
+        assert len(layers[3]._forward_pre_hooks) == 1 and len(head._forward_hooks) == 1
+    assert sum(len(layer._forward_pre_hooks) for layer in layers) == 0 and not head._forward_hooks

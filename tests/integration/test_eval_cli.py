@@ -82,6 +82,8 @@ def test_every_method_is_measured(results: dict[str, Any]) -> None:
         "nll",
         "mean_nll",
         "mean_entropy",
+        "rauq",  # the single-pass peers, from one eager pass over the same answer
+        "attention_score",
     }
     assert set(sub["methods"]) == set(main_block["methods"]) | {
         "semantic_entropy",

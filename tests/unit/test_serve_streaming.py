@@ -262,3 +262,15 @@ async def test_a_backend_that_cannot_stream_holds_by_default_and_refuses_a_live_
         assert r.status_code == 200 and r.headers["x-semgrad-stream-mode"] == "hold"
         r = await c.post("/v1/chat/completions", json={**body, "semgrad": {"stream_mode": "observe"}})
         assert r.status_code == 400 and "ask for stream_mode 'hold'" in r.json()["message"]
+
+
+async def test_gate_without_a_policy_or_a_span_policy_is_a_400_naming_the_fix():
+    from semgrad_guard import MockScorer
+
+    app = create_app(MockScorer(lambda m, a: 0.2, answers=[ANSWER]))
+    body = {"model": "mock", "messages": CHAT, "stream": True, "semgrad": {"stream_mode": "gate"}}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "ConfigurationError"
+    assert "needs a span policy" in r.json()["message"] and "--policy" in r.json()["message"]

@@ -36,6 +36,7 @@ from langchain_semgrad import ChatSemGrad, guard_runnable
 from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
+from transformers.utils import logging as hf_logging
 
 from semgrad_guard import GuardPolicy, GuardResult, SemGradGuardError, SQLiteReviewQueue
 
@@ -139,7 +140,10 @@ def run(
             results.append(guarded.invoke(question))
 
     render(
-        questions, results, console, title=f"Guarded RAG answers ({scorer.model_id}, policy over confidence)"
+        questions,
+        results,
+        console,
+        title=f"Guarded RAG answers: {scorer.model_id.rsplit('/', 1)[-1]}, policy over confidence",
     )
     if calibrator is None:
         console.print(f"confidence: n/a ({why_not}); every answer went to the policy's on_error action")
@@ -187,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.getLogger("semgrad_guard").setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bars: not this table's news
     results = run(max_tokens=args.max_tokens, review_db=args.review_db, model=args.model)
     if args.summary:
         Path(args.summary).write_text("".join(r.model_dump_json() + "\n" for r in results))

@@ -43,6 +43,19 @@ class TestChatSemGradQwenTools(ChatModelIntegrationTests):
         if request.node.originalname not in TOOL_TESTS:
             pytest.skip("not a tool-calling test: runs on the embedded model in test_standard.py")
 
+    @pytest.mark.xfail(
+        reason="model quality, not the adapter: asked to create a customer named 你好啊集团 with the "
+        "unicode_customer tool, the 0.5B model names the call after the customer ('你好啊集团'), "
+        "seen in make test on 4 December; not strict, as CPU thread counts can change greedy ties",
+        strict=False,
+    )
+    def test_unicode_tool_call_integration(
+        self, model: Any, *, tool_choice: str | None = None, force_tool_call: bool = True
+    ) -> None:
+        super().test_unicode_tool_call_integration(
+            model, tool_choice=tool_choice, force_tool_call=force_tool_call
+        )
+
     @property
     def chat_model_class(self) -> type[ChatSemGrad]:
         return ChatSemGrad

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from dataclasses import dataclass
 
 import pytest
-import torch
 from transformers import LogitsProcessorList
 
 from semgrad_guard import ConfigurationError, ModelProfile, SemGradScorer, check_stream_mode
 from semgrad_guard.scoring.streaming import score_span
 from semgrad_guard.testing import tiny_chat_model
+from semgrad_guard.testing.streams import ForcedAnswer
 
 CHAT = [{"role": "user", "content": "Count to four."}]
 ANSWER = "One. Two. Three. Four."
@@ -26,28 +25,8 @@ def scorer(request):
     return SemGradScorer(model, tok, profile=ModelProfile(anchor_offset=-3, layers=[2, 3]))
 
 
-class Force:
-    """Makes generation produce ``ids`` then end the turn; ``delay`` seconds per step; counts steps."""
-
-    def __init__(self, ids: list[int], eos: int, delay: float = 0.0) -> None:
-        self.ids, self.eos, self.delay = ids, eos, delay
-        self.start: int | None = None
-        self.steps = 0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        self.steps += 1
-        if self.delay:
-            time.sleep(self.delay)
-        i = input_ids.shape[1] - self.start
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.ids[i] if i < len(self.ids) else self.eos] = 0.0
-        return forced
-
-
-def forced(scorer, text: str = ANSWER, delay: float = 0.0) -> tuple[Force, dict]:
-    force = Force(scorer.tokenizer.encode(text, add_special_tokens=False), scorer.eos_token_ids[0], delay)
+def forced(scorer, text: str = ANSWER, delay: float = 0.0) -> tuple[ForcedAnswer, dict]:
+    force = ForcedAnswer(scorer, text, delay)
     return force, {"logits_processor": LogitsProcessorList([force]), "max_new_tokens": 40}
 
 

@@ -17,6 +17,9 @@ Writes ``benchmarks/devsets/rag_dev.jsonl``: ``id``, ``question``, ``documents``
 ``references`` (answer strings; empty when unanswerable), ``answerable``, ``kind``, ``reason``.
 
 Usage: python benchmarks/devsets/build_rag_dev.py [--entities 60] [--questions 200] [--seed 0]
+
+The held-out pool (other entities): --seed 1 --id-prefix rag-pool --avoid benchmarks/devsets/rag_dev.jsonl
+--out benchmarks/devsets/rag_pool.jsonl
 """
 
 from __future__ import annotations
@@ -155,7 +158,9 @@ VALUE_PATTERNS = {
 }
 
 
-def build(n_entities: int, n_questions: int, seed: int) -> list[dict]:
+def build(
+    n_entities: int, n_questions: int, seed: int, id_prefix: str = "rag", avoid: frozenset[str] = frozenset()
+) -> list[dict]:
     rng = random.Random(seed)
     kinds = ["library", "company", "festival", "island"]
     entities, names = [], set()
@@ -214,6 +219,7 @@ def build(n_entities: int, n_questions: int, seed: int) -> list[dict]:
                 "reason": "entity not in the corpus",
             }
         )
+    items = [i for i in items if i["question"] not in avoid]  # the pool asks nothing the dev set asks
     answerable = [i for i in items if i["answerable"]]
     unanswerable = [i for i in items if not i["answerable"]]
     rng.shuffle(answerable)
@@ -229,7 +235,7 @@ def build(n_entities: int, n_questions: int, seed: int) -> list[dict]:
     for i, c in enumerate(chosen):
         top = sorted(range(len(docs)), key=lambda j: -float(sims[i][j]))[:3]
         c["documents"] = [docs[j] for j in top]
-        c["id"] = f"rag-{i:03d}"
+        c["id"] = f"{id_prefix}-{i:03d}"
         for k in ("question", "references", "answerable", "kind", "reason"):
             c[k] = c.pop(k)
     return [{"id": c["id"], **{k: v for k, v in c.items() if k != "id"}} for c in chosen]
@@ -241,8 +247,17 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--id-prefix", default="rag", help="question ids <prefix>-000, ... (the pool: rag-pool)"
+    )
+    parser.add_argument("--avoid", type=Path, default=None, help="a built set whose questions to leave out")
     args = parser.parse_args()
-    rows = build(args.entities, args.questions, args.seed)
+    avoid = (
+        frozenset(json.loads(x)["question"] for x in args.avoid.read_text().splitlines() if x)
+        if args.avoid
+        else frozenset()
+    )
+    rows = build(args.entities, args.questions, args.seed, args.id_prefix, avoid)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     n_ans = sum(r["answerable"] for r in rows)
     print(f"wrote {len(rows)} questions ({n_ans} answerable) to {args.out}")

@@ -27,6 +27,7 @@ Resumable: rows already in the output are skipped (and rows of an earlier run wi
 fields get them, from their recorded answer ids). Writes ``benchmarks/results/devsets/<name>.jsonl``.
 
 Usage: python benchmarks/devsets/collect.py rag sciq truthfulqa [--limit 200] [--threads 1] [--model NAME]
+       [--pool]
 """
 
 from __future__ import annotations
@@ -80,12 +81,19 @@ def qa_messages(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": QA_SYSTEM}, {"role": "user", "content": question}]
 
 
-def load(name: str, limit: int | None) -> list[dict[str, Any]]:
-    """Rows with id, question, references, messages (and answerable for rag)."""
+DEV_QUESTIONS = 200
+"""SciQ / TruthfulQA questions 0..199 are the development sets; 200 up are the held-out pool."""
+
+
+def load(name: str, limit: int | None, pool: bool = False) -> list[dict[str, Any]]:
+    """Rows with id, question, references, messages (and answerable for rag).
+
+    ``pool``: the held-out pool instead of the development set: SciQ / TruthfulQA questions from
+    ``DEV_QUESTIONS`` up to ``limit``, RAG questions of ``rag_pool.jsonl`` (other invented entities).
+    """
     if name == "rag":
-        rows = [
-            json.loads(x) for x in (ROOT / "benchmarks/devsets/rag_dev.jsonl").read_text().splitlines() if x
-        ]
+        source = ROOT / "benchmarks/devsets" / ("rag_pool.jsonl" if pool else "rag_dev.jsonl")
+        rows = [json.loads(x) for x in source.read_text().splitlines() if x]
         out = [{**r, "messages": rag_messages(r)} for r in rows]
     else:
         path = SHARED / name / "test.jsonl"
@@ -99,6 +107,9 @@ def load(name: str, limit: int | None) -> list[dict[str, Any]]:
             }
             for i, r in enumerate(rows)
         ]
+        if pool:
+            out = out[:limit][DEV_QUESTIONS:] if limit else out[DEV_QUESTIONS:]
+            return out
     return out[:limit] if limit else out
 
 
@@ -152,8 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         help="a registry name (semgrad-guard models); rows of a model other than the default go to "
         "benchmarks/results/devsets/<model>/",
     )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="answer the held-out pool (SciQ / TruthfulQA questions 200..limit-1, rag_pool.jsonl) into "
+        "<devsets>/pool/: traffic for bench_feedback, never used to fit a shipped file",
+    )
     args = parser.parse_args(argv)
     out_dir = OUT_DIR if args.model == "default" else OUT_DIR / args.model
+    if args.pool:
+        out_dir = out_dir / "pool"
     if args.exgrad_weight is None:
         args.exgrad_weight = args.model == "default"
 
@@ -175,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     # Round-robin over the data sets, so that a run stopped early still has some of each.
     todos: dict[str, list[dict[str, Any]]] = {}
     for name in args.datasets:
-        rows = load(name, args.limit)
-        everything = {r["id"]: r for r in load(name, None)}
+        rows = load(name, args.limit, args.pool)
+        everything = {r["id"]: r for r in load(name, None, args.pool)}
         out = out_dir / f"{name}.jsonl"
         done = set()
         if out.exists():

@@ -1,7 +1,7 @@
-"""The shipped Qwen2.5-Coder-0.5B profile and calibrator are what the shipped procedure gives on its rows.
+"""The shipped Qwen2.5-Coder profiles and calibrators are what the shipped procedure gives on their rows.
 
-``benchmarks/bench_models.py --write qwen2.5-coder-0.5b`` fits them on the development answers of that
-model (``benchmarks/results/devsets/qwen2.5-coder-0.5b``): the supervised profile choice, and the
+``benchmarks/bench_models.py --write NAME`` fits them on the development answers of that model
+(``benchmarks/results/devsets/NAME``): the supervised profile choice, and the
 calibrator with its features chosen leaving one data set out. Refitting here from the same rows must
 give the same files; each says what it was fitted on.
 """
@@ -22,20 +22,27 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import bench_models  # noqa: E402
 from benchmarks.devsets import devdata  # noqa: E402
 
-NAME = "qwen2.5-coder-0.5b"
-PROFILE = ROOT / "semgrad_guard" / "profiles" / "qwen2.5-coder-0.5b-instruct.json"
-CALIBRATOR = ROOT / "semgrad_guard" / "calibrators" / "qwen2.5-coder-0.5b-instruct.json"
-
-pytestmark = pytest.mark.skipif(not PROFILE.exists(), reason="no Qwen-0.5B profile is shipped yet")
+NAMES = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 
 
-@pytest.fixture(scope="module")
-def data():
-    return devdata.load(folder=devdata.DEVSETS / NAME, model_id=bench_models._model_id(NAME))
+def _files(name: str) -> tuple[Path, Path]:
+    stem = f"{name}-instruct.json"
+    return ROOT / "semgrad_guard" / "profiles" / stem, ROOT / "semgrad_guard" / "calibrators" / stem
 
 
-def test_the_profile_is_the_supervised_choice_on_the_rows_it_names(data):
-    profile = ModelProfile.load(PROFILE)
+@pytest.fixture(scope="module", params=NAMES)
+def shipped(request):
+    profile, calibrator = _files(request.param)
+    assert profile.exists() and calibrator.exists(), f"{request.param} ships a profile and a calibrator"
+    data = devdata.load(
+        folder=devdata.DEVSETS / request.param, model_id=bench_models._model_id(request.param)
+    )
+    return data, profile, calibrator
+
+
+def test_the_profile_is_the_supervised_choice_on_the_rows_it_names(shipped):
+    data, profile_path, _ = shipped
+    profile = ModelProfile.load(profile_path)
     offset, band, layers, _ = bench_models.choose_profile(data)
     assert (profile.anchor_offset, profile.layers) == (offset, layers)
     assert profile.source == "supervised" and profile.model_id == data.model_id
@@ -44,9 +51,10 @@ def test_the_profile_is_the_supervised_choice_on_the_rows_it_names(data):
     assert profile.weights_sha256 and profile.chat_template_hash
 
 
-def test_the_calibrator_is_refitted_the_same_from_the_rows(data):
-    shipped = Calibrator.load(CALIBRATOR)
-    profile = ModelProfile.load(PROFILE)
+def test_the_calibrator_is_refitted_the_same_from_the_rows(shipped):
+    data, profile_path, calibrator_path = shipped
+    shipped = Calibrator.load(calibrator_path)
+    profile = ModelProfile.load(profile_path)
     shipped.check_compatible(profile.model_id, profile)
     refit = bench_models._fit(data, profile.anchor_offset, profile.layers)
     assert (refit.method, list(refit.features)) == (shipped.method, list(shipped.features))
@@ -54,4 +62,4 @@ def test_the_calibrator_is_refitted_the_same_from_the_rows(data):
     np.testing.assert_allclose(
         shipped.predict(results, check=False), refit.predict(results, check=False), atol=1e-6
     )
-    assert "leaving one data set out" in json.loads(CALIBRATOR.read_text())["data"]
+    assert "leaving one data set out" in json.loads(calibrator_path.read_text())["data"]

@@ -53,13 +53,13 @@ def test_the_profile_is_the_supervised_choice_on_the_rows_it_names(shipped):
 
 def test_the_calibrator_is_refitted_the_same_from_the_rows(shipped):
     data, profile_path, calibrator_path = shipped
-    shipped = Calibrator.load(calibrator_path)
+    calibrator = Calibrator.load(calibrator_path)
     profile = ModelProfile.load(profile_path)
-    shipped.check_compatible(profile.model_id, profile)
+    calibrator.check_compatible(profile.model_id, profile)
     refit = bench_models._fit(data, profile.anchor_offset, profile.layers)
-    assert (refit.method, list(refit.features)) == (shipped.method, list(shipped.features))
+    assert (refit.method, list(refit.features)) == (calibrator.method, list(calibrator.features))
     results = data.results(profile.anchor_offset, profile.layers)
     np.testing.assert_allclose(
-        shipped.predict(results, check=False), refit.predict(results, check=False), atol=1e-6
+        calibrator.predict(results, check=False), refit.predict(results, check=False), atol=1e-6
     )
     assert "leaving one data set out" in json.loads(calibrator_path.read_text())["data"]

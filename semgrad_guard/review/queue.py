@@ -19,6 +19,7 @@ at once, and for decisions made elsewhere, e.g. the CLI, by a background poller)
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import builtins
 import contextlib
@@ -481,7 +482,7 @@ def export_items(items: Sequence[ReviewItem], fmt: str) -> str:
 _Q = TypeVar("_Q", bound="ReviewQueueBase")
 
 
-class ReviewQueueBase:
+class ReviewQueueBase(abc.ABC):
     """What every review queue backend shares: argument checks, the SQL of each change, waiting, export.
 
     The SQL is written once, with ``?`` placeholders and ``{items}`` / ``{audit}`` for the table
@@ -496,27 +497,28 @@ class ReviewQueueBase:
     _closed: bool = False
 
     @property
+    @abc.abstractmethod
     def _where(self) -> str:
         """The queue as named in error messages (never with credentials)."""
-        raise NotImplementedError
 
     def _q(self, sql: str) -> str:
         return sql.format(items=self._items_table, audit=self._audit_table).replace("?", self._placeholder)
 
+    @abc.abstractmethod
     def _transaction(self) -> contextlib.AbstractContextManager[Any]:
         """One write transaction: yields a connection (``execute(sql, params)`` -> cursor), commits on exit."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _reading(self) -> contextlib.AbstractContextManager[Any]:
         """A connection to read with."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _insert_returning(self, conn: Any, sql: str, params: Sequence[Any], column: str) -> int:
         """Run an INSERT and return the new row's ``column`` (its id or seq)."""
-        raise NotImplementedError
 
     def _decided(self, item_id: int, seq: int, conn: Any | None) -> None:
         """A decision was recorded: called inside the transaction (``conn``), then after commit (None)."""
+        return None  # a backend without callbacks or listeners has nothing to do
 
     def _change_token(self) -> int | None:
         """Taken before reading an item; :meth:`_wait_for_change` returns early once it is stale."""
@@ -526,8 +528,9 @@ class ReviewQueueBase:
         """Sleep up to ``pause`` s; a backend that hears of changes returns as soon as one arrives."""
         time.sleep(pause)
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the backend's connections; later calls raise ReviewQueueError."""
 
     # ------------------------------------------------------------------ writing
     def enqueue(

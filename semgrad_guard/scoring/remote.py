@@ -192,13 +192,17 @@ class _Wire:
         return info
 
     def _shipped_hash(self) -> str | None:
-        # The embedded model ("default", or its shipped id): its profile records its weights fingerprint.
+        # A shipped model (a registry name such as "default", or its id): its profile records its
+        # weights fingerprint. Registry names resolve to ids first: "default" is not "any shipped model".
         if self.model is None:
             return None
         from .profile import _stored_profiles
+        from .registry import known_models
 
+        known = known_models()
+        model_id = known[self.model].model_id if self.model in known else self.model
         for p in _stored_profiles():
-            if p.weights_sha256 and (self.model == "default" or self.model == p.model_id):
+            if p.weights_sha256 and p.model_id == model_id:
                 return p.weights_sha256
         return None
 

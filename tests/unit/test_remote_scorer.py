@@ -91,6 +91,20 @@ def test_a_service_holding_another_model_is_refused_at_first_use(server, tiny):
         RemoteScorer(s.url, model="default").score(CHAT, "a")
 
 
+@pytest.mark.parametrize("name", ["default", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def test_a_registry_name_expects_that_models_own_shipped_fingerprint(name):
+    # "default" once matched whichever shipped profile the folder listed first (a Qwen one in CI).
+    from semgrad_guard.scoring.profile import _stored_profiles
+    from semgrad_guard.scoring.registry import get_model
+
+    model_id = get_model(name).model_id
+    (profile,) = [p for p in _stored_profiles() if p.model_id == model_id]
+    assert profile.weights_sha256
+    assert RemoteScorer("http://127.0.0.1:1", model=name)._wire._shipped_hash() == profile.weights_sha256
+    assert RemoteScorer("http://127.0.0.1:1", model=model_id)._wire._shipped_hash() == profile.weights_sha256
+    assert RemoteScorer("http://127.0.0.1:1", model="someone/else")._wire._shipped_hash() is None
+
+
 def _models(model_id: str = "m") -> dict:
     return {
         "object": "list",

@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
     (OUT / "feedback.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    report = json.loads((OUT / "feedback.json").read_text())  # rendered as --render reads it (str keys)
     (OUT / "feedback.md").write_text(render(report))
     plot(report)
     print((OUT / "feedback.md").read_text())
@@ -342,7 +343,8 @@ def render(r: dict) -> str:
         "",
         "Per held-out set: the base calibrator is fitted on the other two sets'",
         "development rows; the held-out set is its development rows"
-        + (" and its pool rows (devsets/pool, in no shipped fit);" if r.get("pool") else ";"),
+        + (" and its pool rows" if r.get("pool") else ";"),
+        *(["(devsets/pool: the same sources, in no shipped fit);"] if r.get("pool") else []),
         "each order splits it into two halves, one the traffic (drawn with replacement),",
         "the other judged, then the other way round. The README policy plus audit routes",
         f"traffic with the calibrator running at the time; every {r['refit_every']} labels",

@@ -258,7 +258,9 @@ def _embedded_calls(text: str, names: set[str]) -> ToolTurn:
     """Calls of offered tools written as JSON inside prose; the prose (fences dropped) is the content.
 
     Only objects naming an offered tool count, so an answer that quotes other JSON stays an answer.
-    A call of an offered tool that starts but does not parse (cut off by ``max_tokens``) raises.
+    A call of an offered tool that starts but does not parse (cut off by ``max_tokens``) raises, unless
+    complete calls came before it: small models (Qwen2.5-Coder-0.5B) write calls back to back until
+    ``max_tokens``, and the complete ones are the turn (the cut-off tail is dropped, never content).
     """
     decoder = json.JSONDecoder()
     calls: list[ToolCall] = []
@@ -270,6 +272,15 @@ def _embedded_calls(text: str, names: set[str]) -> ToolTurn:
         except json.JSONDecodeError:
             opened = _CALL_START.match(text, i)
             if opened and opened.group(1) in names:
+                if calls:
+                    logger.warning(
+                        "dropped a cut-off call of tool %r after %d complete call(s) (raise max_tokens?)",
+                        opened.group(1),
+                        len(calls),
+                    )
+                    kept.append(text[start:i])
+                    start = len(text)
+                    break
                 raise ToolCallParseError(
                     f"the turn starts a call of tool {opened.group(1)!r} that is not valid JSON "
                     f"(cut off? raise max_tokens): {text[i:]!r:.120}"

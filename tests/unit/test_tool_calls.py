@@ -279,6 +279,21 @@ def test_a_cut_off_call_of_an_offered_tool_raises_instead_of_reaching_the_user()
         parse_tool_calls('Sure: {"name": "multiply", "arguments": {"a": 17, "b"', tools=[MUL])
 
 
+def test_calls_back_to_back_until_max_tokens_keep_the_complete_ones(caplog) -> None:
+    # Qwen2.5-Coder-0.5B with two tools, after a tool result: bare calls one after another until
+    # max_tokens; the complete ones are the turn, the cut-off tail is neither a call nor content.
+    call = '{"name": "multiply", "arguments": {"a": 12, "b": 7}}'
+    text = f'{call}\n{call}\n{{"name": "multiply", "arguments": {{"a": 1'
+    with caplog.at_level("WARNING", logger="semgrad_guard.scoring.tool_calls"):
+        turn = parse_tool_calls(text, tools=[MUL, ADD])
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("multiply", {"a": 12, "b": 7})] * 2
+    assert turn.content == "" and not turn.is_answer
+    assert "dropped a cut-off call of tool 'multiply' after 2 complete call(s)" in caplog.text
+    # Prose before the calls stays the content; the cut-off tail does not join it.
+    turn = parse_tool_calls(f'Let me check.\n{call}\n{{"name": "add", "arguments": {{"a"', tools=[MUL, ADD])
+    assert turn.content == "Let me check." and [c.name for c in turn.tool_calls] == ["multiply"]
+
+
 def _answered_history(call_args: dict[str, int]) -> list[dict[str, object]]:
     return [
         {"role": "user", "content": "What is 2 + 3?"},

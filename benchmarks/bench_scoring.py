@@ -254,9 +254,14 @@ def bench_prompt(
             plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
 
     def generate_hooked() -> None:
-        # Generation as `scorer.generate` runs it (hooks installed, residuals recorded), no scoring.
+        # Generation as `scorer.generate` runs it (hooks installed, residuals and logits recorded),
+        # no scoring.
         a = len(x) + scorer.profile.anchor_offset
-        with torch.no_grad(), scorer.adapter.recording(min(scorer.profile.layers), keep_from=a):
+        rows = min(ANSWER_TOKENS, scorer.logit_chunk // scorer.adapter.output_weight.shape[0])
+        with (
+            torch.no_grad(),
+            scorer.adapter.recording(min(scorer.profile.layers), keep_from=a, logit_rows=rows),
+        ):
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
 
     paths = {
@@ -294,11 +299,99 @@ def bench_prompt(
     med = {k: statistics.median(v) for k, v in times.items()}
     med["delay"] = statistics.median(delays) if delays else float("nan")
     med["pass"] = statistics.median(passes[1:] or passes)  # the warm-up's pass left out
+    med["pass_flop"], med["pass_flop_vocab"] = pass_flops(scorer, chat)
     print(
         f"prompt {len(x)} tokens, answer {len(y)} tokens: "
         + ", ".join(f"{k} {v:.3f}s" for k, v in med.items())
     )
     return len(x), len(y), med, peaks
+
+
+def pass_flops(scorer: SemGradScorer, chat: list[dict[str, str]]) -> tuple[float, float]:
+    """Floating-point operations of the scoring pass inside ``scorer.generate``: torch's FLOP formulas
+    (``flop_registry``: matrix products and attention, forward and backward; attention as if not
+    causal, an upper bound) over every op ``score_ids`` dispatches. A dispatch mode of its own: FlopCounterMode's module tracker refuses ``autograd.grad``
+    with leaf inputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    # The CPU kernels of scaled_dot_product_attention, which torch's registry leaves out.
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(
+            q.shape, k.shape, v.shape
+        ),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *a, **kw: (
+            sdpa_backward_flop_count(g.shape, q.shape, k.shape, v.shape)
+        ),
+    }
+
+    import semgrad_guard.scoring.fastpath as fp
+    import semgrad_guard.scoring.hf_scorer as hf
+
+    class Counting(TorchDispatchMode):
+        total = 0
+        vocab_work = 0  # inside _LogitHeads: dL/dH = G W_out (and any logits not reused), exgrad's G^T H
+        in_heads = False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            formula = flop_registry.get(func._overloadpacket) or cpu_attention.get(func._overloadpacket)
+            if formula is not None:
+                flops = formula(*args, **(kwargs or {}), out_val=out)
+                self.total += flops
+                if self.in_heads:
+                    self.vocab_work += flops
+            return out
+
+    original, counted = hf.score_ids, []
+    heads = {name: getattr(fp._LogitHeads, name) for name in ("__init__", "exgrad")}
+    counter = Counting()
+
+    def in_heads(method: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            counter.in_heads = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                counter.in_heads = False
+
+        return run
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        with counter:
+            out = original(*args, **kwargs)
+        counted.append((counter.total, counter.vocab_work))
+        return out
+
+    hf.score_ids = counting
+    for name, method in heads.items():
+        setattr(fp._LogitHeads, name, in_heads(method))
+    try:
+        scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)
+    finally:
+        hf.score_ids = original
+        for name, method in heads.items():
+            setattr(fp._LogitHeads, name, method)
+    return float(counted[0][0]), float(counted[0][1])
+
+
+def gemm_rate(device: str, dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:
+    """FLOP/s of a large matrix product on this device and thread count: the arithmetic ceiling that
+    ``pass_flops / gemm_rate`` turns into the fastest the pass could run."""
+    a = torch.randn(1024, 1024, device=device, dtype=dtype)
+    b = torch.randn(1024, 1024, device=device, dtype=dtype)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t0))
+    return best
 
 
 def profile_scoring(scorer: SemGradScorer, targets: list[int], rows: int = 12) -> list[str]:
@@ -379,7 +472,7 @@ def load_pair(name: str, device: str) -> tuple[SemGradScorer, torch.nn.Module, s
     return scorer, plain, f"{scorer.model_id} ({str(scorer.adapter.output_weight.dtype).split('.')[-1]})"
 
 
-def timing_tables(name: str, scorer: SemGradScorer, rows: list, full: bool) -> list[str]:
+def timing_tables(name: str, scorer: SemGradScorer, rows: list, full: bool, rate: float) -> list[str]:
     hooked = "gen+hooks" in rows[0][2]
     lines = [
         f"### {name}",
@@ -400,13 +493,23 @@ def timing_tables(name: str, scorer: SemGradScorer, rows: list, full: bool) -> l
         )
     lines += [
         "",
-        "The scoring pass alone (timed inside `scorer.generate`), and what it adds to plain generation:",
+        "The scoring pass alone (timed inside `scorer.generate`), what it adds to plain generation, and",
+        "its arithmetic: `GFLOP` counted with torch's FLOP formulas (matrix products and attention,",
+        "forward and backward; attention as if not causal), `vocab`: the share of it in the vocabulary",
+        "products (dL/dH = G W_out and exgrad's G^T H), `at peak s` = GFLOP / this",
+        f"machine's GEMM rate ({rate / 1e9:.0f} GFLOP/s, a 1,024-square product, same threads and dtype),",
+        "`pass / peak`: how far the pass is from that ceiling.",
         "",
-        "| x tok | pass s | 1 + pass / plain |",
-        "|---:|---:|---:|",
+        "| x tok | pass s | 1 + pass / plain | GFLOP | vocab | at peak s | pass / peak |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for nx, _, med, _ in rows:
-        lines.append(f"| {nx} | {med['pass']:.3f} | {1 + med['pass'] / med['generate']:.3f} |")
+        peak = med["pass_flop"] / rate
+        lines.append(
+            f"| {nx} | {med['pass']:.3f} | {1 + med['pass'] / med['generate']:.3f} | "
+            f"{med['pass_flop'] / 1e9:.1f} | {med['pass_flop_vocab'] / med['pass_flop']:.0%} | "
+            f"{peak:.3f} | {med['pass'] / peak:.2f} |"
+        )
     keys = ("generate", "gen+hooks", "generate+score", "score(text)", "forward(ans)")
     lines += [
         "",
@@ -488,8 +591,9 @@ def main() -> None:
         scorer, plain, name = load_pair(model_name, device)
         repeats = args.repeats if i == 0 else args.repeats_others
         rows = [bench_prompt(scorer, plain, t, repeats, device, args.full, hooked=i == 0) for t in targets]
-        sections += timing_tables(f"{name}: median of {repeats} rounds", scorer, rows, args.full)
-        results[model_name] = [list(r) for r in rows]
+        rate = gemm_rate(device, scorer.adapter.output_weight.dtype)
+        sections += timing_tables(f"{name}: median of {repeats} rounds", scorer, rows, args.full, rate)
+        results[model_name] = {"rows": [list(r) for r in rows], "gemm_flops": rate}
         del plain, scorer
     # After the timings, in subprocesses of their own: a long answer's peak does not disturb them.
     lengths = [int(v) for v in args.memory.split(",") if v.strip()] if not gpu else []

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binom
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -179,14 +180,20 @@ def one_order(
     for n in CHECKPOINTS:
         conf = np.zeros(len(y_h))
         exceed: dict[str, list[bool]] = {str(x): [] for x in ALPHAS}
+        clear: dict[str, list[bool]] = {str(x): [] for x in ALPHAS}
         for ev, run in runs:
             cp = run["checkpoints"][n]
             conf[ev] = cp["calibrator"].predict([res_h[i] for i in ev], check=False)
             for sel in cp["thresholds"]:
                 if sel.feasible and sel.threshold is not None:
                     acc = conf[ev] >= sel.threshold
-                    realised = float((~y_h[ev][acc]).mean()) if acc.any() else 0.0
+                    errors, n_acc = int((~y_h[ev][acc]).sum()), int(acc.sum())
+                    realised = errors / n_acc if n_acc else 0.0
                     exceed[str(sel.alpha)].append(realised > sel.alpha)
+                    # Above alpha beyond the judged half's own noise: a one-sided binomial test at 10%.
+                    clear[str(sel.alpha)].append(
+                        bool(n_acc) and binom.sf(errors - 1, n_acc, sel.alpha) <= 0.1
+                    )
         accepted = _accepted(policy, conf, res_h)
         order["checkpoints"][n] = {
             "ece": expected_calibration_error(conf, y_h, BINS),
@@ -194,6 +201,7 @@ def one_order(
             "coverage": float(accepted.mean()),
             "error": float((~y_h[accepted]).mean()) if accepted.any() else float("nan"),
             "exceed": exceed,
+            "clear": clear,
             "refused": sum(run["checkpoints"][n]["refused"] for _, run in runs),
             "distinct": float(np.mean([run["checkpoints"][n]["distinct"] for _, run in runs])),
             "steps": [str(run["checkpoints"][n]["step"]) for _, run in runs],
@@ -273,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             exceed = {}
             for a in ALPHAS:
                 hits = [x for c in cps for x in c["exceed"][str(a)]]
-                exceed[str(a)] = [float(np.mean(hits)) if hits else None, len(hits)]
+                clear = sum(x for c in cps for x in c["clear"][str(a)])
+                exceed[str(a)] = [float(np.mean(hits)) if hits else None, len(hits), int(clear)]
             rows[n] = {
                 "ece": _q([c["ece"] for c in cps]),
                 "floor": _q([c["floor"] for c in cps]),
@@ -390,10 +399,19 @@ def render(r: dict) -> str:
         for n, row in s["after"].items():
             cells = []
             for a in ALPHAS:
-                share, count = row["exceed"][str(a)]
+                share, count = row["exceed"][str(a)][:2]
                 cells.append(f"{f(share)} ({count})" if count else "-")
             lines.append(f"| {n:>7} | " + " | ".join(f"{c:>15}" for c in cells) + " |")
         bias = s["bias_at_200"]
+        certs = [row["exceed"][str(a)] for row in s["after"].values() for a in ALPHAS]
+        total, above = sum(c[1] for c in certs), sum(round((c[0] or 0) * c[1]) for c in certs)
+        if total and len(certs[0]) > 2:
+            lines += [
+                "",
+                f"In all, {above} of {total} certifications read above alpha on the judged half; "
+                f"{sum(c[2] for c in certs)} of",
+                "them beyond its own noise (a one-sided binomial test of the judged errors at 10%).",
+            ]
         lines += [
             "",
             f"Bias at 200 reviews (median ECE): audited and weighted {f(bias['audited_weighted'])},",

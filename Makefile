@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(INTEGRATIONS)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
 	$(VENV)/bin/semgrad-guard fetch-default-model
+	touch $@
+
+# The tests' tool-calling model (~0.5 GB download, 2 GB converted): `make test` fetches it, `make demo`
+# does not (MODEL=qwen2.5-coder-0.5b fetches it on first use).
+$(VENV)/.qwen-0.5b: $(VENV)/.installed
 	$(VENV)/bin/semgrad-guard fetch-model qwen2.5-coder-0.5b
 	touch $@
 
@@ -38,7 +43,7 @@ demo: install
 # Lint, format and types first (seconds), then every test, the doctests included.
 # The PostgreSQL queue tests must run here (missing server binaries fail them instead of skipping).
 test: export SEMGRAD_GUARD_REQUIRE_POSTGRES := 1
-test: install sysdeps lint
+test: install $(VENV)/.qwen-0.5b sysdeps lint
 	$(PY) -m pytest tests
 	$(PY) -m pytest --doctest-modules semgrad_guard -q
 	cd integrations/langchain-semgrad && ../../$(PY) -m pytest tests && ../../$(PY) -m pytest --doctest-modules langchain_semgrad -q

@@ -372,8 +372,8 @@ def render(r: dict) -> str:
         lines += [
             f"## {name} ({s['n']} answers, {s['accuracy']:.0%} right; {s['audit_share']:.0%} of labels audited)",
             "",
-            f"{s.get('n_dev', s['n'])} development rows"
-            + (f" and {s['n'] - s['n_dev']} pool rows." if s["n"] != s.get("n_dev", s["n"]) else "."),
+            f"{s['n_dev']} development rows"
+            + (f" and {s['n'] - s['n_dev']} pool rows." if s["n"] != s["n_dev"] else "."),
             "",
             f"Before any label: ECE {f(b['ece'])} (floor {f(b['floor'])}), coverage {f(b['coverage'])},",
             f"error among accepted {f(b['error'])}.",
@@ -399,13 +399,13 @@ def render(r: dict) -> str:
         for n, row in s["after"].items():
             cells = []
             for a in ALPHAS:
-                share, count = row["exceed"][str(a)][:2]
+                share, count, _ = row["exceed"][str(a)]
                 cells.append(f"{f(share)} ({count})" if count else "-")
             lines.append(f"| {n:>7} | " + " | ".join(f"{c:>15}" for c in cells) + " |")
         bias = s["bias_at_200"]
         certs = [row["exceed"][str(a)] for row in s["after"].values() for a in ALPHAS]
         total, above = sum(c[1] for c in certs), sum(round((c[0] or 0) * c[1]) for c in certs)
-        if total and len(certs[0]) > 2:
+        if total:
             lines += [
                 "",
                 f"In all, {above} of {total} certifications read above alpha on the judged half; "

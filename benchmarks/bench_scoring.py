@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -218,11 +219,8 @@ def bench_prompt(
             finally:
                 passes.append(time.perf_counter() - t0)
 
-        hf.score_ids = score_ids
-        try:
+        with mock.patch.object(hf, "score_ids", score_ids):
             run()
-        finally:
-            hf.score_ids = original
 
     def stream() -> None:
         last_text = time.perf_counter()
@@ -308,10 +306,11 @@ def bench_prompt(
 
 
 def pass_flops(scorer: SemGradScorer, chat: list[dict[str, str]]) -> tuple[float, float]:
-    """Floating-point operations of the scoring pass inside ``scorer.generate``: torch's FLOP formulas
-    (``flop_registry``: matrix products and attention, forward and backward; attention as if not
-    causal, an upper bound) over every op ``score_ids`` dispatches. A dispatch mode of its own: FlopCounterMode's module tracker refuses ``autograd.grad``
-    with leaf inputs."""
+    """Floating-point operations of the scoring pass inside ``scorer.generate``, and the part of them in
+    the vocabulary products: torch's FLOP formulas (``flop_registry``: matrix products and attention,
+    forward and backward; attention as if not causal, an upper bound) over every op ``score_ids``
+    dispatches. A dispatch mode of its own: FlopCounterMode's module tracker refuses
+    ``autograd.grad`` with leaf inputs."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
@@ -345,7 +344,6 @@ def pass_flops(scorer: SemGradScorer, chat: list[dict[str, str]]) -> tuple[float
             return out
 
     original, counted = hf.score_ids, []
-    heads = {name: getattr(fp._LogitHeads, name) for name in ("__init__", "exgrad")}
     counter = Counting()
 
     def in_heads(method: Any) -> Any:
@@ -364,15 +362,12 @@ def pass_flops(scorer: SemGradScorer, chat: list[dict[str, str]]) -> tuple[float
         counted.append((counter.total, counter.vocab_work))
         return out
 
-    hf.score_ids = counting
-    for name, method in heads.items():
-        setattr(fp._LogitHeads, name, in_heads(method))
-    try:
+    with (
+        mock.patch.object(hf, "score_ids", counting),
+        mock.patch.object(fp._LogitHeads, "__init__", in_heads(fp._LogitHeads.__init__)),
+        mock.patch.object(fp._LogitHeads, "exgrad", in_heads(fp._LogitHeads.exgrad)),
+    ):
         scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)
-    finally:
-        hf.score_ids = original
-        for name, method in heads.items():
-            setattr(fp._LogitHeads, name, method)
     return float(counted[0][0]), float(counted[0][1])
 
 
@@ -424,8 +419,7 @@ def profile_scoring(scorer: SemGradScorer, targets: list[int], rows: int = 12) -
         lines.extend(["```", ""])
         return out
 
-    hf.score_ids = profiled  # type: ignore[assignment]
-    try:
+    with mock.patch.object(hf, "score_ids", profiled):
         for target in targets:
             chat = make_prompt(scorer, target)
             n_prompt = len(scorer.prompt_ids(chat))
@@ -433,8 +427,6 @@ def profile_scoring(scorer: SemGradScorer, targets: list[int], rows: int = 12) -
             on["now"] = True
             scorer.generate(chat, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)
             on["now"] = False
-    finally:
-        hf.score_ids = original  # type: ignore[assignment]
     return lines
 
 

@@ -6,11 +6,11 @@ result. ``SemGradMiddleware`` lets the tool-call turns through unscored and gate
 on its calibrated confidence (the calibrator shipped for the model): confident answers are
 accepted, the rest replaced by an abstention. Tool-call JSON never reaches the user as an answer.
 
-Known, open (the model, not the adapter): after the tool result the 0.5B model writes bare JSON
-calls back to back until ``max_tokens``. The complete ones are kept as the turn's calls (the cut-off
-tail is dropped), but one of them is often new, so the agent keeps calling tools until its recursion
-limit; asked again with ``{`` barred, it may answer with a bracketed pseudo-call, which the
-middleware gates like any answer. Its test is an expected failure until this finishes.
+Small models imitate their last turn: once a tool result follows its own call, the 0.5B model writes
+call after call instead of answering. ``AnswerFromToolResults`` appends one user turn ("Using the
+tool results above, answer my question...") to the model call that follows tool results, and only to
+it (the agent's state is unchanged); the tools stay bound, so a call is still parsed as a call and
+tool-call JSON never reaches the user as an answer.
 
 Run: ``python cookbook/agent_two_tools.py`` (fetches the model once: ``semgrad-guard fetch-model
 qwen2.5-coder-0.5b``, about 5 minutes; each question then takes seconds to a minute on a CPU).
@@ -29,7 +29,7 @@ from typing import Any
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from langchain_semgrad import ChatSemGrad, SemGradMiddleware, read_payload, read_score
+from langchain_semgrad import AnswerFromToolResults, ChatSemGrad, SemGradMiddleware, read_payload, read_score
 from rich.console import Console
 from rich.table import Table
 
@@ -41,8 +41,6 @@ SYSTEM = (
     "You are the Orbitra Science Museum's assistant. Use the tools: museum_info for facts about the "
     "museum, multiply for arithmetic. Once a tool has returned, answer in one short sentence."
 )
-# Each question names its tool: with both offered, an open question ("how much do 7 tickets cost?")
-# made the 0.5B model emit call after call without stopping.
 QUESTIONS = [
     ("What is 7 times 12? Use the multiply tool.", "multiply"),
     ("Who founded the Orbitra Science Museum? Use the museum_info tool.", "museum_info"),
@@ -67,11 +65,15 @@ def multiply(a: float, b: float) -> float:
 
 @tool
 def museum_info(topic: str) -> str:
-    """Look up facts about the Orbitra Science Museum (founder, hours, tickets, shows, ...)."""
-    docs = [json.loads(line)["text"] for line in DOCS.read_text().splitlines() if line.strip()]
-    words = {w.strip("?.,'").lower() for w in topic.split() if len(w) > 3}
-    ranked = sorted(docs, key=lambda d: -len(words & set(d.lower().replace(".", " ").split())))
-    return "\n".join(ranked[:2])
+    """Look up one topic about the Orbitra Science Museum, e.g. 'founder', 'tickets', 'opening hours'."""
+    docs = [json.loads(line) for line in DOCS.read_text().splitlines() if line.strip()]
+    stems = {w.strip("?.,'").lower()[:5] for w in topic.split() if len(w) > 3} - {"orbit", "scien", "museu"}
+
+    def overlap(doc: dict[str, str]) -> int:  # shared word stems, title and id included
+        words = f"{doc['id']} {doc['title']} {doc['text']}".lower().replace(".", " ").replace("-", " ")
+        return len(stems & {w[:5] for w in words.split()})
+
+    return "\n".join(d["text"] for d in sorted(docs, key=lambda d: -overlap(d))[:2])
 
 
 def run(questions: Sequence[tuple[str, str]] = QUESTIONS, *, model: str = MODEL) -> list[dict[str, Any]]:
@@ -84,7 +86,9 @@ def run(questions: Sequence[tuple[str, str]] = QUESTIONS, *, model: str = MODEL)
     except SemGradGuardError:
         calibrator = None  # no confidence: the policy's on_error (abstain) applies
     middleware = SemGradMiddleware(scorer, POLICY, calibrator=calibrator)
-    agent = create_agent(chat, [multiply, museum_info], system_prompt=SYSTEM, middleware=[middleware])
+    agent = create_agent(
+        chat, [multiply, museum_info], system_prompt=SYSTEM, middleware=[AnswerFromToolResults(), middleware]
+    )
     out = []
     for question, _ in questions:
         state = agent.invoke({"messages": [HumanMessage(question)]}, {"recursion_limit": 8})

@@ -24,15 +24,20 @@ from .output_parsers import SemGradOutputParser
 from .runnables import GuardedRunnable, guard_runnable
 
 if TYPE_CHECKING:
-    from .middleware import REVIEW_INTERRUPT_TYPE, SemGradMiddleware
+    from .middleware import REVIEW_INTERRUPT_TYPE, AnswerFromToolResults, SemGradMiddleware
 
-_LAZY = {"SemGradMiddleware": "middleware", "REVIEW_INTERRUPT_TYPE": "middleware"}
+_LAZY = {
+    "SemGradMiddleware": "middleware",
+    "AnswerFromToolResults": "middleware",
+    "REVIEW_INTERRUPT_TYPE": "middleware",
+}
 
 __version__ = _metadata.version("langchain-semgrad")  # one source: pyproject.toml
 
 __all__ = [
     "REVIEW_INTERRUPT_TYPE",
     "SCORE_EVENT",
+    "AnswerFromToolResults",
     "AsyncSemGradCallbackHandler",
     "ChatSemGrad",
     "GuardedRunnable",

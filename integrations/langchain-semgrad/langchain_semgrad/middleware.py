@@ -27,7 +27,7 @@ from .metadata import read_payload, read_score, score_payload
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
     from langchain.agents.middleware.types import ExtendedModelResponse
-    from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
     from langgraph.types import interrupt
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("langchain", "agents", "SemGradMiddleware") from e
@@ -285,3 +285,45 @@ class SemGradMiddleware(AgentMiddleware):
                 "response_metadata": {**last.response_metadata, PAYLOAD_KEY: new_payload},
             }
         )
+
+
+ANSWER_PROMPT = "Using the tool results above, answer my question in one short sentence."
+"""What :class:`AnswerFromToolResults` asks once tools have returned."""
+
+
+class AnswerFromToolResults(AgentMiddleware):
+    """After tools return, ask the model to answer from their results (small local models need it).
+
+    Small chat models imitate their last turn: once a tool result follows their own call, Qwen2.5-Coder
+    0.5B writes call after call instead of answering (the agent runs them until its recursion limit).
+    When the request ends with tool results, this appends one user turn (``prompt``) to *that model
+    call only*: the agent's state, and so the conversation the user keeps, is unchanged. The tools
+    stay bound, so the model may still call another tool, and a call is still parsed as a call:
+    tool-call JSON never becomes an answer. Put it before :class:`SemGradMiddleware`, so the answer
+    is scored on the prompt the model saw.
+
+    Example:
+        >>> mw = AnswerFromToolResults()
+        >>> mw.prompt == ANSWER_PROMPT
+        True
+        >>> agent = create_agent(chat, tools, middleware=[mw, SemGradMiddleware(...)])  # doctest: +SKIP
+    """
+
+    def __init__(self, prompt: str = ANSWER_PROMPT) -> None:
+        super().__init__()
+        if not prompt.strip():
+            raise ConfigurationError("AnswerFromToolResults: prompt is empty; pass the instruction to append")
+        self.prompt = prompt
+
+    def _nudged(self, request: ModelRequest) -> ModelRequest:
+        if request.messages and isinstance(request.messages[-1], ToolMessage):
+            return request.override(messages=[*request.messages, HumanMessage(self.prompt)])
+        return request
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
+        return handler(self._nudged(request))
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]
+    ) -> Any:
+        return await handler(self._nudged(request))

@@ -71,15 +71,6 @@ def test_an_agent_runs_the_tool_and_finishes_with_a_scored_gated_answer(qwen: An
     assert len(middleware.results) == 1  # only the final answer went through the gate
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, open (model quality): with two tools bound, after the tool result the 0.5B model "
-    "writes bare JSON calls back to back until max_tokens; the parser now keeps the complete ones and "
-    "drops the cut-off tail, but on the museum question at least one of them is new, so the agent "
-    "calls tools until its recursion limit (8), and on the multiply question, asked again without "
-    "'{' tokens, it answers with a bracketed pseudo-call ('[\"multiply\", \"arguments\": 7, ...]'), "
-    "seen 4 December",
-)
 def test_the_two_tool_cookbook_agent_calls_the_right_tool_and_gates_its_answers(qwen: Any) -> None:
     import runpy
 

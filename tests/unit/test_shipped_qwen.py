@@ -2,8 +2,9 @@
 
 ``benchmarks/bench_models.py --write NAME`` fits them on the development answers of that model
 (``benchmarks/results/devsets/NAME``): the supervised profile choice, and the
-calibrator with its features chosen leaving one data set out. Refitting here from the same rows must
-give the same files; each says what it was fitted on.
+calibrator by the model's recipe (``bench_models.RECIPE``: Platt on the features with the lowest
+5-fold Brier score, sets pooled). Refitting here from the same rows must give the same files; each
+says what it was fitted on.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def shipped(request):
     data = devdata.load(
         folder=devdata.DEVSETS / request.param, model_id=bench_models._model_id(request.param)
     )
-    return data, profile, calibrator
+    return request.param, data, profile, calibrator
 
 
 def test_the_profile_is_the_supervised_choice_on_the_rows_it_names(shipped):
-    data, profile_path, _ = shipped
+    _, data, profile_path, _ = shipped
     profile = ModelProfile.load(profile_path)
     offset, band, layers, _ = bench_models.choose_profile(data)
     assert (profile.anchor_offset, profile.layers) == (offset, layers)
@@ -52,14 +53,16 @@ def test_the_profile_is_the_supervised_choice_on_the_rows_it_names(shipped):
 
 
 def test_the_calibrator_is_refitted_the_same_from_the_rows(shipped):
-    data, profile_path, calibrator_path = shipped
+    name, data, profile_path, calibrator_path = shipped
     calibrator = Calibrator.load(calibrator_path)
     profile = ModelProfile.load(profile_path)
     calibrator.check_compatible(profile.model_id, profile)
-    refit = bench_models._fit(data, profile.anchor_offset, profile.layers)
+    refit = bench_models._fit(data, profile.anchor_offset, profile.layers, bench_models.RECIPE[name])
     assert (refit.method, list(refit.features)) == (calibrator.method, list(calibrator.features))
     results = data.results(profile.anchor_offset, profile.layers)
     np.testing.assert_allclose(
         calibrator.predict(results, check=False), refit.predict(results, check=False), atol=1e-6
     )
-    assert "leaving one data set out" in json.loads(calibrator_path.read_text())["data"]
+    assert bench_models.RECIPE[name] == "pooled"
+    said = json.loads(calibrator_path.read_text())["data"]
+    assert "5-fold Brier score, sets pooled" in said and "models.md" in said

@@ -227,7 +227,7 @@ class Guard:
                 from ..review.labels import label_counts
 
                 queue = self.review_queue
-                return str(getattr(queue, "path", "REVIEW_DB")), label_counts(queue).labelled
+                return str(getattr(queue, "location", "REVIEW_DB")), label_counts(queue).labelled
 
             drift.labels = labels
 

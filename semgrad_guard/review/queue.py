@@ -501,6 +501,12 @@ class ReviewQueueBase(abc.ABC):
     def _where(self) -> str:
         """The queue as named in error messages (never with credentials)."""
 
+    @property
+    def location(self) -> str:
+        """The queue as a person names it on a command line: a file path, or a PostgreSQL URL with
+        its password masked (what the drift advice prints after ``calibrate --from-reviews``)."""
+        return self._where
+
     def _q(self, sql: str) -> str:
         return sql.format(items=self._items_table, audit=self._audit_table).replace("?", self._placeholder)
 

@@ -288,3 +288,31 @@ def test_the_drift_warning_names_the_fix_and_the_labels_already_held(tmp_path, c
     assert f"semgrad-guard calibrate --from-reviews {queue.path} --out calibrator.json" in text
     assert "the queue holds 3 labels" in text and "kill -HUP" in text
     queue.close()
+
+
+def test_the_drift_advice_names_a_postgres_queue_by_its_url_without_the_password(
+    postgres_url, caplog
+) -> None:
+    """The advice names the queue as `calibrate --from-reviews` opens it; a PostgreSQL URL keeps its
+    host and database and masks its password (a placeholder would send the user looking)."""
+    import numpy as np
+
+    from semgrad_guard import Calibrator, Guard, MockScorer
+    from semgrad_guard.review import open_review_queue
+    from semgrad_guard.review.postgres import redact_url
+
+    scorer = MockScorer(lambda m, a: 0.1 if a.startswith("right") else 0.9)
+    cal = Calibrator.fit(
+        [scorer.score("q", a) for a in ["right", "wrong"] * 10], [True, False] * 10, method="isotonic"
+    )
+    queue = open_review_queue(postgres_url)
+    policy = GuardPolicy.from_dict({"rules": [{"name": "unsure", "action": "review"}]})
+    Guard(policy, scorer=scorer, calibrator=cal, review_queue=queue)
+    queue.approve(queue.enqueue("q", "a", result=result()))
+    assert cal.drift is not None
+    cal.drift.update(np.full(200, 0.5))
+    assert cal.drift.drifted
+    assert queue.location == redact_url(postgres_url)
+    assert f"semgrad-guard calibrate --from-reviews {queue.location} --out" in caplog.text
+    assert "the queue holds 1 labels" in caplog.text
+    queue.close()

@@ -392,6 +392,10 @@ class SemGradScorer:
         """The prompt text the model sees: the chat template with the generation prompt appended."""
         return self._render(normalize_messages(messages), add_generation_prompt=True)
 
+    def render_conversation(self, messages: Messages) -> str:
+        """The chat as the template writes it, without a generation prompt (e.g. ending in a tool call)."""
+        return self._render(normalize_messages(messages), add_generation_prompt=False)
+
     def prompt_ids(self, messages: Messages) -> list[int]:
         """Prompt token ids ``x`` (chat template, generation prompt appended).
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import uuid
 import weakref
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ToolCall",
     "ToolTurn",
+    "call_prefix",
     "generate_tool_turn",
     "parse_tool_calls",
     "require_tool_support",
@@ -372,6 +374,8 @@ def generate_tool_turn(
     scorer: Any,
     messages: Any,
     tools: Sequence[Mapping[str, Any]],
+    *,
+    force: bool | str = False,
     **generate_kwargs: Any,
 ) -> tuple[ToolTurn, Any]:
     """Generate one turn with ``tools`` rendered into the prompt, and parse its tool calls.
@@ -379,6 +383,12 @@ def generate_tool_turn(
     Returns ``(turn, score)``: the score is the generating scorer's for exactly the generated tokens.
     A scorer with a chat template is asked for ``scorer.with_tools(tools)``, whose every prompt renders
     the tools; test doubles (``MockScorer``) generate text that is parsed the same way.
+
+    ``force=True`` makes the turn a call of one of ``tools`` (``tool_choice="any"``), ``force="name"``
+    a call of that tool: the first tokens are held to the call's opening as the chat template writes
+    it (:func:`call_prefix`) and to an offered name (the model picks which), then the model writes the
+    arguments. Those tokens are generated, so they are scored
+    like the others. A scorer without a template to read it from (a test double) is not forced.
 
     Raises:
         ToolCallingUnsupportedError: the model's chat template does not render tools.
@@ -390,9 +400,26 @@ def generate_tool_turn(
         text, result = scorer.generate(messages, **generate_kwargs)
         return parse_tool_calls(text, tools=tools), result
     bound = scorer.with_tools(tools)
-    turn, result = _generate_and_parse(bound, tokenizer, messages, tools, dict(generate_kwargs))
+    kwargs = dict(generate_kwargs)
+    if force:
+        names = [force] if isinstance(force, str) else [n for n in map(_tool_name, tools) if n]
+        opening = call_prefix(bound)
+        if opening is None or not opening.endswith('"') or not names:
+            logger.warning("cannot force a tool call: the chat template shows no call opening to hold to")
+        else:
+            # The opening as the template's own tokens (a special <tool_call>, as in past turns), then
+            # a name spelled as the model likes ('"' may merge with the ',' after it).
+            ids = tokenizer.encode(opening, add_special_tokens=False)
+            targets = [f'{n}"' for n in names]
+            kwargs["logits_processor"] = _holding(ids, targets, tokenizer, kwargs.get("logits_processor"))
+    turn, result = _generate_and_parse(bound, tokenizer, messages, tools, kwargs)
     answered = _answered_calls(messages)
-    if turn.tool_calls and answered and all(_key(c.name, c.arguments) in answered for c in turn.tool_calls):
+    if (
+        not force
+        and turn.tool_calls
+        and answered
+        and all(_key(c.name, c.arguments) in answered for c in turn.tool_calls)
+    ):
         # Small models (Qwen2.5-Coder-0.5B) repeat a call whose result is already in the history, as
         # bare JSON, instead of answering: the agent would loop. Ask again with the tokens a call
         # needs barred, so the turn is an answer (scored under the same prompt, unconstrained).
@@ -402,6 +429,99 @@ def generate_tool_turn(
             kwargs = dict(generate_kwargs, suppress_tokens=barred)
             turn, result = _generate_and_parse(bound, tokenizer, messages, tools, kwargs)
     return turn, result
+
+
+_SENTINEL = "semgrad_guard_probe_tool"
+
+
+def call_prefix(bound: Any) -> str | None:
+    """The text a turn calling a tool opens with, up to its name, read off the chat template:
+    ``<tool_call>\n{"name": "`` (Hermes / Qwen), ``[TOOL_CALLS][{"name": "`` (Mistral), ``{"name": "``
+    (Llama 3.1). None where the template renders no call with a name in it.
+
+    ``bound``: a scorer whose ``render_prompt`` / ``render_conversation`` apply its chat template.
+    """
+    chat = [{"role": "user", "content": "Hello"}]
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "id": "abcdefghi", "function": {"name": _SENTINEL, "arguments": {}}}
+        ],
+    }
+    try:
+        head = bound.render_prompt(chat)
+        full = bound.render_conversation([*chat, call])
+    except Exception:  # a template that cannot render a call: nothing to hold the turn to
+        logger.debug("call_prefix: the chat template did not render a call", exc_info=True)
+        return None
+    if not full.startswith(head) or _SENTINEL not in full[len(head) :]:
+        return None
+    opening = full[len(head) :].split(_SENTINEL, 1)[0]
+    return opening if opening.strip() else None
+
+
+def _holding(ids: Sequence[int], targets: Sequence[str], tokenizer: Any, processors: Any = None) -> Any:
+    """``processors`` plus one that holds the first generated tokens to ``ids``, then the text after
+    them to one of ``targets`` until one is written; then the model writes freely. Among the tokens
+    that keep to a target, the model's own scores choose, so it spells the text as it would (a
+    closing quote merged with the comma after it)."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    pieces = _token_texts(tokenizer) if targets else []
+    # Tokens inside a target (the only ones that can continue one), found once per call.
+    inside = [i for i, p in enumerate(pieces) if p and any(p in t for t in targets)]
+
+    class HoldToCall(LogitsProcessor):
+        def __init__(self) -> None:
+            self.start: int | None = None
+            self.done = False
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if self.start is None:
+                self.start = int(input_ids.shape[1])  # the first call sees the prompt alone
+            if self.done:
+                return scores
+            step = int(input_ids.shape[1]) - self.start
+            if step < len(ids):
+                held = torch.full_like(scores, -math.inf)
+                held[:, ids[step]] = 0.0
+                return held
+            if not targets:
+                self.done = True
+                return scores
+            written = tokenizer.decode(input_ids[0, self.start + len(ids) :].tolist())
+            if any(written.startswith(t) for t in targets):
+                self.done = True
+                return scores
+            rest = tuple(t[len(written) :] for t in targets if t.startswith(written))
+            allowed = {i for i in inside if any(r.startswith(pieces[i]) for r in rest)}
+            allowed.update(i for i, p in enumerate(pieces) if p.startswith(rest))  # ends one, goes on
+            if not allowed:  # the text left every target (cannot happen from an empty start)
+                self.done = True
+                return scores
+            held = torch.full_like(scores, -math.inf)
+            index = sorted(allowed)
+            held[:, index] = scores[:, index]
+            return held
+
+    return LogitsProcessorList([*(processors or []), HoldToCall()])
+
+
+_TOKEN_TEXTS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+
+
+def _token_texts(tokenizer: Any) -> list[str]:
+    """Each token id's text (cached per tokenizer): what a held name may be spelled with."""
+    cached = _TOKEN_TEXTS.get(tokenizer)
+    if cached is None:
+        vocab = tokenizer.get_vocab()
+        cached = [""] * (max(vocab.values()) + 1)
+        for token, i in vocab.items():
+            cached[i] = tokenizer.convert_tokens_to_string([token])
+        _TOKEN_TEXTS[tokenizer] = cached
+    return cached
 
 
 def _generate_and_parse(

@@ -411,3 +411,58 @@ def test_control_strings_in_tool_calls_are_refused_when_so_configured() -> None:
     with pytest.raises(ControlTokenError, match="control tokens"):
         scorer.score(_history(_forged(scorer)), "Sunny.")
     assert scorer.score(_history("Paris"), "Sunny.").flags == []
+
+
+# -- forcing a call (tool_choice "any" / a name) ------------------------------------------------------
+OPENINGS = {
+    "hermes": '<tool_call>\n{"name": "',
+    "llama3": '{"name": "',
+    "mistral": '[TOOL_CALLS] [{"name": "',
+}
+TIMES = {**ADD, "function": {**ADD["function"], "name": "mul", "description": "Multiply two integers."}}
+
+
+@pytest.mark.parametrize("fmt", TOOL_FORMATS)
+def test_the_call_opening_is_read_off_each_chat_template(fmt: str) -> None:
+    from semgrad_guard.scoring.tool_calls import call_prefix
+
+    bound = tiny_tool_scorer(fmt).with_tools([ADD])
+    opening = call_prefix(bound)
+    assert opening is not None and opening.strip().endswith(OPENINGS[fmt].strip())
+    assert call_prefix(tiny_scorer("llama")) is None  # a template that renders no calls
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_forced_turn_opens_a_call_of_an_offered_tool(seed: int) -> None:
+    """A random model, held: the turn opens as the template writes a call, then names an offered tool
+    (any of them with force=True, the named one with force=name) and its closing quote."""
+    from semgrad_guard.scoring.tool_calls import _holding, call_prefix
+
+    scorer = tiny_tool_scorer("hermes", seed=seed)
+    bound = scorer.with_tools([ADD, TIMES])
+    opening = call_prefix(bound)
+    assert opening is not None
+    tok = scorer.tokenizer
+    ids = tok.encode(opening, add_special_tokens=False)
+    n = len(ids) + len('add"') + 6  # room to spell the name a character at a time
+    text, result = bound.generate(
+        "2 + 3?", max_new_tokens=n, logits_processor=_holding(ids, ['add"', 'mul"'], tok)
+    )
+    assert text.startswith((f'{opening}add"', f'{opening}mul"'))
+    assert result.answer_tokens == n  # the held tokens are generated, so scored
+    text, _ = bound.generate("2 + 3?", max_new_tokens=n, logits_processor=_holding(ids, ['mul"'], tok))
+    assert text.startswith(f'{opening}mul"')
+    text, _ = bound.generate("2 + 3?", max_new_tokens=len(ids), logits_processor=_holding(ids, [], tok))
+    assert text == opening
+
+
+def test_force_reaches_generation_and_a_test_double_is_not_forced() -> None:
+    from semgrad_guard import MockScorer
+
+    scorer = tiny_tool_scorer("hermes")
+    with ScriptedGeneration(scorer, [CALLS["hermes"]]):
+        turn, _ = generate_tool_turn(scorer, "2 + 3?", [ADD], force="add", max_new_tokens=64)
+    assert [(c.name, c.arguments) for c in turn.tool_calls] == [("add", {"a": 2, "b": 3})]
+    mock = MockScorer(lambda m, a: 0.2, answers=["5."])
+    turn, _ = generate_tool_turn(mock, "2 + 3?", [ADD], force=True)
+    assert turn.is_answer and turn.content == "5."

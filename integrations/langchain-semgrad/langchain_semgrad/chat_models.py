@@ -184,9 +184,10 @@ class ChatSemGrad(BaseChatModel):
             tools: anything ``convert_to_openai_tool`` takes (``@tool`` functions, pydantic models,
                 functions, OpenAI tool dicts).
             tool_choice: ``None`` / ``"auto"``: the model decides; ``"none"``: no tools this call;
-                a tool name (or ``{"type": "function", "function": {"name": ...}}``): offer only that
-                tool; ``"any"`` / ``"required"`` / ``True``: offer all. Local decoding is not
-                constrained, so a call is asked for, not forced: the model may still answer in text.
+                ``"any"`` / ``"required"`` / ``True``: a call of one of the tools, forced; a tool
+                name (or ``{"type": "function", "function": {"name": ...}}``): a call of that tool,
+                forced. Forcing holds the turn's first tokens to the call's opening as the chat
+                template writes it and to an offered name; the model writes the arguments.
 
         Raises:
             ToolCallingUnsupportedError: the model's chat template does not render tools.
@@ -207,7 +208,8 @@ class ChatSemGrad(BaseChatModel):
         formatted = _choose_tools(formatted, tool_choice)
         if formatted:
             require_tool_support(self.scorer)
-        return super().bind(tools=formatted or None, **kwargs)
+        force = _forcing(tool_choice, formatted)
+        return super().bind(tools=formatted or None, **({"tool_choice": force} if force else {}), **kwargs)
 
     def _tool_message(self, turn: ToolTurn, result: ScoreResult) -> AIMessage:
         metadata, usage = self._message_fields(result)
@@ -247,8 +249,9 @@ class ChatSemGrad(BaseChatModel):
         tools: list[dict[str, Any]],
         stop: list[str] | None,
         gen: dict[str, Any],
+        force: bool | str = False,
     ) -> tuple[ToolTurn, ScoreResult]:
-        turn, result = generate_tool_turn(self.scorer, chat, tools, **gen)
+        turn, result = generate_tool_turn(self.scorer, chat, tools, force=force, **gen)
         cut = self._cut_at_stop(turn.content, stop) if turn.is_answer else None
         if cut is not None:
             scorer = self.scorer.with_tools(tools) if hasattr(self.scorer, "with_tools") else self.scorer
@@ -327,7 +330,8 @@ class ChatSemGrad(BaseChatModel):
         stop = stop or self.stop
         tools = kwargs.get("tools")
         if tools:
-            turn, result = self._run_tools(chat, tools, stop, self._generate_kwargs(stop, kwargs))
+            force = _forcing(kwargs.get("tool_choice"), tools)
+            turn, result = self._run_tools(chat, tools, stop, self._generate_kwargs(stop, kwargs), force)
             return self._tool_result(turn, result) if turn.tool_calls else self._result(turn.content, result)
         return self._result(*self._drive(self._answer(chat, stop, self._generate_kwargs(stop, kwargs))))
 
@@ -347,7 +351,8 @@ class ChatSemGrad(BaseChatModel):
         tools = kwargs.get("tools")
         if tools:
             gen = self._generate_kwargs(stop, kwargs)
-            turn, result = await asyncio.to_thread(self._run_tools, chat, tools, stop, gen)
+            force = _forcing(kwargs.get("tool_choice"), tools)
+            turn, result = await asyncio.to_thread(self._run_tools, chat, tools, stop, gen, force)
             return self._tool_result(turn, result) if turn.tool_calls else self._result(turn.content, result)
         return self._result(
             *await self._adrive(self._answer(chat, stop, self._generate_kwargs(stop, kwargs)))
@@ -418,11 +423,12 @@ class ChatSemGrad(BaseChatModel):
         gen: dict[str, Any],
         tools: Any,
         how: dict[str, Any],
+        force: bool | str = False,
     ) -> Generator[Any, Any, None]:
         """The chunks of one streamed answer (:class:`_Emit`), and the waits between them."""
         if tools:
             # Tool calls are known only once the turn is complete: generate, then emit it whole.
-            turn, result = yield _RunTools(chat, tools, stop, gen)
+            turn, result = yield _RunTools(chat, tools, stop, gen, force)
             if turn.tool_calls:
                 for chunk in self._tool_chunks(turn, result):
                     yield _Emit(chunk)
@@ -452,8 +458,14 @@ class ChatSemGrad(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         stop = stop or self.stop
         gen = self._generate_kwargs(stop, kwargs)
+        tools = kwargs.get("tools")
         steps = self._chunks(
-            to_chat(messages), stop, gen, kwargs.get("tools"), self._stream_args(kwargs, stop)
+            to_chat(messages),
+            stop,
+            gen,
+            tools,
+            self._stream_args(kwargs, stop),
+            _forcing(kwargs.get("tool_choice"), tools),
         )
         value: Any = None
         opened: Any = None
@@ -469,7 +481,7 @@ class ChatSemGrad(BaseChatModel):
                         run_manager.on_llm_new_token(step.token, chunk=step.chunk)
                     yield step.chunk
                 elif isinstance(step, _RunTools):
-                    value = self._run_tools(step.chat, step.tools, step.stop, step.gen)
+                    value = self._run_tools(step.chat, step.tools, step.stop, step.gen, step.force)
                 elif isinstance(step, _Drive):
                     value = self._drive(step.steps)
                 elif isinstance(step, _Open):
@@ -489,8 +501,14 @@ class ChatSemGrad(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         stop = stop or self.stop
         gen = self._generate_kwargs(stop, kwargs)
+        tools = kwargs.get("tools")
         steps = self._chunks(
-            to_chat(messages), stop, gen, kwargs.get("tools"), self._stream_args(kwargs, stop)
+            to_chat(messages),
+            stop,
+            gen,
+            tools,
+            self._stream_args(kwargs, stop),
+            _forcing(kwargs.get("tool_choice"), tools),
         )
         value: Any = None
         opened: Any = None
@@ -507,7 +525,7 @@ class ChatSemGrad(BaseChatModel):
                     yield step.chunk
                 elif isinstance(step, _RunTools):
                     value = await asyncio.to_thread(
-                        self._run_tools, step.chat, step.tools, step.stop, step.gen
+                        self._run_tools, step.chat, step.tools, step.stop, step.gen, step.force
                     )
                 elif isinstance(step, _Drive):
                     value = await self._adrive(step.steps)
@@ -534,6 +552,7 @@ class _RunTools:
     tools: Any
     stop: list[str] | None
     gen: dict[str, Any]
+    force: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -594,6 +613,19 @@ def _choose_tools(
         offered = [t["function"]["name"] for t in tools]
         raise ConfigurationError(f"tool_choice={tool_choice!r} names no bound tool; tools are {offered}")
     return chosen
+
+
+def _forcing(tool_choice: Any, tools: list[dict[str, Any]] | None) -> bool | str:
+    """What ``tool_choice`` forces among the rendered ``tools``: a call (True), one tool's call (its
+    name), or nothing (False: the model decides, or no tools)."""
+    if not tools or tool_choice is None or tool_choice is False or tool_choice in ("auto", "none"):
+        return False
+    if tool_choice is True or tool_choice in ("any", "required"):
+        return True
+    name = tool_choice
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    return name if isinstance(name, str) else False
 
 
 def _spanned(arg: tuple[str, str | None]) -> dict[str, Any]:

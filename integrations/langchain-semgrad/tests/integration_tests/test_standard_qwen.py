@@ -23,7 +23,7 @@ TOOL_TESTS = {
     "test_tool_calling",
     "test_tool_calling_async",
     "test_tool_calling_with_no_arguments",
-    "test_tool_choice",  # skipped by the suite itself: see has_tool_choice
+    "test_tool_choice",
     "test_bind_runnables_as_tools",
     "test_tool_message_histories_string_content",
     "test_tool_message_histories_list_content",
@@ -75,10 +75,9 @@ class TestChatSemGradQwenTools(ChatModelIntegrationTests):
 
     @property
     def has_tool_choice(self) -> bool:
-        # tool_choice narrows the tools offered (a name) or drops them ("none"), but local decoding
-        # is not constrained, so a call cannot be forced: test_tool_choice sends "Hello!" with
-        # tool_choice="any" and the model (rightly) greets back (measured: it failed so). Skipped.
-        return False
+        # "any" / a name force the call: the turn's first tokens are held to the template's call
+        # opening and an offered name (test_tool_choice sends "Hello!" and needs a call back).
+        return True
 
     @property
     def has_structured_output(self) -> bool:

@@ -79,6 +79,52 @@ def test_tool_choice_narrows_or_drops_the_tools() -> None:
         names(tool_choice="search")
 
 
+@pytest.mark.parametrize(
+    ("choice", "force"),
+    [
+        (None, False),
+        ("auto", False),
+        ("any", True),
+        ("required", True),
+        (True, True),
+        ("add", "add"),
+        ({"type": "function", "function": {"name": "add"}}, "add"),
+    ],
+)
+@pytest.mark.parametrize("how", ["invoke", "ainvoke", "stream", "astream"])
+def test_tool_choice_forces_the_call_on_every_path(
+    monkeypatch: Any, choice: Any, force: Any, how: str
+) -> None:
+    """What bind_tools' tool_choice forces reaches generate_tool_turn, sync, async and streamed."""
+    import asyncio
+
+    from langchain_semgrad import chat_models
+
+    seen: list[Any] = []
+
+    def spy(scorer: Any, chat: Any, tools: Any, *, force: Any = False, **kw: Any) -> Any:
+        seen.append(force)
+        return generate_tool_turn(scorer, chat, tools, **kw)
+
+    monkeypatch.setattr(chat_models, "generate_tool_turn", spy)
+    scorer = MockScorer(lambda m, a: 0.1, answers=[CALLS["hermes"]])
+    bound = ChatSemGrad(scorer=scorer).bind_tools([add], tool_choice=choice)
+    if how == "invoke":
+        bound.invoke("2 + 3?")
+    elif how == "ainvoke":
+        asyncio.run(bound.ainvoke("2 + 3?"))
+    elif how == "stream":
+        list(bound.stream("2 + 3?"))
+    else:
+
+        async def consume() -> None:
+            async for _ in bound.astream("2 + 3?"):
+                pass
+
+        asyncio.run(consume())
+    assert seen == [force]
+
+
 def test_a_model_that_cannot_call_tools_is_named_in_the_error() -> None:
     chat = ChatSemGrad(scorer=tiny_scorer_once("llama"))  # its chat template ignores tools
     with pytest.raises(ToolCallingUnsupportedError, match="tiny-random-llama cannot call tools"):

@@ -15,6 +15,8 @@ from langchain_semgrad import ChatSemGrad
 from langchain_semgrad.chat_models import _load_scorer
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
+from semgrad_guard.errors import ToolCallParseError
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 QWEN = "qwen2.5-coder-0.5b"
@@ -44,9 +46,21 @@ class TestChatSemGradQwenTools(ChatModelIntegrationTests):
             pytest.skip("not a tool-calling test: runs on the embedded model in test_standard.py")
 
     @pytest.mark.xfail(
-        reason="model quality, not the adapter: asked to create a customer named 你好啊集团 with the "
-        "unicode_customer tool, the 0.5B model names the call after the customer ('你好啊集团'), "
-        "seen in make test on 4 December; not strict, as CPU thread counts can change greedy ties",
+        reason="model quality, not the adapter: forced to call magic_function_no_args (tool_choice "
+        "'any'), the 0.5B model copies the parameter schema into the arguments "
+        "({'type': 'object', 'properties': {}}) where the suite wants {}; seen 7 December",
+        raises=AssertionError,
+        strict=False,  # greedy ties can change with CPU thread counts
+    )
+    def test_tool_calling_with_no_arguments(self, model: Any) -> None:
+        super().test_tool_calling_with_no_arguments(model)
+
+    @pytest.mark.xfail(
+        reason="model quality, not the adapter: the call is forced and named right, and the Chinese "
+        "customer's call parses; for the Japanese one the 0.5B model writes unescaped quotes inside "
+        "the description ('... a description of \"Hello Corporation\". '), which is not JSON, so "
+        "ToolCallParseError; seen 7 December. Not strict: CPU thread counts can change greedy ties",
+        raises=ToolCallParseError,
         strict=False,
     )
     def test_unicode_tool_call_integration(
@@ -62,8 +76,9 @@ class TestChatSemGradQwenTools(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        # Room for one call with its arguments; greedy, so a rerun gives the same call.
-        return {"scorer": _load_scorer(QWEN, "cpu"), "max_tokens": 96}
+        # Room for one call with its arguments (the unicode test's Japanese description takes ~120
+        # tokens); greedy, so a rerun gives the same call.
+        return {"scorer": _load_scorer(QWEN, "cpu"), "max_tokens": 192}
 
     @property
     def supports_model_override(self) -> bool:

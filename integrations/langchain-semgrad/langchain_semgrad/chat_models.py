@@ -449,6 +449,20 @@ class ChatSemGrad(BaseChatModel):
             yield _Emit(ChatGenerationChunk(message=AIMessageChunk(content=text)), text)
         yield _Emit(self._last_chunk("", result))
 
+    def _stream_steps(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Generator[Any, Any, None]:
+        """One streamed answer's steps (:meth:`_chunks`), for the sync and the async driver."""
+        tools = kwargs.get("tools")
+        return self._chunks(
+            to_chat(messages),
+            stop,
+            self._generate_kwargs(stop, kwargs),
+            tools,
+            self._stream_args(kwargs, stop),
+            _forcing(kwargs.get("tool_choice"), tools),
+        )
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -456,17 +470,7 @@ class ChatSemGrad(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        stop = stop or self.stop
-        gen = self._generate_kwargs(stop, kwargs)
-        tools = kwargs.get("tools")
-        steps = self._chunks(
-            to_chat(messages),
-            stop,
-            gen,
-            tools,
-            self._stream_args(kwargs, stop),
-            _forcing(kwargs.get("tool_choice"), tools),
-        )
+        steps = self._stream_steps(messages, stop or self.stop, kwargs)
         value: Any = None
         opened: Any = None
         try:
@@ -499,17 +503,7 @@ class ChatSemGrad(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        stop = stop or self.stop
-        gen = self._generate_kwargs(stop, kwargs)
-        tools = kwargs.get("tools")
-        steps = self._chunks(
-            to_chat(messages),
-            stop,
-            gen,
-            tools,
-            self._stream_args(kwargs, stop),
-            _forcing(kwargs.get("tool_choice"), tools),
-        )
+        steps = self._stream_steps(messages, stop or self.stop, kwargs)
         value: Any = None
         opened: Any = None
         try:

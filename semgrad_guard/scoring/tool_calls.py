@@ -17,7 +17,8 @@ A marker followed by something that is not a call (bad JSON, no name) raises
 :class:`~semgrad_guard.errors.ToolCallParseError`; text without any marker is an answer.
 
 :func:`generate_tool_turn` generates with the tools rendered through the chat template
-(``apply_chat_template(..., tools=...)``) and parses the turn; the score covers exactly the generated
+(``apply_chat_template(..., tools=...)``), optionally forcing a call (``tool_choice`` "any" or a
+name: the turn is held to the template's call opening and an offered name), and parses the turn; the score covers exactly the generated
 tokens, as for any answer, and the caller decides whether a tool-call turn counts as an answer (it
 does not: an agent's final answer is the turn without tool calls).
 
@@ -387,8 +388,8 @@ def generate_tool_turn(
     ``force=True`` makes the turn a call of one of ``tools`` (``tool_choice="any"``), ``force="name"``
     a call of that tool: the first tokens are held to the call's opening as the chat template writes
     it (:func:`call_prefix`) and to an offered name (the model picks which), then the model writes the
-    arguments. Those tokens are generated, so they are scored
-    like the others. A scorer without a template to read it from (a test double) is not forced.
+    arguments. Those tokens are generated, so they are scored like the others. A scorer without a
+    template to read the opening from (a test double) is not forced.
 
     Raises:
         ToolCallingUnsupportedError: the model's chat template does not render tools.
@@ -436,7 +437,7 @@ _SENTINEL = "semgrad_guard_probe_tool"
 
 def call_prefix(bound: Any) -> str | None:
     """The text a turn calling a tool opens with, up to its name, read off the chat template:
-    ``<tool_call>\n{"name": "`` (Hermes / Qwen), ``[TOOL_CALLS][{"name": "`` (Mistral), ``{"name": "``
+    ``<tool_call>\n{"name": "`` (Hermes / Qwen), ``[TOOL_CALLS] [{"name": "`` (Mistral), ``{"name": "``
     (Llama 3.1). None where the template renders no call with a name in it.
 
     ``bound``: a scorer whose ``render_prompt`` / ``render_conversation`` apply its chat template.

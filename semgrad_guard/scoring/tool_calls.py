@@ -18,9 +18,10 @@ A marker followed by something that is not a call (bad JSON, no name) raises
 
 :func:`generate_tool_turn` generates with the tools rendered through the chat template
 (``apply_chat_template(..., tools=...)``), optionally forcing a call (``tool_choice`` "any" or a
-name: the turn is held to the template's call opening and an offered name), and parses the turn; the score covers exactly the generated
-tokens, as for any answer, and the caller decides whether a tool-call turn counts as an answer (it
-does not: an agent's final answer is the turn without tool calls).
+name: the turn is held to the template's call opening and an offered name), and parses the turn;
+the score covers exactly the generated tokens, as for any answer, and the caller decides whether a
+tool-call turn counts as an answer (it does not: an agent's final answer is the turn without tool
+calls).
 
 Example:
     >>> turn = parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>')

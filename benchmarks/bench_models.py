@@ -153,6 +153,15 @@ def _folds(strata: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
+def _singles_at(fixed: dict[str, np.ndarray], idx: np.ndarray, results: list[Any]) -> dict[str, np.ndarray]:
+    """Every single score of the rows ``idx`` (the gradient ones from their ``results``)."""
+    return {
+        **{f: v[idx] for f, v in fixed.items()},
+        "semgrad": np.asarray([r.semgrad for r in results]),
+        "hybridgrad": np.asarray([r.hybridgrad for r in results]),
+    }
+
+
 def held_out_questions(data: DevSet, recipe: str, folds: int = 5) -> dict[str, Any]:
     """The shipped recipe judged on questions it was not fitted on: nested k-fold over all sets.
 
@@ -181,17 +190,13 @@ def held_out_questions(data: DevSet, recipe: str, folds: int = 5) -> dict[str, A
             chosen.append("+".join(cal.features))
             res = test.results(offset, layers)
             conf[te] = cal.predict(res, check=False)
-            sg[te] = [r.semgrad for r in res]
-            hg[te] = [r.hybridgrad for r in res]
-            # the single score a user would pick on this fold's training rows
-            own = {f: v[tr] for f, v in fixed.items()}
-            tres = train.results(offset, layers)
-            own["semgrad"] = np.asarray([r.semgrad for r in tres])
-            own["hybridgrad"] = np.asarray([r.hybridgrad for r in tres])
+            held = _singles_at(fixed, te, res)
+            sg[te], hg[te] = held["semgrad"], held["hybridgrad"]
+            # the single score a user would pick on this fold's training rows; folds may pick
+            # different scores, so their training quantiles put them on one scale
+            own = _singles_at(fixed, tr, train.results(offset, layers))
             best = max(own, key=lambda f: _auroc(own[f], train.correct))
-            test_values = {**{f: v[te] for f, v in fixed.items()}, "semgrad": sg[te], "hybridgrad": hg[te]}
-            # folds may pick different scores: their training quantiles put them on one scale
-            picked[te] = np.searchsorted(np.sort(own[best]), test_values[best]) / len(tr)
+            picked[te] = np.searchsorted(np.sort(own[best]), held[best]) / len(tr)
         singles = {**fixed, "semgrad": sg, "hybridgrad": hg, **peers}
         aurocs = {f: _auroc(v, y) for f, v in singles.items()}
         oracle = max((f for f in aurocs if not math.isnan(aurocs[f])), key=lambda f: aurocs[f])

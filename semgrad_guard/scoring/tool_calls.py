@@ -586,16 +586,12 @@ def _call_opening_ids(tokenizer: Any) -> list[int]:
     cached = _OPENING_IDS.get(tokenizer)
     if cached is not None:
         return cached
-    ids: list[int] = []
     try:
-        vocab = tokenizer.get_vocab()
-        for token, i in vocab.items():
-            text = tokenizer.convert_tokens_to_string([token])
-            if "{" in text or text.strip() in ("<tool_call>", _MISTRAL, _PYTHON_TAG):
-                ids.append(int(i))
+        texts = _token_texts(tokenizer)
     except Exception:  # a tokenizer without a vocabulary to read: no retry
-        ids = []
-    _OPENING_IDS[tokenizer] = ids = sorted(ids)
+        texts = []
+    ids = [i for i, t in enumerate(texts) if "{" in t or t.strip() in ("<tool_call>", _MISTRAL, _PYTHON_TAG)]
+    _OPENING_IDS[tokenizer] = ids
     return ids
 
 

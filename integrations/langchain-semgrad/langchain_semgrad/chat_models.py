@@ -599,9 +599,7 @@ def _choose_tools(
         return tools
     if tool_choice is False or tool_choice == "none":
         return []
-    name: Any = tool_choice
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    name = _choice_name(tool_choice)
     chosen = [t for t in tools if t["function"]["name"] == name]
     if not isinstance(name, str) or not chosen:
         offered = [t["function"]["name"] for t in tools]
@@ -616,10 +614,15 @@ def _forcing(tool_choice: Any, tools: list[dict[str, Any]] | None) -> bool | str
         return False
     if tool_choice is True or tool_choice in ("any", "required"):
         return True
-    name = tool_choice
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    name = _choice_name(tool_choice)
     return name if isinstance(name, str) else False
+
+
+def _choice_name(tool_choice: Any) -> Any:
+    """The tool a ``tool_choice`` names: the string itself, or an OpenAI-style dict's name."""
+    if isinstance(tool_choice, dict):
+        return (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    return tool_choice
 
 
 def _spanned(arg: tuple[str, str | None]) -> dict[str, Any]:

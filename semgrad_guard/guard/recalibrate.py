@@ -265,18 +265,31 @@ def recalibrated_logit(z: np.ndarray, a: float, b: float) -> np.ndarray:
 
 def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> tuple[float, float]:
     """Weighted logistic regression of y on the current logit z: intercept only (slope fixed at 1) or
-    both, by Newton steps with a ridge towards (1, 0) (no blow-up when few labels separate)."""
+    both, with a ridge towards (1, 0) (no blow-up when few labels separate).
+
+    Newton steps, each halved until the penalised loss falls: a plain Newton step overshoots when
+    the current logit carries no signal (the optimum slope near 0, z spread over +-6) and then
+    diverges to slopes in the hundreds.
+    """
     w = w / w.mean()  # the ridge's strength is in labels, whatever the weights' scale
-    theta = np.array([1.0, 0.0])
-    for _ in range(50):
+    prior = np.array([1.0, 0.0])
+    x = np.c_[z, np.ones_like(z)]
+
+    def loss(theta: np.ndarray) -> float:
+        t = x @ theta
+        return float(np.sum(w * (np.logaddexp(0.0, t) - y * t)) + 0.5 * _RIDGE * np.sum((theta - prior) ** 2))
+
+    theta, current = prior.copy(), loss(prior)
+    for _ in range(100):
         p = recalibrated_logit(z, theta[0], theta[1])
-        r = w * (p - y)
-        h = w * p * (1.0 - p)
-        grad = np.array([np.sum(r * z), np.sum(r)]) + _RIDGE * (theta - np.array([1.0, 0.0]))
-        hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + _RIDGE * np.eye(2)
+        grad = x.T @ (w * (p - y)) + _RIDGE * (theta - prior)
+        hess = (x * (w * p * (1.0 - p))[:, None]).T @ x + _RIDGE * np.eye(2)
         step = np.linalg.solve(hess, grad) if slope else np.array([0.0, grad[1] / hess[1, 1]])
-        theta = theta - step
-        if np.max(np.abs(step)) < 1e-8:
+        scale = 1.0
+        while (new := loss(theta - scale * step)) > current and scale > 1e-8:
+            scale /= 2
+        theta, current = theta - scale * step, new
+        if np.max(np.abs(scale * step)) < 1e-9:
             break
     return float(theta[0]), float(theta[1])
 

@@ -306,3 +306,30 @@ def test_copies_of_one_answer_are_one_piece_of_evidence(base, tmp_path) -> None:
         assert sel == distinct
         overclaimed.append(naive.feasible and not sel.feasible)
     assert any(overclaimed)  # 200 'independent' labels would certify what 40 answers cannot
+
+
+@pytest.mark.parametrize("signal", [0.0, 1.0, 3.0])
+def test_the_logit_refit_finds_the_penalised_optimum_even_without_signal(signal) -> None:
+    """Where the base calibrator carries no signal for the deployment (its logits spread over +-6,
+    labels a coin toss) a plain Newton step overshoots and diverged to slopes in the hundreds; the
+    refit must land on the penalised optimum a general-purpose optimiser finds."""
+    from scipy.optimize import minimize
+
+    from semgrad_guard.guard.recalibrate import _RIDGE, _fit_logit
+
+    rng = np.random.default_rng(3)
+    z = rng.uniform(-6.0, 8.0, 70).repeat(3)
+    y = (rng.random(z.size) < 1.0 / (1.0 + np.exp(-signal * z))).astype(float)
+    w = np.where(rng.random(z.size) < 0.9, 10.0, 1.0)  # mostly audit labels, as off the review band
+
+    def loss(theta: np.ndarray) -> float:
+        t = theta[0] * z + theta[1]
+        wn = w / w.mean()
+        return float(
+            np.sum(wn * (np.logaddexp(0.0, t) - y * t)) + 0.5 * _RIDGE * np.sum((theta - [1.0, 0.0]) ** 2)
+        )
+
+    reference = minimize(loss, np.array([1.0, 0.0]), method="BFGS", options={"gtol": 1e-9}).x
+    assert np.allclose(_fit_logit(z, y, w, slope=True), reference, atol=1e-4)
+    if signal == 0.0:
+        assert abs(reference[0]) < 0.2

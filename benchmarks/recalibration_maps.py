@@ -6,9 +6,10 @@ policy (confidence in [0.2, 0.35), weight 1) plus audit labels of the rest (rate
 weight 1 / rate). Each order splits the held-out set (development and pool rows) in two halves, one
 labelled, one judged, and back; the table gives the median ECE over orders on the judged answers.
 
-Maps of the base confidence's logit z: ``intercept`` and ``slope`` (what ``recalibrate`` ships), a
-``quadratic`` term (ridge towards the identity), ``isotonic`` steps, their ``stacked`` convex mixture
-(weights by out-of-fold log-loss), and ``slope`` on power-flattened weights (``w ** 0.5``).
+Maps of the base confidence's logit z: ``intercept``, ``slope`` and ``monotone`` (the piecewise map;
+the three ``recalibrate`` chooses among), a ``quadratic`` term (ridge towards the identity),
+``isotonic`` steps, their ``stacked`` convex mixture (weights by out-of-fold log-loss), and ``slope``
+on power-flattened weights (``w ** 0.5``).
 
 Usage: python benchmarks/recalibration_maps.py [--labels 200] [--audit-rate 0.1] [--orders 12]
 """
@@ -30,38 +31,39 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_feedback import PROFILE  # noqa: E402
 from benchmarks.devsets.devdata import DEVSETS, NAMES, load  # noqa: E402
 from semgrad_guard import Calibrator  # noqa: E402
-from semgrad_guard.guard.calibration import expected_calibration_error, logit  # noqa: E402
-from semgrad_guard.guard.recalibrate import _fit_logit, _folds, recalibrated_logit  # noqa: E402
+from semgrad_guard.guard.calibration import expected_calibration_error, logit, logit_map  # noqa: E402
+from semgrad_guard.guard.recalibrate import _fit_map, _folds  # noqa: E402
 
 Map = Callable[[np.ndarray], np.ndarray]
 BAND = (0.2, 0.35)  # cookbook/policies/default.yaml's review band
 
 
-def _logistic(slope: bool) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Map]:
+def _shipped(step: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Map]:
     def fit(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> Map:
-        a, b = _fit_logit(z, y, w, slope=slope)
-        return lambda t: recalibrated_logit(t, a, b)
+        m = _fit_map(z, y, w, step)
+        return lambda t: 1.0 / (1.0 + np.exp(-logit_map(t, m)))
 
     return fit
 
 
 def _quadratic(z: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float = 1.0) -> Map:
-    """Logistic regression on (1, z, z^2) by Newton steps, ridge towards the identity (0, 1, 0)."""
+    """Logistic regression on (1, z, z^2), ridge towards the identity (0, 1, 0)."""
+    from scipy.optimize import minimize
 
     def design(t: np.ndarray) -> np.ndarray:
         return np.c_[np.ones_like(t), t, t * t]
 
     X, w = design(z), w / w.mean()
     prior = np.array([0.0, 1.0, 0.0])
-    theta = prior.copy()
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-X @ theta))
-        grad = X.T @ (w * (p - y)) + ridge * (theta - prior)
-        hess = (X * (w * p * (1 - p))[:, None]).T @ X + ridge * np.eye(3)
-        step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.abs(step).max() < 1e-8:
-            break
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = X @ theta
+        grad = X.T @ (w * (1 / (1 + np.exp(-t)) - y)) + ridge * (theta - prior)
+        return float(
+            np.sum(w * (np.logaddexp(0, t) - y * t)) + 0.5 * ridge * np.sum((theta - prior) ** 2)
+        ), grad
+
+    theta = minimize(loss, prior, jac=True, method="L-BFGS-B").x
     return lambda t: 1 / (1 + np.exp(-design(t) @ theta))
 
 
@@ -72,8 +74,9 @@ def _isotonic(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> Map:
 
 
 BASIC = {
-    "intercept": _logistic(False),
-    "slope": _logistic(True),
+    "intercept": _shipped("intercept"),
+    "slope": _shipped("slope+intercept"),
+    "monotone": _shipped("monotone"),
     "quadratic": _quadratic,
     "isotonic": _isotonic,
 }
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 ix, wa = np.asarray(idx), np.asarray(w)
                 maps = {n: fit(z[ix], y[ix], wa) for n, fit in BASIC.items()}
                 maps["stacked"] = _stacked(z[ix], y[ix], wa, ix)
-                maps["slope, w^0.5"] = _logistic(True)(z[ix], y[ix], np.sqrt(wa))
+                maps["slope, w^0.5"] = _shipped("slope+intercept")(z[ix], y[ix], np.sqrt(wa))
                 for n, m in maps.items():
                     conf[n][judged] = m(z[judged])
             for n in names:

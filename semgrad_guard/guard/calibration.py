@@ -118,9 +118,11 @@ class Calibrator(BaseModel):
     """101 quantiles of the confidences it gives on its own fitting data: the drift monitor's reference."""
     n_reference: int = 0
     """How many confidences the reference quantiles summarise."""
-    recalibration: dict[str, float] | None = None
-    """``{"slope": a, "intercept": b}`` applied on top: confidence = sigmoid(a * logit(p) + b), p the
-    fitted map's output (written by :func:`~semgrad_guard.guard.recalibrate.recalibrate`)."""
+    recalibration: dict[str, float | list[float]] | None = None
+    """A map of the logit applied on top: confidence = sigmoid(m(logit(p))), p the fitted map's output
+    (written by :func:`~semgrad_guard.guard.recalibrate.recalibrate`). ``{"slope": a, "intercept": b}``:
+    m(z) = a * z + b. ``{"intercept": b, "knots": [k1..kK], "slopes": [s0..sK]}``: continuous and
+    piecewise linear, slope s0 below k1, s_i between k_i and k_i+1, sK above kK, and m(0) = b."""
     provenance: dict[str, Any] | None = None
     """What a recalibration was fitted on: labels, audit share, date range, weights, base calibrator."""
 
@@ -133,6 +135,15 @@ class Calibrator(BaseModel):
         bad = [f for f in v if f not in SCORE_FIELDS]
         if bad:
             raise ValueError(f"unknown score fields {bad}; choose from {list(SCORE_FIELDS)}")
+        return v
+
+    @field_validator("recalibration")
+    @classmethod
+    def _valid_recalibration(
+        cls, v: dict[str, float | list[float]] | None
+    ) -> dict[str, float | list[float]] | None:
+        if v is not None:
+            _pieces(v)  # raises ValueError naming what is wrong
         return v
 
     # ------------------------------------------------------------------ fitting
@@ -631,9 +642,52 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(q / (1.0 - q)))
 
 
-def recalibrated(p: np.ndarray, recal: Mapping[str, float]) -> np.ndarray:
-    """sigmoid(slope * logit(p) + intercept): a calibrator's output moved to another base rate."""
-    return _sigmoid(float(recal.get("slope", 1.0)) * logit(p) + float(recal.get("intercept", 0.0)))
+def recalibrated(p: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
+    """sigmoid(m(logit(p))): a calibrator's output moved to another deployment (``m``:
+    :func:`logit_map` of ``recal``)."""
+    return _sigmoid(logit_map(logit(p), recal))
+
+
+def logit_map(z: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
+    """A recalibration's map of logits ``z`` (see :attr:`Calibrator.recalibration`)."""
+    knots, slopes, intercept = _pieces(recal)
+    z = np.asarray(z, dtype=float)
+    edges = np.r_[-np.inf, knots, np.inf]
+    lo, hi = edges[:-1], edges[1:]
+    # Each piece adds its slope times the stretch of [0, z] inside it (signed: z may be below 0).
+    stretch = np.clip(z[..., None], lo, hi) - np.clip(0.0, lo, hi)
+    return np.asarray(intercept + stretch @ slopes)
+
+
+def _pieces(recal: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+    """(knots, slopes, intercept) of either form of a recalibration; ValueError if malformed."""
+    keys = set(recal)
+    if keys <= {"slope", "intercept"}:
+        knots, slopes = np.zeros(0), np.asarray([recal.get("slope", 1.0)], dtype=float)
+    elif keys == {"intercept", "knots", "slopes"}:
+        try:
+            knots = np.asarray(recal["knots"], dtype=float)
+            slopes = np.asarray(recal["slopes"], dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError("recalibration 'knots' and 'slopes' must be lists of numbers") from None
+        if knots.ndim != 1 or slopes.shape != (len(knots) + 1,):
+            raise ValueError(
+                f"recalibration has {knots.size} knots and {slopes.size} slopes; a piecewise map needs "
+                "one slope more than knots (below the first, between each pair, above the last)"
+            )
+        if np.any(np.diff(knots) <= 0):
+            raise ValueError("recalibration knots must be strictly increasing")
+    else:
+        raise ValueError(
+            f"recalibration has keys {sorted(keys)}; expected slope and intercept, or intercept, knots and slopes"
+        )
+    try:
+        intercept = float(recal.get("intercept", 0.0))
+    except (TypeError, ValueError):
+        raise ValueError("recalibration 'intercept' must be a number") from None
+    if not (np.all(np.isfinite(knots)) and np.all(np.isfinite(slopes)) and math.isfinite(intercept)):
+        raise ValueError("recalibration numbers must be finite")
+    return knots, slopes, intercept
 
 
 def _fit_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, Any]:

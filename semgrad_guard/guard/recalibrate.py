@@ -2,13 +2,15 @@
 
 Calibration does not travel across base rates (a calibrator fitted on one data set is off by
 0.1-0.3 ECE on another), but the ranking does. So with few labels only the intercept on the logit
-of the current confidence is refitted; with more, slope and intercept; with many, the full recipe
-(:meth:`Calibrator.fit`). Which one is kept is chosen by weighted out-of-fold log-loss among those
-the label count allows (the current calibrator unchanged is reported next to them). Labels are
+of the current confidence is refitted; with more, slope and intercept; with many, a monotone
+piecewise-linear map of that logit (a reliability curve that rises steeply and then levels off is
+no logistic curve) and the full recipe (:meth:`Calibrator.fit`). Which one is kept is chosen by
+weighted out-of-fold log-loss among those the label count allows (the current calibrator unchanged
+is reported next to them). Labels are
 weighted by their inverse inclusion probability (review-band labels 1, audit labels 1 / rate), so
 the fit stands for every answer served, not only the doubtful middle.
 
-The result is a :class:`Calibrator` whose ``recalibration`` holds the new slope and intercept (or a
+The result is a :class:`Calibrator` whose ``recalibration`` holds the new map of the logit (or a
 fresh fit) and whose ``provenance`` says what it was fitted on.
 """
 
@@ -24,8 +26,11 @@ import numpy as np
 from ..errors import CalibrationError, CalibratorMismatchError
 from .calibration import (
     Calibrator,
+    _pieces,
+    _sigmoid,
     expected_calibration_error,
     logit,
+    logit_map,
     recalibrated,
     reliability_table,
 )
@@ -35,9 +40,13 @@ MIN_LABELS = 10
 """Fewest labels ``recalibrate`` accepts by default (and at least 2 right and 2 wrong)."""
 SLOPE_FROM = 30
 """Labels from which slope and intercept are also tried."""
+MONOTONE_FROM = 100
+"""Distinct answers among the labels from which the monotone piecewise map is also tried."""
 FULL_FROM = 100
 """Labels from which the full recipe (method and features chosen anew) is also tried."""
 _RIDGE = 1.0  # pull towards the current calibrator (slope 1, intercept 0): a prior worth about one label
+_PIECES = 5  # of the monotone map, split at quantiles of the labelled answers' logits
+_ROUGHNESS = 0.3  # penalty on neighbouring pieces' slopes differing (in labels); infinite: slope+intercept
 
 
 @dataclass
@@ -47,7 +56,7 @@ class Recalibration:
     calibrator: Calibrator
     """The calibrator to deploy."""
     chosen: str
-    """'intercept', 'slope+intercept' or 'full'."""
+    """'intercept', 'slope+intercept', 'monotone' or 'full'."""
     cv_log_loss: dict[str, float]
     """Weighted out-of-fold log-loss of each candidate tried."""
     ece_before: float | None
@@ -129,9 +138,11 @@ def recalibrate(
         p_base = base.predict(results, check=False)
         z = logit(p_base)
         tried["unchanged"] = p_base
-        tried["intercept"] = _oof(z, y, w, splits, slope=False)
+        tried["intercept"] = _oof(z, y, w, splits, "intercept")
         if len(labels) >= SLOPE_FROM:
-            tried["slope+intercept"] = _oof(z, y, w, splits, slope=True)
+            tried["slope+intercept"] = _oof(z, y, w, splits, "slope+intercept")
+        if len(set(groups)) >= MONOTONE_FROM:
+            tried["monotone"] = _oof(z, y, w, splits, "monotone")
     if base is None or len(labels) >= full_from:
         oof = np.zeros(len(y))
         for tr, te in splits:
@@ -152,14 +163,9 @@ def recalibrate(
         out = Calibrator.fit(results, list(y > 0), weights=list(w), seed=seed)
     else:
         assert base is not None and z is not None
-        if chosen == "unchanged":
-            a, b = 1.0, 0.0
-        else:
-            a, b = _fit_logit(z, y, w, slope=chosen == "slope+intercept")
-        # Compose with the base's own recalibration, so a refit of a refit stays one step.
-        prev = base.recalibration or {"slope": 1.0, "intercept": 0.0}
-        params = {"slope": a * prev["slope"], "intercept": a * prev["intercept"] + b}
-        out = base.model_copy(update={"recalibration": {k: round(v, 6) for k, v in params.items()}})
+        # Composed with the base's own recalibration, so a refit of a refit stays one step.
+        params = compose(base.recalibration or {"slope": 1.0, "intercept": 0.0}, _fit_map(z, y, w, chosen))
+        out = base.model_copy(update={"recalibration": params})
     dates = sorted(d for d in (lab.decided_at or lab.created_at for lab in labels) if d)
     n_audit = sum(1 for lab in labels if lab.kind == "audit")
     provenance = {
@@ -250,17 +256,109 @@ def _folds(
 
 
 def _oof(
-    z: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], *, slope: bool
+    z: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], step: str
 ) -> np.ndarray:
     out = np.zeros(len(y))
     for tr, te in splits:
-        a, b = _fit_logit(z[tr], y[tr], w[tr], slope=slope)
-        out[te] = recalibrated_logit(z[te], a, b)
+        out[te] = _sigmoid(logit_map(z[te], _fit_map(z[tr], y[tr], w[tr], step)))
     return out
 
 
 def recalibrated_logit(z: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(a * z + b, -500, 500))))
+
+
+def _fit_map(z: np.ndarray, y: np.ndarray, w: np.ndarray, step: str) -> dict[str, Any]:
+    """The recalibration map of the current logit ``z`` that ``step`` fits."""
+    if step == "monotone":
+        return _fit_monotone(z, y, w)
+    a, b = _fit_logit(z, y, w, slope=step == "slope+intercept")
+    return {"slope": a, "intercept": b}
+
+
+def _fit_monotone(
+    z: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    *,
+    pieces: int = _PIECES,
+    roughness: float = _ROUGHNESS,
+    knots: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Weighted logistic regression of y on a continuous piecewise-linear map of z with
+    non-negative slopes (so it keeps the ranking), knots at weighted quantiles of z.
+
+    Penalised towards the identity as :func:`_fit_logit` is (its value at the median z and its slopes,
+    together worth one label) and by ``roughness`` on neighbouring slopes differing: a large
+    ``roughness`` leaves one slope, the slope+intercept map.
+    """
+    from scipy.optimize import minimize
+
+    w = w / w.mean()
+    if knots is None:
+        # Weighted quantiles: each piece holds an equal share of the traffic the labels stand for, so
+        # the confident answers (few labels, all audits) get a piece of their own, not the band's slope.
+        knots = np.unique(_weighted_quantiles(z, w, np.linspace(0.0, 1.0, pieces + 1)[1:-1]))
+    pieces = len(knots) + 1
+    centre = float(np.median(z))
+    anchored = {"intercept": 0.0, "knots": [float(k) for k in knots], "slopes": [0.0] * pieces}
+
+    edges = np.r_[-np.inf, knots, np.inf]
+    # Each piece's stretch of [centre, z]: the map is its value at the centre plus slopes times these.
+    x = np.clip(z[:, None], edges[:-1], edges[1:]) - np.clip(centre, edges[:-1], edges[1:])
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, slopes = theta[0], theta[1:]
+        t = value + x @ slopes
+        r = w * (_sigmoid(t) - y)
+        d = np.diff(slopes)
+        f = np.sum(w * (np.logaddexp(0.0, t) - y * t))
+        f += 0.5 * _RIDGE * ((value - centre) ** 2 + np.sum((slopes - 1.0) ** 2) / pieces)
+        f += 0.5 * roughness * np.sum(d**2)
+        grad_s = x.T @ r + _RIDGE * (slopes - 1.0) / pieces
+        grad_s[:-1] -= roughness * d
+        grad_s[1:] += roughness * d
+        return float(f), np.r_[np.sum(r) + _RIDGE * (value - centre), grad_s]
+
+    start = np.r_[centre, np.ones(pieces)]  # the identity
+    theta = minimize(
+        loss, start, jac=True, method="L-BFGS-B", bounds=[(None, None)] + [(0.0, None)] * pieces
+    ).x
+    anchored["slopes"] = [float(s) for s in theta[1:]]
+    # Its value at 0 (the stored intercept) from its value at the centre.
+    anchored["intercept"] = float(theta[0] - logit_map(np.asarray([centre]), anchored)[0])
+    return anchored
+
+
+def compose(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """One map doing ``prev`` then ``new`` (both :attr:`Calibrator.recalibration` maps), rounded to 6
+    decimals: piecewise linear again, with knots at ``prev``'s and where ``prev`` reaches ``new``'s."""
+    k_prev, s_prev, b_prev = _pieces(prev)
+    k_new = _pieces(new)[0]
+
+    def both(u: np.ndarray) -> np.ndarray:
+        return logit_map(logit_map(u, prev), new)
+
+    # prev is linear on each of its pieces: through (knot, its value) or, with no knots, (0, b_prev).
+    anchors = list(zip(k_prev, logit_map(k_prev, prev), strict=True)) or [(0.0, b_prev)]
+    edges = np.r_[-np.inf, k_prev, np.inf]
+    points = list(k_prev)
+    for target in k_new:  # where prev reaches one of new's knots
+        for i, slope in enumerate(s_prev):
+            u0, v0 = anchors[max(i - 1, 0)]
+            if slope != 0.0 and edges[i] <= (u := u0 + (target - v0) / slope) <= edges[i + 1]:
+                points.append(float(u))
+    knots = np.unique(np.round(points, 9))
+    if len(knots) == 0:
+        ends = both(np.asarray([0.0, 1.0]))
+        return {"slope": round(float(ends[1] - ends[0]), 6), "intercept": round(float(ends[0]), 6)}
+    values = both(np.r_[knots[0] - 1.0, knots, knots[-1] + 1.0])
+    slopes = np.diff(values) / np.diff(np.r_[knots[0] - 1.0, knots, knots[-1] + 1.0])
+    return {
+        "intercept": round(float(both(np.zeros(1))[0]), 6),
+        "knots": [round(float(k), 6) for k in knots],
+        "slopes": [round(float(s), 6) for s in slopes],
+    }
 
 
 def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> tuple[float, float]:
@@ -294,11 +392,13 @@ def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> t
     return float(theta[0]), float(theta[1])
 
 
-def _weighted_quantiles(values: np.ndarray, w: np.ndarray) -> list[float]:
+def _weighted_quantiles(values: np.ndarray, w: np.ndarray, at: np.ndarray | None = None) -> list[float]:
+    """Quantiles of ``values`` under weights ``w`` (by default the 101 percentiles), rounded to 6 decimals."""
     order = np.argsort(values)
     cum = np.cumsum(w[order]) / w.sum()
-    at = np.searchsorted(cum, np.linspace(0, 1, 101), side="left").clip(0, len(values) - 1)
-    return [round(float(values[order][i]), 6) for i in at]
+    q = np.linspace(0, 1, 101) if at is None else at
+    idx = np.searchsorted(cum, q, side="left").clip(0, len(values) - 1)
+    return [round(float(values[order][i]), 6) for i in idx]
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
@@ -306,4 +406,13 @@ def _log_loss(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     return float(np.average(-(y * np.log(q) + (1 - y) * np.log(1 - q)), weights=w))
 
 
-__all__ = ["FULL_FROM", "MIN_LABELS", "SLOPE_FROM", "Recalibration", "recalibrate", "recalibrated"]
+__all__ = [
+    "FULL_FROM",
+    "MIN_LABELS",
+    "MONOTONE_FROM",
+    "SLOPE_FROM",
+    "Recalibration",
+    "compose",
+    "recalibrate",
+    "recalibrated",
+]

@@ -82,10 +82,20 @@ def test_twenty_labels_move_the_intercept_and_mend_a_base_rate_shift(base, tmp_p
 def test_the_ladder_grows_with_the_labels(base, tmp_path) -> None:
     results, y = _world(120, -1.0, np.random.default_rng(3))
     with _queue(tmp_path, results, y) as q:
-        rec = recalibrate(base, labelled(q))
-    assert set(rec.cv_log_loss) == {"unchanged", "intercept", "slope+intercept", "full"}
-    refits = {k: v for k, v in rec.cv_log_loss.items() if k != "unchanged"}  # reported, never chosen
-    assert rec.chosen == min(refits, key=refits.get)
+        labels = labelled(q)
+    ladder = {
+        20: {"unchanged", "intercept"},
+        60: {"unchanged", "intercept", "slope+intercept"},
+        # 100 labels of 50 answers: the monotone map waits for 100 distinct answers
+        100: {"unchanged", "intercept", "slope+intercept", "full"},
+        120: {"unchanged", "intercept", "slope+intercept", "monotone", "full"},
+    }
+    for n, steps in ladder.items():
+        subset = labels[:n] if n != 100 else labels[:50] * 2
+        rec = recalibrate(base, subset)
+        assert set(rec.cv_log_loss) == steps
+        refits = {k: v for k, v in rec.cv_log_loss.items() if k != "unchanged"}  # reported, never chosen
+        assert rec.chosen == min(refits, key=refits.get)
 
 
 def test_audit_weights_undo_the_review_band_bias(base, tmp_path) -> None:
@@ -333,3 +343,97 @@ def test_the_logit_refit_finds_the_penalised_optimum_even_without_signal(signal)
     assert np.allclose(_fit_logit(z, y, w, slope=True), reference, atol=1e-4)
     if signal == 0.0:
         assert abs(reference[0]) < 0.2
+
+
+def _map(rng: np.random.Generator, kind: str) -> dict:
+    if kind == "linear":
+        return {"slope": float(rng.uniform(-2.0, 3.0)), "intercept": float(rng.normal())}
+    if kind == "constant":
+        return {"slope": 0.0, "intercept": float(rng.normal())}
+    k = int(rng.integers(1, 5))
+    return {
+        "intercept": float(rng.normal()),
+        "knots": sorted(rng.uniform(-4.0, 4.0, k).tolist()),
+        "slopes": rng.uniform(0.0, 3.0, k + 1).round(1).tolist(),  # round: some pieces come out flat
+    }
+
+
+@pytest.mark.parametrize("first", ["linear", "constant", "piecewise"])
+@pytest.mark.parametrize("second", ["linear", "piecewise"])
+def test_a_refit_of_a_refit_is_one_map_doing_both(first, second) -> None:
+    from semgrad_guard.guard.calibration import logit_map
+    from semgrad_guard.guard.recalibrate import compose
+
+    rng = np.random.default_rng(len(first) * 7 + len(second))
+    u = np.linspace(-12.0, 12.0, 2001)
+    for _ in range(20):
+        prev, new = _map(rng, first), _map(rng, second)
+        both = compose(prev, new)
+        assert np.allclose(logit_map(u, both), logit_map(logit_map(u, prev), new), atol=1e-4)
+        if first != "piecewise" and second == "linear":
+            assert set(both) == {"slope", "intercept"}  # linear after linear stays the simple form
+
+
+def test_the_piecewise_map_is_continuous_and_takes_its_slopes_piece_by_piece() -> None:
+    from semgrad_guard.guard.calibration import logit_map
+
+    m = {"intercept": 0.5, "knots": [-1.0, 2.0], "slopes": [0.5, 2.0, 0.0]}
+    z = np.asarray([-3.0, -1.0, 0.0, 2.0, 5.0])
+    # m(0) = 0.5; from 0 up to 2 at slope 2, flat above; from 0 down to -1 at slope 2, then 0.5
+    assert np.allclose(logit_map(z, m), [0.5 - 2.0 - 1.0, 0.5 - 2.0, 0.5, 0.5 + 4.0, 0.5 + 4.0])
+    assert np.allclose(logit_map(z, {"slope": 2.0, "intercept": 1.0}), 2.0 * z + 1.0)
+
+
+@pytest.mark.parametrize(
+    ("recal", "message"),
+    [
+        ({"intercept": 0.0, "knots": [1.0, 0.0], "slopes": [1.0, 1.0, 1.0]}, "strictly increasing"),
+        ({"intercept": 0.0, "knots": [0.0], "slopes": [1.0]}, "one slope more than knots"),
+        ({"intercept": 0.0, "knots": [0.0]}, "expected slope and intercept"),
+        ({"slope": 1.0, "shift": 2.0}, "expected slope and intercept"),
+    ],
+)
+def test_a_malformed_recalibration_is_refused_with_what_is_wrong(base, recal, message) -> None:
+    text = json.dumps({**json.loads(base.model_dump_json()), "recalibration": recal})
+    with pytest.raises(CalibrationError, match=message):
+        Calibrator.from_json(text, source="cal.json")
+
+
+def _step_world(n: int, rng: np.random.Generator) -> tuple[list[ScoreResult], np.ndarray]:
+    """Right at 5% for the lower 60% of the score, then at a flat 50%: a reliability curve that rises
+    steeply and levels off (what truthfulqa's looks like), which no logistic curve follows."""
+    z = rng.normal(size=n)
+    y = rng.random(n) < np.where(z > 0.25, 0.5, 0.05)
+    return [_result(float(np.exp(-v))) for v in z], y
+
+
+def test_a_step_shaped_deployment_gets_the_monotone_map(base, tmp_path) -> None:
+    from semgrad_guard.guard.calibration import logit, logit_map
+    from semgrad_guard.guard.recalibrate import _fit_map
+
+    rng = np.random.default_rng(11)
+    results, y = _step_world(400, rng)
+    with _queue(tmp_path, results, y) as q:
+        rec = recalibrate(base, labelled(q))
+    assert rec.chosen == "monotone"
+    assert rec.cv_log_loss["monotone"] < rec.cv_log_loss["slope+intercept"]
+    recal = rec.calibrator.recalibration
+    assert set(recal) == {"intercept", "knots", "slopes"} and min(recal["slopes"]) >= 0.0
+    # On fresh answers of that deployment: the base's ranking kept (a monotone map), and calibrated,
+    # where slope and intercept fitted on the same labels cannot follow the step.
+    fresh, y_fresh = _step_world(4000, rng)
+    p_base, p_new = base.predict(fresh), rec.calibrator.predict(fresh)
+    order = np.argsort(p_base, kind="stable")
+    assert np.all(np.diff(p_new[order]) >= -1e-12)
+    linear = _fit_map(
+        logit(base.predict(results)), np.asarray(y, dtype=float), np.ones(len(y)), "slope+intercept"
+    )
+    p_linear = 1.0 / (1.0 + np.exp(-logit_map(logit(p_base), linear)))
+    ece_new, ece_linear = (
+        expected_calibration_error(p_new, y_fresh),
+        expected_calibration_error(p_linear, y_fresh),
+    )
+    assert ece_new < 0.05 and ece_linear > ece_new + 0.025  # 0.036 and 0.074 as written
+    # Saved and loaded, it predicts the same.
+    rec.calibrator.save(tmp_path / "cal.json")
+    assert np.array_equal(Calibrator.load(tmp_path / "cal.json").predict(fresh), p_new)

@@ -143,7 +143,7 @@ class Calibrator(BaseModel):
         cls, v: dict[str, float | list[float]] | None
     ) -> dict[str, float | list[float]] | None:
         if v is not None:
-            _pieces(v)  # raises ValueError naming what is wrong
+            map_pieces(v)  # raises ValueError naming what is wrong
         return v
 
     # ------------------------------------------------------------------ fitting
@@ -650,7 +650,7 @@ def recalibrated(p: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
 
 def logit_map(z: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
     """A recalibration's map of logits ``z`` (see :attr:`Calibrator.recalibration`)."""
-    knots, slopes, intercept = _pieces(recal)
+    knots, slopes, intercept = map_pieces(recal)
     z = np.asarray(z, dtype=float)
     edges = np.r_[-np.inf, knots, np.inf]
     lo, hi = edges[:-1], edges[1:]
@@ -659,8 +659,9 @@ def logit_map(z: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(intercept + stretch @ slopes)
 
 
-def _pieces(recal: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
-    """(knots, slopes, intercept) of either form of a recalibration; ValueError if malformed."""
+def map_pieces(recal: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+    """(knots, slopes, intercept) of either form of a recalibration map (slope and intercept: no
+    knots, one slope); ValueError naming what is wrong if it is malformed."""
     keys = set(recal)
     if keys <= {"slope", "intercept"}:
         knots, slopes = np.zeros(0), np.asarray([recal.get("slope", 1.0)], dtype=float)

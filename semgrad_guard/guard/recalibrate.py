@@ -26,11 +26,10 @@ import numpy as np
 from ..errors import CalibrationError, CalibratorMismatchError
 from .calibration import (
     Calibrator,
-    _pieces,
-    _sigmoid,
     expected_calibration_error,
     logit,
     logit_map,
+    map_pieces,
     recalibrated,
     reliability_table,
 )
@@ -264,8 +263,8 @@ def _oof(
     return out
 
 
-def recalibrated_logit(z: np.ndarray, a: float, b: float) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(a * z + b, -500, 500))))
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(t, -500, 500))))
 
 
 def _fit_map(z: np.ndarray, y: np.ndarray, w: np.ndarray, step: str) -> dict[str, Any]:
@@ -333,8 +332,8 @@ def _fit_monotone(
 def compose(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """One map doing ``prev`` then ``new`` (both :attr:`Calibrator.recalibration` maps), rounded to 6
     decimals: piecewise linear again, with knots at ``prev``'s and where ``prev`` reaches ``new``'s."""
-    k_prev, s_prev, b_prev = _pieces(prev)
-    k_new = _pieces(new)[0]
+    k_prev, s_prev, b_prev = map_pieces(prev)
+    k_new = map_pieces(new)[0]
 
     def both(u: np.ndarray) -> np.ndarray:
         return logit_map(logit_map(u, prev), new)
@@ -379,7 +378,7 @@ def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> t
 
     theta, current = prior.copy(), loss(prior)
     for _ in range(100):
-        p = recalibrated_logit(z, theta[0], theta[1])
+        p = _sigmoid(theta[0] * z + theta[1])
         grad = x.T @ (w * (p - y)) + _RIDGE * (theta - prior)
         hess = (x * (w * p * (1.0 - p))[:, None]).T @ x + _RIDGE * np.eye(2)
         step = np.linalg.solve(hess, grad) if slope else np.array([0.0, grad[1] / hess[1, 1]])

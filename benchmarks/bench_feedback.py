@@ -28,6 +28,10 @@ Intervals: 10th-90th percentile over ``--orders`` random orders.
 The bias of unaudited labels: at 200 reviews, the same refit on review-band labels only (no audit)
 and on the audited labels without their weights.
 
+One refit, no swap (the README's three commands: serve with the shipped calibrator and audit, review,
+``calibrate --from-reviews`` once): the same orders with every label routed by the base calibrator,
+and each checkpoint's calibrator the refit on the labels so far.
+
 Usage: python benchmarks/bench_feedback.py [--orders 20] [--audit-rate 0.1] [--refit-every 50] [--no-pool]
 Writes ``benchmarks/results/feedback.md``, ``feedback.json`` and ``feedback_ece.png``.
 """
@@ -110,9 +114,11 @@ def one_half(
     rate: float,
     refit_every: int,
     rng: np.random.Generator,
+    swap: bool = True,
 ) -> dict:
     """The loop on traffic drawn from ``stream`` (indices into the held-out set); per checkpoint,
-    the calibrator running then (and the thresholds its refit certified)."""
+    the calibrator running then (and the thresholds its refit certified). ``swap=False``: refits
+    are not swapped in, so the base routes every label (the one-refit path)."""
     current, rec = base, None
     actions = _actions(policy, current, res_h)
     labels: list[LabelledExample] = []
@@ -145,7 +151,8 @@ def one_half(
             refused = new is None
             if new is not None:
                 rec, current = new, new.calibrator
-                actions = _actions(policy, current, res_h)
+                if swap:
+                    actions = _actions(policy, current, res_h)
         if len(labels) in CHECKPOINTS:
             out["checkpoints"][len(labels)] = {
                 "calibrator": current,
@@ -163,7 +170,13 @@ def one_half(
 
 
 def one_order(
-    res_h: list, y_h: np.ndarray, base: Calibrator, policy: GuardPolicy, args: argparse.Namespace, seed: int
+    res_h: list,
+    y_h: np.ndarray,
+    base: Calibrator,
+    policy: GuardPolicy,
+    args: argparse.Namespace,
+    seed: int,
+    swap: bool = True,
 ) -> dict:
     rng = np.random.default_rng(seed)
     halves: list[list[int]] = [[], []]
@@ -173,7 +186,7 @@ def one_order(
         halves[1] += list(idx[len(idx) // 2 :])
     a, b = np.asarray(halves[0]), np.asarray(halves[1])
     runs = [
-        (ev, one_half(st, res_h, y_h, base, policy, args.audit_rate, args.refit_every, rng))
+        (ev, one_half(st, res_h, y_h, base, policy, args.audit_rate, args.refit_every, rng, swap))
         for st, ev in ((a, b), (b, a))
     ]
     order: dict = {"checkpoints": {}}
@@ -275,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         conf0 = base.predict(res_h, check=False)
         acc0 = _accepted(policy, conf0, res_h)
         orders = [one_order(res_h, y_h, base, policy, args, args.seed + 1000 * o) for o in range(args.orders)]
+        once = [
+            one_order(res_h, y_h, base, policy, args, args.seed + 1000 * o, swap=False)
+            for o in range(args.orders)
+        ]
         rows = {}
         for n in CHECKPOINTS:
             cps = [o["checkpoints"][n] for o in orders]
@@ -313,6 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                 "review_band_only": _q([o["band_only"] for o in orders])[0],
             },
             "audit_share": float(np.mean([o["audit_share"] for o in orders])),
+            "one_refit": {
+                n: {
+                    "ece": _q([o["checkpoints"][n]["ece"] for o in once]),
+                    "steps": {
+                        s: sum(o["checkpoints"][n]["steps"].count(s) for o in once)
+                        for s in sorted({s for o in once for s in o["checkpoints"][n]["steps"]})
+                    },
+                }
+                for n in CHECKPOINTS
+            },
         }
         print(
             held,
@@ -435,6 +462,30 @@ def render(r: dict) -> str:
             f"| {'yes' if at200 <= 0.06 else 'no':<3} | {f(floor):>5} | {f(at200 - floor):>6} "
             f"| {s['after']['200']['distinct']:>7.0f} |"
         )
+    lines += [
+        "",
+        "## One refit, routed by the shipped calibrator (the README's three commands)",
+        "",
+        "The same orders, every label routed by the base calibrator and the checkpoint's",
+        "calibrator the one refit on the labels so far. Median ECE [10th, 90th",
+        "percentile]; `chosen at 200`: the refit's step over both halves of every order",
+        "(i intercept, s slope+intercept, m monotone, f full).",
+        "",
+        "| set        | ECE at 50            | ECE at 200           | chosen at 200     |",
+        "|:-----------|:---------------------|:---------------------|:------------------|",
+    ]
+    for name, s in r["sets"].items():
+        if "one_refit" not in s:
+            continue
+        once = s["one_refit"]
+        e50, e200 = once["50"]["ece"], once["200"]["ece"]
+        short = {"intercept": "i", "slope+intercept": "s", "monotone": "m", "full": "f"}
+        steps = " ".join(f"{short.get(k, k)} {v}" for k, v in once["200"]["steps"].items())
+        lines.append(
+            f"| {name:<10} | {f'{f(e50[0])} [{f(e50[1])}, {f(e50[2])}]':<20} "
+            f"| {f'{f(e200[0])} [{f(e200[1])}, {f(e200[2])}]':<20} "
+            f"| {steps:<17} |"
+        )
     lines += ["", "![ECE against reviews](feedback_ece.png)", ""]
     return "\n".join(lines)
 
@@ -455,12 +506,16 @@ def plot(r: dict) -> None:
         line = ax.plot([0, *ns], [s["before"]["ece"], *med], marker="o", label=name)[0]
         ax.fill_between(ns, lo, hi, alpha=0.15, color=line.get_color())
         ax.plot(ns, floor, ls="--", lw=1, color=line.get_color())
+        if "one_refit" in s:
+            ax.plot(
+                ns, [s["one_refit"][n]["ece"][0] for n in s["after"]], ls="-.", lw=1, color=line.get_color()
+            )
     ax.axhline(0.10, ls=":", c="grey")
     ax.axhline(0.06, ls=":", c="grey")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel("reviewed answers")
     ax.set_ylabel("ECE on unlabelled answers")
-    ax.set_title("dashed: the estimator's noise floor", fontsize=9)
+    ax.set_title("dash-dot: one refit, routed by the shipped calibrator; dashed: noise floor", fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(OUT / "feedback_ece.png", dpi=120)

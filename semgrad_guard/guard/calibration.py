@@ -622,7 +622,8 @@ def _matrix(results: Sequence[ScoreResult], feats: Sequence[str]) -> np.ndarray:
     )
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)), clipped so no overflow warns."""
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
 
 
@@ -645,7 +646,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 def recalibrated(p: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
     """sigmoid(m(logit(p))): a calibrator's output moved to another deployment (``m``:
     :func:`logit_map` of ``recal``)."""
-    return _sigmoid(logit_map(logit(p), recal))
+    return sigmoid(logit_map(logit(p), recal))
 
 
 def logit_map(z: np.ndarray, recal: Mapping[str, Any]) -> np.ndarray:
@@ -730,7 +731,7 @@ def _fit_params(method: Method, x: np.ndarray, y: np.ndarray, w: np.ndarray | No
 
 def _predict_params(method: str, p: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
     if method == "platt":
-        out = _sigmoid(_linear(p, x))
+        out = sigmoid(_linear(p, x))
     else:
         z = x[:, 0] if "linear" not in p else _linear(p["linear"], x)
         out = np.interp(z, np.asarray(p["x"], dtype=float), np.asarray(p["y"], dtype=float))

@@ -32,6 +32,7 @@ from .calibration import (
     map_pieces,
     recalibrated,
     reliability_table,
+    sigmoid,
 )
 from .risk import ThresholdSelection, select_threshold
 
@@ -259,12 +260,8 @@ def _oof(
 ) -> np.ndarray:
     out = np.zeros(len(y))
     for tr, te in splits:
-        out[te] = _sigmoid(logit_map(z[te], _fit_map(z[tr], y[tr], w[tr], step)))
+        out[te] = sigmoid(logit_map(z[te], _fit_map(z[tr], y[tr], w[tr], step)))
     return out
-
-
-def _sigmoid(t: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(t, -500, 500))))
 
 
 def _fit_map(z: np.ndarray, y: np.ndarray, w: np.ndarray, step: str) -> dict[str, Any]:
@@ -276,13 +273,7 @@ def _fit_map(z: np.ndarray, y: np.ndarray, w: np.ndarray, step: str) -> dict[str
 
 
 def _fit_monotone(
-    z: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    *,
-    pieces: int = _PIECES,
-    roughness: float = _ROUGHNESS,
-    knots: np.ndarray | None = None,
+    z: np.ndarray, y: np.ndarray, w: np.ndarray, *, roughness: float = _ROUGHNESS
 ) -> dict[str, Any]:
     """Weighted logistic regression of y on a continuous piecewise-linear map of z with
     non-negative slopes (so it keeps the ranking), knots at weighted quantiles of z.
@@ -294,14 +285,11 @@ def _fit_monotone(
     from scipy.optimize import minimize
 
     w = w / w.mean()
-    if knots is None:
-        # Weighted quantiles: each piece holds an equal share of the traffic the labels stand for, so
-        # the confident answers (few labels, all audits) get a piece of their own, not the band's slope.
-        knots = np.unique(_weighted_quantiles(z, w, np.linspace(0.0, 1.0, pieces + 1)[1:-1]))
-    pieces = len(knots) + 1
+    # Weighted quantiles: each piece holds an equal share of the traffic the labels stand for, so the
+    # confident answers (few labels, all audits) get a piece of their own, not the band's slope.
+    knots = np.unique(_weighted_quantiles(z, w, np.linspace(0.0, 1.0, _PIECES + 1)[1:-1]))
+    pieces = len(knots) + 1  # fewer where quantiles coincide
     centre = float(np.median(z))
-    anchored = {"intercept": 0.0, "knots": [float(k) for k in knots], "slopes": [0.0] * pieces}
-
     edges = np.r_[-np.inf, knots, np.inf]
     # Each piece's stretch of [centre, z]: the map is its value at the centre plus slopes times these.
     x = np.clip(z[:, None], edges[:-1], edges[1:]) - np.clip(centre, edges[:-1], edges[1:])
@@ -309,7 +297,7 @@ def _fit_monotone(
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         value, slopes = theta[0], theta[1:]
         t = value + x @ slopes
-        r = w * (_sigmoid(t) - y)
+        r = w * (sigmoid(t) - y)
         d = np.diff(slopes)
         f = np.sum(w * (np.logaddexp(0.0, t) - y * t))
         f += 0.5 * _RIDGE * ((value - centre) ** 2 + np.sum((slopes - 1.0) ** 2) / pieces)
@@ -323,10 +311,10 @@ def _fit_monotone(
     theta = minimize(
         loss, start, jac=True, method="L-BFGS-B", bounds=[(None, None)] + [(0.0, None)] * pieces
     ).x
-    anchored["slopes"] = [float(s) for s in theta[1:]]
+    fitted = {"intercept": 0.0, "knots": [float(k) for k in knots], "slopes": [float(s) for s in theta[1:]]}
     # Its value at 0 (the stored intercept) from its value at the centre.
-    anchored["intercept"] = float(theta[0] - logit_map(np.asarray([centre]), anchored)[0])
-    return anchored
+    fitted["intercept"] = float(theta[0] - logit_map(np.asarray([centre]), fitted)[0])
+    return fitted
 
 
 def compose(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -351,8 +339,8 @@ def compose(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if len(knots) == 0:
         ends = both(np.asarray([0.0, 1.0]))
         return {"slope": round(float(ends[1] - ends[0]), 6), "intercept": round(float(ends[0]), 6)}
-    values = both(np.r_[knots[0] - 1.0, knots, knots[-1] + 1.0])
-    slopes = np.diff(values) / np.diff(np.r_[knots[0] - 1.0, knots, knots[-1] + 1.0])
+    at = np.r_[knots[0] - 1.0, knots, knots[-1] + 1.0]  # one step past each end: the outer slopes
+    slopes = np.diff(both(at)) / np.diff(at)
     return {
         "intercept": round(float(both(np.zeros(1))[0]), 6),
         "knots": [round(float(k), 6) for k in knots],
@@ -378,7 +366,7 @@ def _fit_logit(z: np.ndarray, y: np.ndarray, w: np.ndarray, *, slope: bool) -> t
 
     theta, current = prior.copy(), loss(prior)
     for _ in range(100):
-        p = _sigmoid(theta[0] * z + theta[1])
+        p = sigmoid(theta[0] * z + theta[1])
         grad = x.T @ (w * (p - y)) + _RIDGE * (theta - prior)
         hess = (x * (w * p * (1.0 - p))[:, None]).T @ x + _RIDGE * np.eye(2)
         step = np.linalg.solve(hess, grad) if slope else np.array([0.0, grad[1] / hess[1, 1]])

@@ -26,3 +26,8 @@ def layer_span(layers: list[int]) -> str:
         else:
             runs.append([layer])
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def repeats_note(n: int) -> str:
+    """ ", N repeat(s) decided once" for a label count's parenthesis; nothing when there are none."""
+    return f", {n} repeat{'s' if n != 1 else ''} decided once" if n else ""

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import CalibrationError, ConfigurationError
 from ._rows import read_jsonl_rows, row_chat
+from ._text import repeats_note
 from ._threads import add_threads_argument
 
 ANSWER_KEYS = ("references", "truthful answer", "answers")
@@ -259,7 +260,8 @@ def _from_reviews(args: argparse.Namespace) -> int:
     )
     console = Console()
     console.print(
-        f"{rec.n_labels} labels ({rec.n_audit} audit; {counts.cannot_tell} cannot tell, {counts.unscored} unscored "
+        f"{rec.n_labels} labels ({rec.n_audit} audit{repeats_note(counts.repeats)}; "
+        f"{counts.cannot_tell} cannot tell, {counts.unscored} unscored "
         f"and {counts.pending} pending left out); weighted accuracy {rec.accuracy:.3f}"
     )
     tried = ", ".join(f"{k} {v:.4f}" for k, v in rec.cv_log_loss.items())

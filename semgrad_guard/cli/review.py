@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._text import visible
+from ._text import repeats_note, visible
 
 
 def register(subparsers: Any) -> None:
@@ -257,6 +257,8 @@ def _show(args: argparse.Namespace) -> int:
     if it.reviewer or it.decided_at:
         head.add_row("reviewer", _plain(it.reviewer or "-"))
         head.add_row("decided", _plain(it.decided_at or "-"))
+    if it.repeat_of is not None:
+        head.add_row("repeat of", f"item {it.repeat_of} (the same chat and answer, decided there)")
     if it.note:
         head.add_row("note", _plain(it.note))
     console.print(Panel(head, title=f"review item {it.id}"))
@@ -354,7 +356,7 @@ def _export_labels(q: Any, args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(text)
         print(
-            f"wrote {args.output}: {counts.labelled} labels ({counts.audit} audit), "
+            f"wrote {args.output}: {counts.labelled} labels ({counts.audit} audit{repeats_note(counts.repeats)}), "
             f"{counts.cannot_tell} cannot tell and {counts.unscored} unscored left out",
             file=sys.stderr,
         )

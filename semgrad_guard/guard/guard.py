@@ -121,6 +121,7 @@ class _Enqueue:
 @dataclass
 class _Wait:
     item_id: int
+    timeout: float  # 0: one look (a repeat the queue decided on arrival), no waiting
 
 
 _Steps = Generator[Any, Any, Any]
@@ -255,9 +256,12 @@ class Guard:
         self._listeners.append(listener)
 
     def _on_decision(self, item: ReviewItem) -> None:
-        """Count decisions; every ``review.refit_every`` of them, refit on all labels and swap it in."""
+        """Count a person's decisions; every ``review.refit_every`` of them, refit on all labels and swap
+        it in (a repeat decided on arrival adds a label but no judgement)."""
         every = self.policy.review.refit_every
         if every is None or item.status.value not in ("approved", "rejected", "edited"):
+            return
+        if item.repeat_of is not None:
             return
         with self._refit_lock:
             self._new_labels += 1
@@ -398,9 +402,8 @@ class Guard:
                 elif isinstance(effect, _Enqueue):
                     value = self.review_queue.enqueue(effect.messages, effect.answer, **effect.fields)
                 else:
-                    review = self.policy.review
                     value = self.review_queue.wait(
-                        effect.item_id, timeout=review.wait, poll_interval=review.poll_interval
+                        effect.item_id, timeout=effect.timeout, poll_interval=self.policy.review.poll_interval
                     )
             except BaseException as e:
                 error = e
@@ -433,9 +436,8 @@ class Guard:
                         self.review_queue.enqueue, effect.messages, effect.answer, **effect.fields
                     )
                 else:
-                    review = self.policy.review
                     value = await self.review_queue.await_decision(
-                        effect.item_id, timeout=review.wait, poll_interval=review.poll_interval
+                        effect.item_id, timeout=effect.timeout, poll_interval=self.policy.review.poll_interval
                     )
             except BaseException as e:
                 error = e
@@ -528,12 +530,11 @@ class Guard:
             "policy_version": self._policy_version,
         }
         item_id = yield _Enqueue(ctx.score_messages, attempt.answer or "", fields)
-        item = None
-        if self.policy.review.wait is not None:
-            try:
-                item = yield _Wait(item_id)
-            except ReviewTimeoutError:
-                item = None
+        try:
+            # Without review.wait, still one look: the queue decides a repeat of a judged answer on arrival.
+            item = yield _Wait(item_id, self.policy.review.wait or 0.0)
+        except ReviewTimeoutError:
+            item = None
         return self._review_result(attempt, run.attempts, run.t0, item_id, item, time.perf_counter() - t1)
 
     def _audit(

@@ -191,8 +191,9 @@ class ReviewSettings(TypedConfig):
     show_answer: bool = False
     """Return the unreviewed answer instead of pending_message (fail open: off by default)."""
     refit_every: int | None = Field(default=None, ge=1)
-    """Opt-in: recalibrate on the queue's labels after every this many new decisions, and swap the
-    result in (what ``calibrate --from-reviews`` does; logged; a refit that fails keeps the current one)."""
+    """Opt-in: recalibrate on the queue's labels after every this many new decisions by a person, and
+    swap the result in (what ``calibrate --from-reviews`` does; logged; a refit that fails keeps the
+    current one). Repeats the queue decides on arrival are labels in the refit but not counted here."""
 
 
 class AuditSettings(TypedConfig):

@@ -57,6 +57,9 @@ class LabelledExample(BaseModel):
     """When it was decided."""
     correct_answer: str | None = None
     """The reviewer's answer, for an edit."""
+    repeat_of: int | None = None
+    """The item whose decision it took (the same chat and answer, judged there): a label that cost
+    no one's time, standing for the traffic that repeated the answer."""
 
     def to_row(self) -> dict[str, Any]:
         """A JSONL row that ``semgrad-guard calibrate --data`` reads (scores, ``correct``, ``weight``)."""
@@ -79,6 +82,8 @@ class LabelCounts(BaseModel):
     """Approved, rejected or edited, with scores: usable for fitting."""
     audit: int = 0
     """Of the labelled, how many are audit items."""
+    repeats: int = 0
+    """Of the labelled, how many took an earlier decision on the same chat and answer (no one's time)."""
     cannot_tell: int = 0
     """Decided as cannot tell (excluded from fitting)."""
     unscored: int = 0
@@ -106,6 +111,7 @@ def label_of(item: ReviewItem) -> LabelledExample | None:
         created_at=item.created_at,
         decided_at=item.decided_at,
         correct_answer=item.final_answer if item.status is ReviewStatus.EDITED else None,
+        repeat_of=item.repeat_of,
     )
 
 
@@ -144,6 +150,7 @@ def label_counts(queue: ReviewQueue) -> LabelCounts:
     return LabelCounts(
         labelled=len(labels),
         audit=sum(1 for lab in labels if lab.kind == "audit"),
+        repeats=sum(1 for lab in labels if lab.repeat_of is not None),
         cannot_tell=len(queue.list(ReviewStatus.CANNOT_TELL)),
         unscored=unscored,
         pending=len(queue.list(ReviewStatus.PENDING)),

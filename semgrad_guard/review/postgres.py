@@ -53,6 +53,14 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
         "ALTER TABLE {prefix}_items ADD COLUMN calibrator_version TEXT",
         "ALTER TABLE {prefix}_items ADD COLUMN policy_version TEXT",
     ],
+    3: [  # a repeated answer is decided once: the key of (chat, answer), and whose decision it took
+        "ALTER TABLE {prefix}_items ADD COLUMN answer_key TEXT",
+        "ALTER TABLE {prefix}_items ADD COLUMN repeat_of BIGINT",
+        # queue.answer_key in SQL: sha256 of the stored chat, a newline, the answer
+        "UPDATE {prefix}_items SET answer_key = "
+        "encode(sha256(convert_to(messages || E'\\n' || answer, 'UTF8')), 'hex')",
+        "CREATE INDEX {prefix}_items_answer_key ON {prefix}_items (answer_key)",
+    ],
 }
 
 

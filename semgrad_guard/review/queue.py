@@ -24,6 +24,7 @@ import asyncio
 import builtins
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -54,9 +55,10 @@ from ..results import ScoreResult
 logger = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x53474752  # "SGGR": marks the file as a semgrad-guard review database
-SCHEMA_VERSION = 2
-"""2 added ``cannot_tell``, ``kind``, ``inclusion_probability`` and the judging versions; a version-1
-file is migrated in place on open."""
+SCHEMA_VERSION = 3
+"""2 added ``cannot_tell``, ``kind``, ``inclusion_probability`` and the judging versions; 3 added
+``answer_key`` and ``repeat_of`` (a repeated answer is decided once). Older files are migrated in
+place on open."""
 ENV_DB = "SEMGRAD_GUARD_REVIEW_DB"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -132,6 +134,9 @@ class ReviewItem(BaseModel):
     """:attr:`Calibrator.fingerprint <semgrad_guard.Calibrator.fingerprint>` of the calibrator that judged it."""
     policy_version: str | None = None
     """:attr:`GuardPolicy.fingerprint <semgrad_guard.GuardPolicy.fingerprint>` of the policy that judged it."""
+    repeat_of: int | None = None
+    """The item whose decision this one took: the same chat and the same answer were decided there
+    (greedy decoding repeats answers to repeated questions; a person judges each one once)."""
 
     @property
     def resolved(self) -> bool:
@@ -214,6 +219,15 @@ def default_review_db() -> str:
     return str(Path(user_data_dir("semgrad-guard")) / "review.db")
 
 
+def answer_key(messages_json: str, answer: str) -> str:
+    """What makes two items repeats of each other: the same chat (as stored) and the same answer.
+
+    A JSON array never holds a raw newline, so the separator cannot be forged; PostgreSQL's
+    migration computes the same key in SQL.
+    """
+    return hashlib.sha256(f"{messages_json}\n{answer}".encode()).hexdigest()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -238,9 +252,12 @@ CREATE TABLE items (
     inclusion_probability REAL NOT NULL DEFAULT 1.0
         CHECK (inclusion_probability > 0 AND inclusion_probability <= 1),
     calibrator_version TEXT,
-    policy_version TEXT
+    policy_version TEXT,
+    answer_key TEXT,
+    repeat_of INTEGER
 );
 CREATE INDEX items_status ON items(status);
+CREATE INDEX items_answer_key ON items(answer_key);
 CREATE TABLE audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     item_id INTEGER NOT NULL REFERENCES items(id),
@@ -314,6 +331,11 @@ class EnqueueRow(BaseModel):
     policy_version: str | None
 
     @property
+    def answer_key(self) -> str:
+        """See :func:`answer_key`."""
+        return answer_key(self.messages, self.answer)
+
+    @property
     def created_details(self) -> str:
         """The ``created`` audit entry's details."""
         created: dict[str, Any] = {"rule": self.rule}
@@ -335,12 +357,13 @@ class EnqueueRow(BaseModel):
             self.inclusion_probability,
             self.calibrator_version,
             self.policy_version,
+            self.answer_key,
         )
 
 
 _INSERT_COLUMNS = (
     "created_at, messages, answer, result, confidence, rule, metadata, kind, inclusion_probability, "
-    "calibrator_version, policy_version"
+    "calibrator_version, policy_version, answer_key"
 )
 
 
@@ -395,13 +418,17 @@ def enqueue_row(
     )
 
 
-def decision_details(status: ReviewStatus, new_answer: str | None, note: str | None) -> str:
-    """The audit details of a decision."""
+def decision_details(
+    status: ReviewStatus, new_answer: str | None, note: str | None, repeat_of: int | None = None
+) -> str:
+    """The audit details of a decision (``repeat_of``: taken from that item's decision)."""
     details: dict[str, Any] = {"from": ReviewStatus.PENDING.value, "to": status.value}
     if new_answer is not None:
         details["answer"] = new_answer
     if note:
         details["note"] = note
+    if repeat_of is not None:
+        details["repeat_of"] = repeat_of
     return json.dumps(details)
 
 
@@ -559,6 +586,11 @@ class ReviewQueueBase(abc.ABC):
         ``inclusion_probability`` is the chance it was sampled (labels are weighted by its inverse).
         ``calibrator_version`` / ``policy_version`` name what judged it (their ``fingerprint``).
 
+        A repeat (the same chat and the same answer as an item already decided) is stored decided
+        as that one was, with :attr:`ReviewItem.repeat_of` naming it: a person judges an answer once,
+        and whoever waits on the new item hears at once. A repeat of a *pending* item waits with it
+        and is decided with it.
+
         Raises:
             ConfigurationError: ``answer`` is not a string, ``metadata`` is not JSON-serialisable,
                 ``kind`` is unknown or ``inclusion_probability`` is not in (0, 1].
@@ -576,10 +608,11 @@ class ReviewQueueBase(abc.ABC):
             calibrator_version=calibrator_version,
             policy_version=policy_version,
         )
+        seq = None
         with self._transaction() as conn:
             item_id = self._insert_returning(
                 conn,
-                self._q(f"INSERT INTO {{items}} ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 11)})"),
+                self._q(f"INSERT INTO {{items}} ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
                 row.values(),
                 "id",
             )
@@ -589,6 +622,21 @@ class ReviewQueueBase(abc.ABC):
                 ),
                 (item_id, row.created_at, row.created_details),
             )
+            earlier = conn.execute(
+                self._q(
+                    "SELECT id, status, reviewer, final_answer, repeat_of FROM {items} "
+                    "WHERE answer_key = ? AND status != 'pending' AND id != ? ORDER BY id DESC LIMIT 1"
+                ),
+                (row.answer_key, item_id),
+            ).fetchone()
+            if earlier is not None:
+                origin = int(earlier[4] if earlier[4] is not None else earlier[0])  # the person's decision
+                status = ReviewStatus(earlier[1])
+                seq = self._record_decision(
+                    conn, item_id, status, earlier[2], None, earlier[3], origin, row.created_at
+                )
+        if seq is not None:
+            self._decided(item_id, seq, None)
         return item_id
 
     def approve(self, item_id: int, *, reviewer: str | None = None, note: str | None = None) -> ReviewItem:
@@ -630,40 +678,51 @@ class ReviewQueueBase(abc.ABC):
         """Put a decided item back to pending so it can be decided again (an explicit, audited action).
 
         The previous decision stays in the audit trail (event ``reopened``, with what was undone).
+        The repeats that took this decision (:attr:`ReviewItem.repeat_of`) are re-opened with it, so
+        the next decision reaches them too.
 
         Raises:
             ReviewItemNotFoundError: No such item.
             ReviewQueueError: The item is still pending (nothing to re-open).
         """
         now = _now()
+        select = "SELECT status, reviewer, decided_at, final_answer FROM {items} WHERE id = ?"
         with self._transaction() as conn:
-            row = conn.execute(
-                self._q("SELECT status, reviewer, decided_at, final_answer FROM {items} WHERE id = ?"),
-                (int(item_id),),
-            ).fetchone()
+            row = conn.execute(self._q(select), (int(item_id),)).fetchone()
             if row is None:
                 raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
-            previous, prev_reviewer, prev_at, prev_final = row
-            cur = conn.execute(
-                self._q(
-                    "UPDATE {items} SET status = 'pending', reviewer = NULL, decided_at = NULL, "
-                    "final_answer = NULL, note = NULL WHERE id = ? AND status != 'pending'"
-                ),
-                (int(item_id),),
-            )
-            if cur.rowcount != 1:
+            if row[0] == ReviewStatus.PENDING.value:
                 raise ReviewQueueError(f"review item {item_id} is pending; there is no decision to re-open")
-            conn.execute(
-                self._q(
-                    "INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, 'reopened', ?, ?)"
-                ),
-                (
-                    int(item_id),
-                    now,
-                    reviewer,
-                    reopen_details(previous, prev_reviewer, prev_at, prev_final, note),
-                ),
-            )
+            repeats = conn.execute(
+                self._q("SELECT id FROM {items} WHERE repeat_of = ? AND status != 'pending' ORDER BY id"),
+                (int(item_id),),
+            ).fetchall()
+            for target in [int(item_id), *(int(r[0]) for r in repeats)]:
+                previous, prev_reviewer, prev_at, prev_final = (
+                    row if target == item_id else conn.execute(self._q(select), (target,)).fetchone()
+                )
+                cur = conn.execute(
+                    self._q(
+                        "UPDATE {items} SET status = 'pending', reviewer = NULL, decided_at = NULL, "
+                        "final_answer = NULL, note = NULL, repeat_of = NULL WHERE id = ? AND status != 'pending'"
+                    ),
+                    (target,),
+                )
+                if cur.rowcount != 1:
+                    if target == item_id:  # another transaction re-opened it first
+                        raise ReviewQueueError(
+                            f"review item {item_id} is pending; there is no decision to re-open"
+                        )
+                    continue  # a repeat someone re-opened on its own meanwhile
+                details = reopen_details(previous, prev_reviewer, prev_at, prev_final, note)
+                if target != item_id:
+                    details = json.dumps({**json.loads(details), "with": int(item_id)})
+                conn.execute(
+                    self._q(
+                        "INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, 'reopened', ?, ?)"
+                    ),
+                    (target, now, reviewer, details),
+                )
         return self.get(item_id)
 
     def _decide(
@@ -700,8 +759,56 @@ class ReviewQueueBase(abc.ABC):
                 "seq",
             )
             self._decided(int(item_id), seq, conn)
-        self._decided(int(item_id), seq, None)
+            # Its pending repeats (the same chat and answer) are decided with it.
+            repeats = conn.execute(
+                self._q(
+                    "SELECT r.id FROM {items} r JOIN {items} i ON r.answer_key = i.answer_key "
+                    "WHERE i.id = ? AND r.id != i.id AND r.status = 'pending' ORDER BY r.id"
+                ),
+                (int(item_id),),
+            ).fetchall()
+            decided = [(int(item_id), seq)]
+            for (repeat_id,) in repeats:
+                r_seq = self._record_decision(
+                    conn, int(repeat_id), status, reviewer, None, final, int(item_id), now
+                )
+                if r_seq is not None:
+                    decided.append((int(repeat_id), r_seq))
+        for decided_id, decided_seq in decided:
+            self._decided(decided_id, decided_seq, None)
         return self.get(item_id)
+
+    def _record_decision(
+        self,
+        conn: Any,
+        item_id: int,
+        status: ReviewStatus,
+        reviewer: str | None,
+        note: str | None,
+        final: str | None,
+        repeat_of: int,
+        now: str,
+    ) -> int | None:
+        """Decide pending ``item_id`` as ``repeat_of`` was decided, in ``conn``'s transaction; its
+        audit seq, or None when it was no longer pending."""
+        cur = conn.execute(
+            self._q(
+                "UPDATE {items} SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ?, "
+                "repeat_of = ? WHERE id = ? AND status = 'pending'"
+            ),
+            (status.value, reviewer, now, final, note, repeat_of, item_id),
+        )
+        if cur.rowcount != 1:
+            return None
+        new_answer = final if status is ReviewStatus.EDITED else None
+        seq = self._insert_returning(
+            conn,
+            self._q("INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, ?, ?, ?)"),
+            (item_id, now, status.value, reviewer, decision_details(status, new_answer, note, repeat_of)),
+            "seq",
+        )
+        self._decided(item_id, seq, conn)
+        return seq
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: int) -> ReviewItem:
@@ -965,22 +1072,34 @@ class SQLiteReviewQueue(ReviewQueueBase):
             raise
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring a version-1 file to the current schema in one transaction (the items table is rebuilt:
-        SQLite cannot widen a CHECK constraint in place). Existing items become review items (p = 1)."""
+        """Bring an older file to the current schema in one transaction. From version 1 the items
+        table is rebuilt (SQLite cannot widen a CHECK constraint in place) and existing items become
+        review items (p = 1); from version 2 two columns are added. Existing items get their
+        ``answer_key``; earlier repeats keep their own decisions."""
         conn.execute("PRAGMA foreign_keys = OFF")  # the rebuild drops the table the audit refers to
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated it between our read and the lock.
-            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
                 conn.execute("COMMIT")
                 return
-            table = _SCHEMA.split(";")[0].replace("CREATE TABLE items", "CREATE TABLE items_v2", 1)
-            conn.execute(table)
-            old = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
-            conn.execute(f"INSERT INTO items_v2 ({old}) SELECT {old} FROM items")
-            conn.execute("DROP TABLE items")
-            conn.execute("ALTER TABLE items_v2 RENAME TO items")
-            conn.execute("CREATE INDEX items_status ON items(status)")
+            if version < 2:
+                table = _SCHEMA.split(";")[0].replace("CREATE TABLE items", "CREATE TABLE items_v2", 1)
+                conn.execute(table)
+                old = "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, note, metadata"
+                conn.execute(f"INSERT INTO items_v2 ({old}) SELECT {old} FROM items")
+                conn.execute("DROP TABLE items")
+                conn.execute("ALTER TABLE items_v2 RENAME TO items")
+                conn.execute("CREATE INDEX items_status ON items(status)")
+            else:
+                conn.execute("ALTER TABLE items ADD COLUMN answer_key TEXT")
+                conn.execute("ALTER TABLE items ADD COLUMN repeat_of INTEGER")
+            keys = [
+                (answer_key(m, a), i) for i, m, a in conn.execute("SELECT id, messages, answer FROM items")
+            ]
+            conn.executemany("UPDATE items SET answer_key = ? WHERE id = ?", keys)
+            conn.execute("CREATE INDEX items_answer_key ON items(answer_key)")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -1098,7 +1217,7 @@ _VERBS = {
 
 _COLUMNS = (
     "id, created_at, messages, answer, result, confidence, rule, status, reviewer, decided_at, final_answer, "
-    "note, metadata, kind, inclusion_probability, calibrator_version, policy_version"
+    "note, metadata, kind, inclusion_probability, calibrator_version, policy_version, repeat_of"
 )
 
 
@@ -1121,6 +1240,7 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
         inclusion,
         cal_version,
         policy_version,
+        repeat_of,
     ) = row
     try:
         return ReviewItem(
@@ -1141,6 +1261,7 @@ def _item(row: Sequence[Any], audit: Sequence[Sequence[Any]]) -> ReviewItem:
             inclusion_probability=inclusion,
             calibrator_version=cal_version,
             policy_version=policy_version,
+            repeat_of=repeat_of,
             audit=[
                 AuditEntry(at=a[0], event=a[1], actor=a[2], details=json.loads(a[3] or "{}")) for a in audit
             ],

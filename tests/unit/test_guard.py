@@ -411,9 +411,31 @@ def test_review_wait_timeout_and_rejection(queue) -> None:
     r = guard.check("q", "Nice")
     assert r.review_status == "pending" and r.answer == "Nice"  # show_answer: fail open on request
     queue.reject(r.review_id, reviewer="bo")
+    # The same answer to the same chat again: decided as before at once, no one asked twice.
     r2 = Guard(policy, scorer=scorer(), review_queue=queue).check("q", "Nice")
-    queue.reject(r2.review_id)
-    assert queue.get(r2.review_id).status.value == "rejected"
+    assert r2.review_status == "rejected" and r2.answer == policy.abstain_message
+    item = queue.get(r2.review_id)
+    assert item.repeat_of == r.review_id and item.reviewer == "bo"
+    r3 = Guard(policy, scorer=scorer(), review_queue=queue).check("another q", "Nice")
+    assert r3.review_status == "pending"  # the same answer to another chat: a person's call
+    queue.reject(r3.review_id)
+    assert queue.get(r3.review_id).status.value == "rejected"
+
+
+async def test_a_repeat_of_a_judged_answer_gets_the_judgement_without_waiting(queue) -> None:
+    """No review.wait: the first answer is held for review; once a person approved it, the same answer
+    to the same chat is served at once (sync and async), and an edit serves the reviewer's text."""
+    guard = Guard(raw_policy(), scorer=scorer(), review_queue=queue)
+    first = guard.check("q", "Nice")
+    assert first.review_status == "pending" and first.answer == guard.policy.review.pending_message
+    queue.approve(first.review_id, reviewer="ana")
+    again = guard.check("q", "Nice")
+    assert (again.review_status, again.answer, again.original_answer) == ("approved", "Nice", "Nice")
+    assert queue.get(again.review_id).repeat_of == first.review_id
+    edited = guard.check("q2", "Nice")
+    queue.edit(edited.review_id, answer="Nice, in France", reviewer="ana")
+    later = await guard.acheck("q2", "Nice")
+    assert (later.review_status, later.answer) == ("edited", "Nice, in France")
 
 
 def test_default_review_queue_path_from_env(tmp_path, monkeypatch) -> None:

@@ -55,7 +55,7 @@ def _queue(tmp_path, results, y, kinds=None, p=None):
     q = SQLiteReviewQueue(tmp_path / "review.db")
     for k, (r, ok) in enumerate(zip(results, y, strict=True)):
         kind = kinds[k] if kinds is not None else "review"
-        i = q.enqueue("q", "a", result=r, kind=kind, inclusion_probability=1.0 if p is None else p[k])
+        i = q.enqueue(f"q{k}", "a", result=r, kind=kind, inclusion_probability=1.0 if p is None else p[k])
         (q.approve if ok else q.reject)(i, reviewer="ana")
     return q
 
@@ -264,6 +264,15 @@ def test_opt_in_automatic_refit_every_n_labels(base, tmp_path, caplog) -> None:
         and guard.calibrator.provenance["base"] == base.fingerprint
     )
     assert "automatic refit" in caplog.text
+    # Repeats the queue decides on arrival are labels, but no one's decision: they do not count.
+    for _ in range(12):
+        assert guard.check("q", "a0", result=results[0]).review_status in ("approved", "rejected")
+    assert len(seen) == 2
+    more, y_more = _world(12, -2.5, np.random.default_rng(11))
+    for k, (r, ok) in enumerate(zip(more, y_more, strict=True)):
+        item = guard.check("q", f"b{k}", result=r)
+        (queue.approve if ok else queue.reject)(item.review_id)
+    assert len(seen) == 3 and guard.calibrator.provenance["labels"] == 48  # 24 + 12 repeats + 12
     queue.close()
 
 

@@ -318,6 +318,66 @@ def test_reopen_is_explicit_and_audited(q) -> None:
         q.reopen(999)
 
 
+def test_a_repeated_answer_is_decided_once(q) -> None:
+    """Greedy decoding repeats answers to repeated questions: a person judges each (chat, answer)
+    once; repeats waiting with it are decided with it, later repeats are decided on arrival."""
+    chat = [{"role": "user", "content": "Capital of Australia?"}]
+    first = q.enqueue(chat, "Sydney", result=RESULT, kind="review")
+    waiting = q.enqueue(chat, "Sydney", result=RESULT, kind="audit", inclusion_probability=0.1)
+    other_answer = q.enqueue(chat, "Canberra")
+    other_chat = q.enqueue([{"role": "system", "content": "Be brief."}, *chat], "Sydney")
+    assert {q.get(i).status for i in (first, waiting, other_answer, other_chat)} == {ReviewStatus.PENDING}
+
+    released = threading.Event()
+    threading.Thread(
+        target=lambda: q.wait(waiting, timeout=10, poll_interval=0.02) and released.set()
+    ).start()
+    q.edit(first, answer="Canberra", reviewer="ana", note="capital, not largest city")
+    assert released.wait(10)  # whoever waited on the repeat heard the decision
+    took = q.get(waiting)
+    assert (took.status, took.final_answer, took.reviewer, took.repeat_of, took.note) == (
+        ReviewStatus.EDITED,
+        "Canberra",
+        "ana",
+        first,
+        None,
+    )
+    assert took.kind == "audit" and took.inclusion_probability == 0.1  # its own sampling is kept
+    assert (took.audit[-1].event, took.audit[-1].details["repeat_of"]) == ("edited", first)
+    assert q.get(first).repeat_of is None  # a person's decision
+    # Another answer, or the same answer to another chat, is another judgement.
+    assert q.get(other_answer).status is q.get(other_chat).status is ReviewStatus.PENDING
+    later = q.get(q.enqueue(chat, "Sydney"))  # after the decision: decided on arrival
+    assert (later.status, later.final_answer, later.repeat_of) == (ReviewStatus.EDITED, "Canberra", first)
+    with pytest.raises(AlreadyDecidedError):
+        q.approve(later.id)
+
+    # Re-opening the person's decision re-opens the repeats that took it; the next one reaches them.
+    q.reopen(first, reviewer="lead")
+    for i in (waiting, later.id):
+        it = q.get(i)
+        assert (it.status, it.repeat_of, it.audit[-1].event) == (ReviewStatus.PENDING, None, "reopened")
+        assert it.audit[-1].details["with"] == first
+    q.reject(first, reviewer="lead")
+    assert [q.get(i).status for i in (first, waiting, later.id)] == [ReviewStatus.REJECTED] * 3
+    # A repeat of a repeat points at the person's decision, not at the copy.
+    assert q.get(q.enqueue(chat, "Sydney")).repeat_of == first
+
+
+def test_repeats_reach_on_resolved_callbacks(q) -> None:
+    seen: list[tuple[int, str, int | None]] = []
+    q.on_resolved(lambda item: seen.append((item.id, item.status.value, item.repeat_of)), poll_interval=0.02)
+    a, b = q.enqueue("q", "a"), q.enqueue("q", "a")
+    q.cannot_tell(a, reviewer="ana")  # a decision like any other: repeats take it too
+    c = q.enqueue("q", "a")
+    deadline = threading.Event()
+    for _ in range(250):
+        if len(seen) >= 3:
+            break
+        deadline.wait(0.02)
+    assert sorted(seen) == [(a, "cannot_tell", None), (b, "cannot_tell", a), (c, "cannot_tell", a)]
+
+
 def test_concurrent_reviewers_decide_each_item_exactly_once(review_db) -> None:
     """Six reviewers, each with its own connection, race to decide the same 20 items in one queue."""
     db = review_db
@@ -410,7 +470,7 @@ def test_apply_review_decision_and_the_answer_a_user_gets(q) -> None:
     from semgrad_guard.review.queue import apply_review_decision
 
     policy = GuardPolicy.from_dict({"rules": [{"action": "review"}], "abstain_message": "Sorry."})
-    ids = [q.enqueue("Capital of France?", "Paris.") for _ in range(3)]
+    ids = [q.enqueue(f"Capital of France? ({k})", "Paris.") for k in range(3)]
     approved = apply_review_decision(q, ids[0], "approve", reviewer="ana")
     edited = apply_review_decision(q, ids[1], "edit", answer="Paris, France.", reviewer="ana")
     rejected = apply_review_decision(q, ids[2], "reject", reviewer="ana")

@@ -162,12 +162,38 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_everything(tmp_path
         assert q.cannot_tell(2).status is ReviewStatus.CANNOT_TELL
         new = q.enqueue("q", "a", kind="audit", inclusion_probability=0.1)
         assert q.get(new).kind == "audit"
+        # The old items were keyed: a repeat of the approved one takes its decision.
+        again = q.get(q.enqueue([{"role": "user", "content": "Capital?"}], "Paris"))
+        assert (again.status, again.repeat_of, again.reviewer) == (ReviewStatus.APPROVED, 1, "ana")
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
     with SQLiteReviewQueue(path) as q:  # a second open finds it current and changes nothing
-        assert len(q) == 3
+        assert len(q) == 4
+
+
+def test_a_version_2_database_gets_repeat_keys_in_place(tmp_path) -> None:
+    path = tmp_path / "v2.db"
+    with SQLiteReviewQueue(path) as q:
+        decided = q.enqueue("Capital?", "Paris", result=result())
+        q.reject(decided, reviewer="ana")
+        twin = q.enqueue("Capital?", "Paris", result=result())  # decided on arrival under version 3
+    conn = sqlite3.connect(path)  # what version 2 wrote: no key, no repeat_of, both decided by hand
+    conn.execute("DROP INDEX items_answer_key")
+    conn.execute("ALTER TABLE items DROP COLUMN answer_key")
+    conn.execute("ALTER TABLE items DROP COLUMN repeat_of")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with SQLiteReviewQueue(path) as q:
+        assert q.get(twin).repeat_of is None  # earlier decisions stay as they were
+        later = q.get(q.enqueue("Capital?", "Paris", result=result()))
+        assert (later.status, later.repeat_of) == (ReviewStatus.REJECTED, twin)
+        assert [lab.item_id for lab in labelled(q)] == [decided, twin, later.id]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn.close()
 
 
 def test_cli_cannot_tell_and_export_labels_feed_calibrate(tmp_path, capsys) -> None:
@@ -279,8 +305,8 @@ def test_the_drift_warning_names_the_fix_and_the_labels_already_held(tmp_path, c
     import numpy as np
 
     guard, queue, cal = _guard(tmp_path, None)
-    for _ in range(3):
-        queue.approve(queue.enqueue("q", "a", result=result(), kind="audit", inclusion_probability=0.5))
+    for k in range(3):
+        queue.approve(queue.enqueue(f"q{k}", "a", result=result(), kind="audit", inclusion_probability=0.5))
     assert cal.drift is not None
     cal.drift.update(np.full(200, 0.5))  # nothing like its fitting data (0 or 1)
     assert cal.drift.drifted

@@ -93,7 +93,10 @@ def test_a_version_1_queue_is_migrated_in_place(postgres_url, monkeypatch) -> No
         assert q.cannot_tell(item, reviewer="ana").status is ReviewStatus.CANNOT_TELL
         audit = q.get(q.enqueue("q", "b", kind="audit", inclusion_probability=0.25, policy_version="p1"))
         assert (audit.kind, audit.inclusion_probability, audit.policy_version) == ("audit", 0.25, "p1")
-    assert _schema_version(postgres_url) == str(pg_module.SCHEMA_VERSION) == "2"
+        # The migration keyed the old item in SQL as enqueue keys a new one: a repeat finds it.
+        again = q.get(q.enqueue("q", "a"))
+        assert (again.status, again.repeat_of, again.reviewer) == (ReviewStatus.CANNOT_TELL, item, "ana")
+    assert _schema_version(postgres_url) == str(pg_module.SCHEMA_VERSION) == "3"
 
 
 def test_a_later_migration_runs_once_on_open(postgres_url, monkeypatch) -> None:

@@ -342,6 +342,19 @@ def test_reopening_is_explicit_and_audited(queue, named):
     assert r.status_code == 409
 
 
+def test_a_repeat_page_says_where_it_was_decided(queue, named):
+    (i, *_) = fill(queue)
+    c = client(named)
+    login(c, ANA)
+    assert decide(c, i, "approve").status_code == 303
+    first = queue.get(i)
+    j = queue.enqueue(first.messages, first.answer, confidence=0.62, rule="review_band")
+    page = c.get(f"/items/{j}").text
+    assert "approved</strong> by <strong>ana" in page and 'id="approve"' not in page
+    assert re.search(rf'id="repeat-of">A repeat: .*<a href="/items/{i}">item {i}</a>', page)
+    assert 'id="repeat-of"' not in c.get(f"/items/{i}").text
+
+
 # ------------------------------------------------------------------------------------------ pages
 def rows(html: str) -> list[int]:
     return [int(x) for x in re.findall(r'data-href="/items/(\d+)"', html)]

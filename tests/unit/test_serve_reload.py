@@ -174,10 +174,10 @@ async def test_metrics_show_drift_and_the_queues_labels_and_name_the_fix(tmp_pat
     async with client(app) as c:
         fresh = (await c.get("/metrics", headers=AUTH)).text
         queue = app.state.semgrad.guard.review_queue
-        for ok in (True, False, False):
-            i = queue.enqueue("q", "a", result=s.score("q", "right" if ok else "wrong"))
+        for k, ok in enumerate((True, False, False)):
+            i = queue.enqueue(f"q{k}", "a", result=s.score("q", "right" if ok else "wrong"))
             (queue.approve if ok else queue.reject)(i)
-        queue.enqueue("q", "a", result=s.score("q", "wrong"))  # pending: not a label
+        queue.enqueue("q3", "a", result=s.score("q", "wrong"))  # pending: not a label
         for _ in range(60):  # only wrong answers: unlike the fitting data's half and half
             assert (
                 await c.post("/v1/score", json={"messages": "q", "answer": "wrong"}, headers=AUTH)

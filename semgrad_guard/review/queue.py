@@ -465,6 +465,7 @@ _EXPORT_COLUMNS = (
     "inclusion_probability",
     "calibrator_version",
     "policy_version",
+    "repeat_of",
 )
 
 
@@ -501,6 +502,7 @@ def export_items(items: Sequence[ReviewItem], fmt: str) -> str:
                 it.inclusion_probability,
                 it.calibrator_version or "",
                 it.policy_version or "",
+                "" if it.repeat_of is None else it.repeat_of,
             ]
         )
     return buf.getvalue()

@@ -127,6 +127,10 @@ def test_export_jsonl_and_csv(q, tmp_path) -> None:
         and rows[1]["semgrad"] == ""
     )
     assert rows[1]["answer"] == "4, I think"  # commas survive quoting
+    c = q.enqueue("Capital of Australia?", "Sydney")  # a repeat: decided as a was
+    rows = list(csv.DictReader(io.StringIO(q.export("csv"))))
+    assert [r["repeat_of"] for r in rows] == ["", "", str(a)] and rows[2]["final_answer"] == "Canberra"
+    assert json.loads(q.export("jsonl").splitlines()[2])["repeat_of"] == a == q.get(c).repeat_of
     buf = io.StringIO()
     q.export("jsonl", status="pending", file=buf)
     assert [json.loads(x)["id"] for x in buf.getvalue().splitlines()] == [b]

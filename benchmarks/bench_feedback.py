@@ -5,17 +5,19 @@ fitted on the *other two* sets (what a user of the shipped calibrator faces on d
 H's answers are its development rows plus its rows in ``devsets/pool`` (the same questions' source,
 answered by the same model, used by no shipped fit; ``--no-pool``: development rows only): at 200
 answers the ECE estimator's own noise (~0.05) is near the 0.06 target, at 600 it is ~0.03.
-Each random order splits H into two halves (stratified by label) and runs the loop twice, each half
-once as the deployment's traffic and once as the answers it is judged on, so every answer's
-confidence comes from a loop that never labelled it (cross-fitting; the two halves' confidences are
-pooled into one ECE over all of H).
+Each random order splits H into ``--folds`` folds (4, stratified by label) and runs the loop once per
+fold, with the other folds as the deployment's traffic and the fold as the answers it is judged on,
+so every answer's confidence comes from a loop that never labelled it (cross-fitting; the folds'
+confidences are pooled into one ECE over all of H). Four folds, not two: the queue judges each
+answer once, so 200 reviews need more than 200 distinct answers in the traffic (rag's half holds 200).
 
-The loop is the running guard's: traffic draws answers from the stream half at random (with
+The loop is the running guard's: traffic draws answers from the other folds at random (with
 replacement: traffic repeats questions, and greedy decoding repeats answers); the README policy
 (``cookbook/policies/default.yaml``) plus ``audit: {rate}`` routes each one with the *current*
 calibrator: the review band is queued (inclusion probability 1), a random ``rate`` share of the rest
-is audited (probability ``rate``). Reviewers answer from H's labels. Every ``--refit-every`` labels
-and at each checkpoint ``recalibrate`` (the code ``calibrate --from-reviews`` and ``review:
+is audited (probability ``rate``). Reviewers answer from H's labels; an answer already judged is
+decided by the queue on arrival, as the review queue does (a repeat: a label, not a review). Every
+``--refit-every`` reviews (a person's decisions, as the guard counts them) and at each checkpoint ``recalibrate`` (the code ``calibrate --from-reviews`` and ``review:
 {refit_every}`` run) refits the base on all labels so far and the result is swapped in, so later
 routing uses it; a refused refit keeps the current calibrator, as the service does.
 
@@ -32,7 +34,8 @@ One refit, no swap (the README's three commands: serve with the shipped calibrat
 ``calibrate --from-reviews`` once): the same orders with every label routed by the base calibrator,
 and each checkpoint's calibrator the refit on the labels so far.
 
-Usage: python benchmarks/bench_feedback.py [--orders 20] [--audit-rate 0.1] [--refit-every 50] [--no-pool]
+Usage: python benchmarks/bench_feedback.py [--orders 20] [--audit-rate 0.1] [--refit-every 50] [--folds 4]
+       [--jobs N] [--no-pool]
 Writes ``benchmarks/results/feedback.md``, ``feedback.json`` and ``feedback_ece.png``.
 """
 
@@ -40,11 +43,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +110,7 @@ def _refit(base: Calibrator, labels: list[LabelledExample]) -> Recalibration | N
         return None
 
 
-def one_half(
+def one_loop(
     stream: np.ndarray,
     res_h: list,
     y_h: np.ndarray,
@@ -122,8 +127,10 @@ def one_half(
     current, rec = base, None
     actions = _actions(policy, current, res_h)
     labels: list[LabelledExample] = []
+    judged: dict[int, int] = {}  # answer -> the label of the person's decision on it
+    reviews = 0
     out: dict = {"checkpoints": {}}
-    while len(labels) < CHECKPOINTS[-1]:
+    while reviews < CHECKPOINTS[-1]:
         j = int(stream[rng.integers(len(stream))])
         if actions[j] == "review":
             p, kind = 1.0, "review"
@@ -133,7 +140,7 @@ def one_half(
             continue
         labels.append(
             LabelledExample(
-                item_id=j,  # the answer's index: how many distinct answers were labelled
+                item_id=len(labels),
                 result=res_h[j],
                 correct=bool(y_h[j]),
                 weight=1.0 / p,
@@ -141,26 +148,30 @@ def one_half(
                 inclusion_probability=p,
                 status="approved" if y_h[j] else "rejected",
                 created_at="",
+                repeat_of=judged.get(j),
             )
         )
+        if j in judged:  # the queue decides a repeat on arrival: a label, no one's time
+            continue
+        judged[j] = len(labels) - 1
+        reviews += 1
         refused = False
-        # A refit every refit_every labels, and at each checkpoint (what `calibrate --from-reviews`
-        # would write then).
-        if len(labels) % refit_every == 0 or len(labels) in CHECKPOINTS:
+        # A refit every refit_every decisions by a person (as the guard counts them), and at each
+        # checkpoint (what `calibrate --from-reviews` would write then).
+        if reviews % refit_every == 0 or reviews in CHECKPOINTS:
             new = _refit(base, labels)
             refused = new is None
             if new is not None:
                 rec, current = new, new.calibrator
                 if swap:
                     actions = _actions(policy, current, res_h)
-        if len(labels) in CHECKPOINTS:
-            out["checkpoints"][len(labels)] = {
+        if reviews in CHECKPOINTS:
+            out["checkpoints"][reviews] = {
                 "calibrator": current,
                 "thresholds": [] if rec is None else rec.thresholds,
                 "refused": refused,
                 "step": None if rec is None else rec.chosen,
-                "distinct": len({lab.item_id for lab in labels}),
-                "labels": list(labels),
+                "labels": len(labels),
             }
     band = [lab for lab in labels if lab.kind == "review"]
     out["band_only"] = _refit(base, band)
@@ -179,16 +190,18 @@ def one_order(
     swap: bool = True,
 ) -> dict:
     rng = np.random.default_rng(seed)
-    halves: list[list[int]] = [[], []]
-    for cls in (False, True):
-        idx = rng.permutation(np.flatnonzero(y_h == cls))
-        halves[0] += list(idx[: len(idx) // 2])
-        halves[1] += list(idx[len(idx) // 2 :])
-    a, b = np.asarray(halves[0]), np.asarray(halves[1])
-    runs = [
-        (ev, one_half(st, res_h, y_h, base, policy, args.audit_rate, args.refit_every, rng, swap))
-        for st, ev in ((a, b), (b, a))
-    ]
+    k = args.folds
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for cls in (False, True):  # stratified by label
+        for f, part in enumerate(np.array_split(rng.permutation(np.flatnonzero(y_h == cls)), k)):
+            folds[f] += list(part)
+    runs = []
+    for f in range(k):  # each fold judged once, by a loop whose traffic is the other folds
+        ev = np.asarray(folds[f])
+        st = np.concatenate([folds[g] for g in range(k) if g != f]).astype(int)
+        runs.append(
+            (ev, one_loop(st, res_h, y_h, base, policy, args.audit_rate, args.refit_every, rng, swap))
+        )
     order: dict = {"checkpoints": {}}
     for n in CHECKPOINTS:
         conf = np.zeros(len(y_h))
@@ -203,7 +216,7 @@ def one_order(
                     errors, n_acc = int((~y_h[ev][acc]).sum()), int(acc.sum())
                     realised = errors / n_acc if n_acc else 0.0
                     exceed[str(sel.alpha)].append(realised > sel.alpha)
-                    # Above alpha beyond the judged half's own noise: a one-sided binomial test at 10%.
+                    # Above alpha beyond the judged fold's own noise: a one-sided binomial test at 10%.
                     clear[str(sel.alpha)].append(
                         bool(n_acc) and binom.sf(errors - 1, n_acc, sel.alpha) <= 0.1
                     )
@@ -216,7 +229,7 @@ def one_order(
             "exceed": exceed,
             "clear": clear,
             "refused": sum(run["checkpoints"][n]["refused"] for _, run in runs),
-            "distinct": float(np.mean([run["checkpoints"][n]["distinct"] for _, run in runs])),
+            "labels": float(np.mean([run["checkpoints"][n]["labels"] for _, run in runs])),
             "steps": [str(run["checkpoints"][n]["step"]) for _, run in runs],
         }
     for key in ("band_only", "unweighted"):
@@ -230,6 +243,31 @@ def one_order(
         order[key] = expected_calibration_error(conf, y_h, BINS) if ok else None
     order["audit_share"] = float(np.mean([run["audit_share"] for _, run in runs]))
     return order
+
+
+@functools.cache
+def held_out(held: str, with_pool: bool) -> tuple[list, np.ndarray, Calibrator, int]:
+    """The held-out set's answers and labels, the base calibrator fitted on the other two sets, and
+    how many of the answers are development rows (the rest are pool rows)."""
+    data = load()
+    results = data.results(PROFILE["anchor_offset"], PROFILE["layers"], PROFILE["exgrad_mode"])
+    tr = np.flatnonzero(data.groups != held)
+    base = Calibrator.fit([results[i] for i in tr], list(data.correct[tr]), groups=list(data.groups[tr]))
+    te = np.flatnonzero(data.groups == held)
+    res_h, y_h = [results[i] for i in te], data.correct[te]
+    if with_pool:
+        pool = load(folder=DEVSETS / "pool")
+        pool_results = pool.results(PROFILE["anchor_offset"], PROFILE["layers"], PROFILE["exgrad_mode"])
+        extra = np.flatnonzero(pool.groups == held)
+        res_h += [pool_results[i] for i in extra]
+        y_h = np.concatenate([y_h, pool.correct[extra]])
+    return res_h, y_h, base, len(te)
+
+
+def _order(held: str, with_pool: bool, args: argparse.Namespace, seed: int, swap: bool = True) -> dict:
+    """One order in a worker process (it loads the set itself: calibrators hold locks, not pickled)."""
+    res_h, y_h, base, _ = held_out(held, with_pool)
+    return one_order(res_h, y_h, base, GuardPolicy.from_yaml(POLICY), args, seed, swap)
 
 
 def _q(values: list) -> tuple[float, float, float]:
@@ -247,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         "--refit-every", type=int, default=50, help="labels between refits (review.refit_every)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--folds", type=int, default=4, help="cross-fitting folds: each judged by a loop on the others"
+    )
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--sets", nargs="+", default=list(NAMES), choices=NAMES)
     parser.add_argument(
         "--no-pool", action="store_true", help="judge on the development rows only, not on devsets/pool too"
@@ -259,39 +301,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
-    data = load()
-    results = data.results(PROFILE["anchor_offset"], PROFILE["layers"], PROFILE["exgrad_mode"])
-    pool = None if args.no_pool else load(folder=DEVSETS / "pool")
-    pool_results = (
-        []
-        if pool is None
-        else pool.results(PROFILE["anchor_offset"], PROFILE["layers"], PROFILE["exgrad_mode"])
-    )
     policy = GuardPolicy.from_yaml(POLICY)
     report: dict = {
         "audit_rate": args.audit_rate,
         "orders": args.orders,
         "refit_every": args.refit_every,
-        "pool": pool is not None,
+        "folds": args.folds,
+        "pool": not args.no_pool,
         "sets": {},
     }
     for held in args.sets:
-        tr = np.flatnonzero(data.groups != held)
-        base = Calibrator.fit([results[i] for i in tr], list(data.correct[tr]), groups=list(data.groups[tr]))
-        te = np.flatnonzero(data.groups == held)
-        res_h, y_h = [results[i] for i in te], data.correct[te]
-        n_dev = len(te)
-        if pool is not None:
-            extra = np.flatnonzero(pool.groups == held)
-            res_h += [pool_results[i] for i in extra]
-            y_h = np.concatenate([y_h, pool.correct[extra]])
+        res_h, y_h, base, n_dev = held_out(held, not args.no_pool)
         conf0 = base.predict(res_h, check=False)
         acc0 = _accepted(policy, conf0, res_h)
-        orders = [one_order(res_h, y_h, base, policy, args, args.seed + 1000 * o) for o in range(args.orders)]
-        once = [
-            one_order(res_h, y_h, base, policy, args, args.seed + 1000 * o, swap=False)
-            for o in range(args.orders)
-        ]
+        seeds = [args.seed + 1000 * o for o in range(args.orders)]
+        task = functools.partial(_order, held, not args.no_pool, args)
+        with ProcessPoolExecutor(args.jobs) as workers:  # orders are independent: one per core
+            orders = list(workers.map(task, seeds))
+            once = list(workers.map(functools.partial(task, swap=False), seeds))
         rows = {}
         for n in CHECKPOINTS:
             cps = [o["checkpoints"][n] for o in orders]
@@ -306,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 "coverage": _q([c["coverage"] for c in cps]),
                 "error": _q([c["error"] for c in cps]),
                 "refused": sum(c["refused"] for c in cps),
-                "distinct": float(np.median([c["distinct"] for c in cps])),
+                "labels": float(np.median([c["labels"] for c in cps])),
                 "exceed": exceed,
                 "steps": {
                     s: sum(c["steps"].count(s) for c in cps)
@@ -372,7 +399,8 @@ def render(r: dict) -> str:
         "# The feedback loop: review labels -> recalibration",
         "",
         "`python benchmarks/bench_feedback.py --orders "
-        f"{r['orders']} --audit-rate {r['audit_rate']} --refit-every {r['refit_every']}`",
+        f"{r['orders']} --audit-rate {r['audit_rate']} --refit-every {r['refit_every']} "
+        f"--folds {r.get('folds', 2)}`",
         f"({m['date']}, {m['cpu']}, load average {m['load'][0]} at the start and",
         f"{m['load'][1]} at the end, on the shared machine; {m['seconds']} s). No model runs: scores",
         "and labels are the collected development rows.",
@@ -381,17 +409,20 @@ def render(r: dict) -> str:
         "development rows; the held-out set is its development rows"
         + (" and its pool rows" if r.get("pool") else ";"),
         *(["(devsets/pool: the same sources, in no shipped fit);"] if r.get("pool") else []),
-        "each order splits it into two halves, one the traffic (drawn with replacement),",
-        "the other judged, then the other way round. The README policy plus audit routes",
-        f"traffic with the calibrator running at the time; every {r['refit_every']} labels",
+        f"each order splits it into {r.get('folds', 2)} folds; each fold is judged by a loop whose traffic",
+        "is the other folds (drawn with replacement). The README policy plus audit routes",
+        f"traffic with the calibrator running at the time; every {r['refit_every']} reviews",
         "(review.refit_every) and at each checkpoint it is refitted and swapped in.",
-        "Reviewers answer from the labels. `ref.`: refits refused (too few of a class).",
+        "Reviewers answer from the labels; a repeat of an answer already judged is",
+        "decided by the queue on arrival (a label, not a review), as the queue does.",
+        "`ref.`: refits refused (too few of a class).",
         "",
         "All numbers are on answers the loop never labelled: median [10th, 90th",
         "percentile] over random orders. `floor`: the median ECE of a perfectly",
         "calibrated predictor with the same confidences (labels drawn from them; same n,",
         "10 bins), the estimator's own noise: an ECE near it is as good as this n can",
-        "show. `answers`: distinct answers among the labels (traffic repeats them).",
+        "show. `reviews`: a person's decisions (each a distinct answer); `labels`: with",
+        "the repeats the queue decided on arrival (traffic repeats questions).",
         "",
     ]
     for name, s in r["sets"].items():
@@ -405,19 +436,19 @@ def render(r: dict) -> str:
             f"Before any label: ECE {f(b['ece'])} (floor {f(b['floor'])}), coverage {f(b['coverage'])},",
             f"error among accepted {f(b['error'])}.",
             "",
-            "| reviews | answers | ECE                  | floor | cover. | err. acc. | ref. |",
+            "| reviews |  labels | ECE                  | floor | cover. | err. acc. | ref. |",
             "|--------:|--------:|:---------------------|------:|-------:|----------:|-----:|",
         ]
         for n, row in s["after"].items():
             e = row["ece"]
             ece = f"{f(e[0])} [{f(e[1])}, {f(e[2])}]"
             lines.append(
-                f"| {n:>7} | {row['distinct']:>7.0f} | {ece:<20} | {f(row['floor'][0]):>5} "
+                f"| {n:>7} | {row['labels']:>7.0f} | {ece:<20} | {f(row['floor'][0]):>5} "
                 f"| {f(row['coverage'][0]):>6} | {f(row['error'][0]):>9} | {row['refused']:>4} |"
             )
         lines += [
             "",
-            "Certified threshold's realised error above alpha on the judged half (share of",
+            "Certified threshold's realised error above alpha on the judged fold (share of",
             "certifications; their count in brackets; - none certified):",
             "",
         ]
@@ -435,7 +466,7 @@ def render(r: dict) -> str:
         if total:
             lines += [
                 "",
-                f"In all, {above} of {total} certifications read above alpha on the judged half; "
+                f"In all, {above} of {total} certifications read above alpha on the judged fold; "
                 f"{sum(c[2] for c in certs)} of",
                 "them beyond its own noise (a one-sided binomial test of the judged errors at 10%).",
             ]
@@ -451,7 +482,7 @@ def render(r: dict) -> str:
         "",
         "Median ECE on the unlabelled answers; `excess`: ECE minus its noise floor.",
         "",
-        "| set        | ECE at 50 | met | ECE at 200 | met | floor | excess | answers |",
+        "| set        | ECE at 50 | met | ECE at 200 | met | floor | excess |  labels |",
         "|:-----------|----------:|:----|-----------:|:----|------:|-------:|--------:|",
     ]
     for name, s in r["sets"].items():
@@ -460,7 +491,7 @@ def render(r: dict) -> str:
         lines.append(
             f"| {name:<10} | {f(at50):>9} | {'yes' if at50 <= 0.10 else 'no':<3} | {f(at200):>10} "
             f"| {'yes' if at200 <= 0.06 else 'no':<3} | {f(floor):>5} | {f(at200 - floor):>6} "
-            f"| {s['after']['200']['distinct']:>7.0f} |"
+            f"| {s['after']['200']['labels']:>7.0f} |"
         )
     lines += [
         "",
@@ -468,7 +499,7 @@ def render(r: dict) -> str:
         "",
         "The same orders, every label routed by the base calibrator and the checkpoint's",
         "calibrator the one refit on the labels so far. Median ECE [10th, 90th",
-        "percentile]; `chosen at 200`: the refit's step over both halves of every order",
+        "percentile]; `chosen at 200`: the refit's step over all folds of every order",
         "(i intercept, s slope+intercept, m monotone, f full).",
         "",
         "| set        | ECE at 50            | ECE at 200           | chosen at 200     |",

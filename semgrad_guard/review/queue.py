@@ -627,7 +627,8 @@ class ReviewQueueBase(abc.ABC):
             earlier = conn.execute(
                 self._q(
                     "SELECT id, status, reviewer, final_answer, repeat_of FROM {items} "
-                    "WHERE answer_key = ? AND status != 'pending' AND id != ? ORDER BY id DESC LIMIT 1"
+                    "WHERE answer_key = ? AND status != 'pending' AND id != ? "
+                    "ORDER BY decided_at DESC, id DESC LIMIT 1"  # the latest judgement of this answer
                 ),
                 (row.answer_key, item_id),
             ).fetchone()

@@ -368,6 +368,17 @@ def test_a_repeated_answer_is_decided_once(q) -> None:
     assert q.get(q.enqueue(chat, "Sydney")).repeat_of == first
 
 
+def test_a_repeat_takes_the_latest_judgement_of_its_answer(q) -> None:
+    first, second = q.enqueue("Is the sea salty?", "No."), q.enqueue("Is the sea salty?", "No.")
+    q.approve(second, reviewer="ana")  # the first, pending with it, is approved with it
+    assert q.get(first).repeat_of == second
+    q.reopen(first, reviewer="lead", note="ana was wrong")  # judged again on its own, later
+    q.reject(first, reviewer="lead")
+    third = q.get(q.enqueue("Is the sea salty?", "No."))  # the latest judgement, not the newest item
+    assert (third.status, third.repeat_of, third.reviewer) == (ReviewStatus.REJECTED, first, "lead")
+    assert q.get(second).status is ReviewStatus.APPROVED  # an earlier decision is not rewritten
+
+
 def test_repeats_reach_on_resolved_callbacks(q) -> None:
     seen: list[tuple[int, str, int | None]] = []
     q.on_resolved(lambda item: seen.append((item.id, item.status.value, item.repeat_of)), poll_interval=0.02)

@@ -312,6 +312,14 @@ class PostgresReviewQueue(ReviewQueueBase):
     def _insert_returning(self, conn: Any, sql: str, params: Sequence[Any], column: str) -> int:
         return int(conn.execute(f"{sql} RETURNING {column}", params).fetchone()[0])
 
+    def _lock_answer(self, conn: Any, key: str | None) -> None:
+        # Read committed lets an enqueue and a decision of one answer miss each other's uncommitted
+        # rows (the repeat would stay pending): one transaction-scoped advisory lock per answer.
+        if key is not None:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"semgrad-guard:{self._prefix}:{key}",)
+            )
+
     # ------------------------------------------------------------------ decisions reach waiters and callbacks
     def _decided(self, item_id: int, seq: int, conn: Any | None) -> None:
         if conn is not None:

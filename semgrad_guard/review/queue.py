@@ -555,6 +555,12 @@ class ReviewQueueBase(abc.ABC):
         """A decision was recorded: called inside the transaction (``conn``), then after commit (None)."""
         return None  # a backend without callbacks or listeners has nothing to do
 
+    def _lock_answer(self, conn: Any, key: str | None) -> None:
+        """Hold off other transactions on the same answer until this one ends, so an enqueue and a
+        decision of one answer see each other (no repeat left pending). SQLite's write transaction
+        already excludes every other writer."""
+        return None
+
     def _change_token(self) -> int | None:
         """Taken before reading an item; :meth:`_wait_for_change` returns early once it is stale."""
         return None
@@ -612,6 +618,7 @@ class ReviewQueueBase(abc.ABC):
         )
         seq = None
         with self._transaction() as conn:
+            self._lock_answer(conn, row.answer_key)
             item_id = self._insert_returning(
                 conn,
                 self._q(f"INSERT INTO {{items}} ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
@@ -691,9 +698,13 @@ class ReviewQueueBase(abc.ABC):
         now = _now()
         select = "SELECT status, reviewer, decided_at, final_answer FROM {items} WHERE id = ?"
         with self._transaction() as conn:
-            row = conn.execute(self._q(select), (int(item_id),)).fetchone()
-            if row is None:
+            key = conn.execute(
+                self._q("SELECT answer_key FROM {items} WHERE id = ?"), (int(item_id),)
+            ).fetchone()
+            if key is None:
                 raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
+            self._lock_answer(conn, key[0])
+            row = conn.execute(self._q(select), (int(item_id),)).fetchone()
             if row[0] == ReviewStatus.PENDING.value:
                 raise ReviewQueueError(f"review item {item_id} is pending; there is no decision to re-open")
             repeats = conn.execute(
@@ -738,9 +749,12 @@ class ReviewQueueBase(abc.ABC):
     ) -> ReviewItem:
         now = _now()
         with self._transaction() as conn:
-            row = conn.execute(self._q("SELECT answer FROM {items} WHERE id = ?"), (int(item_id),)).fetchone()
+            row = conn.execute(
+                self._q("SELECT answer, answer_key FROM {items} WHERE id = ?"), (int(item_id),)
+            ).fetchone()
             if row is None:
                 raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
+            self._lock_answer(conn, row[1])
             final = row[0] if status is ReviewStatus.APPROVED else new_answer
             # Compare-and-set on the pending state: only one decision can ever move an item out of it.
             cur = conn.execute(

@@ -393,6 +393,39 @@ def test_repeats_reach_on_resolved_callbacks(q) -> None:
     assert sorted(seen) == [(a, "cannot_tell", None), (b, "cannot_tell", a), (c, "cannot_tell", a)]
 
 
+def test_repeats_racing_a_decision_are_all_decided(review_db) -> None:
+    """Writers enqueue copies of one answer while a reviewer decides it: each copy is either pending
+    when the decision lands (decided with it) or arrives after it (decided on arrival), never left
+    pending by a race between the two transactions."""
+    with open_review_queue(review_db) as setup:
+        first = setup.enqueue("Capital of Peru?", "Lima.")
+    go = threading.Barrier(5)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with open_review_queue(review_db) as mine:
+                go.wait()
+                for _ in range(25):
+                    mine.enqueue("Capital of Peru?", "Lima.")
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    with open_review_queue(review_db) as reviewer:
+        go.wait()
+        reviewer.approve(first, reviewer="ana")
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    with open_review_queue(review_db) as check:
+        items = check.list()
+        assert len(items) == 101 and check.counts()["pending"] == 0
+        assert {it.repeat_of for it in items if it.id != first} == {first}
+
+
 def test_concurrent_reviewers_decide_each_item_exactly_once(review_db) -> None:
     """Six reviewers, each with its own connection, race to decide the same 20 items in one queue."""
     db = review_db

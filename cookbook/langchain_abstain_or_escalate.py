@@ -4,9 +4,11 @@
    policy: confident answers pass, shaky ones go to a person, hopeless ones abstain.
 2. An escalated answer waits in the SQLite review queue; a reviewer decides with the review CLI
    (``semgrad-guard review edit ID --db ... --answer ...``, run in-process here).
-3. Async, waiting: with ``review.wait`` set, ``ainvoke`` enqueues the answer and awaits the
-   decision while a reviewer (another coroutine here; a person with the CLI in production)
-   rejects it; the guarded call returns the abstention message instead of the answer.
+3. The same question again: the queue holds a decision on that chat and answer, so it decides the
+   repeat as the desk did and the guard returns the desk's answer at once (no one is asked twice).
+4. Async, waiting: a lead re-opens the desk's decision; with ``review.wait`` set, the question
+   comes in again and ``ainvoke`` awaits the decision while a reviewer (another coroutine here; a
+   person with the CLI in production) rejects it; the guarded call returns the abstention message.
 
 Run: ``python cookbook/langchain_abstain_or_escalate.py`` (needs ``semgrad-guard fetch-default-model``).
 """
@@ -113,7 +115,17 @@ def run(
         decided.append(final)
         console.print(f"  -> {final.status.value} by {final.reviewer}: {final.final_answer!r}")
 
-    # 3. Async: the guarded call waits for the decision while a reviewer works.
+    # 3. The same question again: decided as the desk decided it, at once.
+    escalated = [(q, r) for q, r in zip(QUESTIONS, results, strict=True) if r.action.value == "review"]
+    again = guarded.invoke(messages(escalated[0][0])) if escalated else None
+    if again is not None:
+        repeat_of = queue.get(again.review_id).repeat_of if again.review_id else None
+        console.print(
+            f"Step 3: asked again: review #{again.review_id} is a repeat of #{repeat_of}, "
+            f"status={again.review_status}, returned {again.answer!r} without waiting"
+        )
+
+    # 4. Async: a lead re-opens the desk's decision; the guarded call waits while a reviewer works.
     waiting_policy = policy.model_copy(
         update={"review": policy.review.model_copy(update={"wait": 60.0, "poll_interval": 0.1})}
     )
@@ -122,9 +134,10 @@ def run(
     )
 
     async def reviewer() -> None:
+        seen = max((it.id for it in queue.list()), default=0)
         for _ in range(6000):  # a person at a review screen, polling the same SQLite file
             pending = await asyncio.to_thread(queue.list, "pending")
-            if pending:
+            if pending and pending[0].id > seen:  # the new arrival: deciding it decides its copies
                 await asyncio.to_thread(
                     queue.reject, pending[0].id, reviewer="night-shift", note="cannot confirm"
                 )
@@ -135,14 +148,18 @@ def run(
         answer, _ = await asyncio.gather(waiting.ainvoke(messages(question)), reviewer())
         return answer
 
-    escalated = [q for q, r in zip(QUESTIONS, results, strict=True) if r.action.value == "review"]
-    waited = asyncio.run(ask_and_wait(escalated[0])) if escalated else None
-    if waited is not None:
+    waited = None
+    if escalated:
+        first = escalated[0][1].review_id
+        assert first is not None
+        queue.reopen(first, reviewer="lead", note="the desk's answer needs a second look")
+        waited = asyncio.run(ask_and_wait(escalated[0][0]))
         console.print(
-            f"Step 3: waited for review #{waited.review_id}: status={waited.review_status}, returned {waited.answer!r}"
+            f"Step 4: #{first} re-opened; waited for review #{waited.review_id}: "
+            f"status={waited.review_status}, returned {waited.answer!r}"
         )
     console.print(f"review queue: {db} ({len(queue)} item(s)); counts {queue.counts()}")
-    return {"results": results, "decided": decided, "waited": waited, "db": db}
+    return {"results": results, "decided": decided, "again": again, "waited": waited, "db": db}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,8 +104,11 @@ def test_abstain_or_escalate_review_flow(monkeypatch: pytest.MonkeyPatch, tmp_pa
     items = SQLiteReviewQueue(db).list()
     assert items, "the flow escalated nothing"
     assert all(i.status.value != "pending" for i in items)  # every escalation got a human decision
-    assert any(i.status.value == "edited" and i.reviewer == "desk" for i in items)
+    assert any(a.event == "edited" and a.actor == "desk" for i in items for a in i.audit)
     assert any(i.status.value == "rejected" and i.reviewer == "night-shift" for i in items)
+    # The question asked again was decided as the desk had decided it, with no one asked.
+    repeated = [a for i in items for a in i.audit if a.event == "edited" and "repeat_of" in a.details]
+    assert repeated and all(a.actor == "desk" for a in repeated)
 
 
 def test_service_rag_decides_the_same_remotely_and_on_the_guard_endpoint(

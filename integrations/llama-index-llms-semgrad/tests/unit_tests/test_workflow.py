@@ -66,6 +66,12 @@ async def test_edit_replaces_the_answer_and_reject_abstains(tmp_path: Path) -> N
     )
     assert str(edited) == "20 cents per item per day."
     assert queue.get(asked[0].review_id).final_answer == "20 cents per item per day."
+    # The same question and answer again: the queue decides it as bo did; no one is asked.
+    again, asked = await run_with(wf, lambda e: pytest.fail("a judged answer is not asked again"))
+    assert asked == [] and str(again) == "20 cents per item per day."
+    result = guard_result_from_response(again)
+    assert result is not None and result.review_status == "edited"
+    wf, queue = workflow(tmp_path / "fresh", "2 dollars.", 0.5)  # a queue that never judged it
     rejected, asked = await run_with(wf, lambda e: ReviewDecision(decision="reject", reviewer="bo"))
     assert str(rejected) == wf.engine.policy.abstain_message
     assert {n.node.metadata["semgrad_status"] for n in rejected.source_nodes} == {"rejected_by_reviewer"}

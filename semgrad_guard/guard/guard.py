@@ -259,9 +259,11 @@ class Guard:
         """Count a person's decisions; every ``review.refit_every`` of them, refit on all labels and swap
         it in (a repeat decided on arrival adds a label but no judgement)."""
         every = self.policy.review.refit_every
-        if every is None or item.status.value not in ("approved", "rejected", "edited"):
-            return
-        if item.repeat_of is not None:
+        if (
+            every is None
+            or item.repeat_of is not None
+            or item.status.value not in ("approved", "rejected", "edited")
+        ):
             return
         with self._refit_lock:
             self._new_labels += 1

@@ -756,26 +756,12 @@ class ReviewQueueBase(abc.ABC):
                 raise ReviewItemNotFoundError(f"no review item with id {item_id} in {self._where}")
             self._lock_answer(conn, row[1])
             final = row[0] if status is ReviewStatus.APPROVED else new_answer
-            # Compare-and-set on the pending state: only one decision can ever move an item out of it.
-            cur = conn.execute(
-                self._q(
-                    "UPDATE {items} SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ? "
-                    "WHERE id = ? AND status = 'pending'"
-                ),
-                (status.value, reviewer, now, final, note, int(item_id)),
-            )
-            if cur.rowcount != 1:
+            seq = self._record_decision(conn, int(item_id), status, reviewer, note, final, None, now)
+            if seq is None:
                 done = conn.execute(
                     self._q("SELECT status, reviewer, decided_at FROM {items} WHERE id = ?"), (int(item_id),)
                 ).fetchone()
                 raise AlreadyDecidedError(int(item_id), done[0], done[1], done[2], attempted=_VERBS[status])
-            seq = self._insert_returning(
-                conn,
-                self._q("INSERT INTO {audit} (item_id, at, event, actor, details) VALUES (?, ?, ?, ?, ?)"),
-                (int(item_id), now, status.value, reviewer, decision_details(status, new_answer, note)),
-                "seq",
-            )
-            self._decided(int(item_id), seq, conn)
             # Its pending repeats (the same chat and answer) are decided with it.
             repeats = conn.execute(
                 self._q(
@@ -803,11 +789,14 @@ class ReviewQueueBase(abc.ABC):
         reviewer: str | None,
         note: str | None,
         final: str | None,
-        repeat_of: int,
+        repeat_of: int | None,
         now: str,
     ) -> int | None:
-        """Decide pending ``item_id`` as ``repeat_of`` was decided, in ``conn``'s transaction; its
-        audit seq, or None when it was no longer pending."""
+        """Decide pending ``item_id`` in ``conn``'s transaction (``repeat_of``: as that item was
+        decided; None: a person's decision); its audit seq, or None when it was no longer pending.
+
+        A compare-and-set on the pending state: only one decision can ever move an item out of it.
+        """
         cur = conn.execute(
             self._q(
                 "UPDATE {items} SET status = ?, reviewer = ?, decided_at = ?, final_answer = ?, note = ?, "
